@@ -1,0 +1,365 @@
+"""FORA: Fast-Forward Caching for diffusion transformers (arXiv 2407.01425), as diffusers model hooks.
+
+Every N steps each transformer block computes its attention and MLP and caches their outputs; on the N-1 steps
+in between the block reuses them. Only `attn1` (self-attention), `attn2` (cross-attention, PixArt) and `ff` are
+skipped: timestep/class embeddings, adaLN modulation and gates, norms, residuals, patch embedding and the final
+layer run every step. What is cached is the module output *before* the adaLN gate, so a reuse step multiplies
+fresh gates with stale outputs, exactly as the official code does.
+
+One `_ForaRunHook` on the transformer counts the steps of a run and decides `is_full_step`; one `_ForaModuleHook`
+per cached module computes-and-stores or returns the cache, and hands computed outputs to observers.
+"""
+
+import logging
+import re
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from .observers import Observation, RunEvent
+from .schedule import full_steps
+
+logger = logging.getLogger(__name__)
+
+_FORA_HOOK = "fora"
+_FORA_MODULE_HOOK = "fora_module"
+_BLOCK_REGEX = r"(?:transformer_blocks|blocks)\.(\d+)"
+_MODULE_KINDS = {"attn1": "attn", "attn2": "cross_attn", "ff": "mlp"}
+
+
+@dataclass
+class ForaConfig:
+    r"""
+    Configuration of the FORA static cache.
+
+    Args:
+        interval (`int`, defaults to 3):
+            N, the cache interval: attention and MLP are recomputed every N steps and reused for the N-1 steps in
+            between. 1 disables reuse (the model runs uncached, hooks still observe); allowed 1..T-1 for T steps.
+        cache_attn (`bool`, defaults to `True`):
+            Cache the self-attention (`attn1`) output.
+        cache_cross_attn (`bool`, defaults to `True`):
+            Cache the cross-attention (`attn2`) output of text-conditional models (PixArt-alpha). Its output is
+            not gated, so a stale value enters the residual stream as is; turn off to recompute it every step.
+        cache_mlp (`bool`, defaults to `True`):
+            Cache the MLP (`ff`) output.
+        cache_start (`int`, defaults to 0):
+            First step (0-based, sampling order) at which reuse is allowed; earlier steps always recompute.
+            Early steps set the image layout, so a later start trades speed for fidelity.
+        cache_end (`int`, *optional*):
+            Steps from this one on always recompute (`None`: caching allowed to the end). Late steps refine detail.
+        blocks (`tuple[int, ...]`, *optional*):
+            Indices of the blocks that cache; the others compute every step. `None` means all blocks.
+        block_regex (`str`, defaults to `r"(?:transformer_blocks|blocks)\.(\d+)"`):
+            `re.fullmatch` pattern over `named_modules()` that finds the transformer blocks; group 1 is the index.
+    """
+
+    interval: int = 3
+    cache_attn: bool = True
+    cache_cross_attn: bool = True
+    cache_mlp: bool = True
+    cache_start: int = 0
+    cache_end: int | None = None
+    blocks: tuple[int, ...] | None = None
+    block_regex: str = _BLOCK_REGEX
+
+    def __post_init__(self):
+        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1:
+            raise ValueError(f"interval={self.interval!r}: must be an integer >= 1 (and at most T-1 for T steps)")
+        if not isinstance(self.cache_start, int) or self.cache_start < 0:
+            raise ValueError(f"cache_start={self.cache_start!r}: must be an integer >= 0")
+        if self.cache_end is not None and (not isinstance(self.cache_end, int) or self.cache_end <= self.cache_start):
+            raise ValueError(f"cache_end={self.cache_end!r}: must be None or an integer > cache_start={self.cache_start}")
+        if self.blocks is not None:
+            self.blocks = tuple(self.blocks)
+            if not self.blocks or any(not isinstance(b, int) or b < 0 for b in self.blocks):
+                raise ValueError(f"blocks={self.blocks!r}: must be None or a non-empty list of block indices >= 0")
+        try:
+            re.compile(self.block_regex)
+        except re.error as e:
+            raise ValueError(f"block_regex={self.block_regex!r} is not a valid regular expression: {e}") from None
+
+    @property
+    def window(self) -> tuple[int, int | None]:
+        return (self.cache_start, self.cache_end)
+
+    def check_num_steps(self, num_steps: int) -> None:
+        """Raise `ValueError` unless this config fits a run of `num_steps` steps."""
+        if num_steps < 1:
+            raise ValueError(f"num_steps={num_steps}: must be >= 1")
+        if self.interval > 1 and self.interval > num_steps - 1:
+            raise ValueError(f"interval={self.interval} out of range for {num_steps} steps: allowed 1..{num_steps - 1}")
+
+
+@dataclass
+class ForaRun:
+    """What happened in one run (one sampling loop of T transformer calls). Shapes and counts only, no tensors."""
+
+    num_steps: int
+    full_steps: list[int]  # 0-based step indices, sampling order, at which attention/MLP were computed
+    steps_done: int = 0
+    computed_calls: int = 0  # cached-module calls that ran the module
+    reused_calls: int = 0  # cached-module calls answered from the cache
+    cache_bytes: int = 0  # peak bytes held by the cache during the run
+    timesteps: list[float] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.steps_done == self.num_steps
+
+    @property
+    def reuse_steps(self) -> list[int]:
+        full = set(self.full_steps)
+        return [s for s in range(self.num_steps) if s not in full]
+
+    def summary(self) -> str:
+        return (f"{self.num_steps} steps, {len(self.full_steps)} full / {len(self.reuse_steps)} reuse; "
+                f"module calls computed {self.computed_calls}, reused {self.reused_calls}; "
+                f"cache {self.cache_bytes / 2**20:.2f} MiB")  # fmt: skip
+
+
+class ForaState:
+    """Per-run state shared by all hooks of one transformer: step counter, schedule and the cached outputs."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self, num_steps: int = 0, full: list[int] | None = None):
+        self.run = ForaRun(num_steps, full or []) if num_steps else None
+        self.full_set = frozenset(self.run.full_steps) if self.run else frozenset()
+        self.step = -1
+        self.is_full_step = True
+        self.timestep: float | None = None
+        self.cache: dict[str, torch.Tensor] = {}
+        self.cache_bytes = 0
+        self.caching = False  # interval 1: nothing is ever reused, so nothing is kept
+
+    def __repr__(self):
+        cache = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in list(self.cache.items())[:4])
+        more = f", ... ({len(self.cache)} tensors)" if len(self.cache) > 4 else ""
+        return f"ForaState(step={self.step}, run={self.run!r}, cache={{{cache}{more}}})"
+
+
+class ForaHandle:
+    r"""
+    Returned by `apply_fora`: the config, the record of the most recent run and the observers.
+
+    Attributes:
+        config (`ForaConfig`): the active configuration.
+        last_run (`ForaRun` or `None`): the most recent (or current) run.
+        observers (`list`): callables receiving every computed `Observation`; objects may also define
+            `on_run_start(RunEvent)` and `on_run_end(RunEvent)`.
+    """
+
+    def __init__(self, transformer, config: ForaConfig, pipeline=None, num_steps: int | None = None):
+        self.transformer = transformer
+        self.config = config
+        self.state = ForaState()
+        self.observers: list = []
+        self.num_steps = num_steps
+        self.modules: list[tuple[str, int, str]] = []  # (module name, block index, kind)
+        self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
+        self._timesteps_seen = None
+
+    @property
+    def last_run(self) -> ForaRun | None:
+        return self.state.run
+
+    def add_observer(self, observer) -> None:
+        self.observers.append(observer)
+
+    def remove_observer(self, observer) -> None:
+        self.observers.remove(observer)
+
+    def start_run(self, num_steps: int | None = None) -> ForaRun:
+        """Begin a new run of `num_steps` transformer calls (default: the `num_steps` given to `apply_fora`).
+
+        Pipelines need not call this: a new run starts whenever the scheduler's timesteps are set anew.
+        """
+        num_steps = num_steps or self.num_steps
+        if not num_steps:
+            raise ValueError("num_steps is unknown: pass num_steps to apply_fora(transformer, ...) or start_run()")
+        self.config.check_num_steps(num_steps)
+        self.state.reset(num_steps, full_steps(num_steps, self.config.interval, self.config.window))
+        self.state.caching = self.config.interval > 1
+        for obs in self.observers:
+            if hasattr(obs, "on_run_start"):
+                obs.on_run_start(RunEvent(num_steps, tuple(self.state.run.full_steps)))
+        return self.state.run
+
+    def _begin_step(self, timestep) -> None:
+        state = self.state
+        pipe = self._pipeline() if self._pipeline is not None else None
+        if pipe is not None:
+            timesteps = pipe.scheduler.timesteps
+            if timesteps is not self._timesteps_seen or state.run is None or state.run.complete:
+                self._timesteps_seen = timesteps
+                self.start_run(len(timesteps))
+        elif state.run is None or state.run.complete:
+            self.start_run()
+        run = state.run
+        state.step += 1
+        if state.step >= run.num_steps:
+            raise RuntimeError(
+                f"the transformer was called {state.step + 1} times in a run of {run.num_steps} steps; FORA expects "
+                "one call per scheduler step (for a hand-written loop call handle.start_run(num_steps) first)"
+            )
+        state.is_full_step = state.step in state.full_set
+        state.timestep = _first_value(timestep)
+        run.timesteps.append(state.timestep)
+
+    def _end_step(self) -> None:
+        state = self.state
+        run = state.run
+        run.steps_done = state.step + 1
+        run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
+        if run.complete:
+            state.cache.clear()  # the run is over: free the cache now, keep only the record
+            state.cache_bytes = 0
+            for obs in self.observers:
+                if hasattr(obs, "on_run_end"):
+                    obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))
+
+    def __repr__(self):
+        return f"ForaHandle(config={self.config!r}, modules={len(self.modules)}, state={self.state!r})"
+
+
+def _first_value(timestep) -> float | None:
+    if timestep is None:
+        return None
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.reshape(-1)[0]) if timestep.numel() else None
+    return float(timestep)
+
+
+class _ForaRunHook(ModelHook):
+    """On the transformer: one forward call is one sampling step."""
+
+    def __init__(self, handle: ForaHandle):
+        super().__init__()
+        self.handle = handle
+
+    def pre_forward(self, module, *args, **kwargs):
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        self.handle._begin_step(timestep)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.handle._end_step()
+        return output
+
+
+class _ForaModuleHook(ModelHook):
+    """On one attention or MLP module: compute and cache on full steps, return the cache on reuse steps."""
+
+    def __init__(self, handle: ForaHandle, key: str, block: int, kind: str, cache: bool):
+        super().__init__()
+        self.handle, self.key, self.block, self.kind, self.cache = handle, key, block, kind, cache
+
+    def new_forward(self, module, *args, **kwargs):
+        handle, state = self.handle, self.handle.state
+        if self.cache and not state.is_full_step:
+            state.run.reused_calls += 1
+            return state.cache[self.key]
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        state.run.computed_calls += 1
+        if self.cache and state.caching:
+            old = state.cache.get(self.key)
+            state.cache_bytes += _nbytes(output) - (_nbytes(old) if old is not None else 0)
+            state.cache[self.key] = output
+        for obs in handle.observers:
+            obs(Observation(self.block, self.kind, state.step, state.run.num_steps, state.timestep, output))
+        return output
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = None) -> ForaHandle:
+    r"""
+    Apply the FORA cache to a diffusers pipeline (anything with `.transformer`) or to a bare transformer.
+
+    With a pipeline, each call is a run whose length is read from the scheduler; no reset is needed between calls.
+    With a bare transformer (a hand-written sampling loop), pass `num_steps`: every `num_steps` consecutive
+    forward calls form a run, or call `handle.start_run(T)` before each loop. Applying twice raises `ValueError`;
+    call `remove_fora` first.
+
+    Example:
+
+    >>> from fora import ForaConfig, apply_fora, remove_fora
+    >>> handle = apply_fora(pipe, ForaConfig(interval=3))
+    >>> image = pipe(class_labels=[207], num_inference_steps=50).images[0]
+    >>> handle.last_run.full_steps[:4]
+    [0, 1, 4, 7]
+    >>> remove_fora(pipe)
+    """
+    config = config or ForaConfig()
+    pipeline = model if hasattr(model, "transformer") and isinstance(model.transformer, torch.nn.Module) else None
+    transformer = pipeline.transformer if pipeline is not None else model
+    if not isinstance(transformer, torch.nn.Module):
+        raise TypeError(f"apply_fora needs a diffusers pipeline with .transformer or a torch module, got {type(model)}")
+    if getattr(transformer, "_fora_handle", None) is not None:
+        raise ValueError("FORA is already applied to this model; call remove_fora() before applying it again")
+    if pipeline is None and num_steps is not None:
+        config.check_num_steps(num_steps)
+
+    handle = ForaHandle(transformer, config, pipeline=pipeline, num_steps=num_steps)
+    block_re = re.compile(config.block_regex)
+    enabled = {"attn": config.cache_attn, "cross_attn": config.cache_cross_attn, "mlp": config.cache_mlp}
+    targets = []
+    for name, block in transformer.named_modules():
+        match = block_re.fullmatch(name)
+        if match is None:
+            continue
+        index = int(match.group(1))
+        if getattr(block, "_chunk_size", None) is not None:
+            raise ValueError(f"block {name} uses feed-forward chunking, which FORA cannot cache; disable it first")
+        for child, kind in _MODULE_KINDS.items():
+            module = getattr(block, child, None)
+            if isinstance(module, torch.nn.Module):
+                use = enabled[kind] and (config.blocks is None or index in config.blocks)
+                targets.append((f"{name}.{child}", index, kind, module, use))
+    if not targets:
+        raise ValueError(f"no transformer blocks matched block_regex={config.block_regex!r} in {type(transformer).__name__}")
+    if config.blocks is not None:
+        found = {t[1] for t in targets}
+        missing = sorted(set(config.blocks) - found)
+        if missing:
+            raise ValueError(f"blocks={list(config.blocks)}: no block {missing}; allowed 0..{max(found)}")
+
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ForaRunHook(handle), _FORA_HOOK)
+    for key, index, kind, module, use in targets:
+        hook = _ForaModuleHook(handle, key, index, kind, cache=use)
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _FORA_MODULE_HOOK)
+        handle.modules.append((key, index, kind))
+    transformer._fora_handle = handle
+    return handle
+
+
+def get_fora_handle(model) -> ForaHandle | None:
+    """The handle of FORA applied to a pipeline or transformer, or `None`."""
+    transformer = getattr(model, "transformer", model)
+    return getattr(transformer, "_fora_handle", None)
+
+
+def remove_fora(model) -> None:
+    """Remove FORA from a pipeline or transformer: its forward passes are exactly the original ones again."""
+    transformer = getattr(model, "transformer", model)
+    handle = getattr(transformer, "_fora_handle", None)
+    if handle is None:
+        return
+    for module in [transformer] + [m for m in transformer.modules() if m is not transformer]:
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        for name in (_FORA_HOOK, _FORA_MODULE_HOOK):
+            registry.remove_hook(name, recurse=False)
+        if not registry.hooks:  # leave no trace: drop the registry and the instance-level forward
+            del module._diffusers_hook
+            module.__dict__.pop("forward", None)
+    handle.state.reset()
+    transformer._fora_handle = None
+    del transformer._fora_handle
