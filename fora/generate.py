@@ -1,0 +1,60 @@
+"""One call that generates with any pipeline the project knows, class-conditional or text-conditional."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to generate. `label` (class id or name) for class-conditional models, `prompt` for text models."""
+
+    label: int | str | None = None
+    prompt: str | None = None
+    steps: int = 30
+    seed: int = 0
+    guidance: float = 3.0
+    batch: int = 1  # images per call, all with the same label/prompt
+    height: int | None = None  # text models only; None: the model's default resolution
+    width: int | None = None
+
+
+def is_text_conditional(pipe) -> bool:
+    return hasattr(pipe, "tokenizer") and hasattr(pipe, "text_encoder")
+
+
+def class_id(pipe, label: int | str) -> int:
+    """A class id from an id or a label name, with a clear error for either kind of bad value."""
+    num = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+    if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
+        labels = getattr(pipe, "labels", {}) or {}
+        if label not in labels:
+            examples = ", ".join(list(labels)[:8])
+            raise ValueError(f"unknown class {label!r}; give a class id 0..{num - 1} or a label name (e.g. {examples})")
+        return int(labels[label])
+    cid = int(label)
+    if not 0 <= cid < num:
+        raise ValueError(f"class id {cid} out of range: allowed 0..{num - 1}")
+    return cid
+
+
+def generate(pipe, request: Request, output_type: str = "np"):
+    """Run the pipeline once for `request`; returns its images (`np`: B x H x W x 3 floats in [0, 1])."""
+    generator = torch.Generator(device="cpu").manual_seed(int(request.seed))
+    if is_text_conditional(pipe):
+        if not request.prompt or not request.prompt.strip():
+            raise ValueError("prompt is empty: a text-conditional model needs a prompt")
+        extra = {k: v for k, v in (("height", request.height), ("width", request.width)) if v is not None}
+        return pipe(prompt=request.prompt, num_images_per_prompt=request.batch, num_inference_steps=request.steps,
+                    guidance_scale=request.guidance, generator=generator, output_type=output_type, **extra).images  # fmt: skip
+    if request.label is None:
+        raise ValueError("label is missing: a class-conditional model needs a class id or name")
+    labels = [class_id(pipe, request.label)] * request.batch
+    return pipe(class_labels=labels, num_inference_steps=request.steps, guidance_scale=request.guidance,
+                generator=generator, output_type=output_type).images  # fmt: skip
+
+
+def to_uint8(images) -> np.ndarray:
+    """B x H x W x 3 floats in [0, 1] to uint8."""
+    return (np.clip(np.asarray(images), 0, 1) * 255).round().astype(np.uint8)

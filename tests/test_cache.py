@@ -1,0 +1,264 @@
+"""The FORA engine on real (tiny, random) diffusers pipelines."""
+
+import pytest
+import torch
+from conftest import make_dit_pipeline, make_pixart_pipeline, run_dit, run_pixart
+
+from fora import ForaConfig, apply_fora, full_steps, get_fora_handle, remove_fora
+
+
+def count_inner_calls(transformer):
+    """Count calls of each block's attention `to_q` and of the MLP's first Linear: real computation, not modules."""
+    counts = {}
+
+    def counter(key):
+        def hook(module, args, output):
+            counts[key] = counts.get(key, 0) + 1
+
+        return hook
+
+    handles = []
+    for i, block in enumerate(transformer.transformer_blocks):
+        handles.append(block.attn1.to_q.register_forward_hook(counter((i, "attn"))))
+        handles.append(block.ff.net[0].proj.register_forward_hook(counter((i, "mlp"))))
+        if block.attn2 is not None:
+            handles.append(block.attn2.to_q.register_forward_hook(counter((i, "cross_attn"))))
+    return counts, handles
+
+
+def test_interval_one_is_bit_identical(dit_pipe):
+    base = run_dit(dit_pipe)
+    handle = apply_fora(dit_pipe, ForaConfig(interval=1))
+    out = run_dit(dit_pipe)
+    assert torch.equal(torch.from_numpy(out), torch.from_numpy(base))
+    assert handle.last_run.full_steps == list(range(10)) and handle.last_run.reused_calls == 0
+    assert handle.last_run.cache_bytes == 0
+
+
+@pytest.mark.parametrize("interval", [2, 3, 5])
+def test_attention_and_mlp_really_skipped(dit_pipe, interval):
+    steps = 12
+    counts, _ = count_inner_calls(dit_pipe.transformer)
+    handle = apply_fora(dit_pipe, ForaConfig(interval=interval))
+    run_dit(dit_pipe, steps=steps)
+    n_full = len(full_steps(steps, interval))
+    assert n_full < steps
+    for block in range(3):
+        assert counts[(block, "attn")] == n_full
+        assert counts[(block, "mlp")] == n_full
+    run = handle.last_run
+    assert run.num_steps == steps and run.complete
+    assert run.full_steps == full_steps(steps, interval)
+    assert run.computed_calls == 3 * 2 * n_full
+    assert run.reused_calls == 3 * 2 * (steps - n_full)
+
+
+def reference_dit_forward(model, x, t, y, cache, full):
+    """DiT forward written out by hand with FORA: attn1/ff outputs cached before the gate, all else every step."""
+    p = model.config.patch_size
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    hs = model.pos_embed(x)
+    for k, block in enumerate(model.transformer_blocks):
+        emb = block.norm1.linear(block.norm1.silu(block.norm1.emb(t, y, hidden_dtype=hs.dtype)))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = emb.chunk(6, dim=1)
+        n = block.norm1.norm(hs) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+        if full:
+            cache[("attn", k)] = block.attn1(n)
+        hs = hs + gate_msa.unsqueeze(1) * cache[("attn", k)]
+        n = block.norm3(hs) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        if full:
+            cache[("mlp", k)] = block.ff(n)
+        hs = hs + gate_mlp.unsqueeze(1) * cache[("mlp", k)]
+    cond = model.transformer_blocks[0].norm1.emb(t, y, hidden_dtype=hs.dtype)
+    shift, scale = model.proj_out_1(torch.nn.functional.silu(cond)).chunk(2, dim=1)
+    hs = model.proj_out_2(model.norm_out(hs) * (1 + scale[:, None]) + shift[:, None])
+    hs = hs.reshape(-1, h, w, p, p, model.out_channels)
+    return torch.einsum("nhwpqc->nchpwq", hs).reshape(-1, model.out_channels, h * p, w * p)
+
+
+@torch.no_grad()
+def test_matches_reference_implementation():
+    model = make_dit_pipeline(num_layers=4).transformer
+    T, N = 9, 3
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([3, 1000])
+    timesteps = torch.linspace(900, 0, T).long()
+
+    def loop(forward):
+        x = x0.clone()
+        for t in timesteps:
+            x = x - 0.1 * forward(x, t.expand(2))[:, :4]
+        return x
+
+    cache = {}
+    schedule = full_steps(T, N)
+    step = iter(range(T))
+    ref = loop(lambda x, t: reference_dit_forward(model, x, t, y, cache, next(step) in schedule))
+    handle = apply_fora(model, ForaConfig(interval=N), num_steps=T)
+    out = loop(lambda x, t: model(x, timestep=t, class_labels=y).sample)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert handle.last_run.full_steps == schedule
+    # the gates really change on reuse steps: without them the result would differ from the reference
+    plain = loop(lambda x, t: reference_dit_forward(model, x, t, y, {}, True))
+    assert not torch.allclose(out, plain)
+
+
+def test_consecutive_calls_identical_and_shape_changes(dit_pipe):
+    handle = apply_fora(dit_pipe, ForaConfig(interval=3))
+    a = run_dit(dit_pipe, steps=10)
+    b = run_dit(dit_pipe, steps=10)
+    assert torch.equal(torch.from_numpy(a), torch.from_numpy(b))
+    # another batch size and number of steps right after: same as on a freshly built, freshly hooked pipeline
+    c = run_dit(dit_pipe, steps=7, labels=(5, 6, 7))
+    assert handle.last_run.num_steps == 7
+    fresh = make_dit_pipeline()
+    apply_fora(fresh, ForaConfig(interval=3))
+    assert torch.equal(torch.from_numpy(c), torch.from_numpy(run_dit(fresh, steps=7, labels=(5, 6, 7))))
+
+
+def test_interrupted_run_does_not_leak(dit_pipe):
+    apply_fora(dit_pipe, ForaConfig(interval=2))
+    calls = []
+    original = dit_pipe.scheduler.step
+
+    def failing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    dit_pipe.scheduler.step = failing_step
+    with pytest.raises(KeyboardInterrupt):
+        run_dit(dit_pipe, steps=10)
+    dit_pipe.scheduler.step = original
+    out = run_dit(dit_pipe, steps=10)
+    fresh = make_dit_pipeline()
+    apply_fora(fresh, ForaConfig(interval=2))
+    assert torch.equal(torch.from_numpy(out), torch.from_numpy(run_dit(fresh, steps=10)))
+
+
+def test_remove_restores_and_double_apply(dit_pipe):
+    base = run_dit(dit_pipe)
+    apply_fora(dit_pipe, ForaConfig(interval=4))
+    with pytest.raises(ValueError, match="already applied"):
+        apply_fora(dit_pipe, ForaConfig(interval=2))
+    assert not torch.equal(torch.from_numpy(run_dit(dit_pipe)), torch.from_numpy(base))
+    remove_fora(dit_pipe)
+    assert get_fora_handle(dit_pipe) is None
+    assert torch.equal(torch.from_numpy(run_dit(dit_pipe)), torch.from_numpy(base))
+    assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__ for m in dit_pipe.transformer.modules())
+    apply_fora(dit_pipe, ForaConfig(interval=2))  # can be applied again after removal
+    remove_fora(dit_pipe)
+    remove_fora(dit_pipe)  # removing twice is harmless
+
+
+def test_cache_bytes_and_release(dit_pipe):
+    handle = apply_fora(dit_pipe, ForaConfig(interval=2))
+    run_dit(dit_pipe, steps=6, labels=(1, 2))
+    # batch 2 x 2 for guidance, 16 tokens, width 16, float32; attn + mlp per block, 3 blocks
+    assert handle.last_run.cache_bytes == 3 * 2 * (4 * 16 * 16 * 4)
+    assert handle.state.cache == {}  # freed at the end of the run
+
+
+def test_window_and_blocks(dit_pipe):
+    counts, _ = count_inner_calls(dit_pipe.transformer)
+    apply_fora(dit_pipe, ForaConfig(interval=3, cache_start=2, cache_end=8, blocks=[1]))
+    run_dit(dit_pipe, steps=12)
+    expected = len(full_steps(12, 3, window=(2, 8)))
+    assert counts[(1, "attn")] == counts[(1, "mlp")] == expected
+    assert counts[(0, "attn")] == counts[(2, "mlp")] == 12
+
+
+def test_observers_see_computed_outputs_without_changing_them(dit_pipe):
+    apply_fora(dit_pipe, ForaConfig(interval=3))
+    plain = run_dit(dit_pipe)
+    seen = []
+    handle = get_fora_handle(dit_pipe)
+    handle.add_observer(lambda o: seen.append((o.block, o.kind, o.step, tuple(o.output.shape), o.timestep)))
+    observed = run_dit(dit_pipe)
+    assert torch.equal(torch.from_numpy(plain), torch.from_numpy(observed))
+    schedule = full_steps(10, 3)
+    assert sorted({s for _, _, s, _, _ in seen}) == schedule
+    assert len(seen) == len(schedule) * 3 * 2
+    assert {k for _, k, _, _, _ in seen} == {"attn", "mlp"}
+    assert seen[0][3] == (4, 16, 16) and seen[0][4] == 900.0  # before the gate: the module's own output
+
+
+def test_bare_transformer_needs_num_steps():
+    model = make_dit_pipeline().transformer
+    apply_fora(model, ForaConfig(interval=2))
+    x, t, y = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.tensor([1])
+    with pytest.raises(ValueError, match="num_steps is unknown"):
+        model(x, timestep=t, class_labels=y)
+    handle = get_fora_handle(model)
+    handle.start_run(4)
+    for _ in range(4):
+        model(x, timestep=t, class_labels=y)
+    assert handle.last_run.complete and handle.last_run.full_steps == [0, 1, 3]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"interval": 0}, "interval=0"),
+        ({"interval": 2.5}, "interval=2.5"),
+        ({"cache_start": -1}, "cache_start=-1"),
+        ({"cache_start": 5, "cache_end": 5}, "cache_end=5"),
+        ({"blocks": []}, "blocks="),
+        ({"block_regex": "("}, "block_regex"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        ForaConfig(**kwargs)
+
+
+def test_interval_too_large_for_steps(dit_pipe):
+    apply_fora(dit_pipe, ForaConfig(interval=10))
+    with pytest.raises(ValueError, match=r"interval=10 out of range for 10 steps: allowed 1..9"):
+        run_dit(dit_pipe, steps=10)
+
+
+def test_unknown_block_and_chunking(dit_pipe):
+    with pytest.raises(ValueError, match=r"no block \[7\]; allowed 0..2"):
+        apply_fora(dit_pipe, ForaConfig(blocks=[7]))
+    dit_pipe.transformer.transformer_blocks[0].set_chunk_feed_forward(2, 1)
+    with pytest.raises(ValueError, match="chunking"):
+        apply_fora(dit_pipe, ForaConfig())
+
+
+def test_pixart_bit_identical_and_cross_attention_option():
+    pipe = make_pixart_pipeline()
+    base = run_pixart(pipe)
+    apply_fora(pipe, ForaConfig(interval=1))
+    assert torch.equal(torch.from_numpy(run_pixart(pipe)), torch.from_numpy(base))
+    remove_fora(pipe)
+
+    counts, _ = count_inner_calls(pipe.transformer)
+    handle = apply_fora(pipe, ForaConfig(interval=2))
+    cached = run_pixart(pipe, steps=8)
+    n_full = len(full_steps(8, 2))
+    assert counts[(0, "attn")] == counts[(0, "mlp")] == counts[(0, "cross_attn")] == n_full
+    assert handle.last_run.computed_calls == 2 * 3 * n_full
+    remove_fora(pipe)
+
+    counts.clear()
+    apply_fora(pipe, ForaConfig(interval=2, cache_cross_attn=False))
+    partial = run_pixart(pipe, steps=8)
+    assert counts[(1, "cross_attn")] == 8 and counts[(1, "attn")] == n_full
+    assert not torch.equal(torch.from_numpy(partial), torch.from_numpy(cached))
+
+
+def test_pixart_resolution_change():
+    pipe = make_pixart_pipeline()
+    apply_fora(pipe, ForaConfig(interval=3))
+    run_pixart(pipe, steps=7)
+    g = torch.Generator().manual_seed(0)
+    kw = dict(num_inference_steps=7, generator=g, output_type="np", use_resolution_binning=False, clean_caption=False,
+              max_sequence_length=8)  # fmt: skip
+    out = pipe(prompt="a red dog", height=24, width=24, **kw).images
+    fresh = make_pixart_pipeline()
+    apply_fora(fresh, ForaConfig(interval=3))
+    ref = fresh(prompt="a red dog", height=24, width=24, **{**kw, "generator": torch.Generator().manual_seed(0)}).images
+    assert out.shape == (1, 24, 24, 3)
+    assert torch.equal(torch.from_numpy(out), torch.from_numpy(ref))
