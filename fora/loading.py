@@ -95,7 +95,7 @@ def load_pipeline(model_id: str = "emoji-dit", device: str | None = None, dtype:
         with open(index) as f:
             class_name = json.load(f).get("_class_name", "")
         try:
-            pipe = _pipeline_class(class_name).from_pretrained(source, torch_dtype=dtype)
+            pipe = _pipeline_class(class_name).from_pretrained(source, dtype=dtype)
         except ModelLoadError:
             raise
         except Exception as e:  # a corrupt or incomplete folder
@@ -107,7 +107,7 @@ def load_pipeline(model_id: str = "emoji-dit", device: str | None = None, dtype:
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         try:
             pipe = _pipeline_class(_hub_class(source)).from_pretrained(
-                source, torch_dtype=dtype, local_files_only=local_files_only
+                source, dtype=dtype, local_files_only=local_files_only
             )
         except Exception as e:
             raise ModelLoadError(

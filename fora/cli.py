@@ -1,0 +1,98 @@
+"""Command line: `python -m fora generate ...` and `python -m fora models`."""
+
+import argparse
+import sys
+import time
+
+import torch
+
+from .cache import ForaConfig, apply_fora
+from .generate import Request, generate, is_text_conditional, to_uint8
+from .loading import MODELS, ModelLoadError, load_pipeline, resolve_model
+from .schedule import ideal_speedup
+
+
+def _generate(args) -> int:
+    from PIL import Image
+
+    spec = resolve_model(args.model)
+    steps = args.steps or (spec.default_steps if spec else 30)
+    guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
+    config = ForaConfig(interval=args.interval, cache_attn=not args.no_cache_attn,
+                        cache_cross_attn=not args.no_cache_cross_attn, cache_mlp=not args.no_cache_mlp,
+                        cache_start=args.cache_start, cache_end=args.cache_end)  # fmt: skip
+    config.check_num_steps(steps)
+    dtype = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    t0 = time.perf_counter()
+    pipe = load_pipeline(args.model, device=args.device, dtype=dtype)
+    print(f"loaded {args.model} on {pipe.device} ({pipe.transformer.dtype}) in {time.perf_counter() - t0:.1f}s")
+    if is_text_conditional(pipe):
+        request = Request(prompt=args.prompt, steps=steps, seed=args.seed, guidance=guidance)
+    else:
+        request = Request(label=args.class_label, steps=steps, seed=args.seed, guidance=guidance)
+    handle = apply_fora(pipe, config)
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    images = generate(pipe, request)
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    run = handle.last_run
+    print(f"interval N={config.interval}: {run.summary()}")
+    print(f"full steps: {run.full_steps}")
+    print(f"pipeline call: {seconds:.3f}s; ideal speedup T/full = {ideal_speedup(steps, config.interval, config.window):.2f}x")
+    image = Image.fromarray(to_uint8(images)[0])
+    if args.upscale > 1:
+        image = image.resize((image.width * args.upscale, image.height * args.upscale), Image.Resampling.NEAREST)
+    image.save(args.out)
+    print(f"wrote {args.out} ({image.width}x{image.height})")
+    return 0
+
+
+def _models(args) -> int:
+    for spec in MODELS.values():
+        print(f"{spec.key:20s} {spec.conditioning:5s} steps={spec.default_steps:<3d} {spec.description}  [{spec.source}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fora", description="FORA static caching for diffusion transformers.")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate one image with FORA and print the schedule and timings")
+    g.add_argument("--model", default="emoji-dit",
+                   help=f"model key ({', '.join(MODELS)}), hub id, or pipeline folder (default: emoji-dit)")
+    g.add_argument("--interval", "-N", type=int, default=3, help="cache interval N, 1..steps-1 (1: uncached)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's default)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed")
+    g.add_argument("--class", dest="class_label", default="0",
+                   help="class id or label name for class-conditional models (e.g. 'cat' or 207)")
+    g.add_argument("--prompt", default=None, help="prompt for text-conditional models (PixArt-alpha)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1: off)")
+    g.add_argument("--cache-start", type=int, default=0, help="first step at which reuse is allowed")
+    g.add_argument("--cache-end", type=int, default=None, help="steps from this one on always recompute")
+    g.add_argument("--no-cache-attn", action="store_true", help="recompute self-attention every step")
+    g.add_argument("--no-cache-cross-attn", action="store_true", help="recompute cross-attention every step")
+    g.add_argument("--no-cache-mlp", action="store_true", help="recompute the MLP every step")
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="weights dtype (auto: float16 for hub models on CUDA, else float32)")
+    g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale of the saved image")
+    g.add_argument("--out", default="out.png", help="output PNG path")
+    g.set_defaults(fn=_generate)
+    m = sub.add_parser("models", help="list the models the project knows")
+    m.set_defaults(fn=_models)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
