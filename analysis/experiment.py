@@ -1,0 +1,121 @@
+"""One observed generation, and a FORA run compared with its uncached baseline: what the app and the sweep run.
+
+Every number comes from the run itself: the images, the timings (loop and whole call, CUDA-synchronized), the
+`ForaRun` record of the hooks, the similarity maps of the observers and the per-step predictions.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fora import ForaConfig, ForaRun, apply_fora, get_fora_handle, remove_fora
+from fora.generate import Request, generate
+from fora.schedule import ideal_speedup
+
+from .quality import PredictionRecorder, compare_images, diff_image, prediction_error
+from .similarity import SimilarityRecorder
+from .speed import LoopTimer, _sync
+
+
+@dataclass
+class RunResult:
+    request: Request
+    config: ForaConfig
+    images: np.ndarray  # B x H x W x 3 in [0, 1]
+    call_s: float  # whole pipeline call, less the time spent recording similarity
+    loop_s: float  # denoising loop, less the time spent recording similarity
+    record_s: float  # time the similarity observer took (left out of the two above)
+    run: ForaRun
+    similarity: SimilarityRecorder | None
+    predictions: list = field(default_factory=list, repr=False)
+
+
+def num_blocks(pipe) -> int:
+    return len(pipe.transformer.transformer_blocks)
+
+
+def observe_run(pipe, request: Request, config: ForaConfig, similarity: bool = True, blocks: list[int] | None = None,
+                on_step=None) -> RunResult:  # fmt: skip
+    """Generate once with FORA at `config` (interval 1 is the uncached baseline), observing everything.
+
+    `on_step(step, num_steps, recorder)` is called after each denoising step, for live progress.
+    """
+    if get_fora_handle(pipe) is not None:
+        raise ValueError("this pipeline already has FORA applied; observe_run applies and removes its own")
+    kinds = ("attn", "cross_attn", "mlp") if hasattr(pipe, "text_encoder") else ("attn", "mlp")
+    recorder = SimilarityRecorder(num_blocks(pipe), kinds=kinds, blocks=blocks) if similarity else None
+    handle = apply_fora(pipe, config)
+    timer = LoopTimer(pipe.transformer)
+    predictions = PredictionRecorder(pipe.transformer)
+    step_hook = None
+    if on_step is not None:
+        def after_step(module, args, output):  # noqa: E306
+            on_step(handle.state.step, handle.state.run.num_steps, recorder)
+
+        step_hook = pipe.transformer.register_forward_hook(after_step)
+    if recorder is not None:
+        handle.add_observer(recorder)
+    try:
+        _sync(pipe.device)
+        t0 = time.perf_counter()
+        images = generate(pipe, request)
+        _sync(pipe.device)
+        call_s = time.perf_counter() - t0
+    finally:
+        timer.remove()
+        predictions.remove()
+        if step_hook is not None:
+            step_hook.remove()
+        run = handle.last_run
+        remove_fora(pipe)
+    record_s = recorder.seconds if recorder is not None else 0.0
+    return RunResult(request, config, np.asarray(images), call_s - record_s, timer.seconds - record_s, record_s, run,
+                     recorder, predictions.outputs)  # fmt: skip
+
+
+@dataclass
+class Comparison:
+    baseline: RunResult
+    fora: RunResult
+    metrics: dict
+
+    @property
+    def step_error(self) -> np.ndarray:
+        return prediction_error(self.fora.predictions, self.baseline.predictions)
+
+    def diff_image(self) -> np.ndarray:
+        return diff_image(self.fora.images[0], self.baseline.images[0])
+
+
+def compare_runs(baseline: RunResult, fora: RunResult) -> Comparison:
+    """Quality and speed of a FORA run against the uncached run of the same request."""
+    if baseline.request != fora.request:
+        raise ValueError(f"the runs answer different requests: {baseline.request} vs {fora.request}")
+    if baseline.config.interval != 1:
+        raise ValueError(f"the baseline must be uncached (interval=1), got interval={baseline.config.interval}")
+    quality = compare_images(fora.images[0], baseline.images[0])
+    steps = fora.run.num_steps
+    metrics = {
+        "interval": fora.config.interval, "steps": steps, "full_steps": len(fora.run.full_steps),
+        "reuse_steps": len(fora.run.reuse_steps), "baseline_s": baseline.call_s, "fora_s": fora.call_s,
+        "baseline_loop_s": baseline.loop_s, "fora_loop_s": fora.loop_s,
+        "speedup": baseline.call_s / fora.call_s, "loop_speedup": baseline.loop_s / fora.loop_s,
+        "ideal_speedup": ideal_speedup(steps, fora.config.interval, fora.config.window),
+        "cache_bytes": fora.run.cache_bytes, **quality,
+    }  # fmt: skip
+    return Comparison(baseline, fora, metrics)
+
+
+def baseline_config(config: ForaConfig) -> ForaConfig:
+    """The uncached twin of `config` (interval 1, same everything else)."""
+    return ForaConfig(**{**config.__dict__, "interval": 1, "cache_start": 0, "cache_end": None})
+
+
+@torch.no_grad()
+def compare(pipe, request: Request, config: ForaConfig, baseline: RunResult | None = None, **kw) -> Comparison:
+    """Run the uncached baseline (unless given) and FORA with the same request, and compare them."""
+    if baseline is None:
+        baseline = observe_run(pipe, request, baseline_config(config), **kw)
+    return compare_runs(baseline, observe_run(pipe, request, config, **kw))

@@ -1,0 +1,102 @@
+"""How big is the FORA cache, and is reading it from GPU memory (HBM) fast enough?
+
+The cache does not fit on-chip (an H100 has 50 MB of L2; DiT-XL/2 at 512 caches 264 MB), so it lives in HBM and a
+reuse step reads it back. This module answers with numbers: the bytes of the cache per configuration, the time to
+read them at a stated memory bandwidth, and the time of the attention and MLP compute they replace at a stated
+throughput, per step and per run. `measure_read_seconds` measures the read on the machine at hand instead.
+"""
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from fora.schedule import full_steps
+
+H100_SXM_BANDWIDTH = 3.35e12  # bytes/s, HBM3 (NVIDIA H100 SXM datasheet)
+H100_SXM_BF16_FLOPS = 989e12  # dense BF16 tensor-core FLOP/s (datasheet, without sparsity)
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    name: str
+    blocks: int
+    hidden: int
+    tokens: int  # image tokens per sample: (resolution / 8 / patch)^2 for latent models
+    text_tokens: int = 0  # cross-attention keys (PixArt-alpha: 120 T5 tokens); 0: no cross-attention
+
+    @property
+    def cached_modules(self) -> int:
+        return 3 if self.text_tokens else 2  # attn1 + ff (+ attn2)
+
+
+MODEL_SHAPES = {
+    s.name: s
+    for s in [
+        ModelShape("dit-xl-2-256", 28, 1152, 256),
+        ModelShape("dit-xl-2-512", 28, 1152, 1024),
+        ModelShape("pixart-alpha-512", 28, 1152, 1024, 120),
+        ModelShape("pixart-alpha-1024", 28, 1152, 4096, 120),
+        ModelShape("emoji-dit", 6, 128, 256),
+    ]
+}
+
+
+def cache_bytes(shape: ModelShape, batch: int = 1, dtype: str = "float16", guidance: bool = True) -> int:
+    """Bytes the cache holds: every cached module's output, (blocks x modules x batch x tokens x hidden)."""
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype={dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
+    if batch < 1:
+        raise ValueError(f"batch={batch}: must be >= 1")
+    rows = batch * (2 if guidance else 1)
+    return shape.blocks * shape.cached_modules * rows * shape.tokens * shape.hidden * DTYPE_BYTES[dtype]
+
+
+def replaced_flops(shape: ModelShape, batch: int = 1, guidance: bool = True) -> float:
+    """FLOPs of the attention and MLP work one reuse step skips (2 FLOPs per multiply-add)."""
+    rows = batch * (2 if guidance else 1)
+    L, D, Lt = shape.tokens, shape.hidden, shape.text_tokens
+    attn = 2 * L * 4 * D * D + 2 * 2 * L * L * D  # q, k, v, out projections; QK^T and AV
+    mlp = 2 * L * 2 * 4 * D * D  # D -> 4D -> D
+    cross = (2 * L * 2 * D * D + 2 * Lt * 2 * D * D + 2 * 2 * L * Lt * D) if Lt else 0
+    return rows * shape.blocks * (attn + mlp + cross)
+
+
+def hbm_answer(shape: ModelShape, batch: int = 1, dtype: str = "float16", steps: int = 50, interval: int = 3,
+               bandwidth: float = H100_SXM_BANDWIDTH, flops: float = H100_SXM_BF16_FLOPS,
+               utilization: float = 0.5) -> dict:  # fmt: skip
+    """Read time of the cache against the compute it replaces, per reuse step and per run.
+
+    `utilization` is the assumed fraction of peak `flops` that attention/MLP reach (0.5 is typical of large GEMMs);
+    the read is taken at full `bandwidth`, which favours neither side much: a streaming read reaches ~90% of it.
+    """
+    if not 0 < utilization <= 1:
+        raise ValueError(f"utilization={utilization}: allowed (0, 1]")
+    nbytes = cache_bytes(shape, batch, dtype)
+    read_s = nbytes / bandwidth
+    compute_s = replaced_flops(shape, batch) / (flops * utilization)
+    reuse_steps = steps - len(full_steps(steps, interval))
+    return {
+        **asdict(shape), "batch": batch, "dtype": dtype, "steps": steps, "interval": interval,
+        "cache_bytes": nbytes, "read_ms_per_step": read_s * 1e3, "compute_ms_per_step": compute_s * 1e3,
+        "compute_over_read": compute_s / read_s, "reuse_steps": reuse_steps,
+        "read_ms_per_run": read_s * reuse_steps * 1e3, "saved_ms_per_run": (compute_s - read_s) * reuse_steps * 1e3,
+        "bandwidth_TBps": bandwidth / 1e12, "flops_TFLOPs": flops / 1e12, "utilization": utilization,
+    }  # fmt: skip
+
+
+def measure_read_seconds(nbytes: int, device: str | torch.device = "cpu", repeats: int = 5) -> float:
+    """Measured time to read `nbytes` of float16 on `device` (the reuse step's `x + gate * cache` reads it once)."""
+    device = torch.device(device)
+    cache = torch.ones(max(1, nbytes // 2), dtype=torch.float16, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        cache.sum(dtype=torch.float32)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[len(times[1:]) // 2]

@@ -1,0 +1,67 @@
+"""Quality of a FORA image against the uncached baseline with the same seed: PSNR, SSIM, mean absolute difference,
+a difference image, and the per-step error of the transformer's prediction (how error accumulates)."""
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    return a, b
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, data_range]; inf for identical images."""
+    a, b = _check_pair(a, b)
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(data_range**2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Structural similarity (scikit-image) of HxWx3 images; the window shrinks for tiny images."""
+    a, b = _check_pair(a, b)
+    side = min(a.shape[0], a.shape[1])
+    win = min(7, side if side % 2 else side - 1)
+    return float(structural_similarity(a, b, data_range=data_range, channel_axis=-1, win_size=win))
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = _check_pair(a, b)
+    return float(np.mean(np.abs(a - b)))
+
+
+def diff_image(a: np.ndarray, b: np.ndarray, gain: float = 4.0) -> np.ndarray:
+    """|a - b| averaged over channels, amplified by `gain` and shown in a heat colour map: HxWx3 in [0, 1]."""
+    a, b = _check_pair(a, b)
+    d = np.clip(np.abs(a - b).mean(axis=-1) * gain, 0, 1)
+    return np.stack([np.clip(3 * d, 0, 1), np.clip(3 * d - 1, 0, 1), np.clip(3 * d - 2, 0, 1)], axis=-1)
+
+
+def compare_images(fora_image: np.ndarray, baseline_image: np.ndarray) -> dict:
+    return {"psnr": psnr(fora_image, baseline_image), "ssim": ssim(fora_image, baseline_image),
+            "mad": mean_abs_diff(fora_image, baseline_image)}  # fmt: skip
+
+
+class PredictionRecorder:
+    """Forward hook keeping the transformer's output of every step (on CPU, float32) for error curves."""
+
+    def __init__(self, transformer):
+        self.outputs: list[torch.Tensor] = []
+        self._handle = transformer.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        self.outputs.append(sample.detach().to("cpu", torch.float32))
+
+    def remove(self):
+        self._handle.remove()
+
+
+def prediction_error(cached: list[torch.Tensor], baseline: list[torch.Tensor]) -> np.ndarray:
+    """Relative L2 error ||p_fora - p_base|| / ||p_base|| of the model prediction at each step."""
+    if len(cached) != len(baseline):
+        raise ValueError(f"runs differ in length: {len(cached)} vs {len(baseline)} steps")
+    return np.array([float((c - b).norm() / b.norm().clamp_min(1e-12)) for c, b in zip(cached, baseline)])
