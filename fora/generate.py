@@ -46,6 +46,8 @@ def generate(pipe, request: Request, output_type: str = "np"):
         if not request.prompt or not request.prompt.strip():
             raise ValueError("prompt is empty: a text-conditional model needs a prompt")
         extra = {k: v for k, v in (("height", request.height), ("width", request.width)) if v is not None}
+        if extra:  # an explicit size is used as given, not snapped to the model's aspect-ratio bins
+            extra["use_resolution_binning"] = False
         return pipe(prompt=request.prompt, num_images_per_prompt=request.batch, num_inference_steps=request.steps,
                     guidance_scale=request.guidance, generator=generator, output_type=output_type, **extra).images  # fmt: skip
     if request.label is None:

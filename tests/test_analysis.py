@@ -1,0 +1,203 @@
+"""Analysis metrics against known answers, the similarity observer against exact values, and the sweep end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dit_pipeline, make_pixart_pipeline
+
+from analysis.experiment import compare, observe_run
+from analysis.memory import MODEL_SHAPES, cache_bytes, hbm_answer, measure_read_seconds
+from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot, tradeoff_plot
+from analysis.quality import compare_images, diff_image, mean_abs_diff, prediction_error, psnr, ssim
+from analysis.similarity import SimilarityRecorder, cosine, default_blocks
+from analysis.sweep import main as sweep_main
+from analysis.sweep import run_sweep, write_outputs
+from fora import ForaConfig, apply_fora, full_steps, remove_fora
+from fora.generate import Request
+
+
+def test_identical_images():
+    img = np.random.default_rng(0).random((16, 16, 3))
+    assert psnr(img, img) == math.inf and ssim(img, img) == pytest.approx(1.0) and mean_abs_diff(img, img) == 0
+    assert diff_image(img, img).max() == 0
+
+
+def test_known_psnr_and_mad():
+    a = np.zeros((8, 8, 3))
+    b = np.full((8, 8, 3), 0.1)  # mse 0.01 -> 20 dB
+    assert psnr(a, b) == pytest.approx(20.0)
+    assert mean_abs_diff(a, b) == pytest.approx(0.1)
+    assert ssim(a, a + np.linspace(0, 1, 8)[None, :, None]) < 0.9
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(a, np.zeros((4, 4, 3)))
+
+
+def test_cosine_known_values():
+    a = torch.tensor([1.0, 0.0, 0.0])
+    assert cosine(a, torch.tensor([0.0, 1.0, 0.0])) == pytest.approx(0.0)
+    assert cosine(a, torch.tensor([2.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert cosine(a, torch.tensor([1.0, 1.0, 0.0])) == pytest.approx(1 / math.sqrt(2))
+    assert cosine(a.reshape(1, 3), -a) == pytest.approx(-1.0)
+
+
+def test_prediction_error():
+    base = [torch.ones(4), torch.ones(4)]
+    assert prediction_error([torch.ones(4), 1.5 * torch.ones(4)], base).tolist() == pytest.approx([0.0, 0.5])
+
+
+def test_default_blocks_like_the_paper():
+    assert default_blocks(28) == [0, 9, 18, 27]
+    assert default_blocks(6) == [0, 2, 3, 5]
+
+
+class ExactRecorder:
+    """Keeps every computed output whole: the exact answer the streaming recorder is checked against."""
+
+    def __init__(self):
+        self.outputs = {}
+
+    def __call__(self, obs):
+        self.outputs[(obs.block, obs.kind, obs.step)] = obs.output.detach().clone()
+
+
+@pytest.mark.parametrize("interval", [1, 3])
+def test_similarity_recorder_matches_exact(interval):
+    pipe = make_dit_pipeline(num_layers=4, sample_size=16)  # 64 tokens
+    T = 12
+    exact = ExactRecorder()
+    full = SimilarityRecorder(4, blocks=[0, 3])
+    budget = 64 * 1 * 4 * 16 * 2 * T * 2 * 2 // 4  # room for a quarter of the tokens
+    sub = SimilarityRecorder(4, blocks=[0, 3], budget_bytes=budget)
+    handle = apply_fora(pipe, ForaConfig(interval=interval))
+    for obs in (exact, full, sub):
+        handle.add_observer(obs)
+    g = torch.Generator().manual_seed(0)
+    pipe(class_labels=[3, 4], num_inference_steps=T, generator=g)  # batch 4 with guidance
+    # every recorder is a callable observer; the run-start event reached the two recorders
+    steps = full_steps(T, interval)
+    assert full.tokens_kept == (64, 64) and sub.tokens_kept[0] < 32
+    for kind in ("attn", "mlp"):
+        for block in range(4):
+            for prev, cur in zip(steps, steps[1:]):
+                want = cosine(exact.outputs[(block, kind, cur)], exact.outputs[(block, kind, prev)])
+                assert full.neighbour[kind][block, cur] == pytest.approx(want, abs=2e-3)
+            reuse = [s for s in range(T) if s not in steps]
+            assert np.isnan(full.neighbour[kind][block, reuse]).all()
+            assert np.isnan(full.neighbour[kind][block, 0])
+        for block in (0, 3):
+            want = np.array([[cosine(exact.outputs[(block, kind, s)], exact.outputs[(block, kind, t)])
+                              for t in steps] for s in steps])  # fmt: skip
+            got_full = full.pairwise(block, kind)[np.ix_(steps, steps)]
+            got_sub = sub.pairwise(block, kind)[np.ix_(steps, steps)]
+            np.testing.assert_allclose(got_full, want, atol=2e-3)
+            assert np.abs(got_sub - want).max() < 0.1  # a token subset estimates the full cosine
+    assert full.timesteps[0] == 999.0 or full.timesteps[0] > 0
+
+
+def test_similarity_memory_bound_for_dit_xl():
+    """The recorder's budget for DiT-XL/2 at 256, 250 steps, batch 2: well under 1 GB."""
+    from fora.observers import Observation, RunEvent
+
+    rec = SimilarityRecorder(28)
+    rec.on_run_start(RunEvent(250, tuple(range(250))))
+    x = torch.zeros(2, 256, 1152)
+    for step in range(3):
+        for block in range(28):
+            for kind in ("attn", "mlp"):
+                rec(Observation(block, kind, step, 250, 999.0 - step, x))
+    full_run_features = 250 * 4 * 2 * 2 * rec.tokens_kept[0] * 1152 * 2
+    previous = 28 * 2 * 2 * 256 * 1152 * 2
+    assert full_run_features <= 384 * 2**20 and full_run_features + previous < 0.5 * 2**30
+    assert rec.memory_bytes == full_run_features + previous
+
+
+def test_cache_bytes_measured_equals_calculator_and_tensors():
+    pipe = make_dit_pipeline(num_layers=3, sample_size=8)
+    handle = apply_fora(pipe, ForaConfig(interval=2))
+    pipe(class_labels=[1], num_inference_steps=6, generator=torch.Generator().manual_seed(0))
+    # 3 blocks x (attn, mlp) x batch 2 (guidance) x 16 tokens x 16 wide x 4 bytes, summed from the cached tensors
+    assert handle.last_run.cache_bytes == 3 * 2 * 2 * 16 * 16 * 4
+    from analysis.memory import ModelShape
+
+    shape = ModelShape("tiny", 3, 16, 16)
+    assert cache_bytes(shape, batch=1, dtype="float32") == handle.last_run.cache_bytes
+    remove_fora(pipe)
+
+
+def test_memory_calculator():
+    dit = MODEL_SHAPES["dit-xl-2-256"]
+    assert cache_bytes(dit, batch=1, dtype="float16") == 28 * 2 * 2 * 256 * 1152 * 2
+    pix = MODEL_SHAPES["pixart-alpha-1024"]
+    assert cache_bytes(pix, batch=1) == 28 * 3 * 2 * 4096 * 1152 * 2
+    answer = hbm_answer(dit, batch=1, steps=50, interval=3)
+    assert answer["reuse_steps"] == 32
+    assert answer["read_ms_per_step"] == pytest.approx(cache_bytes(dit) / 3.35e12 * 1e3)
+    assert answer["compute_over_read"] > 10  # compute replaced dwarfs the read on an H100
+    with pytest.raises(ValueError, match="dtype='int3'"):
+        cache_bytes(dit, dtype="int3")
+    assert measure_read_seconds(2**20) > 0
+
+
+def test_observe_and_compare_on_dit():
+    pipe = make_dit_pipeline()
+    request = Request(label=1, steps=10, seed=0, guidance=4.0)
+    comp = compare(pipe, request, ForaConfig(interval=3))
+    m = comp.metrics
+    assert m["full_steps"] == 4 and m["reuse_steps"] == 6 and m["ideal_speedup"] == pytest.approx(2.5)
+    assert 0 < m["psnr"] < math.inf and m["ssim"] <= 1
+    assert m["cache_bytes"] == comp.fora.run.cache_bytes > 0
+    errors = comp.step_error
+    assert errors[0] == 0 and errors[-1] > 0  # step 0 is computed by both; error builds up later
+    same = compare(pipe, request, ForaConfig(interval=1), baseline=comp.baseline)
+    assert same.metrics["psnr"] == math.inf
+    # identical request, identical results: nothing leaks between runs
+    again = observe_run(pipe, request, ForaConfig(interval=3))
+    assert np.array_equal(again.images, comp.fora.images)
+    for fig in (neighbour_heatmap(comp.baseline.similarity, "attn"), pairwise_heatmap(comp.baseline.similarity, 0, "mlp"),
+                schedule_strip(10, comp.fora.run.full_steps), step_error_plot(errors, comp.fora.run.full_steps)):
+        assert fig.to_dict()["data"]
+
+
+def test_pixart_observes_cross_attention():
+    pipe = make_pixart_pipeline()
+    kw = dict(prompt="a red cat", steps=6, seed=0, guidance=4.5, height=16, width=16)
+    result = observe_run(pipe, Request(**kw), ForaConfig(interval=1))
+    assert set(result.similarity.kinds) == {"attn", "cross_attn", "mlp"}
+    assert np.isfinite(result.similarity.neighbour["cross_attn"][:, 1:]).all()
+
+
+def test_sweep_end_to_end(tmp_path):
+    pipe = make_dit_pipeline()
+    result = run_sweep(pipe, Request(label=1, steps=8, guidance=4.0), [1, 2, 4], seeds=[0, 1])
+    rows = {r["interval"]: r for r in result["rows"]}
+    assert rows[1]["psnr"] == math.inf and rows[1]["full_steps"] == 8
+    assert rows[2]["full_steps"] == 5 and rows[4]["full_steps"] == 3
+    assert rows[4]["ideal_speedup"] == pytest.approx(8 / 3)
+    paths = write_outputs(result, str(tmp_path), "tiny-dit")
+    assert "interval,full_steps" in open(paths["csv"]).read()
+    data = json.load(open(paths["json"]))
+    assert [r["interval"] for r in data["rows"]] == [1, 2, 4]
+    html = open(paths["html"]).read()
+    assert "plotly" in html and "N=4" in html and "<table>" in html
+    # the same seeds give the same quality numbers
+    again = run_sweep(pipe, Request(label=1, steps=8, guidance=4.0), [1, 2, 4], seeds=[0, 1])
+    assert [r["psnr"] for r in again["rows"]] == [r["psnr"] for r in result["rows"]]
+    assert tradeoff_plot(result["rows"]).to_dict()["data"]
+
+
+def test_sweep_cli(tmp_path, capsys):
+    pipe = make_dit_pipeline()
+    pipe.save_pretrained(tmp_path / "dit")
+    rc = sweep_main(["--model", str(tmp_path / "dit"), "--intervals", "1", "3", "--steps", "6", "--seeds", "0",
+                     "--class", "1", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert rc == 0 and (tmp_path / "out" / "report.html").exists()
+    assert sweep_main(["--model", str(tmp_path / "dit"), "--intervals", "9", "--steps", "6", "--class", "1"]) == 2
+    assert "interval=9 out of range for 6 steps" in capsys.readouterr().out
+
+
+def test_compare_images_keys():
+    img = np.zeros((4, 4, 3))
+    assert set(compare_images(img, img)) == {"psnr", "ssim", "mad"}
