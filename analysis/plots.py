@@ -24,7 +24,7 @@ def neighbour_heatmap(recorder, kind: str, title: str | None = None) -> go.Figur
         colorbar=dict(title="cos"), hoverongaps=False,
         hovertemplate="layer %{y}<br>step %{x} (t=%{customdata})<br>similarity %{z:.4f}<extra></extra>",
     ))  # fmt: skip
-    fig.update_layout(title=title or f"{KIND_TITLES.get(kind, kind)}: similarity to the previous computed step",
+    fig.update_layout(title=title or f"{KIND_TITLES.get(kind, kind)}: cos to previous computed step",
                       xaxis_title="sampling step", yaxis_title="layer (block)", height=320,
                       margin=dict(l=60, r=20, t=50, b=50))  # fmt: skip
     return fig

@@ -1,0 +1,191 @@
+"""Does the embedded model draw the class it is asked for? `python -m fora.emoji.evaluate`.
+
+An honest, automatic measure: a small CNN classifier trained on *held-out renders* of the emoji (a data seed the
+diffusion model never saw; never on generated images) classifies generated samples. Reported: the classifier's own
+accuracy on fresh renders, the class accuracy of generated samples at the default settings, and the same with FORA
+at several intervals together with PSNR/SSIM against the uncached image of the same seed.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .classes import LABELS, NUM_CLASSES
+from .render import render_dataset
+
+CLASSIFIER_DATA_SEED = 1001  # the diffusion model trains on data seed 1
+CLASSIFIER_TEST_SEED = 2002
+
+
+class EmojiClassifier(nn.Module):
+    """Four conv stages with batch norm, global pooling, linear head: ~0.3M parameters, 32x32x3 in [-1, 1]."""
+
+    def __init__(self, width: int = 48):
+        super().__init__()
+        chans = [3, width, width * 2, width * 2, width * 4]
+        layers = []
+        for i in range(4):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1), nn.BatchNorm2d(chans[i + 1]), nn.GELU()]
+            if i < 3:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], NUM_CLASSES)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def _to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def train_classifier(per_class: int = 400, epochs: int = 6, seed: int = 0, log=print) -> tuple[EmojiClassifier, float]:
+    """Train on renders of data seed 1001; return the model and its accuracy on renders of seed 2002."""
+    torch.manual_seed(seed)
+    x, y = render_dataset(per_class, seed=CLASSIFIER_DATA_SEED)
+    xt, yt = render_dataset(50, seed=CLASSIFIER_TEST_SEED)
+    x, y, xt, yt = _to_tensor(x), torch.from_numpy(y), _to_tensor(xt), torch.from_numpy(yt)
+    model = EmojiClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    steps = epochs * (len(x) // 128)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    g = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(len(x) // 128):
+            idx = perm[i * 128 : (i + 1) * 128]
+            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=0.05)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        acc = accuracy(model, xt, yt)
+        log(f"classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, held-out render accuracy {acc:.3f}")
+    return model.eval(), acc
+
+
+@torch.no_grad()
+def accuracy(model: EmojiClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    pred = torch.cat([model(x[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
+    return float((pred == y).float().mean())
+
+
+@torch.no_grad()
+def classify(model: EmojiClassifier, images: np.ndarray) -> np.ndarray:
+    """Class ids for B x H x W x 3 images in [0, 1]."""
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1
+    return model.eval()(x).argmax(1).numpy()
+
+
+def load_or_train_classifier(path: str, log=print) -> tuple[EmojiClassifier, float | None]:
+    if os.path.exists(path):
+        model = EmojiClassifier()
+        model.load_state_dict(load_file(path))
+        return model.eval(), None
+    model, acc = train_classifier(log=log)
+    save_file(model.state_dict(), path)
+    return model, acc
+
+
+def evaluate(pipe, classifier, per_class: int = 8, steps: int = 30, guidance: float = 3.0,
+             intervals=(2, 3, 5, 7, 10), seed: int = 0, log=print) -> dict:  # fmt: skip
+    """Class accuracy of generated samples uncached and with FORA; PSNR/SSIM of FORA against uncached."""
+    from analysis.quality import psnr, ssim
+
+    from ..cache import ForaConfig, apply_fora, remove_fora
+
+    labels = [c for c in range(NUM_CLASSES) for _ in range(per_class)]
+
+    def sample():
+        g = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        out = pipe(labels, num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np").images
+        return out, time.perf_counter() - t0
+
+    base, seconds = sample()
+    pred = classify(classifier, base)
+    per_class_acc = {LABELS[c]: float(np.mean(pred[np.array(labels) == c] == c)) for c in range(NUM_CLASSES)}
+    result = {"steps": steps, "guidance": guidance, "per_class": per_class, "seed": seed,
+              "accuracy": float(np.mean(pred == np.array(labels))), "per_class_accuracy": per_class_acc,
+              "batch_seconds": seconds, "fora": []}  # fmt: skip
+    log(f"uncached: accuracy {result['accuracy']:.3f} ({len(labels)} samples, {seconds:.1f}s)")
+    for n in intervals:
+        apply_fora(pipe, ForaConfig(interval=n))
+        try:
+            images, secs = sample()
+        finally:
+            remove_fora(pipe)
+        acc = float(np.mean(classify(classifier, images) == np.array(labels)))
+        p = [psnr(a, b) for a, b in zip(images, base)]
+        s = [ssim(a, b) for a, b in zip(images, base)]
+        row = {"interval": n, "accuracy": acc, "psnr": float(np.mean(p)), "ssim": float(np.mean(s)),
+               "batch_seconds": secs}  # fmt: skip
+        result["fora"].append(row)
+        log(f"N={n}: accuracy {acc:.3f}, PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f} ({secs:.1f}s)")
+    return result
+
+
+def single_image_seconds(pipe, steps: int, guidance: float, repeats: int = 5) -> float:
+    """Median wall time of one image (batch 1, guidance on) at the given settings."""
+    times = []
+    for i in range(repeats + 1):
+        g = torch.Generator().manual_seed(i)
+        t0 = time.perf_counter()
+        pipe([i % NUM_CLASSES], num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np")
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def main(args):
+    from ..loading import load_pipeline
+
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    classifier, render_acc = load_or_train_classifier(args.classifier)
+    if render_acc is None:
+        xt, yt = render_dataset(50, seed=CLASSIFIER_TEST_SEED)
+        render_acc = accuracy(classifier, _to_tensor(xt), torch.from_numpy(yt))
+    print(f"classifier accuracy on held-out renders: {render_acc:.3f}")
+    result = {"classifier_render_accuracy": render_acc, "torch_threads": torch.get_num_threads()}
+    result["settings"] = []
+    for steps, guidance in args.grid:
+        r = evaluate(pipe, classifier, args.per_class, steps, guidance, intervals=args.intervals if (
+            steps, guidance) == tuple(args.grid[0]) else ())  # fmt: skip
+        r["single_image_seconds"] = single_image_seconds(pipe, steps, guidance)
+        print(f"steps {steps}, guidance {guidance}: accuracy {r['accuracy']:.3f}, one image {r['single_image_seconds']:.3f}s")
+        result["settings"].append(r)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+def _pair(text: str) -> tuple[int, float]:
+    steps, guidance = text.split(":")
+    return int(steps), float(guidance)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="emoji-dit")
+    p.add_argument("--classifier", default="assets/emoji-classifier.safetensors",
+                   help="classifier weights; trained on held-out renders and saved there when missing")
+    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--grid", type=_pair, nargs="+", default=[(30, 3.0)],
+                   help="steps:guidance settings to evaluate; the first also gets the FORA intervals")
+    p.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5, 7, 10])
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default="assets/emoji-dit/eval.json")
+    main(p.parse_args())
