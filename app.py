@@ -99,10 +99,19 @@ def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_at
                    pairwise_heatmap(comp.baseline.similarity, block, "attn"),
                    schedule_strip(comp.fora.run.num_steps, comp.fora.run.full_steps, comp.fora.similarity.timesteps),
                    step_error_plot(comp.step_error, comp.fora.run.full_steps),
-                   f"done: N={config.interval}, {comp.metrics['full_steps']} full steps of {request.steps}",
+                   f"done: N={config.interval}, seed {request.seed}, {comp.metrics['full_steps']} full steps of {request.steps}",
                    comp)  # fmt: skip
     except (ValueError, live.ModelLoadError) as e:
         raise _error(e) from None
+
+
+def redraw_heatmaps(comp, source):
+    if comp is None:
+        return gr.skip(), gr.skip()
+    run = comp.baseline if source == "uncached baseline" else comp.fora
+    prefix = "uncached" if run is comp.baseline else f"FORA N={comp.fora.config.interval}"
+    return (neighbour_heatmap(run.similarity, "attn", f"{prefix}: self-attention, cos to previous computed step"),
+            neighbour_heatmap(run.similarity, "mlp", f"{prefix}: MLP, cos to previous computed step"))  # fmt: skip
 
 
 def redraw_pairwise(comp, block, kind):
@@ -244,6 +253,8 @@ def build_demo() -> gr.Blocks:
                         diff_img = gr.Image(label="|difference| x4", height=256, format="png", elem_id="diff")
                     metrics = gr.Dataframe(headers=["metric", "value"], label="metrics", interactive=False)
                     strip = gr.Plot(label="schedule")
+                    heat_source = gr.Radio(["FORA run", "uncached baseline"], value="FORA run",
+                                           label="layer x step maps from (FORA: blank columns are reuse steps)")
                     with gr.Row():
                         heat_attn = gr.Plot(label="self-attention: layer x step", elem_id="heat-attn")
                         heat_mlp = gr.Plot(label="MLP: layer x step", elem_id="heat-mlp")
@@ -285,6 +296,7 @@ def build_demo() -> gr.Blocks:
                              cache_start, cache_end, blocks, block_choice],
                   [base_img, fora_img, diff_img, metrics, heat_attn, heat_mlp, pairwise, strip, err, status, last],
                   api_name="generate", concurrency_limit=1, concurrency_id="gpu")  # fmt: skip
+        heat_source.change(redraw_heatmaps, [last, heat_source], [heat_attn, heat_mlp], api_name=False)
         for widget in (block_choice, kind_choice):
             widget.change(redraw_pairwise, [last, block_choice, kind_choice], pairwise, api_name=False)
         sweep_run.click(sweep, [model, label, prompt, steps, guidance, sweep_intervals, sweep_seeds],

@@ -1,0 +1,65 @@
+"""App latency, measured in a real headless browser: `python -m analysis.bench_app`.
+
+Starts the real server, opens the page in Debian's Chromium, and times click -> both images, metrics and heatmaps
+shown, with the embedded model at the default settings: (1) a new seed (baseline and FORA both run), (2) only the
+interval changed (the baseline comes from the cache). Targets on a 2-core CPU: <= 3 s and <= 1.5 s.
+"""
+
+import argparse
+import socket
+import statistics
+import time
+
+
+def main(args):
+    from playwright.sync_api import sync_playwright
+
+    import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.demo.queue(max_size=16, default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
+                                                                    prevent_thread_lock=True, quiet=True)  # fmt: skip
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]  # fmt: skip
+    fresh, cached = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=args.chromium, args=flags)
+        page = browser.new_page(viewport={"width": 1500, "height": 1700})
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+        interval = page.locator("input[type=number][aria-label='number input for cache interval N (1 = uncached)']")
+        seed = page.get_by_label("seed", exact=True)
+        button = page.get_by_role("button", name="Generate")
+        interval.wait_for(timeout=60_000)
+
+        def click_and_wait(n: int, s: int) -> float:
+            interval.fill(str(n))
+            interval.press("Enter")
+            seed.fill(str(s))
+            seed.press("Tab")
+            page.wait_for_timeout(300)  # let the widgets settle before the click
+            t0 = time.perf_counter()
+            button.click()
+            page.wait_for_function(f"document.body.innerText.includes('done: N={n}, seed {s},')", timeout=120_000)
+            page.wait_for_selector("#fora img", timeout=10_000)
+            return time.perf_counter() - t0
+
+        click_and_wait(3, 999)  # warm-up: loads the model
+        for i in range(args.repeats):
+            fresh.append(click_and_wait(3, 1000 + i))
+            cached.append(click_and_wait(5, 1000 + i))
+        browser.close()
+    app.demo.close()
+    print(f"click -> images, metrics, heatmaps (embedded model, 30 steps, guidance 3, {args.repeats} repeats, median)")
+    print(f"  new seed (baseline + FORA):  {statistics.median(fresh):.2f} s  (target <= 3 s)   all: "
+          + ", ".join(f"{t:.2f}" for t in fresh))
+    print(f"  interval changed (cached baseline): {statistics.median(cached):.2f} s  (target <= 1.5 s)   all: "
+          + ", ".join(f"{t:.2f}" for t in cached))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--chromium", default="/usr/bin/chromium")
+    main(p.parse_args())
