@@ -69,7 +69,7 @@ def _metrics_rows(m: dict, cached_baseline: bool) -> list[list]:
 
 @gpu
 def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_attn, cache_cross_attn, cache_mlp,
-             cache_start, cache_end, blocks, block_choice, progress=gr.Progress()):  # fmt: skip
+             cache_start, cache_end, blocks, block_choice, heat_source="FORA run", progress=gr.Progress()):  # fmt: skip
     """Baseline and FORA image with the same seed, metrics, and heatmaps that fill in while the run goes."""
     try:
         pipe, _ = live.get_model(model_key)
@@ -95,7 +95,7 @@ def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_at
                 block = comp.baseline.similarity.blocks[-1]
             yield (live.upscale(comp.baseline.images[0]), live.upscale(comp.fora.images[0]),
                    live.upscale(comp.diff_image()), _metrics_rows(comp.metrics, p.cached_baseline),
-                   neighbour_heatmap(comp.fora.similarity, "attn"), neighbour_heatmap(comp.fora.similarity, "mlp"),
+                   *redraw_heatmaps(comp, heat_source),
                    pairwise_heatmap(comp.baseline.similarity, block, "attn"),
                    schedule_strip(comp.fora.run.num_steps, comp.fora.run.full_steps, comp.fora.similarity.timesteps),
                    step_error_plot(comp.step_error, comp.fora.run.full_steps),
@@ -293,7 +293,7 @@ def build_demo() -> gr.Blocks:
         steps.change(on_steps_change, [steps, interval], interval, api_name=False)
         randomize.click(lambda: int(time.time_ns() % live.SEED_MAX), None, seed, api_name=False)
         run.click(generate, [model, label, prompt, steps, interval, seed, guidance, cache_attn, cache_cross, cache_mlp,
-                             cache_start, cache_end, blocks, block_choice],
+                             cache_start, cache_end, blocks, block_choice, heat_source],
                   [base_img, fora_img, diff_img, metrics, heat_attn, heat_mlp, pairwise, strip, err, status, last],
                   api_name="generate", concurrency_limit=1, concurrency_id="gpu")  # fmt: skip
         heat_source.change(redraw_heatmaps, [last, heat_source], [heat_attn, heat_mlp], api_name=False)
