@@ -20,11 +20,12 @@ import plotly.io as pio
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fora import ForaConfig
+from fora import ForaConfig, apply_fora, remove_fora
 from fora.generate import Request, to_uint8
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
 
-from .experiment import compare_runs, observe_run
+from .experiment import compare_runs, num_blocks, observe_run
+from .speed import cached_module_fraction, time_generation
 from .plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, tradeoff_plot
 
 COLUMNS = ["interval", "full_steps", "speedup", "loop_speedup", "ideal_speedup", "psnr", "ssim", "mad",
@@ -37,8 +38,12 @@ def _median(values):
 
 
 def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], config: ForaConfig | None = None,
-              progress=None) -> dict:  # fmt: skip
-    """Baseline once per seed, then each interval; returns rows (medians over seeds), images and the recorders."""
+              progress=None, timing_repeats: int = 0) -> dict:  # fmt: skip
+    """Baseline once per seed, then each interval; returns rows (medians over seeds), images and the recorders.
+
+    With `timing_repeats` > 0 the speed columns come from separate timed runs without observers (one warm-up, then
+    the median of `timing_repeats` calls per interval, first seed); otherwise from the observed runs themselves.
+    """
     config = config or ForaConfig()
     intervals = sorted(set(intervals))
     for n in intervals:
@@ -72,7 +77,26 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
             bar.update(1)
             if progress:
                 progress(done, total, f"seed {seed}: N={n}")
+    if timing_repeats > 0:  # the uncached baseline is always timed, as the reference
+        req = Request(**{**request.__dict__, "seed": seeds[0]})
+        timed = {}
+        for n in sorted({1, *intervals}):
+            apply_fora(pipe, ForaConfig(**{**config.__dict__, "interval": n}))
+            try:
+                timed[n] = time_generation(pipe, req, repeats=timing_repeats, warmup=1)
+            finally:
+                remove_fora(pipe)
+            if progress:
+                progress(done, total, f"timing N={n}")
+        for n in intervals:
+            for m in per_interval[n]:
+                m.update(fora_s=timed[n].call, baseline_s=timed[1].call, speedup=timed[1].call / timed[n].call,
+                         loop_speedup=timed[1].loop / timed[n].loop)  # fmt: skip
     bar.close()
+    blocks = pipe.transformer.transformer_blocks
+    names = [f"transformer_blocks.{i}.{c}" for i in range(num_blocks(pipe)) for c in ("attn1", "attn2", "ff")
+             if getattr(blocks[i], c, None) is not None]  # fmt: skip
+    fraction = cached_module_fraction(pipe, Request(**{**request.__dict__, "seed": seeds[0]}), names)
     rows = []
     for n in intervals:
         ms = per_interval[n]
@@ -80,7 +104,8 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
         row.update(interval=n, full_steps=ms[0]["full_steps"], cache_bytes=ms[0]["cache_bytes"])
         rows.append({k: row[k] for k in COLUMNS})
     return {"rows": rows, "images": images, "recorders": recorders, "request": request.__dict__, "seeds": seeds,
-            "per_seed": {n: per_interval[n] for n in intervals}}  # fmt: skip
+            "per_seed": {n: per_interval[n] for n in intervals}, "cached_module_fraction": fraction,
+            "timing": f"median of {timing_repeats} timed runs after a warm-up" if timing_repeats else "observed runs"}
 
 
 def _png_data_uri(image: np.ndarray, scale: int) -> str:
@@ -103,6 +128,7 @@ def write_outputs(result: dict, out_dir: str, model: str) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     meta = {"model": model, "request": result["request"], "seeds": result["seeds"], "rows": rows,
+            "cached_module_fraction": result["cached_module_fraction"], "timing": result["timing"],
             "per_seed": {str(k): v for k, v in result["per_seed"].items()}}  # fmt: skip
     with open(paths["json"], "w") as f:
         json.dump(meta, f, indent=1, default=lambda v: None if isinstance(v, float) and not np.isfinite(v) else v)
@@ -137,7 +163,9 @@ img{{image-rendering:pixelated}}</style></head><body>
 <h1>FORA interval sweep: {model}</h1>
 <p>{req['steps']} steps, guidance {req['guidance']}, label {req['label']!r}, prompt {req['prompt']!r},
 seeds {result['seeds']}. Each row: median over seeds; quality against the uncached image of the same seed.
-Timings leave out the time spent recording similarity.</p>
+Speed: {result['timing']} (observed runs leave out the time spent recording similarity). Measured share of the
+uncached transformer time spent in the cached modules (attention, MLP): {result['cached_module_fraction']:.1%},
+which bounds what caching can save.</p>
 <table><tr>{head}</tr>{body}</table><h2>Images (seed {result['seeds'][0]})</h2>{grid}<h2>Plots</h2>{plots}
 </body></html>"""
 
@@ -158,6 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", default=None, help="prompt (text-conditional models)")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--device", default=None)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per interval for the speed columns (0: use the "
+                   "observed runs)")
     p.add_argument("--out", default="out/sweep", help="output folder")
     args = p.parse_args(argv)
     spec = resolve_model(args.model)
@@ -167,7 +197,7 @@ def main(argv=None) -> int:
         pipe = load_pipeline(args.model, device=args.device)
         pipe.set_progress_bar_config(disable=True)
         t0 = time.perf_counter()
-        result = run_sweep(pipe, request, args.intervals, args.seeds)
+        result = run_sweep(pipe, request, args.intervals, args.seeds, timing_repeats=args.repeats)
     except (ValueError, ModelLoadError) as e:
         print(f"error: {e}")
         return 2
@@ -176,6 +206,8 @@ def main(argv=None) -> int:
     for r in result["rows"]:
         print(f"{r['interval']:>3} {r['full_steps']:>4} {r['speedup']:>7.2f}x {r['ideal_speedup']:>5.2f}x "
               f"{r['psnr']:>7.2f} {r['ssim']:>6.3f}  {r['cache_bytes'] / 2**20:.2f} MiB")  # fmt: skip
+    print(f"share of uncached transformer time in the cached modules: {result['cached_module_fraction']:.1%} "
+          f"(speed: {result['timing']})")
     print(f"sweep took {time.perf_counter() - t0:.1f}s; wrote {', '.join(paths.values())}")
     return 0
 

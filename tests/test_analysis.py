@@ -186,6 +186,9 @@ def test_sweep_end_to_end(tmp_path):
     again = run_sweep(pipe, Request(label=1, steps=8, guidance=4.0), [1, 2, 4], seeds=[0, 1])
     assert [r["psnr"] for r in again["rows"]] == [r["psnr"] for r in result["rows"]]
     assert tradeoff_plot(result["rows"]).to_dict()["data"]
+    assert 0.2 < result["cached_module_fraction"] < 1.0
+    timed = run_sweep(pipe, Request(label=1, steps=8, guidance=4.0), [1, 4], seeds=[0], timing_repeats=2)
+    assert timed["rows"][0]["speedup"] == 1.0 and timed["rows"][1]["speedup"] > 0 and "2 timed runs" in timed["timing"]
 
 
 def test_sweep_cli(tmp_path, capsys):
