@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 
 import gradio as gr
 import torch
@@ -90,34 +91,44 @@ def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_at
                        f"running the {p.phase}: step {p.step} of {p.num_steps}", skip)  # fmt: skip
                 continue
             comp = p.comparison
+            token = uuid.uuid4().hex
+            live.RESULTS.put(token, comp)
             block = int(block_choice) if block_choice not in (None, "") else comp.fora.similarity.blocks[-1]
             if block not in comp.baseline.similarity.blocks:
                 block = comp.baseline.similarity.blocks[-1]
             yield (live.upscale(comp.baseline.images[0]), live.upscale(comp.fora.images[0]),
                    live.upscale(comp.diff_image()), _metrics_rows(comp.metrics, p.cached_baseline),
-                   *redraw_heatmaps(comp, heat_source),
+                   *_heatmaps(comp, heat_source),
                    pairwise_heatmap(comp.baseline.similarity, block, "attn"),
                    schedule_strip(comp.fora.run.num_steps, comp.fora.run.full_steps, comp.fora.similarity.timesteps),
                    step_error_plot(comp.step_error, comp.fora.run.full_steps),
                    f"done: N={config.interval}, seed {request.seed}, {comp.metrics['full_steps']} full steps of {request.steps}",
-                   comp)  # fmt: skip
+                   token)  # fmt: skip
     except (ValueError, live.ModelLoadError) as e:
         raise _error(e) from None
 
 
-def redraw_heatmaps(comp, source):
+def _last_result(token):
+    comp = live.RESULTS.get(token) if token else None
     if comp is None:
-        return gr.skip(), gr.skip()
+        raise gr.Error("generate first: the plots are redrawn from your last run (kept for the 16 most recent runs)",
+                       print_exception=False)  # fmt: skip
+    return comp
+
+
+def _heatmaps(comp, source):
     run = comp.baseline if source == "uncached baseline" else comp.fora
     prefix = "uncached" if run is comp.baseline else f"FORA N={comp.fora.config.interval}"
     return (neighbour_heatmap(run.similarity, "attn", f"{prefix}: self-attention, cos to previous computed step"),
             neighbour_heatmap(run.similarity, "mlp", f"{prefix}: MLP, cos to previous computed step"))  # fmt: skip
 
 
-def redraw_pairwise(comp, block, kind):
-    if comp is None:
-        raise gr.Error("generate first: the step x step map is drawn from the last run", print_exception=False)
-    rec = comp.baseline.similarity
+def redraw_heatmaps(token, source):
+    return _heatmaps(_last_result(token), source) if token else (gr.skip(), gr.skip())
+
+
+def redraw_pairwise(token, block, kind):
+    rec = _last_result(token).baseline.similarity
     block = int(block)
     if block not in rec.blocks:
         raise gr.Error(f"block {block} has no step x step map; recorded blocks: {rec.blocks}", print_exception=False)

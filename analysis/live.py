@@ -142,37 +142,52 @@ def parse_blocks(text: str, num_blocks: int) -> tuple[int, ...] | None:
     return blocks
 
 
-class BaselineCache:
-    """LRU of uncached baseline runs keyed by (model, request): changing only the interval reuses the baseline."""
+def result_bytes(result) -> int:
+    """Memory a kept `RunResult` or `Comparison` holds: similarity features, per-step predictions, images."""
+    runs = [result.baseline, result.fora] if hasattr(result, "fora") else [result]
+    total = 0
+    for run in runs:
+        total += run.images.nbytes + sum(p.numel() * p.element_size() for p in run.predictions)
+        total += run.similarity.memory_bytes if run.similarity is not None else 0
+    return total
 
-    def __init__(self, size: int = 8):
-        self.size = size
-        self._runs: OrderedDict = OrderedDict()
+
+class BoundedCache:
+    """Thread-safe LRU bounded by entry count and by bytes: what the server keeps between requests."""
+
+    def __init__(self, size: int = 8, max_bytes: int = 512 * 2**20):
+        self.size, self.max_bytes = size, max_bytes
+        self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, key) -> RunResult | None:
+    def get(self, key):
         with self._lock:
-            run = self._runs.get(key)
-            if run is not None:
-                self._runs.move_to_end(key)
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
                 self.hits += 1
             else:
                 self.misses += 1
-            return run
+            return item[0] if item is not None else None
 
-    def put(self, key, run: RunResult) -> None:
+    def put(self, key, value) -> None:
         with self._lock:
-            self._runs[key] = run
-            self._runs.move_to_end(key)
-            while len(self._runs) > self.size:
-                self._runs.popitem(last=False)
+            self._items[key] = (value, result_bytes(value))
+            self._items.move_to_end(key)
+            while len(self._items) > 1 and (len(self._items) > self.size or self.nbytes > self.max_bytes):
+                self._items.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b for _, b in self._items.values())
 
     def __len__(self):
-        return len(self._runs)
+        return len(self._items)
 
 
-BASELINES = BaselineCache()
+BASELINES = BoundedCache(size=8)  # uncached runs by (model, request): changing only N reuses them
+RESULTS = BoundedCache(size=16)  # finished comparisons by token, for redrawing plots; sessions hold only the token
 
 
 @dataclass

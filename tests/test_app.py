@@ -46,11 +46,19 @@ def test_generate_on_embedded_model(app):
     from analysis import live
 
     outs = run_generate(app, steps=12, interval=3, seed=7)
-    base, fora, diff, metrics, heat_attn, heat_mlp, pairwise, strip, err, status, comp = outs[-1]
+    base, fora, diff, metrics, heat_attn, heat_mlp, pairwise, strip, err, status, token = outs[-1]
     assert base.shape == fora.shape == diff.shape and base.shape[0] >= 256
     table = dict(metrics)
     assert table["full / reuse steps"] == "5 / 7" and "dB" in table["PSNR vs baseline"]
     assert heat_attn.to_dict()["data"][0]["z"] is not None and "done" in status
+    # the plots redraw from the server-side result the session's token names
+    assert app.redraw_pairwise(token, "0", "mlp").to_dict()["data"]
+    base_attn, _ = app.redraw_heatmaps(token, "uncached baseline")
+    assert not np.isnan(np.asarray(base_attn.data[0].z, dtype=float)[:, 1:]).any()
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="generate first"):
+        app.redraw_pairwise("no-such-token", "0", "mlp")
     # only the interval changes: the baseline comes from the cache, with the very same image
     hits = live.BASELINES.hits
     outs2 = run_generate(app, steps=12, interval=2, seed=7)
@@ -111,6 +119,13 @@ def test_baseline_cache_is_bounded(app):
     for seed in range(100, 100 + live.BASELINES.size + 3):
         run_generate(app, steps=4, interval=2, seed=seed)
     assert len(live.BASELINES) == live.BASELINES.size
+    assert len(live.RESULTS) <= live.RESULTS.size and live.RESULTS.nbytes <= live.RESULTS.max_bytes
+    comparison = next(iter(live.RESULTS._items.values()))[0]
+    assert live.result_bytes(comparison) > 0
+    small = live.BoundedCache(size=100, max_bytes=1)  # the byte bound evicts all but the newest entry
+    for i in range(3):
+        small.put(i, comparison)
+    assert len(small) == 1 and small.get(2) is comparison
 
 
 def _free_port() -> int:
