@@ -256,6 +256,8 @@ def build_demo() -> gr.Blocks:
                     blocks = gr.Textbox("", label="blocks that cache (e.g. 0,2,5; empty = all)")
                 run = gr.Button("Generate", variant="primary")
                 status = gr.Markdown("")
+                gr.Examples([["cat", 30, 3, 0], ["rocket", 30, 5, 1], ["rainbow", 50, 10, 2], ["ghost", 30, 2, 3]],
+                            [label, steps, interval, seed], label="try (class, steps, N, seed)")
             with gr.Column(scale=2):
                 with gr.Tab("Compare"):
                     with gr.Row():

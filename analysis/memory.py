@@ -100,3 +100,36 @@ def measure_read_seconds(nbytes: int, device: str | torch.device = "cpu", repeat
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="FORA cache size and HBM read time vs the compute it replaces.")
+    p.add_argument("--batch", type=int, default=1, help="images per call (guidance doubles the rows)")
+    p.add_argument("--dtype", default="float16", choices=list(DTYPE_BYTES))
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--interval", type=int, default=3)
+    p.add_argument("--bandwidth", type=float, default=H100_SXM_BANDWIDTH / 1e12, help="memory bandwidth, TB/s")
+    p.add_argument("--tflops", type=float, default=H100_SXM_BF16_FLOPS / 1e12, help="peak throughput, TFLOP/s")
+    p.add_argument("--utilization", type=float, default=0.5, help="fraction of peak the replaced compute reaches")
+    p.add_argument("--measure", action="store_true", help="also measure the read on this machine (CUDA if present)")
+    args = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"batch {args.batch} (x2 for guidance), {args.dtype}, T={args.steps}, N={args.interval}; "
+          f"{args.bandwidth:g} TB/s, {args.tflops:g} TFLOP/s x {args.utilization:g}")  # fmt: skip
+    print(f"{'model':18s} {'cache MiB':>9s} {'read ms/step':>12s} {'compute ms/step':>15s} {'ratio':>6s} "
+          f"{'saved ms/run':>12s}" + (f" {'measured read ms (' + device + ')':>24s}" if args.measure else ""))
+    for shape in MODEL_SHAPES.values():
+        a = hbm_answer(shape, args.batch, args.dtype, args.steps, args.interval, args.bandwidth * 1e12,
+                       args.tflops * 1e12, args.utilization)  # fmt: skip
+        line = (f"{shape.name:18s} {a['cache_bytes'] / 2**20:9.1f} {a['read_ms_per_step']:12.3f} "
+                f"{a['compute_ms_per_step']:15.3f} {a['compute_over_read']:6.0f} {a['saved_ms_per_run']:12.1f}")
+        if args.measure:
+            line += f" {measure_read_seconds(a['cache_bytes'], device) * 1e3:24.2f}"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

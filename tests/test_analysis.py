@@ -204,3 +204,22 @@ def test_sweep_cli(tmp_path, capsys):
 def test_compare_images_keys():
     img = np.zeros((4, 4, 3))
     assert set(compare_images(img, img)) == {"psnr", "ssim", "mad"}
+
+
+def test_memory_cli(capsys):
+    from analysis.memory import main
+
+    assert main(["--steps", "50", "--interval", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "dit-xl-2-256" in out and "63.0" in out  # 28 x 2 x 2 x 256 x 1152 x 2 bytes = 63.0 MiB
+
+
+def test_heatmaps_cli(tmp_path, capsys):
+    from analysis.heatmaps import main
+
+    make_dit_pipeline().save_pretrained(tmp_path / "dit")
+    out = tmp_path / "fig2.html"
+    assert main(["--model", str(tmp_path / "dit"), "--steps", "6", "--class", "1", "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "step x step similarity" in html and "cos to previous computed step" in html
+    assert "6 steps, 6 full / 0 reuse" in capsys.readouterr().out
