@@ -19,6 +19,7 @@ from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, 
 from analysis.sweep import run_sweep, write_outputs
 from fora import ForaConfig
 from fora.emoji.classes import LABELS
+from fora.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from fora.loading import MODELS
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator everywhere else
@@ -241,12 +242,12 @@ def build_demo() -> gr.Blocks:
                 model = gr.Dropdown(choices, value=DEFAULT_MODEL, label="model")
                 label = gr.Dropdown(LABELS, value="cat", label="class", allow_custom_value=False)
                 prompt = gr.Textbox(label="prompt", visible=False, placeholder="an astronaut riding a horse")
-                steps = gr.Slider(live.STEPS_RANGE[0] + 1, 100, value=30, step=1, label="steps T")
-                interval = gr.Slider(1, 29, value=3, step=1, label="cache interval N (1 = uncached)")
+                steps = gr.Slider(live.STEPS_RANGE[0] + 1, 100, value=DEFAULT_STEPS, step=1, label="steps T")
+                interval = gr.Slider(1, DEFAULT_STEPS - 1, value=3, step=1, label="cache interval N (1 = uncached)")
                 with gr.Row():
                     seed = gr.Number(0, label="seed", precision=0)  # range checked by live.check_inputs, with a clear message
                     randomize = gr.Button("🎲 random seed", size="sm")
-                guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="guidance scale")
+                guidance = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="guidance scale")
                 with gr.Accordion("Advanced", open=False):
                     cache_attn = gr.Checkbox(True, label="cache self-attention")
                     cache_cross = gr.Checkbox(True, label="cache cross-attention (PixArt)")

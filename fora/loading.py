@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .emoji.pipeline import DEFAULT_GUIDANCE as EMOJI_GUIDANCE
+from .emoji.pipeline import DEFAULT_STEPS as EMOJI_STEPS
+
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 
 
@@ -27,7 +30,7 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in [
-        ModelSpec("emoji-dit", os.path.join(ASSETS, "emoji-dit"), "class", 30, 3.0,
+        ModelSpec("emoji-dit", os.path.join(ASSETS, "emoji-dit"), "class", EMOJI_STEPS, EMOJI_GUIDANCE,
                   "embedded 32x32 pixel-space DiT, 32 emoji classes, trained by this project (CPU, offline)"),
         ModelSpec("dit-xl-2-256", "facebook/DiT-XL-2-256", "class", 50, 4.0, "DiT-XL/2, ImageNet 256x256"),
         ModelSpec("dit-xl-2-512", "facebook/DiT-XL-2-512", "class", 50, 4.0, "DiT-XL/2, ImageNet 512x512"),

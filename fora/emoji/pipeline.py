@@ -8,6 +8,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 
+# Sampling defaults, chosen from measurements (assets/emoji-dit/README.md): accuracy against CPU time.
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 3.0
+
+
 class EmojiDiTPipeline(DiffusionPipeline):
     r"""
     Class-conditional pixel-space DiT with classifier-free guidance. There is no VAE: the transformer denoises
@@ -67,9 +72,9 @@ class EmojiDiTPipeline(DiffusionPipeline):
     def __call__(
         self,
         class_labels: int | str | list[int | str],
-        guidance_scale: float = 3.0,
+        guidance_scale: float = DEFAULT_GUIDANCE,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 30,
+        num_inference_steps: int = DEFAULT_STEPS,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
@@ -77,9 +82,9 @@ class EmojiDiTPipeline(DiffusionPipeline):
         r"""
         Args:
             class_labels (`int`, `str` or a list of them): class ids or names, one image each.
-            guidance_scale (`float`, defaults to 3.0): classifier-free guidance; 1.0 turns guidance off.
+            guidance_scale (`float`, defaults to `DEFAULT_GUIDANCE`): classifier-free guidance; 1.0 turns guidance off.
             generator (`torch.Generator`, *optional*): for reproducible noise.
-            num_inference_steps (`int`, defaults to 30): denoising steps.
+            num_inference_steps (`int`, defaults to `DEFAULT_STEPS`): denoising steps.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (HxWx3 floats in [0, 1]) or `"pt"`
                 (Bx3xHxW floats in [0, 1]).
             callback_on_step_end (`Callable`, *optional*): called as `fn(pipe, step_index, timestep, {})` after

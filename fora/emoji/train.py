@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel
 from tqdm.auto import tqdm
 
 from .classes import LABELS, NUM_CLASSES
-from .pipeline import EmojiDiTPipeline
+from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, EmojiDiTPipeline
 from .render import render_dataset
 
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
@@ -53,7 +53,8 @@ def vpred_loss(model, x0, labels, alphas_cumprod, generator, snr_gamma: float = 
 
 
 @torch.no_grad()
-def sample_grid(pipe: EmojiDiTPipeline, path: str, per_class: int = 4, steps: int = 30, guidance: float = 3.0):
+def sample_grid(pipe: EmojiDiTPipeline, path: str, per_class: int = 4, steps: int = DEFAULT_STEPS,
+                guidance: float = DEFAULT_GUIDANCE):
     """A grid with one row of `per_class` samples for each class, classes in id order, 4 classes per row."""
     from PIL import Image
 
