@@ -71,7 +71,8 @@ def _metrics_rows(m: dict, cached_baseline: bool) -> list[list]:
 
 @gpu
 def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_attn, cache_cross_attn, cache_mlp,
-             cache_start, cache_end, blocks, block_choice, heat_source="FORA run", progress=gr.Progress()):  # fmt: skip
+             cache_start, cache_end, blocks, block_choice, heat_source="FORA run", pair_kind="attn",
+             progress=gr.Progress()):  # fmt: skip
     """Baseline and FORA image with the same seed, metrics, and heatmaps that fill in while the run goes."""
     try:
         pipe, _ = live.get_model(model_key)
@@ -100,13 +101,16 @@ def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_at
             yield (live.upscale(comp.baseline.images[0]), live.upscale(comp.fora.images[0]),
                    live.upscale(comp.diff_image()), _metrics_rows(comp.metrics, p.cached_baseline),
                    *_heatmaps(comp, heat_source),
-                   pairwise_heatmap(comp.baseline.similarity, block, "attn"),
+                   pairwise_heatmap(comp.baseline.similarity, block,
+                                    pair_kind if pair_kind in comp.baseline.similarity.kinds else "attn"),
                    schedule_strip(comp.fora.run.num_steps, comp.fora.run.full_steps, comp.fora.similarity.timesteps),
                    step_error_plot(comp.step_error, comp.fora.run.full_steps),
                    f"done: N={config.interval}, seed {request.seed}, {comp.metrics['full_steps']} full steps of {request.steps}",
                    token)  # fmt: skip
     except (ValueError, live.ModelLoadError) as e:
         raise _error(e) from None
+    except Exception as e:  # e.g. out of memory: say what failed, never show a stack trace
+        raise gr.Error(f"generation failed: {type(e).__name__}: {e}", print_exception=True) from None
 
 
 def _last_result(token):
@@ -159,6 +163,8 @@ def sweep(model_key, label, prompt, steps, guidance, intervals, num_seeds, progr
                                progress=lambda d, t, msg: progress((d, t), desc=msg))  # fmt: skip
     except (ValueError, live.ModelLoadError) as e:
         raise _error(e) from None
+    except Exception as e:
+        raise gr.Error(f"sweep failed: {type(e).__name__}: {e}", print_exception=True) from None
     os.makedirs(SWEEP_DIR, exist_ok=True)
     old = sorted((os.path.join(SWEEP_DIR, d) for d in os.listdir(SWEEP_DIR)), key=os.path.getmtime)
     for d in old[: max(0, len(old) - SWEEP_KEEP + 1)]:
@@ -307,7 +313,7 @@ def build_demo() -> gr.Blocks:
         steps.change(on_steps_change, [steps, interval], interval, api_name=False)
         randomize.click(lambda: int(time.time_ns() % live.SEED_MAX), None, seed, api_name=False)
         run.click(generate, [model, label, prompt, steps, interval, seed, guidance, cache_attn, cache_cross, cache_mlp,
-                             cache_start, cache_end, blocks, block_choice, heat_source],
+                             cache_start, cache_end, blocks, block_choice, heat_source, kind_choice],
                   [base_img, fora_img, diff_img, metrics, heat_attn, heat_mlp, pairwise, strip, err, status, last],
                   api_name="generate", concurrency_limit=1, concurrency_id="gpu")  # fmt: skip
         heat_source.change(redraw_heatmaps, [last, heat_source], [heat_attn, heat_mlp], api_name=False)
