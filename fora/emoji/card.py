@@ -60,8 +60,7 @@ label dropout for guidance. `python -m fora.emoji.train --out assets/emoji-dit` 
 - final training loss (mean of the last 50 steps, min-SNR weighted v-MSE): {final_loss:.4f}
 
 ## Sampling defaults
-DDIM, trailing timestep spacing, {default['steps']} steps, guidance {default['guidance']}: chosen from the grid
-below (accuracy against CPU time).
+DDIM, trailing timestep spacing, {default['steps']} steps, guidance {default['guidance']}: {"chosen from the grid below (accuracy against CPU time)" if len(ev['settings']) > 1 else "the only setting measured so far; `python -m fora.emoji.evaluate --grid 20:3 30:2 30:3 30:4.5` compares others"}.
 
 ## Quality (measured by `python -m fora.emoji.evaluate`; seed {default['seed']})
 A CNN classifier trained on held-out renders (data seed 1001, never on generated images; accuracy on fresh
