@@ -5,7 +5,7 @@ Every number comes from the run itself: the images, the timings (loop and whole 
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -110,7 +110,7 @@ def compare_runs(baseline: RunResult, fora: RunResult) -> Comparison:
 
 def baseline_config(config: ForaConfig) -> ForaConfig:
     """The uncached twin of `config` (interval 1, same everything else)."""
-    return ForaConfig(**{**config.__dict__, "interval": 1, "cache_start": 0, "cache_end": None})
+    return replace(config, interval=1, cache_start=0, cache_end=None)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import plotly.io as pio
@@ -24,7 +25,7 @@ from fora import ForaConfig, apply_fora, remove_fora
 from fora.generate import Request, to_uint8
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
 
-from .experiment import compare_runs, num_blocks, observe_run
+from .experiment import baseline_config, compare_runs, num_blocks, observe_run
 from .speed import cached_module_fraction, time_generation
 from .plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, tradeoff_plot
 
@@ -47,7 +48,7 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
     config = config or ForaConfig()
     intervals = sorted(set(intervals))
     for n in intervals:
-        ForaConfig(**{**config.__dict__, "interval": n}).check_num_steps(request.steps)
+        replace(config, interval=n).check_num_steps(request.steps)
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
     per_interval = {n: [] for n in intervals}
@@ -56,8 +57,8 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
     bar = tqdm(total=total, desc="sweep", disable=progress is not None)
     done = 0
     for seed in seeds:
-        req = Request(**{**request.__dict__, "seed": seed})
-        baseline = observe_run(pipe, req, ForaConfig(**{**config.__dict__, "interval": 1}))
+        req = replace(request, seed=seed)
+        baseline = observe_run(pipe, req, baseline_config(config))
         done += 1
         bar.update(1)
         if progress:
@@ -68,7 +69,7 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
             if n == 1:
                 result, metrics = baseline, compare_runs(baseline, baseline).metrics
             else:
-                result = observe_run(pipe, req, ForaConfig(**{**config.__dict__, "interval": n}))
+                result = observe_run(pipe, req, replace(config, interval=n))
                 metrics = compare_runs(baseline, result).metrics
             per_interval[n].append(metrics)
             if seed == seeds[0]:
@@ -77,13 +78,13 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
             bar.update(1)
             if progress:
                 progress(done, total, f"seed {seed}: N={n}")
+    first = replace(request, seed=seeds[0])
     if timing_repeats > 0:  # the uncached baseline is always timed, as the reference
-        req = Request(**{**request.__dict__, "seed": seeds[0]})
         timed = {}
         for n in sorted({1, *intervals}):
-            apply_fora(pipe, ForaConfig(**{**config.__dict__, "interval": n}))
+            apply_fora(pipe, replace(config, interval=n))
             try:
-                timed[n] = time_generation(pipe, req, repeats=timing_repeats, warmup=1)
+                timed[n] = time_generation(pipe, first, repeats=timing_repeats, warmup=1)
             finally:
                 remove_fora(pipe)
             if progress:
@@ -96,7 +97,7 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
     blocks = pipe.transformer.transformer_blocks
     names = [f"transformer_blocks.{i}.{c}" for i in range(num_blocks(pipe)) for c in ("attn1", "attn2", "ff")
              if getattr(blocks[i], c, None) is not None]  # fmt: skip
-    fraction = cached_module_fraction(pipe, Request(**{**request.__dict__, "seed": seeds[0]}), names)
+    fraction = cached_module_fraction(pipe, first, names)
     rows = []
     for n in intervals:
         ms = per_interval[n]
