@@ -91,7 +91,7 @@ def test_training_runs_and_resumes(tmp_path):
 
 @needs_font
 def test_shipped_classifier_recognises_fresh_renders():
-    from fora.emoji.evaluate import EmojiClassifier, classify
+    from fora.emoji.classifier import EmojiClassifier, classify
     from fora.emoji.render import render_dataset
     from safetensors.torch import load_file
 
