@@ -7,7 +7,10 @@ layer run every step. What is cached is the module output *before* the adaLN gat
 fresh gates with stale outputs, exactly as the official code does.
 
 One `_ForaRunHook` on the transformer counts the steps of a run and decides `is_full_step`; one `_ForaModuleHook`
-per cached module computes-and-stores or returns the cache, and hands computed outputs to observers.
+per cached module computes-and-stores or returns the cache, and hands computed outputs to observers; one
+`_ForaBlockHook` per DiT/PixArt block runs a reuse step without the norms and adaLN rows that only cached modules
+read (`fora.reuse`). The step bookkeeping runs outside `torch.compile` (`torch.compiler.disable`); what compiled
+blocks trace is one boolean and the cached tensors, so a compiled block has one graph per kind of step.
 """
 
 import logging
@@ -19,11 +22,13 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .observers import Observation, RunEvent
+from .reuse import needed_chunks, reuse_step_forward, supports_lean_reuse
 from .schedule import full_steps
 
 logger = logging.getLogger(__name__)
 
 _FORA_HOOK = "fora"
+_FORA_BLOCK_HOOK = "fora_block"
 _FORA_MODULE_HOOK = "fora_module"
 _BLOCK_REGEX = r"(?:transformer_blocks|blocks)\.(\d+)"
 _MODULE_KINDS = {"attn1": "attn", "attn2": "cross_attn", "ff": "mlp"}
@@ -103,7 +108,9 @@ class ForaRun:
     computed_calls: int = 0  # cached-module calls that ran the module
     reused_calls: int = 0  # cached-module calls answered from the cache
     cache_bytes: int = 0  # peak bytes held by the cache during the run
-    timesteps: list[float] = field(default_factory=list)
+    # the timestep of each step as passed (a number or a 1-element tensor view): read to floats only on request,
+    # so that the hot path never waits for the device
+    raw_timesteps: list = field(default_factory=list, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -114,16 +121,31 @@ class ForaRun:
         full = set(self.full_steps)
         return [s for s in range(self.num_steps) if s not in full]
 
+    @property
+    def timesteps(self) -> list[float]:
+        """The scheduler timestep of each step so far (`float`, or `None` where none was passed)."""
+        return [_first_value(t) for t in self.raw_timesteps]
+
     def summary(self) -> str:
         return (f"{self.num_steps} steps, {len(self.full_steps)} full / {len(self.reuse_steps)} reuse; "
                 f"module calls computed {self.computed_calls}, reused {self.reused_calls}; "
                 f"cache {self.cache_bytes / 2**20:.2f} MiB")  # fmt: skip
 
 
+class _CacheSlot:
+    """The stored output of one cached module. One object per module, read as an attribute, so that compiled
+    blocks see a tensor input of the same kind in every block rather than a per-block dictionary key."""
+
+    def __init__(self, key: str, block: int, kind: str, enabled: bool):
+        self.key, self.block, self.kind, self.enabled = key, block, kind, enabled
+        self.output: torch.Tensor | None = None
+
+
 class ForaState:
     """Per-run state shared by all hooks of one transformer: step counter, schedule and the cached outputs."""
 
     def __init__(self):
+        self.slots: list[_CacheSlot] = []  # one per hooked module, fixed at apply time
         self.reset()
 
     def reset(self, num_steps: int = 0, full: list[int] | None = None):
@@ -131,10 +153,27 @@ class ForaState:
         self.full_set = frozenset(self.run.full_steps) if self.run else frozenset()
         self.step = -1
         self.is_full_step = True
-        self.timestep: float | None = None
-        self.cache: dict[str, torch.Tensor] = {}
-        self.cache_bytes = 0
+        self.timestep_input = None  # the timestep argument of this step, as passed
+        self._timestep: float | None = None
         self.caching = False  # interval 1: nothing is ever reused, so nothing is kept
+        for slot in self.slots:
+            slot.output = None
+
+    @property
+    def timestep(self) -> float | None:
+        """This step's timestep as a float. Reading a device tensor waits for the device: only observers ask."""
+        if self._timestep is None and self.timestep_input is not None:
+            self._timestep = _first_value(self.timestep_input)
+        return self._timestep
+
+    @property
+    def cache(self) -> dict[str, torch.Tensor]:
+        """The cached outputs held now, by module name."""
+        return {s.key: s.output for s in self.slots if s.output is not None}
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(_nbytes(s.output) for s in self.slots if s.output is not None)
 
     def __repr__(self):
         cache = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in list(self.cache.items())[:4])
@@ -162,6 +201,9 @@ class ForaHandle:
         self.modules: list[tuple[str, int, str]] = []  # (module name, block index, kind)
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self._timesteps_seen = None
+        self._last_timestep: float | None = None  # bare transformer: the previous call's timestep
+        self._explicit_run = False  # the current run was started by start_run(): the caller delimits it
+        self._num_cached = 0
 
     @property
     def last_run(self) -> ForaRun | None:
@@ -176,19 +218,45 @@ class ForaHandle:
     def start_run(self, num_steps: int | None = None) -> ForaRun:
         """Begin a new run of `num_steps` transformer calls (default: the `num_steps` given to `apply_fora`).
 
-        Pipelines need not call this: a new run starts whenever the scheduler's timesteps are set anew.
+        Pipelines need not call this: a new run starts whenever the scheduler's timesteps are set anew. In a
+        hand-written loop a run started here lasts exactly `num_steps` calls, whatever timesteps they pass.
         """
+        run = self._start_run(num_steps)
+        self._explicit_run = True
+        return run
+
+    def reset(self) -> None:
+        """Forget the current run and its cache; the next call starts a new run."""
+        self.state.reset()
+        self._timesteps_seen = None
+        self._last_timestep = None
+        self._explicit_run = False
+
+    def _start_run(self, num_steps: int | None) -> ForaRun:
         num_steps = num_steps or self.num_steps
         if not num_steps:
             raise ValueError("num_steps is unknown: pass num_steps to apply_fora(transformer, ...) or start_run()")
         self.config.check_num_steps(num_steps)
         self.state.reset(num_steps, full_steps(num_steps, self.config.interval, self.config.window))
         self.state.caching = self.config.interval > 1
+        self._explicit_run = False
         for obs in self.observers:
             if hasattr(obs, "on_run_start"):
                 obs.on_run_start(RunEvent(num_steps, tuple(self.state.run.full_steps)))
         return self.state.run
 
+    def _is_restart(self, t: float | None) -> bool:
+        """Bare transformer: has a new sampling loop begun although the current run is not complete?
+
+        Sampling timesteps go down (or repeat, for second-order samplers), so a timestep above the previous one means
+        a new loop; so does the first timestep again right after a run's first step, which no scheduler repeats.
+        """
+        previous = self._last_timestep
+        if t is None or previous is None:
+            return False
+        return t > previous or (t == previous and self.state.run.steps_done == 1)
+
+    @torch.compiler.disable
     def _begin_step(self, timestep) -> None:
         state = self.state
         pipe = self._pipeline() if self._pipeline is not None else None
@@ -196,9 +264,19 @@ class ForaHandle:
             timesteps = pipe.scheduler.timesteps
             if timesteps is not self._timesteps_seen or state.run is None or state.run.complete:
                 self._timesteps_seen = timesteps
-                self.start_run(len(timesteps))
-        elif state.run is None or state.run.complete:
-            self.start_run()
+                self._start_run(len(timesteps))
+        else:
+            # runs delimited automatically read the timestep on the host: free for a number or a CPU tensor, one wait
+            # per step for a device tensor; a run started with start_run() lasts its num_steps calls without it
+            run = state.run
+            ongoing = run is not None and not run.complete
+            t = None if ongoing and self._explicit_run else _first_value(timestep)
+            restarted = ongoing and not self._explicit_run and self._is_restart(t)
+            if restarted:
+                logger.info("FORA: a new sampling loop began before the last run finished; starting a new run")
+            if not ongoing or restarted:
+                self._start_run(None)
+            self._last_timestep = t
         run = state.run
         state.step += 1
         if state.step >= run.num_steps:
@@ -207,23 +285,41 @@ class ForaHandle:
                 "one call per scheduler step (for a hand-written loop call handle.start_run(num_steps) first)"
             )
         state.is_full_step = state.step in state.full_set
-        state.timestep = _first_value(timestep)
-        run.timesteps.append(state.timestep)
+        state.timestep_input = _timestep_view(timestep)
+        state._timestep = None
+        run.raw_timesteps.append(state.timestep_input)
 
+    @torch.compiler.disable
     def _end_step(self) -> None:
         state = self.state
         run = state.run
         run.steps_done = state.step + 1
-        run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
+        # counted here, not in the module hooks, so that compiled blocks do no bookkeeping: each hooked module
+        # runs once per step, and on a reuse step the cached ones are answered from the cache
+        total, cached = len(state.slots), self._num_cached
+        if state.is_full_step:
+            run.computed_calls += total
+            if state.caching:
+                run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
+        else:
+            run.computed_calls += total - cached
+            run.reused_calls += cached
         if run.complete:
-            state.cache.clear()  # the run is over: free the cache now, keep only the record
-            state.cache_bytes = 0
+            for slot in state.slots:  # the run is over: free the cache now, keep only the record
+                slot.output = None
             for obs in self.observers:
                 if hasattr(obs, "on_run_end"):
                     obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))
 
     def __repr__(self):
         return f"ForaHandle(config={self.config!r}, modules={len(self.modules)}, state={self.state!r})"
+
+
+def _timestep_view(timestep):
+    """The first element of a timestep argument without reading it (no device wait): a view, or the number."""
+    if isinstance(timestep, torch.Tensor):
+        return timestep.detach().reshape(-1)[:1] if timestep.numel() else None
+    return timestep
 
 
 def _first_value(timestep) -> float | None:
@@ -235,7 +331,9 @@ def _first_value(timestep) -> float | None:
 
 
 class _ForaRunHook(ModelHook):
-    """On the transformer: one forward call is one sampling step."""
+    """On the transformer: one forward call is one sampling step. Stateful: `reset_stateful_hooks()` resets it."""
+
+    _is_stateful = True
 
     def __init__(self, handle: ForaHandle):
         super().__init__()
@@ -250,28 +348,55 @@ class _ForaRunHook(ModelHook):
         self.handle._end_step()
         return output
 
+    def reset_state(self, module):
+        self.handle.reset()
+        return module
+
 
 class _ForaModuleHook(ModelHook):
-    """On one attention or MLP module: compute and cache on full steps, return the cache on reuse steps."""
+    """On one attention or MLP module: compute and cache on full steps, return the cache on reuse steps.
 
-    def __init__(self, handle: ForaHandle, key: str, block: int, kind: str, cache: bool):
+    Blocks with a `_ForaBlockHook` never call a cached module on a reuse step; other blocks do, and get the cache.
+    """
+
+    def __init__(self, handle: ForaHandle, slot: _CacheSlot):
         super().__init__()
-        self.handle, self.key, self.block, self.kind, self.cache = handle, key, block, kind, cache
+        self.handle, self.state, self.slot = handle, handle.state, slot
 
     def new_forward(self, module, *args, **kwargs):
-        handle, state = self.handle, self.handle.state
-        if self.cache and not state.is_full_step:
-            state.run.reused_calls += 1
-            return state.cache[self.key]
+        state, slot = self.state, self.slot
+        if slot.enabled and not state.is_full_step:
+            return slot.output
         output = self.fn_ref.original_forward(*args, **kwargs)
-        state.run.computed_calls += 1
-        if self.cache and state.caching:
-            old = state.cache.get(self.key)
-            state.cache_bytes += _nbytes(output) - (_nbytes(old) if old is not None else 0)
-            state.cache[self.key] = output
-        for obs in handle.observers:
-            obs(Observation(self.block, self.kind, state.step, state.run.num_steps, state.timestep, output))
+        if slot.enabled and state.caching:
+            slot.output = output
+        if self.handle.observers:
+            self._notify(output)
         return output
+
+    @torch.compiler.disable
+    def _notify(self, output: torch.Tensor) -> None:
+        state, slot = self.state, self.slot
+        for obs in self.handle.observers:
+            obs(Observation(slot.block, slot.kind, state.step, state.run.num_steps, state.timestep, output))
+
+
+class _ForaBlockHook(ModelHook):
+    """On a DiT/PixArt block with a cached module: on reuse steps run `reuse_step_forward`, which skips the norms
+    and adaLN modulation that only the cached modules would read; on full steps run the original forward."""
+
+    def __init__(self, handle: ForaHandle, attn: _CacheSlot | None, cross: _CacheSlot | None, mlp: _CacheSlot | None):
+        super().__init__()
+        self.state, self.attn, self.cross, self.mlp = handle.state, attn, cross, mlp
+        self.chunks = needed_chunks(attn is not None, mlp is not None)
+
+    def new_forward(self, block, *args, **kwargs):
+        if self.state.is_full_step:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        attn, cross, mlp = self.attn, self.cross, self.mlp
+        return reuse_step_forward(block, attn.output if attn is not None else None,
+                                  cross.output if cross is not None else None,
+                                  mlp.output if mlp is not None else None, self.chunks, *args, **kwargs)  # fmt: skip
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -309,7 +434,7 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
     handle = ForaHandle(transformer, config, pipeline=pipeline, num_steps=num_steps)
     block_re = re.compile(config.block_regex)
     enabled = {"attn": config.cache_attn, "cross_attn": config.cache_cross_attn, "mlp": config.cache_mlp}
-    targets = []
+    targets, blocks = [], []
     for name, block in transformer.named_modules():
         match = block_re.fullmatch(name)
         if match is None:
@@ -317,24 +442,32 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         index = int(match.group(1))
         if getattr(block, "_chunk_size", None) is not None:
             raise ValueError(f"block {name} uses feed-forward chunking, which FORA cannot cache; disable it first")
+        blocks.append((name, block))
         for child, kind in _MODULE_KINDS.items():
             module = getattr(block, child, None)
             if isinstance(module, torch.nn.Module):
                 use = enabled[kind] and (config.blocks is None or index in config.blocks)
-                targets.append((f"{name}.{child}", index, kind, module, use))
+                targets.append((_CacheSlot(f"{name}.{child}", index, kind, use), module))
     if not targets:
         raise ValueError(f"no transformer blocks matched block_regex={config.block_regex!r} in {type(transformer).__name__}")
     if config.blocks is not None:
-        found = {t[1] for t in targets}
+        found = {slot.block for slot, _ in targets}
         missing = sorted(set(config.blocks) - found)
         if missing:
             raise ValueError(f"blocks={list(config.blocks)}: no block {missing}; allowed 0..{max(found)}")
 
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ForaRunHook(handle), _FORA_HOOK)
-    for key, index, kind, module, use in targets:
-        hook = _ForaModuleHook(handle, key, index, kind, cache=use)
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _FORA_MODULE_HOOK)
-        handle.modules.append((key, index, kind))
+    for slot, module in targets:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(_ForaModuleHook(handle, slot), _FORA_MODULE_HOOK)
+        handle.state.slots.append(slot)
+        handle.modules.append((slot.key, slot.block, slot.kind))
+    handle._num_cached = sum(slot.enabled for slot in handle.state.slots)
+    for name, block in blocks:
+        cached = {s.key.rsplit(".", 1)[1]: s for s in handle.state.slots if s.enabled and s.key.startswith(name + ".")}
+        if cached and supports_lean_reuse(block):
+            hook = _ForaBlockHook(handle, cached.get("attn1"), cached.get("attn2"), cached.get("ff"))
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _FORA_BLOCK_HOOK)
+    _invalidate_registry_caches(transformer)
     transformer._fora_handle = handle
     return handle
 
@@ -355,7 +488,7 @@ def remove_fora(model) -> None:
         registry = getattr(module, "_diffusers_hook", None)
         if registry is None:
             continue
-        for name in (_FORA_HOOK, _FORA_MODULE_HOOK):
+        for name in (_FORA_HOOK, _FORA_BLOCK_HOOK, _FORA_MODULE_HOOK):
             registry.remove_hook(name, recurse=False)
         if not registry.hooks:  # leave no trace: drop the registry and the instance-level forward
             del module._diffusers_hook
@@ -363,3 +496,11 @@ def remove_fora(model) -> None:
     handle.state.reset()
     transformer._fora_handle = None
     del transformer._fora_handle
+    _invalidate_registry_caches(transformer)
+
+
+def _invalidate_registry_caches(transformer) -> None:
+    """Registries cache the list of their children's registries; adding or removing FORA's hooks changes it."""
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None and hasattr(registry, "invalidate_child_registries_cache"):
+        registry.invalidate_child_registries_cache()

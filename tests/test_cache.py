@@ -262,3 +262,141 @@ def test_pixart_resolution_change():
     ref = fresh(prompt="a red dog", height=24, width=24, **{**kw, "generator": torch.Generator().manual_seed(0)}).images
     assert out.shape == (1, 24, 24, 3)
     assert torch.equal(torch.from_numpy(out), torch.from_numpy(ref))
+
+
+def _plain_fora_path(pipe):
+    """FORA without the lean reuse step: the block hooks removed, the module hooks return the cache."""
+    from diffusers.hooks import HookRegistry
+
+    HookRegistry.check_if_exists_or_initialize(pipe.transformer).remove_hook("fora_block", recurse=True)
+
+
+CACHE_COMBOS = [dict(cache_attn=a, cache_cross_attn=c, cache_mlp=m) for a in (True, False) for c in (True, False)
+                for m in (True, False) if a or c or m]  # fmt: skip
+
+
+@pytest.mark.parametrize("combo", CACHE_COMBOS)
+def test_lean_reuse_bit_identical_dit(combo):
+    pipe = make_dit_pipeline()
+    for config in (ForaConfig(interval=3, **combo), ForaConfig(interval=2, blocks=[0, 2], cache_start=1, **combo)):
+        handle = apply_fora(pipe, config)
+        lean_on = any(hasattr(b, "_diffusers_hook") for b in pipe.transformer.transformer_blocks)
+        assert lean_on == (combo["cache_attn"] or combo["cache_mlp"])  # DiT has no attn2: nothing else to cache
+        lean = run_dit(pipe, steps=9)
+        lean_run = handle.last_run
+        _plain_fora_path(pipe)
+        plain = run_dit(pipe, steps=9)
+        assert torch.equal(torch.from_numpy(lean), torch.from_numpy(plain))
+        assert (lean_run.computed_calls, lean_run.reused_calls) == (handle.last_run.computed_calls,
+                                                                     handle.last_run.reused_calls)  # fmt: skip
+        remove_fora(pipe)
+
+
+@pytest.mark.parametrize("combo", CACHE_COMBOS)
+def test_lean_reuse_bit_identical_pixart(combo):
+    pipe = make_pixart_pipeline()
+    for config in (ForaConfig(interval=3, **combo), ForaConfig(interval=2, blocks=[1], cache_end=6, **combo)):
+        apply_fora(pipe, config)
+        lean = run_pixart(pipe, steps=8)
+        _plain_fora_path(pipe)
+        plain = run_pixart(pipe, steps=8)
+        assert torch.equal(torch.from_numpy(lean), torch.from_numpy(plain))
+        remove_fora(pipe)
+
+
+def count_calls(modules: dict) -> tuple[dict, list]:
+    counts = dict.fromkeys(modules, 0)
+
+    def counter(key):
+        def hook(module, args, output):
+            counts[key] += 1
+
+        return hook
+
+    return counts, [m.register_forward_hook(counter(k)) for k, m in modules.items()]
+
+
+@pytest.mark.parametrize("cache_attn, cache_mlp", [(True, True), (True, False), (False, True)])
+def test_reuse_steps_skip_the_norms_and_adaln_rows_of_cached_modules(cache_attn, cache_mlp):
+    pipe = make_dit_pipeline()
+    block = pipe.transformer.transformer_blocks[1]
+    counts, _ = count_calls({"norm1": block.norm1.norm, "norm3": block.norm3, "adaln": block.norm1.linear,
+                             "emb": block.norm1.emb})  # fmt: skip
+    apply_fora(pipe, ForaConfig(interval=3, cache_attn=cache_attn, cache_mlp=cache_mlp))
+    run_dit(pipe, steps=12)
+    n_full = len(full_steps(12, 3))
+    assert counts["emb"] == 12  # the gates need the embedding every step
+    assert counts["adaln"] == n_full  # reuse steps compute the gate rows from the weight directly, not all 6 chunks
+    assert counts["norm1"] == (n_full if cache_attn else 12)
+    assert counts["norm3"] == (n_full if cache_mlp else 12)
+
+
+def test_pixart_reuse_steps_skip_the_norms_of_cached_modules():
+    pipe = make_pixart_pipeline()
+    block = pipe.transformer.transformer_blocks[0]
+    counts, _ = count_calls({"norm1": block.norm1, "norm2": block.norm2})
+    apply_fora(pipe, ForaConfig(interval=2, cache_mlp=False))
+    run_pixart(pipe, steps=8)
+    assert counts["norm1"] == len(full_steps(8, 2)) and counts["norm2"] == 8
+
+
+def test_bare_transformer_interrupted_loop_starts_a_new_run():
+    model = make_dit_pipeline().transformer
+    x0, y = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 1000])
+    timesteps = torch.linspace(900, 0, 6).long()
+
+    @torch.no_grad()
+    def loop(stop=None):
+        x = x0.clone()
+        for i, t in enumerate(timesteps[:stop]):
+            x = x - 0.1 * model(x, timestep=t.expand(2), class_labels=y).sample[:, :4]
+        return x
+
+    handle = apply_fora(model, ForaConfig(interval=3), num_steps=6)
+    reference = loop()
+    loop(stop=4)  # interrupted after 4 of 6 steps
+    assert torch.equal(loop(), reference)
+    assert handle.last_run.complete and handle.last_run.timesteps == [float(t) for t in timesteps]
+    loop(stop=1)  # interrupted right after the first step: the same first timestep again is a new loop
+    assert torch.equal(loop(), reference)
+
+
+def test_reset_stateful_hooks_resets_fora():
+    from diffusers.hooks import HookRegistry
+
+    model = make_dit_pipeline().transformer
+    handle = apply_fora(model, ForaConfig(interval=2), num_steps=4)
+    x, y = torch.randn(1, 4, 8, 8), torch.tensor([1])
+    with torch.no_grad():
+        model(x, timestep=torch.tensor([900]), class_labels=y)
+    assert handle.state.cache and handle.last_run.steps_done == 1
+    HookRegistry.check_if_exists_or_initialize(model).reset_stateful_hooks()
+    assert handle.state.cache == {} and handle.last_run is None
+
+
+def count_host_reads(fn) -> int:
+    """Calls of `aten._local_scalar_dense`, the op behind `float(tensor)` / `.item()`: a host wait on a GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reads(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                Reads.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Reads():
+        fn()
+    return Reads.n
+
+
+def test_no_host_reads_per_step_unless_observed(dit_pipe):
+    steps = 9
+    base = count_host_reads(lambda: run_dit(dit_pipe, steps=steps))
+    handle = apply_fora(dit_pipe, ForaConfig(interval=3))
+    assert count_host_reads(lambda: run_dit(dit_pipe, steps=steps)) == base  # FORA adds no read of its own
+    assert handle.last_run.timesteps == [float(t) for t in dit_pipe.scheduler.timesteps]  # read when asked
+    handle.add_observer(lambda obs: None)
+    observed = count_host_reads(lambda: run_dit(dit_pipe, steps=steps))
+    assert base < observed <= base + steps  # an observer pays for one read per computed step, no more
