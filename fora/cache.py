@@ -22,7 +22,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .observers import Observation, RunEvent
-from .reuse import needed_chunks, reuse_step_forward, supports_lean_reuse
+from .block import ALL_CHUNKS, block_step_forward, needed_chunks, supports_lean_reuse
 from .schedule import full_steps
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ _FORA_BLOCK_HOOK = "fora_block"
 _FORA_MODULE_HOOK = "fora_module"
 _BLOCK_REGEX = r"(?:transformer_blocks|blocks)\.(\d+)"
 _MODULE_KINDS = {"attn1": "attn", "attn2": "cross_attn", "ff": "mlp"}
+_LEAN_BLOCKS = True  # DiT/PixArt blocks step through fora.block (tests turn it off to compare with module hooks)
 
 
 @dataclass
@@ -354,10 +355,8 @@ class _ForaRunHook(ModelHook):
 
 
 class _ForaModuleHook(ModelHook):
-    """On one attention or MLP module: compute and cache on full steps, return the cache on reuse steps.
-
-    Blocks with a `_ForaBlockHook` never call a cached module on a reuse step; other blocks do, and get the cache.
-    """
+    """On one attention or MLP module of a block that `fora.block` does not cover: compute and cache on full steps,
+    return the cache on reuse steps (the block's own forward still computes the module's input)."""
 
     def __init__(self, handle: ForaHandle, slot: _CacheSlot):
         super().__init__()
@@ -382,21 +381,37 @@ class _ForaModuleHook(ModelHook):
 
 
 class _ForaBlockHook(ModelHook):
-    """On a DiT/PixArt block with a cached module: on reuse steps run `reuse_step_forward`, which skips the norms
-    and adaLN modulation that only the cached modules would read; on full steps run the original forward."""
+    """On a DiT/PixArt block: runs every step through `block_step_forward`, which on a reuse step skips the cached
+    modules together with the norms and adaLN rows that only they read, and returns what the modules computed.
+    Replaces the module hooks inside the block, so a compiled block traces no per-block hook objects."""
 
-    def __init__(self, handle: ForaHandle, attn: _CacheSlot | None, cross: _CacheSlot | None, mlp: _CacheSlot | None):
+    def __init__(self, handle: ForaHandle, slots: dict[str, _CacheSlot]):
         super().__init__()
-        self.state, self.attn, self.cross, self.mlp = handle.state, attn, cross, mlp
-        self.chunks = needed_chunks(attn is not None, mlp is not None)
+        self.handle, self.state, self.slots = handle, handle.state, slots
+        self.cached_kinds = tuple(kind for kind, slot in slots.items() if slot.enabled)
+        self.reuse_chunks = needed_chunks("attn" in self.cached_kinds, "mlp" in self.cached_kinds)
 
     def new_forward(self, block, *args, **kwargs):
-        if self.state.is_full_step:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        attn, cross, mlp = self.attn, self.cross, self.mlp
-        return reuse_step_forward(block, attn.output if attn is not None else None,
-                                  cross.output if cross is not None else None,
-                                  mlp.output if mlp is not None else None, self.chunks, *args, **kwargs)  # fmt: skip
+        state = self.state
+        reuse = self.cached_kinds and not state.is_full_step
+        cached = {kind: self.slots[kind].output for kind in self.cached_kinds} if reuse else {}
+        chunks = self.reuse_chunks if reuse else ALL_CHUNKS
+        output, computed = block_step_forward(block, cached, chunks, *args, **kwargs)
+        if state.caching:
+            for kind in self.cached_kinds:
+                if kind in computed:
+                    self.slots[kind].output = computed[kind]
+        if self.handle.observers:
+            self._notify(computed)
+        return output
+
+    @torch.compiler.disable
+    def _notify(self, computed: dict[str, torch.Tensor]) -> None:
+        state = self.state
+        for kind, output in computed.items():
+            slot = self.slots[kind]
+            for obs in self.handle.observers:
+                obs(Observation(slot.block, kind, state.step, state.run.num_steps, state.timestep, output))
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -457,16 +472,21 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
             raise ValueError(f"blocks={list(config.blocks)}: no block {missing}; allowed 0..{max(found)}")
 
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ForaRunHook(handle), _FORA_HOOK)
+    by_block = {}
     for slot, module in targets:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(_ForaModuleHook(handle, slot), _FORA_MODULE_HOOK)
+        by_block.setdefault(slot.key.rsplit(".", 1)[0], []).append((slot, module))
         handle.state.slots.append(slot)
         handle.modules.append((slot.key, slot.block, slot.kind))
     handle._num_cached = sum(slot.enabled for slot in handle.state.slots)
     for name, block in blocks:
-        cached = {s.key.rsplit(".", 1)[1]: s for s in handle.state.slots if s.enabled and s.key.startswith(name + ".")}
-        if cached and supports_lean_reuse(block):
-            hook = _ForaBlockHook(handle, cached.get("attn1"), cached.get("attn2"), cached.get("ff"))
+        hooked = by_block.get(name, [])
+        if _LEAN_BLOCKS and supports_lean_reuse(block):
+            hook = _ForaBlockHook(handle, {slot.kind: slot for slot, _ in hooked})
             HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _FORA_BLOCK_HOOK)
+            continue
+        for slot, module in hooked:  # any other block: hooks on the modules themselves
+            hook = _ForaModuleHook(handle, slot)
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _FORA_MODULE_HOOK)
     _invalidate_registry_caches(transformer)
     transformer._fora_handle = handle
     return handle

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import make_dit_pipeline, make_pixart_pipeline, run_dit, run_pixart
 
 from fora import ForaConfig, apply_fora, full_steps, get_fora_handle, remove_fora
@@ -264,44 +265,41 @@ def test_pixart_resolution_change():
     assert torch.equal(torch.from_numpy(out), torch.from_numpy(ref))
 
 
-def _plain_fora_path(pipe):
-    """FORA without the lean reuse step: the block hooks removed, the module hooks return the cache."""
-    from diffusers.hooks import HookRegistry
-
-    HookRegistry.check_if_exists_or_initialize(pipe.transformer).remove_hook("fora_block", recurse=True)
-
-
 CACHE_COMBOS = [dict(cache_attn=a, cache_cross_attn=c, cache_mlp=m) for a in (True, False) for c in (True, False)
                 for m in (True, False) if a or c or m]  # fmt: skip
 
 
-@pytest.mark.parametrize("combo", CACHE_COMBOS)
-def test_lean_reuse_bit_identical_dit(combo):
-    pipe = make_dit_pipeline()
-    for config in (ForaConfig(interval=3, **combo), ForaConfig(interval=2, blocks=[0, 2], cache_start=1, **combo)):
+def lean_and_plain(monkeypatch, make, run, config):
+    """Outputs with the block-level step (reuse steps skip dead work) and with hooks on the modules only."""
+    import fora.cache
+
+    pipe = make()
+    apply_fora(pipe, config)
+    assert any(hasattr(b, "_diffusers_hook") for b in pipe.transformer.transformer_blocks)  # the block path is on
+    lean, lean_run = run(pipe), get_fora_handle(pipe).last_run
+    remove_fora(pipe)
+    with monkeypatch.context() as m:
+        m.setattr(fora.cache, "_LEAN_BLOCKS", False)
         handle = apply_fora(pipe, config)
-        lean_on = any(hasattr(b, "_diffusers_hook") for b in pipe.transformer.transformer_blocks)
-        assert lean_on == (combo["cache_attn"] or combo["cache_mlp"])  # DiT has no attn2: nothing else to cache
-        lean = run_dit(pipe, steps=9)
-        lean_run = handle.last_run
-        _plain_fora_path(pipe)
-        plain = run_dit(pipe, steps=9)
-        assert torch.equal(torch.from_numpy(lean), torch.from_numpy(plain))
-        assert (lean_run.computed_calls, lean_run.reused_calls) == (handle.last_run.computed_calls,
-                                                                     handle.last_run.reused_calls)  # fmt: skip
-        remove_fora(pipe)
+    assert not any(hasattr(b, "_diffusers_hook") for b in pipe.transformer.transformer_blocks)
+    plain = run(pipe)
+    assert (lean_run.computed_calls, lean_run.reused_calls, lean_run.cache_bytes) == (
+        handle.last_run.computed_calls, handle.last_run.reused_calls, handle.last_run.cache_bytes)  # fmt: skip
+    return torch.from_numpy(lean), torch.from_numpy(plain)
 
 
 @pytest.mark.parametrize("combo", CACHE_COMBOS)
-def test_lean_reuse_bit_identical_pixart(combo):
-    pipe = make_pixart_pipeline()
+def test_lean_reuse_bit_identical_dit(monkeypatch, combo):
+    for config in (ForaConfig(interval=3, **combo), ForaConfig(interval=2, blocks=[0, 2], cache_start=1, **combo)):
+        lean, plain = lean_and_plain(monkeypatch, make_dit_pipeline, lambda p: run_dit(p, steps=9), config)
+        assert torch.equal(lean, plain)
+
+
+@pytest.mark.parametrize("combo", CACHE_COMBOS)
+def test_lean_reuse_bit_identical_pixart(monkeypatch, combo):
     for config in (ForaConfig(interval=3, **combo), ForaConfig(interval=2, blocks=[1], cache_end=6, **combo)):
-        apply_fora(pipe, config)
-        lean = run_pixart(pipe, steps=8)
-        _plain_fora_path(pipe)
-        plain = run_pixart(pipe, steps=8)
-        assert torch.equal(torch.from_numpy(lean), torch.from_numpy(plain))
-        remove_fora(pipe)
+        lean, plain = lean_and_plain(monkeypatch, make_pixart_pipeline, lambda p: run_pixart(p, steps=8), config)
+        assert torch.equal(lean, plain)
 
 
 def count_calls(modules: dict) -> tuple[dict, list]:
@@ -316,17 +314,35 @@ def count_calls(modules: dict) -> tuple[dict, list]:
     return counts, [m.register_forward_hook(counter(k)) for k, m in modules.items()]
 
 
+class WeightReads(TorchDispatchMode):
+    """Output columns of every matmul that reads `weight` (the rows of it that were used)."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.ptr, self.columns = weight.untyped_storage().data_ptr(), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.addmm.default, torch.ops.aten.mm.default):
+            if any(isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == self.ptr for a in args):
+                self.columns += out.shape[-1]
+        return out
+
+
 @pytest.mark.parametrize("cache_attn, cache_mlp", [(True, True), (True, False), (False, True)])
 def test_reuse_steps_skip_the_norms_and_adaln_rows_of_cached_modules(cache_attn, cache_mlp):
     pipe = make_dit_pipeline()
     block = pipe.transformer.transformer_blocks[1]
-    counts, _ = count_calls({"norm1": block.norm1.norm, "norm3": block.norm3, "adaln": block.norm1.linear,
-                             "emb": block.norm1.emb})  # fmt: skip
+    counts, _ = count_calls({"norm1": block.norm1.norm, "norm3": block.norm3, "emb": block.norm1.emb})
     apply_fora(pipe, ForaConfig(interval=3, cache_attn=cache_attn, cache_mlp=cache_mlp))
-    run_dit(pipe, steps=12)
-    n_full = len(full_steps(12, 3))
+    with WeightReads(block.norm1.linear.weight) as adaln:
+        run_dit(pipe, steps=12)
+    n_full, dim = len(full_steps(12, 3)), block.norm1.linear.in_features
     assert counts["emb"] == 12  # the gates need the embedding every step
-    assert counts["adaln"] == n_full  # reuse steps compute the gate rows from the weight directly, not all 6 chunks
+    # full steps: all 6 chunks (shift, scale, gate for attention and MLP); reuse steps: the 2 gates, plus shift and
+    # scale of a module that is recomputed
+    per_reuse_step = 2 + 2 * (not cache_attn) + 2 * (not cache_mlp)
+    assert adaln.columns == dim * (6 * n_full + per_reuse_step * (12 - n_full))
     assert counts["norm1"] == (n_full if cache_attn else 12)
     assert counts["norm3"] == (n_full if cache_mlp else 12)
 
@@ -376,8 +392,6 @@ def test_reset_stateful_hooks_resets_fora():
 
 def count_host_reads(fn) -> int:
     """Calls of `aten._local_scalar_dense`, the op behind `float(tensor)` / `.item()`: a host wait on a GPU."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     class Reads(TorchDispatchMode):
         n = 0
 

@@ -1,14 +1,18 @@
-"""The reuse-step forward of diffusers' `BasicTransformerBlock`: only the work whose result is still read.
+"""One FORA step of diffusers' `BasicTransformerBlock`: the module outputs to cache, and on a reuse step only the
+work whose result is still read.
 
 On a reuse step FORA replaces the output of each cached module (`attn1`, `attn2`, `ff`) with the stored one. The
 block's original forward would still compute that module's input: the norm, its adaLN shift/scale modulation and,
-for DiT's adaLN-Zero, the rows of the adaLN projection that produce them. This forward skips exactly that work and
-nothing else, with the same operations in the same order for everything that remains, so its output equals the
-original forward's (fed with the cached outputs) bit for bit:
+for DiT's adaLN-Zero, the rows of the adaLN projection that produce them. `block_step_forward` skips exactly that work
+and nothing else, with the original's operations in the original's order for everything that remains, so its output
+equals the original forward's (fed with the cached outputs) bit for bit. On a full step it is the original forward,
+and it returns the module outputs alongside: FORA then needs no hook inside the block, which keeps a compiled block
+to one graph per kind of step instead of one per block (a hooked submodule is guarded by identity).
 
 - DiT (`ada_norm_zero`): the timestep/class embedding and the adaLN projection run, but only for the rows that are
   read (the two gates always; shift/scale of a module only when that module is recomputed). Rows are sliced from
-  the weight in contiguous runs, so no weight is copied.
+  the weight in contiguous runs, so no weight is copied. The sliced matmul equals the full one's rows wherever the
+  matrix library reduces each output element alike for any number of rows (single-threaded CPU BLAS does; tested).
 - PixArt-alpha (`ada_norm_single`): the modulation is a table plus a per-step vector; only the read chunks are
   added. The cross-attention is ungated and has no norm, so caching it skips only the module itself.
 
@@ -25,7 +29,7 @@ _SHIFT_MSA, _SCALE_MSA, _GATE_MSA, _SHIFT_MLP, _SCALE_MLP, _GATE_MLP = range(6)
 
 
 def supports_lean_reuse(block: torch.nn.Module) -> bool:
-    """Whether `reuse_step_forward` reproduces `block`'s forward (a plain DiT or PixArt-alpha block)."""
+    """Whether `block_step_forward` reproduces `block`'s forward (a plain DiT or PixArt-alpha block)."""
     if type(block).forward is not BasicTransformerBlock.forward or not isinstance(block, BasicTransformerBlock):
         return False
     if block.pos_embed is not None or block.only_cross_attention or hasattr(block, "fuser"):
@@ -33,6 +37,9 @@ def supports_lean_reuse(block: torch.nn.Module) -> bool:
     if block.norm_type == "ada_norm_zero":
         return type(block.norm1) is AdaLayerNormZero and block.norm1.emb is not None
     return block.norm_type == "ada_norm_single"
+
+
+ALL_CHUNKS = tuple(range(6))
 
 
 def needed_chunks(cached_attn: bool, cached_mlp: bool) -> tuple[int, ...]:
@@ -68,11 +75,9 @@ def _adaln_zero_chunks(linear: torch.nn.Linear, x: torch.Tensor, chunks: tuple[i
     return out
 
 
-def reuse_step_forward(
+def block_step_forward(
     block: BasicTransformerBlock,
-    attn_out: torch.Tensor | None,
-    cross_out: torch.Tensor | None,
-    mlp_out: torch.Tensor | None,
+    cached: dict[str, torch.Tensor],
     chunks: tuple[int, ...],
     hidden_states: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
@@ -82,11 +87,14 @@ def reuse_step_forward(
     cross_attention_kwargs: dict | None = None,
     class_labels: torch.Tensor | None = None,
     added_cond_kwargs: dict | None = None,
-) -> torch.Tensor:
-    """`block.forward` on a reuse step. `*_out` are the cached module outputs (`None`: recompute that module);
-    `chunks` is `needed_chunks(...)` for them. The remaining arguments are `BasicTransformerBlock.forward`'s."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`block.forward` with the outputs in `cached` (by kind: `attn`, `cross_attn`, `mlp`) used instead of running
+    those modules. `chunks`: the adaLN chunks to compute, `needed_chunks(...)` for a reuse step, `ALL_CHUNKS` for a
+    full one. The remaining arguments are `BasicTransformerBlock.forward`'s. Returns the block output and the outputs
+    of the modules that ran, by kind."""
     cross_attention_kwargs = dict(cross_attention_kwargs) if cross_attention_kwargs else {}
-    cross_attention_kwargs.pop("gligen", None)  # the original drops it too; blocks with a fuser are not lean
+    cross_attention_kwargs.pop("gligen", None)  # the original drops it too; blocks with a fuser are not supported
+    computed = {}
     zero = block.norm_type == "ada_norm_zero"
     if zero:
         emb = block.norm1.emb(timestep, class_labels, hidden_dtype=hidden_states.dtype)
@@ -96,25 +104,30 @@ def reuse_step_forward(
         table = timestep.reshape(hidden_states.shape[0], 6, -1)
         mod = {i: block.scale_shift_table[None, i : i + 1] + table[:, i : i + 1] for i in chunks}
 
+    attn_out = cached.get("attn")
     if attn_out is None:
         x = block.norm1.norm(hidden_states) if zero else block.norm1(hidden_states)
         x = x * (1 + mod[_SCALE_MSA]) + mod[_SHIFT_MSA]
-        attn_out = block.attn1(x, encoder_hidden_states=None, attention_mask=attention_mask, **cross_attention_kwargs)
+        attn_out = computed["attn"] = block.attn1(x, encoder_hidden_states=None, attention_mask=attention_mask,
+                                                  **cross_attention_kwargs)  # fmt: skip
     hidden_states = mod[_GATE_MSA] * attn_out + hidden_states
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
 
     if block.attn2 is not None:
+        cross_out = cached.get("cross_attn")
         if cross_out is None:
             x = block.norm2(hidden_states) if zero else hidden_states  # PixArt applies no norm before attn2
-            cross_out = block.attn2(x, encoder_hidden_states=encoder_hidden_states,
-                                    attention_mask=encoder_attention_mask, **cross_attention_kwargs)  # fmt: skip
+            cross_out = computed["cross_attn"] = block.attn2(x, encoder_hidden_states=encoder_hidden_states,
+                                                             attention_mask=encoder_attention_mask,
+                                                             **cross_attention_kwargs)  # fmt: skip
         hidden_states = cross_out + hidden_states
 
+    mlp_out = cached.get("mlp")
     if mlp_out is None:
         x = block.norm3(hidden_states) if zero else block.norm2(hidden_states)
-        mlp_out = block.ff(x * (1 + mod[_SCALE_MLP]) + mod[_SHIFT_MLP])
+        mlp_out = computed["mlp"] = block.ff(x * (1 + mod[_SCALE_MLP]) + mod[_SHIFT_MLP])
     hidden_states = mod[_GATE_MLP] * mlp_out + hidden_states
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
-    return hidden_states
+    return hidden_states, computed
