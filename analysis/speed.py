@@ -1,23 +1,22 @@
 """Timing: the denoising loop and the whole pipeline call apart, with warm-up, repeats, medians, CUDA sync.
 
 The loop is timed by the transformer itself (first call's start to last call's end, through forward hooks), so the
-pipeline code needs no change; the call time adds text encoding, noise setup and VAE decode.
+pipeline code needs no change; the call time adds text encoding, noise setup and VAE decode. Speedups are measured
+with `paired_speedup` (defined in `fora.timing` so that `python -m fora generate` uses the same method; re-exported
+here): no observers, warm-up, ABBA pairs, median of the pair ratios with their range, CUDA events on a GPU.
 """
 
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
-from fora import ForaConfig, apply_fora, remove_fora
 from fora.generate import Request, generate
+from fora.timing import SpeedRatio, paired_speedup, synchronize, time_call
 
+_sync = synchronize  # the name other analysis modules import
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+__all__ = ["LoopTimer", "ModuleTimer", "SpeedRatio", "Timing", "cached_module_fraction", "paired_speedup",
+           "time_call", "time_generation"]  # fmt: skip
 
 
 class LoopTimer:
@@ -131,65 +130,3 @@ def cached_module_fraction(pipe, request: Request, module_names: list[str]) -> f
     finally:
         timer.remove()
     return timer.fraction
-
-
-@dataclass(frozen=True)
-class SpeedRatio:
-    """A speedup measured in pairs: the median of the per-pair ratios `baseline time / FORA time`, with its spread."""
-
-    ratio: float  # median over pairs
-    low: float  # smallest pair ratio
-    high: float  # largest pair ratio
-    pairs: int
-    baseline_s: float  # median seconds of the uncached call
-    fora_s: float  # median seconds of the FORA call
-
-    def __str__(self) -> str:
-        return f"{self.ratio:.2f}x, {self.low:.2f}-{self.high:.2f} over {self.pairs} pairs"
-
-    def as_dict(self) -> dict:
-        return {"speedup": self.ratio, "speedup_low": self.low, "speedup_high": self.high, "pairs": self.pairs,
-                "baseline_s": self.baseline_s, "fora_s": self.fora_s}  # fmt: skip
-
-
-def _timed(fn: Callable[[], object], device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
-def paired_speedup(pipe, call: Callable[[], object], config: ForaConfig, pairs: int = 5, warmup: int = 1) -> SpeedRatio:
-    """Speedup of FORA at `config` over the pipeline without FORA, timed the same way everywhere in this project.
-
-    `call()` runs the pipeline once (same inputs every time). No observer is attached; FORA is applied and removed
-    outside the timed window. After `warmup` untimed calls of each variant, the baseline and FORA calls alternate in
-    pairs (ABBA order, so a drift of the machine's speed cancels) and each pair gives one ratio; the result is their
-    median and range. Wall time with CUDA synchronisation on GPU.
-    """
-    if pairs < 1:
-        raise ValueError(f"pairs={pairs}: must be >= 1")
-    device = pipe.device
-
-    def run(cached: bool) -> float:
-        if not cached:
-            return _timed(call, device)
-        apply_fora(pipe, config)
-        try:
-            return _timed(call, device)
-        finally:
-            remove_fora(pipe)
-
-    for _ in range(warmup):
-        run(False)
-        run(True)
-    base, fora = [], []
-    for i in range(pairs):
-        order = (False, True) if i % 2 == 0 else (True, False)
-        times = {cached: run(cached) for cached in order}
-        base.append(times[False])
-        fora.append(times[True])
-    ratios = [b / f for b, f in zip(base, fora)]
-    return SpeedRatio(statistics.median(ratios), min(ratios), max(ratios), pairs, statistics.median(base),
-                      statistics.median(fora))  # fmt: skip

@@ -6,10 +6,11 @@ import time
 
 import torch
 
-from .cache import ForaConfig, apply_fora
+from .cache import ForaConfig, apply_fora, remove_fora
 from .generate import Request, generate, is_text_conditional, to_uint8
 from .loading import MODELS, ModelLoadError, load_pipeline, resolve_model
 from .schedule import ideal_speedup
+from .timing import paired_speedup, time_call
 
 
 def _generate(args) -> int:
@@ -22,6 +23,8 @@ def _generate(args) -> int:
                         cache_cross_attn=not args.no_cache_cross_attn, cache_mlp=not args.no_cache_mlp,
                         cache_start=args.cache_start, cache_end=args.cache_end)  # fmt: skip
     config.check_num_steps(steps)
+    if args.time_pairs < 0:
+        raise ValueError(f"--time-pairs={args.time_pairs}: must be >= 0")
     dtype = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, device=args.device, dtype=dtype)
@@ -31,17 +34,21 @@ def _generate(args) -> int:
     else:
         request = Request(label=args.class_label, steps=steps, seed=args.seed, guidance=guidance)
     handle = apply_fora(pipe, config)
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    images = generate(pipe, request)
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    images = []
+    seconds = time_call(lambda: images.append(generate(pipe, request)), pipe.device)
+    images = images[0]
     run = handle.last_run
+    ideal = ideal_speedup(steps, config.interval, config.window)
     print(f"interval N={config.interval}: {run.summary()}")
     print(f"full steps: {run.full_steps}")
-    print(f"pipeline call: {seconds:.3f}s; ideal speedup T/full = {ideal_speedup(steps, config.interval, config.window):.2f}x")
+    print(f"pipeline call: {seconds:.3f}s (one call, cold: not a speed figure; --time-pairs K measures one); "
+          f"ideal speedup T/full = {ideal:.2f}x")  # fmt: skip
+    if args.time_pairs:
+        remove_fora(pipe)
+        pipe.set_progress_bar_config(disable=True)  # the bar's own output is not the model's time
+        ratio = paired_speedup(pipe, lambda: generate(pipe, request), config, pairs=args.time_pairs)
+        print(f"speedup {ratio} (baseline {ratio.baseline_s:.3f}s, FORA {ratio.fora_s:.3f}s; median of ABBA pairs "
+              f"after a warm-up, no observers); ideal {ideal:.2f}x")  # fmt: skip
     image = Image.fromarray(to_uint8(images)[0])
     if args.upscale > 1:
         image = image.resize((image.width * args.upscale, image.height * args.upscale), Image.Resampling.NEAREST)
@@ -77,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="weights dtype (auto: float16 for hub models on CUDA, else float32)")
+    g.add_argument("--time-pairs", type=int, default=0, metavar="K",
+                   help="also measure the speedup over the uncached model: K ABBA pairs after a warm-up, median and "
+                   "range of the pair ratios (default 0: off)")
     g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale of the saved image")
     g.add_argument("--out", default="out.png", help="output PNG path")
     g.set_defaults(fn=_generate)

@@ -1,0 +1,99 @@
+"""The one way this project times FORA against the uncached model: `paired_speedup`.
+
+Timed calls carry no observers. After a warm-up of both variants, baseline and FORA calls alternate in pairs, in
+ABBA order so that a drift of the machine's speed cancels, and each pair gives one ratio; the result is the median of
+the pair ratios with their range ("2.31x, 2.27-2.36 over 5 pairs"). On a GPU each call is timed with device events
+after a synchronisation; on a CPU with the wall clock. `analysis.speed` and `python -m fora generate --time-pairs`
+both use it.
+"""
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .cache import ForaConfig, apply_fora, remove_fora
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on `device` (nothing to wait for on a CPU)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return
+    if hasattr(torch, "accelerator") and torch.accelerator.is_available():
+        torch.accelerator.synchronize(device)
+    elif device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device) -> float:
+    """Seconds `fn()` takes on `device`: CUDA events between two synchronisations on a GPU, the wall clock else."""
+    device = torch.device(device)
+    synchronize(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class SpeedRatio:
+    """A speedup measured in pairs: the median of the per-pair ratios `baseline time / FORA time`, with its spread."""
+
+    ratio: float  # median over pairs
+    low: float  # smallest pair ratio
+    high: float  # largest pair ratio
+    pairs: int
+    baseline_s: float  # median seconds of the uncached call
+    fora_s: float  # median seconds of the FORA call
+
+    def __str__(self) -> str:
+        return f"{self.ratio:.2f}x, {self.low:.2f}-{self.high:.2f} over {self.pairs} pairs"
+
+    def as_dict(self) -> dict:
+        return {"speedup": self.ratio, "speedup_low": self.low, "speedup_high": self.high, "pairs": self.pairs,
+                "baseline_s": self.baseline_s, "fora_s": self.fora_s}  # fmt: skip
+
+
+def paired_speedup(pipe, call: Callable[[], object], config: ForaConfig, pairs: int = 5, warmup: int = 1) -> SpeedRatio:
+    """Speedup of FORA at `config` over the pipeline without FORA, timed the same way everywhere in this project.
+
+    `call()` runs the pipeline once (same inputs every time). No observer is attached; FORA is applied and removed
+    outside the timed window (`pipe` must not have FORA applied). After `warmup` untimed calls of each variant, the
+    baseline and FORA calls alternate in ABBA pairs and each pair gives one ratio; the result is their median and
+    range. `pipe.device` picks the clock.
+    """
+    if pairs < 1:
+        raise ValueError(f"pairs={pairs}: must be >= 1")
+    device = pipe.device
+
+    def run(cached: bool) -> float:
+        if not cached:
+            return time_call(call, device)
+        apply_fora(pipe, config)
+        try:
+            return time_call(call, device)
+        finally:
+            remove_fora(pipe)
+
+    for _ in range(warmup):
+        run(False)
+        run(True)
+    base, fora = [], []
+    for i in range(pairs):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        times = {cached: run(cached) for cached in order}
+        base.append(times[False])
+        fora.append(times[True])
+    ratios = [b / f for b, f in zip(base, fora)]
+    return SpeedRatio(statistics.median(ratios), min(ratios), max(ratios), pairs, statistics.median(base),
+                      statistics.median(fora))  # fmt: skip
