@@ -1,5 +1,7 @@
 """`EmojiDiTPipeline`: class-conditional sampling of the embedded pixel-space DiT, called like diffusers' DiTPipeline."""
 
+import inspect
+
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, DiTTransformer2DModel, ImagePipelineOutput
@@ -106,6 +108,9 @@ class EmojiDiTPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps)
         latents = latents * self.scheduler.init_noise_sigma
+        # stochastic samplers (DDPM) draw their per-step noise from the same generator(s), so a per-sample list of
+        # generators fixes every sample's whole trajectory whatever else is in the batch
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = torch.cat([latents, latents]) if use_guidance else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
@@ -114,7 +119,7 @@ class EmojiDiTPipeline(DiffusionPipeline):
             if use_guidance:
                 cond, uncond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(out, t, latents).prev_sample
+            latents = self.scheduler.step(out, t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, t, {})
 

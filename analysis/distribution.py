@@ -1,0 +1,159 @@
+"""Distribution quality of generated samples against a reference set: Frechet distance, Inception-style score,
+precision and recall (Kynkaenniemi et al. 2019, k = 3), in the feature space of a pluggable extractor.
+
+- `EmojiFeatures` (offline default for `emoji-dit`): the project's emoji classifier (`assets/`), its 192 penultimate
+  features for FD / precision / recall and its 32 class logits for the score. These numbers measure the same things
+  as FID / IS in a much smaller feature space: they rank settings of this model, and are NOT comparable with
+  Inception FID numbers of papers.
+- `InceptionFeatures` (DiT-XL/2 on a machine that has the files): Inception-v3 from a local weights file, 2048 pool
+  features and 1008 logits, as torchmetrics' FID uses it. It never downloads.
+
+The math comes from libraries: torchmetrics' `FrechetInceptionDistance` and `InceptionScore` (fed with features
+computed once per image set, through `_Precomputed`), and prdc's `compute_prdc` for precision and recall.
+
+What each number means: FD, the Frechet distance between Gaussians fitted to reference and generated features (0 for
+identical statistics, lower is better); score, exp(E KL(p(y|x) || p(y))) over 10 splits (high when each sample is
+classified confidently and the classes are balanced; at most the number of classes); precision, the share of
+generated samples inside the k-NN balls of the reference features (fidelity); recall, the share of reference samples
+inside the k-NN balls of the generated ones (diversity).
+"""
+
+import contextlib
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PR_NEIGHBOURS = 3
+IS_SPLITS = 10
+
+
+@dataclass
+class Features:
+    features: np.ndarray  # n x d, float64
+    logits: np.ndarray | None  # n x classes, float32 (None where the extractor has no classifier head)
+
+
+class _Precomputed(torch.nn.Module):
+    """Lets torchmetrics' metrics take features computed once: the `feature` module of FID/IS is the identity."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x):
+        return x
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+class EmojiFeatures:
+    """Penultimate features and class logits of the emoji classifier; images uint8 N x 32 x 32 x 3."""
+
+    def __init__(self, weights: str | None = None, batch_size: int = 512):
+        from fora.emoji.classifier import EmojiClassifier
+        from fora.loading import ASSETS
+        from safetensors.torch import load_file
+
+        weights = weights or os.path.join(ASSETS, "emoji-classifier.safetensors")
+        if not os.path.isfile(weights):
+            raise ValueError(f"emoji classifier weights {weights!r}: no such file")
+        self.model = EmojiClassifier()
+        self.model.load_state_dict(load_file(weights))
+        self.model.eval()
+        self.batch_size = batch_size
+        self.key = f"emoji-classifier-{_sha256(weights)}"
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> Features:
+        feats, logits = [], []
+        for i in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])).permute(0, 3, 1, 2)
+            f = self.model.embed(x.float().div(127.5).sub(1.0))
+            feats.append(f.double().numpy())
+            logits.append(self.model.head(f).numpy())
+        return Features(np.concatenate(feats), np.concatenate(logits))
+
+
+class InceptionFeatures:
+    """Inception-v3 (torchmetrics' FID network, weights from a local file): 2048 pool features and 1008 logits."""
+
+    def __init__(self, weights: str, device: str = "cpu", batch_size: int = 100):
+        if not weights or not os.path.isfile(weights):
+            raise ValueError(f"--inception-weights {weights!r}: no such file (it is never downloaded)")
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+        except ImportError as e:  # torchmetrics ships the network only with torch-fidelity installed
+            raise ValueError("--extractor inception needs torch-fidelity and the torchvision matching your torch "
+                             "(pip install torch-fidelity torchvision)") from e  # fmt: skip
+        self.model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
+                                        feature_extractor_weights_path=weights).to(device)  # fmt: skip
+        self.device, self.batch_size = device, batch_size
+        self.key = f"inception-v3-{_sha256(weights)}"
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> Features:
+        feats, logits = [], []
+        for i in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])).permute(0, 3, 1, 2)
+            f, lg = self.model(x.to(self.device))
+            feats.append(f.double().cpu().numpy())
+            logits.append(lg.float().cpu().numpy())
+        return Features(np.concatenate(feats), np.concatenate(logits))
+
+
+def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (n x d each, n >= 2)."""
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError(f"Frechet distance needs >= 2 samples per set, got {len(real)} and {len(fake)}")
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), sync_on_compute=False)  # rank 0 alone
+    metric.update(torch.from_numpy(np.asarray(real, dtype=np.float64)), real=True)
+    metric.update(torch.from_numpy(np.asarray(fake, dtype=np.float64)), real=False)
+    return float(metric.compute())
+
+
+def inception_score(logits: np.ndarray, splits: int = IS_SPLITS, seed: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation over `splits` of exp(E KL(p(y|x) || p(y))), from class logits (n x classes)."""
+    from torchmetrics.image.inception import InceptionScore
+
+    # it warns that it keeps all features (they are in memory anyway) and, for one split, that std is undefined
+    with warnings.catch_warnings(), torch.random.fork_rng():  # it shuffles samples into splits with the global RNG
+        warnings.simplefilter("ignore", UserWarning)
+        torch.manual_seed(seed)
+        metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits, sync_on_compute=False)
+        metric.update(torch.from_numpy(np.asarray(logits, dtype=np.float64)))
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
+    """Improved precision and recall (k-NN manifolds); use sets of equal size, the radii depend on it."""
+    if len(real) <= k or len(fake) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, got {len(real)}, {len(fake)}")
+    from prdc import compute_prdc
+
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+        out = compute_prdc(np.asarray(real, np.float32), np.asarray(fake, np.float32), nearest_k=k)
+    return float(out["precision"]), float(out["recall"])
+
+
+def distribution_metrics(real: Features, fake: Features) -> dict:
+    """FD over all reference features; precision/recall against the first len(fake) reference samples (equal sets);
+    the score from the generated samples' logits."""
+    n = min(len(real.features), len(fake.features))
+    precision, recall = precision_recall(real.features[:n], fake.features[:n])
+    score, score_std = inception_score(fake.logits) if fake.logits is not None else (float("nan"), float("nan"))
+    return {"fid": frechet_distance(real.features, fake.features), "inception_score": score,
+            "inception_score_std": score_std, "precision": precision, "recall": recall}  # fmt: skip

@@ -1,0 +1,257 @@
+"""The paper's Table 3 on the machine at hand: distribution quality over steps T x cache interval N.
+
+    python -m analysis.table --model emoji-dit --steps 20 50 --intervals 1 2 3 5 7 10 --samples 1000 --out DIR
+    torchrun --nproc_per_node K -m analysis.table ...   # the same samples and table, K processes
+
+For every cell (T, N) it generates `--samples` class-balanced samples (sample i: class i % classes, its own seed;
+`analysis/samples.py`) as resumable shards under `DIR/samples/T{T}_N{N}/`, then rank 0 computes the Frechet
+distance, Inception-style score, precision and recall (k = 3) against a reference set, class accuracy, and the
+speedup measured the project's one way (`analysis/speed.py`: timed calls without observers, warm, ABBA pairs).
+It writes `DIR/table.csv`, `DIR/table.json` and `DIR/report.html`.
+
+Processes split the shards (not the samples), so every process count computes the same batches. Under torchrun the
+processes are joined with accelerate's `PartialState` (gloo on CPU, NCCL on GPUs); `accelerate launch --cpu
+--num_processes 2` starts only one process on a CPU-only machine, so use torchrun there.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fora.loading import ModelLoadError, load_pipeline, resolve_model
+
+from .samples import SAMPLERS, Cell, fill_shard, remove_partial_writes, set_sampler, shard_path, shard_ranges
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What makes a sample set: a rerun into the same folder must match, or its shards would be mixed."""
+
+    model: str
+    sampler: str
+    guidance: float
+    seed: int
+    extractor: str
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
+    p.add_argument("--steps", type=int, nargs="+", default=[20, 50], help="denoising steps T")
+    p.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5, 7, 10], help="cache intervals N")
+    p.add_argument("--samples", type=int, default=1000, help="samples per cell (>= 2)")
+    p.add_argument("--out", required=True, help="output folder (samples, table, report)")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddim (deterministic) or ddpm")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; sample i's noise seed derives from (seed, i)")
+    p.add_argument("--batch-size", type=int, default=50, help="samples per pipeline call")
+    p.add_argument("--extractor", default=None, choices=("emoji", "inception"),
+                   help="feature space of the metrics (default: emoji for emoji-dit, inception otherwise)")
+    p.add_argument("--inception-weights", default=None, help="Inception-v3 weights file (torch-fidelity's "
+                   "pt_inception-2015-12-05 .pth); required by --extractor inception, never downloaded")
+    p.add_argument("--reference-npz", default=None, help="reference images for --extractor inception: an .npz "
+                   "with uint8 N x H x W x 3 under 'arr_0' or 'images' (e.g. the ADM evaluation batch)")
+    p.add_argument("--reference-samples", type=int, default=10000, help="emoji reference renders (>= 2)")
+    p.add_argument("--timing-pairs", type=int, default=3, help="ABBA pairs per cell for the speedup (0: skip)")
+    p.add_argument("--timing-batch", type=int, default=8, help="samples per timed call")
+    p.add_argument("--skip-metrics", action="store_true", help="only generate the samples")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / processes)")
+    p.add_argument("--device", default=None, help="default: this process's accelerator, else CPU")
+    p.add_argument("--pause-file", default=None, help="while this file exists, generation pauses between batches "
+                   "(and writes PAUSE_FILE + 'd'), so timings can be taken on a quiet machine")
+    return p.parse_args(argv)
+
+
+def check_args(args) -> None:
+    """Every bad value raises `ValueError` naming it and the allowed range, before anything is written."""
+    if args.samples < 2:
+        raise ValueError(f"--samples {args.samples}: allowed >= 2 (the metrics need at least two samples)")
+    if args.batch_size < 1 or args.timing_batch < 1:
+        raise ValueError(f"--batch-size {args.batch_size} / --timing-batch {args.timing_batch}: allowed >= 1")
+    if args.timing_pairs < 0:
+        raise ValueError(f"--timing-pairs {args.timing_pairs}: allowed >= 0")
+    for t in args.steps:
+        if t < 2:
+            raise ValueError(f"--steps {t}: allowed >= 2")
+        for n in args.intervals:
+            if not 1 <= n <= t - 1:
+                raise ValueError(f"--intervals {n} out of range for --steps {t}: allowed 1..{t - 1}")
+    if args.guidance is not None and args.guidance < 1.0:
+        raise ValueError(f"--guidance {args.guidance}: allowed >= 1.0 (1.0 turns guidance off)")
+    if args.extractor == "inception":
+        for name, path in (("--inception-weights", args.inception_weights), ("--reference-npz", args.reference_npz)):
+            if not path or not os.path.isfile(path):
+                raise ValueError(f"{name} {path!r}: no such file; --extractor inception needs local files and "
+                                 "never downloads them")  # fmt: skip
+    elif args.reference_samples < 2:
+        raise ValueError(f"--reference-samples {args.reference_samples}: allowed >= 2")
+    out = os.path.abspath(args.out)
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {args.out!r}: not writable ({parent} is not a writable folder)")
+
+
+def _write_json(path: str, data) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=lambda v: None if isinstance(v, float) and not np.isfinite(v) else v)
+    os.replace(tmp, path)
+
+
+def check_folder(out_dir: str, settings: Settings) -> bool:
+    """Whether `out_dir` already records these settings; raises when it holds samples made with other ones."""
+    path = os.path.join(out_dir, "run.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        have = json.load(f)
+    if have != asdict(settings):
+        raise ValueError(f"--out {out_dir!r} holds samples made with {have}; these settings are "
+                         f"{asdict(settings)}: use another --out")  # fmt: skip
+    return True
+
+
+def default_extractor(model: str) -> str:
+    """`emoji` for the embedded model and pipeline folders of the emoji pipeline, `inception` otherwise."""
+    spec = resolve_model(model)
+    folder = spec.source if spec else model
+    index = os.path.join(folder, "model_index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            if json.load(f).get("_class_name") == "EmojiDiTPipeline":
+                return "emoji"
+    return "inception"
+
+
+def _wait_while_paused(pause_file: str | None) -> None:
+    if not pause_file or not os.path.exists(pause_file):
+        return
+    open(pause_file + "d", "w").close()
+    while os.path.exists(pause_file):
+        time.sleep(2)
+    if os.path.exists(pause_file + "d"):
+        os.remove(pause_file + "d")
+
+
+def generate_all(pipe, args, cells: list[Cell], num_classes: int, rank: int, world: int) -> None:
+    """Fill every missing shard; shard j of the missing list goes to process j % world."""
+    todo = [(c, s, e) for c in cells for s, e in shard_ranges(args.samples)
+            if not os.path.isfile(shard_path(args.out, c, s, e))]  # fmt: skip
+    mine = todo[rank::world]
+    total = sum(e - s for _, s, e in mine)
+    bar = tqdm(total=total, desc=f"samples (process {rank})" if world > 1 else "samples", unit="img", position=rank,
+               disable=total == 0)  # fmt: skip
+    for cell, start, end in mine:
+        bar.set_postfix_str(cell.name)
+        made = fill_shard(pipe, args.out, cell, start, end, args.seed, args.guidance, num_classes, args.batch_size,
+                          before_batch=lambda: _wait_while_paused(args.pause_file))  # fmt: skip
+        bar.update(made)
+    bar.close()
+
+
+def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell, dict]:
+    """Speedup of each cell against its uncached twin, measured in timed pairs (cached in DIR/timing.json)."""
+    from fora import ForaConfig
+
+    from .speed import paired_speedup
+
+    path = os.path.join(args.out, "timing.json")
+    cache = json.load(open(path)) if os.path.isfile(path) else {}
+    key_of = lambda c: f"{c.name}_b{args.timing_batch}_p{args.timing_pairs}_{pipe.device.type}"  # noqa: E731
+    result = {}
+    for cell in cells:
+        key = key_of(cell)
+        if key not in cache:
+            _wait_while_paused(args.pause_file)
+            labels = list(range(args.timing_batch))
+            labels = [x % num_classes for x in labels]
+
+            def call():  # noqa: E306
+                g = [torch.Generator().manual_seed(i) for i in range(len(labels))]
+                pipe(class_labels=labels, num_inference_steps=cell.steps, guidance_scale=args.guidance, generator=g,
+                     output_type="np")  # fmt: skip
+
+            ratio = paired_speedup(pipe, call, ForaConfig(interval=cell.interval), pairs=args.timing_pairs)
+            cache[key] = {**ratio.as_dict(), "text": str(ratio), "batch": args.timing_batch}
+            _write_json(path, cache)
+            print(f"{cell.name}: {ratio}", flush=True)
+        result[cell] = cache[key]
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        check_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from accelerate import PartialState
+
+    # on a machine without CUDA, PartialState() ignores torchrun's processes; cpu=True joins them with gloo
+    state = PartialState(cpu=not torch.cuda.is_available() or (args.device or "").startswith("cpu"))
+    rank, world = state.process_index, state.num_processes
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    spec = resolve_model(args.model)
+    args.guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
+    args.extractor = args.extractor or default_extractor(args.model)
+    if args.extractor == "inception":
+        try:
+            check_args(args)  # the default extractor needs its files too
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    try:
+        pipe = load_pipeline(args.model, device=args.device or str(state.device))
+    except ModelLoadError as e:
+        print(f"error: --model {args.model!r}: {e}", file=sys.stderr)
+        return 2
+    if hasattr(pipe, "text_encoder"):
+        print(f"error: --model {args.model!r} is text-conditional; the table needs a class-conditional model "
+              "(a prompt set for text models is not part of this table)", file=sys.stderr)  # fmt: skip
+        return 2
+    pipe.set_progress_bar_config(disable=True)
+    set_sampler(pipe, args.sampler)
+    num_classes = pipe.transformer.config.num_embeds_ada_norm
+    cells = [Cell(t, n) for t in sorted(set(args.steps)) for n in sorted(set(args.intervals))]
+    settings = Settings(args.model, args.sampler, float(args.guidance), args.seed, args.extractor)
+    try:
+        claimed = check_folder(args.out, settings)  # every process reads; only rank 0 writes
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if state.is_main_process:
+        if not claimed:
+            os.makedirs(args.out, exist_ok=True)
+            _write_json(os.path.join(args.out, "run.json"), asdict(settings))
+        remove_partial_writes(args.out)  # before any process starts writing
+    state.wait_for_everyone()
+    t0 = time.perf_counter()
+    generate_all(pipe, args, cells, num_classes, rank, world)
+    state.wait_for_everyone()
+    if not state.is_main_process or args.skip_metrics:
+        return 0
+    print(f"samples ready ({time.perf_counter() - t0:.0f}s); computing metrics", flush=True)
+    from .table_metrics import table_rows
+    from .table_report import COLUMNS, write_outputs
+
+    speed = measure_speed(pipe, args, cells, num_classes) if args.timing_pairs else {}
+    rows = table_rows(args, cells, speed)
+    write_outputs(args, settings, rows, world)
+    for r in rows:
+        print(" ".join(f"{c}={r[c]:.4g}" if isinstance(r[c], float) else f"{c}={r[c]}" for c in COLUMNS), flush=True)
+    print(f"wrote {args.out}/table.csv, table.json, report.html")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

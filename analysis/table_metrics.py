@@ -1,0 +1,87 @@
+"""The rows of the Table 3 report: distribution metrics of each cell's samples, with the cell's speed and schedule.
+
+The reference set and its features are cached under `DIR/reference/`, keyed by everything that made them (the
+extractor and its weights, the render seed and count, or the reference file), so a rerun or a larger table reuses
+them and a change of any input makes new ones.
+"""
+
+import os
+
+import numpy as np
+
+from fora.schedule import full_steps, ideal_speedup
+
+from .distribution import EmojiFeatures, Features, InceptionFeatures, distribution_metrics
+from .quality import psnr
+from .samples import Cell, load_cell
+
+REFERENCE_RENDER_SEED = 3003  # emoji renders: training used data seed 1, the classifier 1001 and 2002
+
+
+def make_extractor(args):
+    if args.extractor == "emoji":
+        return EmojiFeatures()
+    return InceptionFeatures(args.inception_weights, device=args.device or "cpu")
+
+
+def reference_features(args, extractor) -> Features:
+    """Features of the reference set, computed once and cached on disk."""
+    if args.extractor == "emoji":
+        from fora.emoji.classes import NUM_CLASSES
+
+        per_class = -(-args.reference_samples // NUM_CLASSES)
+        key = f"{extractor.key}_renders-seed{REFERENCE_RENDER_SEED}-{per_class}x{NUM_CLASSES}"
+    else:
+        stat = os.stat(args.reference_npz)
+        key = f"{extractor.key}_{os.path.basename(args.reference_npz)}-{stat.st_size}-{int(stat.st_mtime)}"
+    path = os.path.join(args.out, "reference", f"{key}.npz")
+    if os.path.isfile(path):
+        with np.load(path) as z:
+            return Features(z["features"], z["logits"] if "logits" in z else None)
+    if args.extractor == "emoji":
+        from fora.emoji.render import render_dataset
+
+        images, _ = render_dataset(per_class, seed=REFERENCE_RENDER_SEED)
+        # interleave classes so that any prefix (the precision/recall subset) stays balanced
+        order = np.argsort(np.arange(len(images)) % per_class, kind="stable")
+        images = images[order]
+    else:
+        with np.load(args.reference_npz) as z:
+            name = "arr_0" if "arr_0" in z else "images"
+            if name not in z:
+                raise ValueError(f"--reference-npz {args.reference_npz!r} has no 'arr_0' or 'images' array")
+            images = z[name]
+    feats = extractor(images)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"
+    np.savez(tmp, features=feats.features, **({"logits": feats.logits} if feats.logits is not None else {}))
+    os.replace(tmp, path)
+    return feats
+
+
+def table_rows(args, cells: list[Cell], speed: dict) -> list[dict]:
+    """One row per cell: schedule, distribution metrics, class accuracy, PSNR against the N = 1 twin, speed."""
+    extractor = make_extractor(args)
+    real = reference_features(args, extractor)
+    rows, uncached = [], {}
+    for cell in cells:
+        data = load_cell(args.out, cell, args.samples, args.seed)
+        fake = extractor(data["images"])
+        row = {"steps": cell.steps, "interval": cell.interval, "full_steps": len(full_steps(cell.steps, cell.interval)),
+               "ideal_speedup": ideal_speedup(cell.steps, cell.interval), "samples": len(data["images"]),
+               **distribution_metrics(real, fake)}  # fmt: skip
+        has_classes = args.extractor == "emoji"  # Inception's 1008 logits are not the generator's classes
+        row["class_accuracy"] = float(np.mean(fake.logits.argmax(1) == data["labels"])) if has_classes else float("nan")
+        if cell.interval == 1:
+            uncached[cell.steps] = data["images"]
+        twin = uncached.get(cell.steps)
+        row["psnr_vs_uncached"] = (float(np.median([psnr(a, b, 255.0) for a, b in zip(data["images"], twin)]))
+                                   if twin is not None else float("nan"))  # fmt: skip
+        row["generation_s"] = data["seconds"]
+        row["samples_per_s"] = len(data["images"]) / data["seconds"] if data["seconds"] else float("nan")
+        timing = speed.get(cell)
+        row.update({k: timing[k] for k in ("speedup", "speedup_low", "speedup_high")} if timing else
+                   {"speedup": float("nan"), "speedup_low": float("nan"), "speedup_high": float("nan")})  # fmt: skip
+        row["speedup_text"] = timing["text"] if timing else ""
+        rows.append(row)
+    return rows

@@ -1,0 +1,193 @@
+"""Table 3: known answers of the distribution metrics, and the table CLI end to end on a tiny model, in one process,
+across two real torchrun processes, and after an interruption."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from analysis.distribution import frechet_distance, inception_score, precision_recall
+from analysis.samples import SHARD_SIZE, sample_labels, sample_seed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- known answers
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    x = np.random.default_rng(0).normal(size=(500, 8))
+    assert abs(frechet_distance(x, x)) < 1e-6
+
+
+def test_frechet_distance_matches_the_closed_form_for_two_gaussians():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(4000, 3)) @ np.diag([1.0, 2.0, 0.5]) + [0.0, 1.0, 0.0]
+    b = rng.normal(size=(4000, 3)) @ np.array([[1.0, 0.3, 0], [0, 1.0, 0], [0, 0, 1.5]]) + [2.0, 0.0, 1.0]
+    # the formula on the same empirical statistics: ||mu_a - mu_b||^2 + tr(Sa + Sb - 2 (Sa Sb)^(1/2))
+    ma, mb, sa, sb = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = float(np.sum((ma - mb) ** 2) + np.trace(sa + sb - 2 * linalg.sqrtm(sa @ sb).real))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    # and the population answer for diagonal covariances: |dmu|^2 + sum (sigma_a - sigma_b)^2, within sampling error
+    x = rng.normal(size=(20000, 2)) * [1.0, 3.0]
+    y = rng.normal(size=(20000, 2)) * [2.0, 3.0] + [3.0, 4.0]
+    assert frechet_distance(x, y) == pytest.approx(25.0 + 1.0, rel=0.02)
+
+
+def test_precision_and_recall_of_constructed_point_sets():
+    line = np.arange(100, dtype=np.float64)[:, None]  # k = 3: an inner point's ball has radius 3
+    assert precision_recall(line, line + 0.5) == (1.0, 1.0)
+    assert precision_recall(line, line + 1000.0) == (0.0, 0.0)
+    # generated points cover only the first half, each twice: all inside the reference (precision 1); their
+    # 3-NN radius is 1, so reference points 0..49 are covered and 50 (at distance exactly 1) is not: recall 0.5
+    half = np.repeat(np.arange(50, dtype=np.float64), 2)[:, None]
+    assert precision_recall(line, half) == (1.0, 0.5)
+
+
+def test_score_of_a_confident_uniform_classifier_is_the_number_of_classes():
+    classes = 8
+    logits = 50.0 * np.eye(classes)[np.arange(classes * 40) % classes]  # confident, every class equally often
+    mean, _ = inception_score(logits, splits=1)
+    assert mean == pytest.approx(classes, rel=1e-6)
+    # ten random splits of 32 samples rarely hold every class equally often: the mean is below, never above, K
+    mean, std = inception_score(logits)
+    assert 0.8 * classes < mean < classes and std > 0
+    mean, _ = inception_score(np.zeros((80, classes)))  # no confidence at all: 1
+    assert mean == pytest.approx(1.0)
+
+
+def test_sample_seeds_and_labels_depend_only_on_the_index():
+    assert sample_seed(0, 5) == sample_seed(0, 5) != sample_seed(0, 6) != sample_seed(1, 5)
+    assert sample_labels(range(4, 9), 4).tolist() == [0, 1, 2, 3, 0]
+
+
+# ---------------------------------------------------------------- the CLI end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random emoji-style DiT pipeline, saved and loaded like any pipeline folder."""
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    from fora.emoji.pipeline import EmojiDiTPipeline
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, in_channels=3,
+        out_channels=3, num_embeds_ada_norm=4, norm_type="ada_norm_zero", norm_elementwise_affine=False,
+    )  # fmt: skip
+    scheduler = DDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing")
+    path = str(tmp_path_factory.mktemp("tiny-emoji"))
+    EmojiDiTPipeline(transformer.eval(), scheduler, id2label={i: f"c{i}" for i in range(4)}).save_pretrained(path)
+    return path
+
+
+def _table(model, out, *extra, samples=130, torchrun=False):
+    args = ["--model", model, "--steps", "4", "--intervals", "1", "3", "--samples", str(samples), "--out", str(out),
+            "--batch-size", "16", "--reference-samples", "64", "--timing-pairs", "0", "--threads", "1", *extra]  # fmt: skip
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+               "-m", "analysis.table", *args]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-m", "analysis.table", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _shards(out) -> dict[str, bytes]:
+    found = {}
+    for cell in sorted(os.listdir(os.path.join(out, "samples"))):
+        for name in sorted(os.listdir(os.path.join(out, "samples", cell))):
+            with np.load(os.path.join(out, "samples", cell, name)) as z:
+                found[f"{cell}/{name}"] = b"".join(z[k].tobytes() for k in ("images", "labels", "seeds"))
+    return found
+
+
+def _rows(out) -> list[dict]:
+    with open(os.path.join(out, "table.csv")) as f:  # generation speed is the only column allowed to differ
+        return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("table") / "one"
+    done = _table(tiny_model, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_table_writes_samples_and_metrics(one_process):
+    out = one_process
+    rows = _rows(out)
+    assert [(r["steps"], r["interval"], r["full_steps"]) for r in rows] == [("4", "1", "4"), ("4", "3", "2")]
+    for r in rows:
+        assert float(r["fid"]) > 0 and 0 <= float(r["precision"]) <= 1 and 0 <= float(r["recall"]) <= 1
+        assert 1 <= float(r["inception_score"]) <= 32 and r["samples"] == "130"
+    assert rows[0]["psnr_vs_uncached"] == "inf" and np.isfinite(float(rows[1]["psnr_vs_uncached"]))
+    names = sorted(os.listdir(out / "samples" / "T4_N3"))
+    assert names == [f"shard_0000000-{SHARD_SIZE:07d}.npz", f"shard_{SHARD_SIZE:07d}-0000130.npz"]
+    with np.load(out / "samples" / "T4_N3" / names[1]) as z:
+        assert z["images"].dtype == np.uint8 and z["images"].shape == (30, 8, 8, 3)
+        assert z["labels"].tolist() == [i % 4 for i in range(100, 130)]
+        assert z["seeds"].tolist() == [sample_seed(0, i) for i in range(100, 130)]
+    meta = json.loads((out / "table.json").read_text())
+    assert meta["settings"]["extractor"] == "emoji" and len(meta["rows"]) == 2
+    assert "<table>" in (out / "report.html").read_text() and (out / "grid.png").is_file()
+
+
+def test_two_torchrun_processes_give_the_same_samples_and_table(tiny_model, one_process, tmp_path):
+    out = tmp_path / "two"
+    done = _table(tiny_model, out, torchrun=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 1" in done.stderr  # really two processes, each with its own progress bar
+    assert _shards(out) == _shards(one_process)
+    assert _rows(out) == _rows(one_process)
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tiny_model, one_process, tmp_path):
+    out = tmp_path / "resumed"
+    assert _table(tiny_model, out, samples=60).returncode == 0  # a smaller run: partial first shards
+    os.remove(out / "samples" / "T4_N3" / "shard_0000000-0000060.npz")  # killed before this shard was written
+    (out / "samples" / "T4_N1" / "shard_0000000-0000100.tmp999.npz").write_bytes(b"half a file")  # a killed write
+    done = _table(tiny_model, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _shards(out).keys() == _shards(one_process).keys()
+    assert _shards(out) == _shards(one_process)
+    assert _rows(out) == _rows(one_process)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "no-such-model"], "no-such-model"),
+        (["--intervals", "4"], "--intervals 4 out of range for --steps 4: allowed 1..3"),
+        (["--samples", "1"], "--samples 1: allowed >= 2"),
+        (["--extractor", "inception", "--inception-weights", "/nonexistent/pt_inception.pth"], "--inception-weights"),
+    ],
+)
+def test_bad_input_is_named_and_writes_nothing(tiny_model, tmp_path, extra, message):
+    out = tmp_path / "bad"
+    args = ["--model", tiny_model, "--steps", "4", "--intervals", "1", "2", "--samples", "20", "--out", str(out)]
+    done = subprocess.run([sys.executable, "-m", "analysis.table", *args, *extra], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not out.exists()
+
+
+def test_unwritable_out_and_a_folder_of_other_settings_are_refused(tiny_model, one_process, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = _table(tiny_model, blocker / "out")
+    assert done.returncode == 2 and "not writable" in done.stderr
+    copy = tmp_path / "copy"
+    shutil.copytree(one_process, copy)
+    done = _table(tiny_model, copy, "--guidance", "2.0")
+    assert done.returncode == 2 and "holds samples made with" in done.stderr
