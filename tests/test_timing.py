@@ -32,7 +32,7 @@ def test_cli_time_pairs(tmp_path, capsys):
             "--out", str(tmp_path / "x.png")]  # fmt: skip
     assert cli_main(args) == 0
     text = capsys.readouterr().out
-    assert "one call, cold: not a speed figure" in text and "speedup " not in text
+    assert "one call, cold: not a speed figure" in text and "over 2 pairs" not in text
     assert cli_main([*args, "--time-pairs", "2"]) == 0
     assert "over 2 pairs" in capsys.readouterr().out
     assert cli_main([*args, "--time-pairs", "-1"]) == 2
