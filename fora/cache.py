@@ -32,7 +32,6 @@ _FORA_BLOCK_HOOK = "fora_block"
 _FORA_MODULE_HOOK = "fora_module"
 _BLOCK_REGEX = r"(?:transformer_blocks|blocks)\.(\d+)"
 _MODULE_KINDS = {"attn1": "attn", "attn2": "cross_attn", "ff": "mlp"}
-_LEAN_BLOCKS = True  # DiT/PixArt blocks step through fora.block (tests turn it off to compare with module hooks)
 
 
 @dataclass
@@ -60,6 +59,11 @@ class ForaConfig:
             Indices of the blocks that cache; the others compute every step. `None` means all blocks.
         block_regex (`str`, defaults to `r"(?:transformer_blocks|blocks)\.(\d+)"`):
             `re.fullmatch` pattern over `named_modules()` that finds the transformer blocks; group 1 is the index.
+        lean_reuse (`bool`, defaults to `True`):
+            On reuse steps of DiT/PixArt blocks, skip the norms, modulation and adaLN rows that only cached modules
+            read (same output; `fora.block`). `False` runs each block's original forward with the cached module
+            outputs, as the official code does: slower reuse steps, and a compiled block then traces one graph per
+            block (the hooked modules are guarded by identity).
     """
 
     interval: int = 3
@@ -70,6 +74,7 @@ class ForaConfig:
     cache_end: int | None = None
     blocks: tuple[int, ...] | None = None
     block_regex: str = _BLOCK_REGEX
+    lean_reuse: bool = True
 
     def __post_init__(self):
         if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1:
@@ -480,7 +485,7 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
     handle._num_cached = sum(slot.enabled for slot in handle.state.slots)
     for name, block in blocks:
         hooked = by_block.get(name, [])
-        if _LEAN_BLOCKS and supports_lean_reuse(block):
+        if config.lean_reuse and supports_lean_reuse(block):
             hook = _ForaBlockHook(handle, {slot.kind: slot for slot, _ in hooked})
             HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _FORA_BLOCK_HOOK)
             continue

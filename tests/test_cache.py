@@ -1,5 +1,7 @@
 """The FORA engine on real (tiny, random) diffusers pipelines."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -269,18 +271,14 @@ CACHE_COMBOS = [dict(cache_attn=a, cache_cross_attn=c, cache_mlp=m) for a in (Tr
                 for m in (True, False) if a or c or m]  # fmt: skip
 
 
-def lean_and_plain(monkeypatch, make, run, config):
+def lean_and_plain(make, run, config):
     """Outputs with the block-level step (reuse steps skip dead work) and with hooks on the modules only."""
-    import fora.cache
-
     pipe = make()
     apply_fora(pipe, config)
     assert any(hasattr(b, "_diffusers_hook") for b in pipe.transformer.transformer_blocks)  # the block path is on
     lean, lean_run = run(pipe), get_fora_handle(pipe).last_run
     remove_fora(pipe)
-    with monkeypatch.context() as m:
-        m.setattr(fora.cache, "_LEAN_BLOCKS", False)
-        handle = apply_fora(pipe, config)
+    handle = apply_fora(pipe, replace(config, lean_reuse=False))
     assert not any(hasattr(b, "_diffusers_hook") for b in pipe.transformer.transformer_blocks)
     plain = run(pipe)
     assert (lean_run.computed_calls, lean_run.reused_calls, lean_run.cache_bytes) == (
@@ -289,16 +287,16 @@ def lean_and_plain(monkeypatch, make, run, config):
 
 
 @pytest.mark.parametrize("combo", CACHE_COMBOS)
-def test_lean_reuse_bit_identical_dit(monkeypatch, combo):
+def test_lean_reuse_bit_identical_dit(combo):
     for config in (ForaConfig(interval=3, **combo), ForaConfig(interval=2, blocks=[0, 2], cache_start=1, **combo)):
-        lean, plain = lean_and_plain(monkeypatch, make_dit_pipeline, lambda p: run_dit(p, steps=9), config)
+        lean, plain = lean_and_plain(make_dit_pipeline, lambda p: run_dit(p, steps=9), config)
         assert torch.equal(lean, plain)
 
 
 @pytest.mark.parametrize("combo", CACHE_COMBOS)
-def test_lean_reuse_bit_identical_pixart(monkeypatch, combo):
+def test_lean_reuse_bit_identical_pixart(combo):
     for config in (ForaConfig(interval=3, **combo), ForaConfig(interval=2, blocks=[1], cache_end=6, **combo)):
-        lean, plain = lean_and_plain(monkeypatch, make_pixart_pipeline, lambda p: run_pixart(p, steps=8), config)
+        lean, plain = lean_and_plain(make_pixart_pipeline, lambda p: run_pixart(p, steps=8), config)
         assert torch.equal(lean, plain)
 
 
