@@ -1,125 +1,127 @@
-"""Benchmark of the FORA engine itself: `python -m analysis.bench_engine`.
+"""Benchmark of the FORA engine itself: `python -m analysis.bench_engine [--device cuda]`.
 
 (a) overhead of the hooks at interval=1 against no FORA, on a small model where per-call hook cost shows
     (6 blocks, width 128, 30 steps): target <= 1%.
-(b) speedup of the whole pipeline call at N = 2, 3, 5 on the DiT-XL/2 block width (hidden 1152, 16 heads, patch 2,
-    32x32 latent, batch 2 for guidance, random weights, 4 blocks) against the ideal T / full steps: target >= 95%.
+(b) the cost of a reuse step relative to a full step, with the official code's reuse step (each block's original
+    forward fed with the cached outputs, `lean_reuse=False`) and with this engine's (`lean_reuse=True`: the norms,
+    modulation and adaLN rows that only cached modules read are skipped): goal < 2.5%. Then the speedup of the whole
+    pipeline call at N = 2, 3, 5 on the DiT-XL/2 block width (hidden 1152, 16 heads, patch 2, 32x32 latent, batch 2
+    for guidance, random weights, 4 blocks) against the ideal T / full steps (target >= 95%) and against what the
+    measured reuse-step cost allows.
 
-One thread, paired runs (with and without FORA back to back), median of the pair ratios: this machine is noisy,
-and pairing cancels slow drifts.
+Speedups come from `paired_speedup` (no observers, a warm-up, ABBA pairs, median of the pair ratios with their
+range). One thread by default: this machine is shared and noisy, and pairing cancels slow drifts.
 """
 
 import argparse
 import statistics
-import time
+from dataclasses import replace
 
 import torch
 
 from fora import ForaConfig, apply_fora, ideal_speedup, remove_fora
 from fora.generate import Request, generate
-
-
-def paired_ratio(pipe, request: Request, config: ForaConfig, pairs: int) -> tuple[float, float, float]:
-    """Median of (time without FORA / time with FORA) over back-to-back pairs; also both median times."""
-    generate(pipe, request)  # warm-up
-    ratios, plain, cached = [], [], []
-    for i in range(pairs):
-        order = (False, True) if i % 2 == 0 else (True, False)  # alternate which runs first
-        times = {}
-        for use in order:
-            if use:
-                apply_fora(pipe, config)
-            t0 = time.perf_counter()
-            generate(pipe, request)
-            times[use] = time.perf_counter() - t0
-            if use:
-                remove_fora(pipe)
-        ratios.append(times[False] / times[True])
-        plain.append(times[False])
-        cached.append(times[True])
-    return statistics.median(ratios), statistics.median(plain), statistics.median(cached)
+from fora.timing import paired_speedup, time_call
 
 
 @torch.no_grad()
-def reuse_step_fraction(transformer, repeats: int = 5) -> float:
-    """Time of a transformer call on a reuse step over that of a full step (what FORA cannot skip)."""
-    cfg = transformer.config
-    x = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    t, y = torch.tensor([500, 500]), torch.tensor([1, cfg.num_embeds_ada_norm])
+def reuse_step_fraction(transformer, config: ForaConfig, repeats: int = 8, runs: int = 3) -> float:
+    """Time of a transformer call on a reuse step over that of a full step, at batch 2 (what FORA cannot skip).
+
+    Each run is `repeats + 2` calls with full steps first and last; the first run warms up. Median over the reuse
+    calls of the later runs, divided by the median of their full calls.
+    """
+    cfg, device, dtype = transformer.config, transformer.device, transformer.dtype
+    x = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, device=device, dtype=dtype)
+    t, y = torch.tensor([500, 500], device=device), torch.tensor([1, cfg.num_embeds_ada_norm], device=device)
     n = repeats + 2  # steps 0 and n-1 are full, 1..n-2 reuse
-    handle = apply_fora(transformer, ForaConfig(interval=n - 1), num_steps=n)
-    for run in range(2):  # the first run warms up
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            transformer(x, timestep=t, class_labels=y)
-            times.append(time.perf_counter() - t0)
-    assert handle.last_run.full_steps == [0, n - 1]
-    remove_fora(transformer)
-    return statistics.median(times[1:-1]) / statistics.mean([times[0], times[-1]])
+    handle = apply_fora(transformer, replace(config, interval=n - 1))
+    full, reuse = [], []
+    try:
+        for run in range(runs + 1):
+            handle.start_run(n)  # the caller delimits the run: the timestep is the same at every call
+            times = [time_call(lambda: transformer(x, timestep=t, class_labels=y), device) for _ in range(n)]
+            assert handle.last_run.full_steps == [0, n - 1]
+            if run:
+                full += [times[0], times[-1]]
+                reuse += times[1:-1]
+    finally:
+        remove_fora(transformer)
+    return statistics.median(reuse) / statistics.median(full)
 
 
-def small_pipeline():
+def small_pipeline(device: str = "cpu"):
     from fora.emoji.train import build_pipeline, build_transformer
 
     torch.manual_seed(0)
     pipe = build_pipeline(build_transformer(layers=6, width=128, heads=4, patch=2).eval())
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe.to(device)
 
 
-def dit_xl_width_pipeline(blocks: int):
+def dit_xl_width_pipeline(blocks: int, device: str = "cpu", dtype: torch.dtype = torch.float32, sample_size: int = 32):
+    """DiT-XL/2's block (hidden 1152, 16 heads of 72, patch 2) with `blocks` blocks, random weights, a tiny VAE."""
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                        num_layers=blocks, sample_size=32, patch_size=2)  # fmt: skip
+                                        num_layers=blocks, sample_size=sample_size, patch_size=2)  # fmt: skip
     vae = AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
                         up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8)  # fmt: skip
     pipe = DiTPipeline(transformer.eval(), vae.eval(), DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe.to(device, dtype)
 
 
-def main(args):
+def overhead(args):
+    pipe = small_pipeline(args.device)
+    request = Request(label=0, steps=30, seed=0, guidance=3.0)
+    r = paired_speedup(pipe, lambda: generate(pipe, request), ForaConfig(interval=1), pairs=args.pairs)
+    print(f"(a) overhead at interval=1, 6 blocks x 128, 30 steps, batch 2: no FORA {r.baseline_s * 1e3:.1f} ms, "
+          f"FORA {r.fora_s * 1e3:.1f} ms, overhead {(1 / r.ratio - 1) * 100:+.2f}% "
+          f"(pair range {(1 / r.high - 1) * 100:+.2f}..{(1 / r.low - 1) * 100:+.2f}%, {r.pairs} pairs; target <= 1%)")
+
+
+def speedups(args):
+    dtype = getattr(torch, args.dtype)
+    pipe = dit_xl_width_pipeline(args.blocks, args.device, dtype)
+    costs = {}
+    for lean in (False, True):
+        costs[lean] = reuse_step_fraction(pipe.transformer, ForaConfig(lean_reuse=lean))
+        what = "lean (norms/modulation/adaLN rows of cached modules skipped)" if lean else "official (original forward)"
+        print(f"(b) reuse step / full step, {args.blocks} blocks, batch 2, {what}: {costs[lean] * 100:.2f}% "
+              f"(goal < 2.5%)")  # fmt: skip
+    request = Request(label=207, steps=args.steps, seed=0, guidance=4.0)
+    for n in args.intervals:
+        r = paired_speedup(pipe, lambda: generate(pipe, request), ForaConfig(interval=n), pairs=args.speed_pairs)
+        ideal = ideal_speedup(args.steps, n)
+        full = args.steps / ideal
+        reachable = args.steps / (full + (args.steps - full) * costs[True])
+        print(f"(b) N={n}: DiT-XL/2 width, {args.blocks} blocks, T={args.steps}, batch 2: no FORA {r.baseline_s:.2f}s, "
+              f"FORA {r.fora_s:.2f}s, speedup {r}, ideal {ideal:.3f}x, {r.ratio / ideal * 100:.1f}% of ideal "
+              f"(target >= 95%); {r.ratio / reachable * 100:.1f}% of the {reachable:.3f}x that the reuse-step cost "
+              "allows")  # fmt: skip
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="for (b)")
+    p.add_argument("--pairs", type=int, default=15, help="ABBA pairs for (a)")
+    p.add_argument("--speed-pairs", type=int, default=5, help="ABBA pairs per interval in (b)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--blocks", type=int, default=4)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5])
+    p.add_argument("--only", choices=["a", "b", "all"], default="all", help="run only (a) or (b)")
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.pairs} pairs per ratio, median of pair ratios")
+    print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s); speedups: median of ABBA pair ratios")
     if args.only in ("a", "all"):
         overhead(args)
     if args.only in ("b", "all"):
         speedups(args)
 
 
-def overhead(args):
-    pipe = small_pipeline()
-    request = Request(label=0, steps=30, seed=0, guidance=3.0)
-    ratio, plain, cached = paired_ratio(pipe, request, ForaConfig(interval=1), args.pairs)
-    print(f"(a) overhead at interval=1, 6 blocks x 128, 30 steps, batch 2: no FORA {plain * 1e3:.1f} ms, "
-          f"FORA {cached * 1e3:.1f} ms, overhead {(1 / ratio - 1) * 100:+.2f}% (target <= 1%)")  # fmt: skip
-
-
-
-def speedups(args):
-    pipe = dit_xl_width_pipeline(args.blocks)
-    request = Request(label=207, steps=args.steps, seed=0, guidance=4.0)
-    r = reuse_step_fraction(pipe.transformer)
-    print(f"    a reuse step costs {r * 100:.1f}% of a full step here (adaLN, norms, residuals, final layer)")
-    for n in args.intervals:
-        ratio, plain, cached = paired_ratio(pipe, request, ForaConfig(interval=n), max(2, args.pairs // 3))
-        ideal = ideal_speedup(args.steps, n)
-        full = args.steps / ideal
-        reachable = args.steps / (full + (args.steps - full) * r)
-        print(f"(b) N={n}: DiT-XL/2 width, {args.blocks} blocks, T={args.steps}, batch 2: no FORA {plain:.2f}s, "
-              f"FORA {cached:.2f}s, speedup {ratio:.3f}x, ideal {ideal:.3f}x, {ratio / ideal * 100:.1f}% of ideal "
-              f"(target >= 95%); {ratio / reachable * 100:.1f}% of the {reachable:.3f}x that the uncached parts allow")  # fmt: skip
-
-
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=int, default=15, help="paired runs for (a); (b) uses a third of it")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--blocks", type=int, default=4)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5])
-    p.add_argument("--only", choices=["a", "b", "all"], default="all", help="run only (a) or (b)")
-    main(p.parse_args())
+    main()

@@ -398,6 +398,8 @@ class _ForaBlockHook(ModelHook):
 
     def new_forward(self, block, *args, **kwargs):
         state = self.state
+        if not state.caching and not self.handle.observers:  # interval 1, unobserved: nothing to keep or show
+            return self.fn_ref.original_forward(*args, **kwargs)
         reuse = self.cached_kinds and not state.is_full_step
         cached = {kind: self.slots[kind].output for kind in self.cached_kinds} if reuse else {}
         chunks = self.reuse_chunks if reuse else ALL_CHUNKS
