@@ -3,15 +3,17 @@
 The cache does not fit on-chip (an H100 has 50 MB of L2; DiT-XL/2 at 512 caches 264 MB), so it lives in HBM and a
 reuse step reads it back. This module answers with numbers: the bytes of the cache per configuration, the time to
 read them at a stated memory bandwidth, and the time of the attention and MLP compute they replace at a stated
-throughput, per step and per run. `measure_read_seconds` measures the read on the machine at hand instead.
+throughput, per step and per run. `measure_bandwidth` measures the read on the machine at hand instead (GB/s of a
+streaming read of the cache's size, next to a plain large copy on the same device).
 """
 
-import time
+import statistics
 from dataclasses import asdict, dataclass
 
 import torch
 
 from fora.schedule import full_steps
+from fora.timing import time_call
 
 H100_SXM_BANDWIDTH = 3.35e12  # bytes/s, HBM3 (NVIDIA H100 SXM datasheet)
 H100_SXM_BF16_FLOPS = 989e12  # dense BF16 tensor-core FLOP/s (datasheet, without sparsity)
@@ -86,20 +88,65 @@ def hbm_answer(shape: ModelShape, batch: int = 1, dtype: str = "float16", steps:
     }  # fmt: skip
 
 
-def measure_read_seconds(nbytes: int, device: str | torch.device = "cpu", repeats: int = 5) -> float:
-    """Measured time to read `nbytes` of float16 on `device` (the reuse step's `x + gate * cache` reads it once)."""
+@dataclass(frozen=True)
+class Bandwidth:
+    """Measured memory bandwidth on one device: reading a buffer of the cache's size, and a plain large copy."""
+
+    device: str
+    nbytes: int  # bytes of the buffer read (the cache's size)
+    read_s: float  # median seconds to read it once
+    copy_bytes: int  # bytes of the reference copy's source
+    copy_s: float  # median seconds of the reference copy
+
+    @property
+    def read_GBps(self) -> float:
+        return self.nbytes / self.read_s / 1e9
+
+    @property
+    def copy_GBps(self) -> float:
+        """The copy reads and writes every byte: counted twice, as STREAM does."""
+        return 2 * self.copy_bytes / self.copy_s / 1e9
+
+    def __str__(self) -> str:
+        return (f"read {self.nbytes / 2**20:.1f} MiB in {self.read_s * 1e3:.3f} ms = {self.read_GBps:.1f} GB/s; "
+                f"plain copy of {self.copy_bytes / 2**20:.0f} MiB: {self.copy_GBps:.1f} GB/s ({self.device})")  # fmt: skip
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up: first touch of the pages, kernel selection
+    return statistics.median(time_call(fn, device) for _ in range(repeats))
+
+
+def _read_seconds(nbytes: int, device: torch.device, repeats: int) -> tuple[float, int]:
+    """Median seconds of one reduction over a buffer of `nbytes`, and the bytes it really holds."""
+    dtype = torch.float16 if device.type == "cuda" else torch.float32  # no CPU reduces float16 at memory speed
+    size = torch.finfo(dtype).bits // 8
+    cache = torch.ones(max(1, nbytes // size), dtype=dtype, device=device)
+    acc = torch.empty((), dtype=torch.float32, device=device)  # preallocated: the loop allocates nothing
+    return _median_seconds(lambda: torch.sum(cache, 0, dtype=torch.float32, out=acc), device, repeats), cache.numel() * size
+
+
+def measure_bandwidth(nbytes: int, device: str | torch.device = "cpu", repeats: int = 10,
+                      copy_bytes: int = 256 * 2**20) -> Bandwidth:  # fmt: skip
+    """Measure how fast `device` reads `nbytes` (a reduction over a buffer of that size: the cache's one streaming
+    read on a reuse step), next to a plain copy of `copy_bytes` into a preallocated buffer on the same device.
+
+    A reduction is memory-bound, so it runs at the device's read bandwidth when the buffer is larger than its caches
+    (a buffer that fits in cache reads faster, which the large copy shows). Elements are float16 on a GPU and float32
+    on a CPU; bytes are bytes. CUDA events on a GPU, the wall clock on a CPU; median of `repeats` after a warm-up.
+    """
     device = torch.device(device)
-    cache = torch.ones(max(1, nbytes // 2), dtype=torch.float16, device=device)
-    times = []
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        cache.sum(dtype=torch.float32)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[len(times[1:]) // 2]
+    read_s, nbytes = _read_seconds(nbytes, device, repeats)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    src = torch.ones(max(1, copy_bytes // (torch.finfo(dtype).bits // 8)), dtype=dtype, device=device)
+    dst = torch.empty_like(src)
+    copy_s = _median_seconds(lambda: dst.copy_(src), device, repeats)
+    return Bandwidth(str(device), nbytes, read_s, src.numel() * src.element_size(), copy_s)
+
+
+def measure_read_seconds(nbytes: int, device: str | torch.device = "cpu", repeats: int = 10) -> float:
+    """Measured seconds to read `nbytes` once on `device` (what a reuse step's `x + gate * cache` reads)."""
+    return _read_seconds(nbytes, torch.device(device), repeats)[0]
 
 
 def main(argv=None) -> int:
@@ -113,21 +160,31 @@ def main(argv=None) -> int:
     p.add_argument("--bandwidth", type=float, default=H100_SXM_BANDWIDTH / 1e12, help="memory bandwidth, TB/s")
     p.add_argument("--tflops", type=float, default=H100_SXM_BF16_FLOPS / 1e12, help="peak throughput, TFLOP/s")
     p.add_argument("--utilization", type=float, default=0.5, help="fraction of peak the replaced compute reaches")
-    p.add_argument("--measure", action="store_true", help="also measure the read on this machine (CUDA if present)")
+    p.add_argument("--measure", action="store_true", help="also measure the read on --device")
+    p.add_argument("--device", default="cpu", help="where --measure reads: cpu (default) or cuda")
+    p.add_argument("--models", nargs="+", default=list(MODEL_SHAPES), choices=list(MODEL_SHAPES))
     args = p.parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
     print(f"batch {args.batch} (x2 for guidance), {args.dtype}, T={args.steps}, N={args.interval}; "
           f"{args.bandwidth:g} TB/s, {args.tflops:g} TFLOP/s x {args.utilization:g}")  # fmt: skip
+    measured = f" {'measured read ms':>16s} {'GB/s':>7s}" if args.measure else ""
     print(f"{'model':18s} {'cache MiB':>9s} {'read ms/step':>12s} {'compute ms/step':>15s} {'ratio':>6s} "
-          f"{'saved ms/run':>12s}" + (f" {'measured read ms (' + device + ')':>24s}" if args.measure else ""))
-    for shape in MODEL_SHAPES.values():
+          f"{'saved ms/run':>12s}{measured}")  # fmt: skip
+    for name in args.models:
+        shape = MODEL_SHAPES[name]
         a = hbm_answer(shape, args.batch, args.dtype, args.steps, args.interval, args.bandwidth * 1e12,
                        args.tflops * 1e12, args.utilization)  # fmt: skip
         line = (f"{shape.name:18s} {a['cache_bytes'] / 2**20:9.1f} {a['read_ms_per_step']:12.3f} "
                 f"{a['compute_ms_per_step']:15.3f} {a['compute_over_read']:6.0f} {a['saved_ms_per_run']:12.1f}")
         if args.measure:
-            line += f" {measure_read_seconds(a['cache_bytes'], device) * 1e3:24.2f}"
+            read_s = measure_read_seconds(a["cache_bytes"], device)
+            line += f" {read_s * 1e3:16.3f} {a['cache_bytes'] / read_s / 1e9:7.1f}"
         print(line)
+    if args.measure:
+        copy = measure_bandwidth(2**20, device)
+        print(f"measured on {device} with {torch.get_num_threads()} thread(s): one reduction over a buffer of the "
+              f"cache's size, median of 10; for comparison a plain copy of {copy.copy_bytes / 2**20:.0f} MiB on the "
+              f"same device: {copy.copy_GBps:.1f} GB/s (read + write)")  # fmt: skip
     return 0
 
 
