@@ -1,5 +1,5 @@
-"""What the web demo runs, without the widgets: the model allowlist, input checks, the baseline cache, and a
-FORA-vs-baseline comparison that streams partial results while it runs.
+"""What the web demo runs, without the widgets: the model allowlist, the bounded caches the server keeps, and a
+FORA-vs-baseline comparison that streams partial results while it runs (input checks: `form.py`).
 
 Settings come from the environment:
 - `FORA_HUB_MODELS=1` lists the hub models (DiT-XL/2, PixArt-alpha) as available (default: only with CUDA and
@@ -9,9 +9,7 @@ Settings come from the environment:
 """
 
 import os
-import queue
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,16 +17,13 @@ import numpy as np
 import torch
 
 from fora import ForaConfig
-from fora.generate import Request, class_id, is_text_conditional
-from fora.loading import MODELS, ModelLoadError, load_pipeline
+from fora.generate import Request, is_text_conditional
+from fora.loading import MODELS, ModelLoadError, load_pipeline  # noqa: F401  (ModelLoadError: the app catches it)
 
-from .experiment import RunResult, baseline_config, compare_runs, observe_run
+from .experiment import Comparison, RunResult, baseline_config, compare_runs, observe_run, timed_speedup
 from .similarity import default_blocks  # noqa: F401  (the app picks step x step blocks with it)
-
-STEPS_RANGE = (2, 250)
-SEED_MAX = 2**31 - 1
-GUIDANCE_RANGE = (1.0, 20.0)
-PROMPT_MAX = 500
+from .speed import SpeedRatio
+from .stream import stream_job
 
 
 @dataclass(frozen=True)
@@ -79,6 +74,16 @@ def get_model(key: str):
         return _models[key], _locks[key]
 
 
+def loaded(key: str):
+    """The pipeline `get_model` loaded for `key`, without loading: what a GPU function (a forked ZeroGPU worker)
+    uses, so that the model is loaded once, in the main process, and never again per worker. No lock is taken: a
+    lock held by another thread at fork time would stay held in the child forever."""
+    pipe = _models.get(key)
+    if pipe is None:
+        raise RuntimeError(f"model {key!r} is not loaded in the main process: call get_model first")
+    return pipe
+
+
 def labels_of(pipe) -> list[str]:
     """Class names in id order (class-conditional models), or [] for text models."""
     if is_text_conditional(pipe):
@@ -91,56 +96,6 @@ def labels_of(pipe) -> list[str]:
     for name, cid in labels.items():
         first.setdefault(cid, name)
     return [first[i] for i in sorted(first)]
-
-
-def check_inputs(pipe, label, prompt, steps, interval, seed, guidance) -> Request:
-    """Turn raw UI values into a `Request`, or raise `ValueError` naming the bad value and the allowed range."""
-    def integer(name, value, lo, hi):  # noqa: E306
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}={value!r} is not a number; allowed {lo}..{hi}") from None
-        if not v.is_integer() or not lo <= v <= hi:
-            raise ValueError(f"{name}={value!r} out of range: allowed integers {lo}..{hi}")
-        return int(v)
-
-    steps = integer("steps", steps, *STEPS_RANGE)
-    integer("interval", interval, 1, max(1, steps - 1))
-    seed = integer("seed", seed, 0, SEED_MAX)
-    try:
-        guidance = float(guidance)
-    except (TypeError, ValueError):
-        raise ValueError(f"guidance={guidance!r} is not a number; allowed {GUIDANCE_RANGE[0]}..{GUIDANCE_RANGE[1]}") from None
-    if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
-        raise ValueError(f"guidance={guidance} out of range: allowed {GUIDANCE_RANGE[0]}..{GUIDANCE_RANGE[1]}")
-    if is_text_conditional(pipe):
-        prompt = (prompt or "").strip()
-        if not prompt:
-            raise ValueError("prompt is empty: this model is text-conditional and needs a prompt")
-        if len(prompt) > PROMPT_MAX:
-            raise ValueError(f"prompt has {len(prompt)} characters: allowed 1..{PROMPT_MAX}")
-        return Request(prompt=prompt, steps=steps, seed=seed, guidance=guidance)
-    if label is None or str(label).strip() == "":
-        raise ValueError("no class chosen: pick one of the model's classes")
-    names = labels_of(pipe)
-    if isinstance(label, str) and label in names:
-        return Request(label=names.index(label), steps=steps, seed=seed, guidance=guidance)
-    return Request(label=class_id(pipe, label), steps=steps, seed=seed, guidance=guidance)
-
-
-def parse_blocks(text: str, num_blocks: int) -> tuple[int, ...] | None:
-    """'0, 2, 5' -> (0, 2, 5); empty -> None (all blocks)."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        blocks = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
-    except ValueError:
-        raise ValueError(f"blocks={text!r}: give block indices separated by commas, e.g. 0,2,5") from None
-    bad = [b for b in blocks if not 0 <= b < num_blocks]
-    if bad:
-        raise ValueError(f"blocks={list(bad)} out of range: allowed 0..{num_blocks - 1}")
-    return blocks
 
 
 def result_bytes(result) -> int:
@@ -192,70 +147,56 @@ RESULTS = BoundedCache(size=16)  # finished comparisons by token, for redrawing 
 
 
 @dataclass
-class Progress:
-    phase: str  # "baseline" or "fora"
-    step: int  # steps done in this phase
+class MapsSnapshot:
+    """The layer x step maps of a running recorder, copied: small enough to stream to the page every half second."""
+
+    neighbour: dict
+    timesteps: np.ndarray
     num_steps: int
-    recorder: object  # the phase's SimilarityRecorder, partially filled
-    baseline: RunResult | None = None  # set once the baseline is done
-    comparison: object = None  # set at the end
-    cached_baseline: bool = False
+
+    @classmethod
+    def of(cls, recorder) -> "MapsSnapshot":
+        return cls({k: v.copy() for k, v in recorder.neighbour.items()}, recorder.timesteps.copy(), recorder.num_steps)
 
 
-def stream_comparison(model_key: str, request: Request, config: ForaConfig, min_interval_s: float = 0.5):
-    """Yield `Progress` while the baseline and the FORA run execute (in a worker thread), the last one complete.
+@dataclass
+class Progress:
+    """One event of a streamed comparison. `phase`: "baseline" or "fora" while they run (`maps` set), "baseline
+    done" (`baseline` set), "compared" (`comparison` set: images and maps final), "timed" (`speed` set)."""
 
-    Partial updates come at most every `min_interval_s` seconds; errors in the run are raised here.
+    phase: str
+    step: int = 0  # steps done in this phase
+    num_steps: int = 0
+    maps: MapsSnapshot | None = None
+    baseline: RunResult | None = None
+    comparison: Comparison | None = None
+    speed: SpeedRatio | None = None
+
+
+def stream_comparison(pipe, request: Request, config: ForaConfig, baseline: RunResult | None = None, pairs: int = 3,
+                      warmup: int = 1, min_interval_s: float = 0.5):  # fmt: skip
+    """Yield `Progress` while the baseline (unless given) and the FORA run execute, then time them in pairs.
+
+    Runs in a worker thread (`stream.stream_job`): closing the generator stops the work at the next denoising step;
+    `None` comes as a heartbeat when nothing else did for `min_interval_s`.
+    Everything yielded is on the CPU and picklable, so this can run in a forked ZeroGPU worker; the caller keeps
+    what later requests need (the baseline, the comparison) in its own process.
     """
-    pipe, lock = get_model(model_key)
     config.check_num_steps(request.steps)
-    key = (model_key, request)
-    events: queue.Queue = queue.Queue()
-    cached = BASELINES.get(key)
 
-    last_put = [0.0]
+    def job(emit):
+        def observe(phase):
+            return lambda step, num_steps, rec: emit(Progress(phase, step + 1, num_steps, MapsSnapshot.of(rec)), often=True)
 
-    def on_step(phase):
-        def report(step, num_steps, recorder):
-            # rate-limited here, in the worker: waking the consumer every step costs GIL hand-offs (2x slower runs)
-            now = time.perf_counter()
-            if now - last_put[0] >= min_interval_s:
-                last_put[0] = now
-                events.put(("step", phase, step, num_steps, recorder))
+        base = baseline
+        if base is None:
+            base = observe_run(pipe, request, baseline_config(config), on_step=observe("baseline")).to_cpu()
+            emit(Progress("baseline done", request.steps, request.steps, baseline=base))
+        fora = observe_run(pipe, request, config, on_step=observe("fora")).to_cpu()
+        emit(Progress("compared", request.steps, request.steps, baseline=base, comparison=compare_runs(base, fora)))
+        emit(Progress("timed", speed=timed_speedup(pipe, request, config, pairs=pairs, warmup=warmup)))
 
-        return report
-
-    def work():
-        try:
-            with lock:  # one run at a time per model: hooks and the cache are per pipeline
-                baseline = cached
-                if baseline is None:
-                    baseline = observe_run(pipe, request, baseline_config(config), on_step=on_step("baseline"))
-                    BASELINES.put(key, baseline)
-                events.put(("baseline", baseline))
-                fora = observe_run(pipe, request, config, on_step=on_step("fora"))
-            events.put(("done", compare_runs(baseline, fora)))
-        except BaseException as e:  # handed to the caller, who raises it
-            events.put(("error", e))
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    baseline = cached
-    while True:
-        event = events.get()
-        if event[0] == "error":
-            thread.join()
-            raise event[1]
-        if event[0] == "done":
-            thread.join()
-            comp = event[1]
-            yield Progress("done", request.steps, request.steps, comp.fora.similarity, comp.baseline, comp, cached is not None)
-            return
-        if event[0] == "baseline":
-            baseline = event[1]
-            continue
-        _, phase, step, num_steps, recorder = event
-        yield Progress(phase, step + 1, num_steps, recorder, baseline, None, cached is not None)
+    yield from stream_job(pipe.transformer, job, min_interval_s, heartbeat_s=max(min_interval_s, 0.1))
 
 
 def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:

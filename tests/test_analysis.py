@@ -14,7 +14,8 @@ from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, 
 from analysis.quality import compare_images, diff_image, mean_abs_diff, prediction_error, psnr, ssim
 from analysis.similarity import SimilarityRecorder, cosine, default_blocks
 from analysis.sweep import main as sweep_main
-from analysis.sweep import run_sweep, write_outputs
+from analysis.sweep import run_sweep
+from analysis.sweep_report import report_html, write_outputs
 from fora import ForaConfig, apply_fora, full_steps, remove_fora
 from fora.generate import Request
 
@@ -94,7 +95,9 @@ def test_similarity_recorder_matches_exact(interval):
             got_sub = sub.pairwise(block, kind)[np.ix_(steps, steps)]
             np.testing.assert_allclose(got_full, want, atol=2e-3)
             assert np.abs(got_sub - want).max() < 0.1  # a token subset estimates the full cosine
-    assert full.timesteps[0] == 999.0 or full.timesteps[0] > 0
+    # the recorder stores the scheduler's timestep of every computed step, and nothing for reuse steps
+    np.testing.assert_array_equal(full.timesteps[steps], pipe.scheduler.timesteps.numpy()[steps].astype(float))
+    assert np.isnan(np.delete(full.timesteps, steps)).all()
 
 
 def test_similarity_memory_bound_for_dit_xl():
@@ -171,32 +174,77 @@ def test_pixart_observes_cross_attention():
 
 def test_sweep_end_to_end(tmp_path):
     pipe = make_dit_pipeline()
-    result = run_sweep(pipe, Request(label=1, steps=8, guidance=4.0), [1, 2, 4], seeds=[0, 1])
-    rows = {r["interval"]: r for r in result["rows"]}
-    assert rows[1]["psnr"] == math.inf and rows[1]["full_steps"] == 8
-    assert rows[2]["full_steps"] == 5 and rows[4]["full_steps"] == 3
-    assert rows[4]["ideal_speedup"] == pytest.approx(8 / 3)
+    request = Request(label=1, steps=8, guidance=4.0)
+    result = run_sweep(pipe, request, [1, 2, 4], seeds=[0, 1], pairs=1)
+    rows = {r.interval: r for r in result.rows}
+    assert rows[1].psnr == math.inf and rows[1].full_steps == 8
+    assert rows[2].full_steps == 5 and rows[4].full_steps == 3
+    assert rows[4].ideal_speedup == pytest.approx(8 / 3)
+    # quality is the median over the seeds of each seed's own comparison
+    per_seed = [m["psnr"] for m in result.per_seed[4]]
+    assert len(per_seed) == 2 and rows[4].psnr == pytest.approx(float(np.median(per_seed)))
+    # speed comes from the paired timing of every interval, N=1 included (its hook overhead is measured, not assumed)
+    for r in result.rows:
+        assert r.speed.pairs == 1 and r.speed.low <= r.speed.ratio <= r.speed.high and r.speed.baseline_s > 0
+    assert "1 ABBA pairs per interval, no observers" in result.timing
     paths = write_outputs(result, str(tmp_path), "tiny-dit")
-    assert "interval,full_steps" in open(paths["csv"]).read()
+    assert "interval,full_steps,speedup,speedup_low" in open(paths["csv"]).read()
     data = json.load(open(paths["json"]))
-    assert [r["interval"] for r in data["rows"]] == [1, 2, 4]
+    assert [r["interval"] for r in data["rows"]] == [1, 2, 4] and data["rows"][0]["psnr"] is None  # inf -> null
     html = open(paths["html"]).read()
     assert "plotly" in html and "N=4" in html and "<table>" in html
     # the same seeds give the same quality numbers
-    again = run_sweep(pipe, Request(label=1, steps=8, guidance=4.0), [1, 2, 4], seeds=[0, 1])
-    assert [r["psnr"] for r in again["rows"]] == [r["psnr"] for r in result["rows"]]
-    assert tradeoff_plot(result["rows"]).to_dict()["data"]
-    assert 0.2 < result["cached_module_fraction"] < 1.0
-    timed = run_sweep(pipe, Request(label=1, steps=8, guidance=4.0), [1, 4], seeds=[0], timing_repeats=2)
-    assert timed["rows"][0]["speedup"] == 1.0 and timed["rows"][1]["speedup"] > 0 and "2 timed runs" in timed["timing"]
+    again = run_sweep(pipe, request, [1, 2, 4], seeds=[0, 1], pairs=1)
+    assert [r.psnr for r in again.rows] == [r.psnr for r in result.rows]
+    assert tradeoff_plot([r.as_dict() for r in result.rows]).to_dict()["data"]
+    assert 0.2 < result.cached_module_fraction < 1.0
+
+
+def test_sweep_honours_the_shared_settings():
+    pipe = make_dit_pipeline()
+    request = Request(label=1, steps=8, guidance=4.0)
+    no_mlp = run_sweep(pipe, request, [2], seeds=[0], config=ForaConfig(cache_mlp=False), pairs=1)
+    both = run_sweep(pipe, request, [2], seeds=[0], pairs=1)
+    # 3 blocks x batch 2 x 16 tokens x 16 wide x 4 bytes per cached module: attention only, then attention and MLP
+    assert no_mlp.rows[0].cache_bytes == 3 * 2 * 16 * 16 * 4 and both.rows[0].cache_bytes == 2 * no_mlp.rows[0].cache_bytes
+    assert no_mlp.config.cache_mlp is False
+
+
+def test_timed_call_gives_the_observed_images():
+    """The speedup is timed on the same call the images come from: same images, with or without observers."""
+    from analysis.experiment import timed_call
+
+    pipe = make_dit_pipeline()
+    request = Request(label=2, steps=8, seed=3, guidance=4.0)
+    config = ForaConfig(interval=3)
+    observed = observe_run(pipe, request, config)
+    apply_fora(pipe, config)
+    try:
+        timed = timed_call(pipe, request)()
+    finally:
+        remove_fora(pipe)
+    assert np.array_equal(np.asarray(timed), observed.images)
+
+
+def test_report_escapes_user_input():
+    pipe = make_pixart_pipeline()
+    prompt = "<script>alert('x')</script> & <img src=x onerror=alert(1)>"
+    request = Request(prompt=prompt, steps=4, guidance=4.5, height=16, width=16)
+    result = run_sweep(pipe, request, [1, 2], seeds=[0], pairs=1)
+    page = report_html(result, "<b>model</b>")
+    assert "<script>alert" not in page and "<img src=x" not in page and "<b>model</b>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;img src=x" in page
+    assert "&lt;b&gt;model&lt;/b&gt;" in page
 
 
 def test_sweep_cli(tmp_path, capsys):
     pipe = make_dit_pipeline()
     pipe.save_pretrained(tmp_path / "dit")
     rc = sweep_main(["--model", str(tmp_path / "dit"), "--intervals", "1", "3", "--steps", "6", "--seeds", "0",
-                     "--class", "1", "--out", str(tmp_path / "out")])  # fmt: skip
+                     "--class", "1", "--pairs", "1", "--out", str(tmp_path / "out")])  # fmt: skip
     assert rc == 0 and (tmp_path / "out" / "report.html").exists()
+    out = capsys.readouterr().out
+    assert "over 1 pairs" in out and "paired: 1 warm-up and 1 ABBA pairs" in out
     assert sweep_main(["--model", str(tmp_path / "dit"), "--intervals", "9", "--steps", "6", "--class", "1"]) == 2
     assert "interval=9 out of range for 6 steps" in capsys.readouterr().out
 

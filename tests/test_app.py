@@ -28,10 +28,11 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir):
-    os.environ["FORA_EXTRA_MODELS"] = tiny_model_dir
-    import app as app_module
+    with pytest.MonkeyPatch.context() as mp:  # the operator's allowlist, for this module's tests only
+        mp.setenv("FORA_EXTRA_MODELS", tiny_model_dir)
+        import app as app_module
 
-    return app_module
+        yield app_module
 
 
 def run_generate(app, model="emoji-dit", label="cat", steps=12, interval=3, seed=0, **kw):
@@ -42,15 +43,31 @@ def run_generate(app, model="emoji-dit", label="cat", steps=12, interval=3, seed
     return list(app.generate(**args))
 
 
+def shown(app, outs) -> list:
+    """What the page shows after all updates: the last value of each output that was not skipped."""
+    final = [None] * len(outs[0])
+    for out in outs:
+        for i, v in enumerate(out):
+            if v is not app.SKIP:
+                final[i] = v
+    return final
+
+
 def test_generate_on_embedded_model(app):
     from analysis import live
 
     outs = run_generate(app, steps=12, interval=3, seed=7)
-    base, fora, diff, metrics, heat_attn, heat_mlp, pairwise, strip, err, status, token = outs[-1]
+    # images and maps come first, the measured speedup fills in afterwards
+    first_images = next(i for i, o in enumerate(outs) if o[1] is not app.SKIP)
+    timed = next(i for i, o in enumerate(outs) if o[9] is not app.SKIP and o[9].startswith("done"))
+    assert first_images < timed and dict(outs[first_images][3])["speedup, measured (baseline / FORA, median of pairs)"] \
+        .startswith("measuring")  # fmt: skip
+    base, fora, diff, metrics, heat_attn, heat_mlp, pairwise, strip, err, status, token = shown(app, outs)
     assert base.shape == fora.shape == diff.shape and base.shape[0] >= 256
     table = dict(metrics)
     assert table["full / reuse steps"] == "5 / 7" and "dB" in table["PSNR vs baseline"]
-    assert heat_attn.to_dict()["data"][0]["z"] is not None and "done" in status
+    assert table["speedup, measured (baseline / FORA, median of pairs)"].endswith("over 3 pairs")
+    assert heat_attn.to_dict()["data"][0]["z"] is not None and status.startswith("done: N=3, seed 7")
     # the plots redraw from the server-side result the session's token names
     assert app.redraw_pairwise(token, "0", "mlp").to_dict()["data"]
     base_attn, _ = app.redraw_heatmaps(token, "uncached baseline")
@@ -61,56 +78,111 @@ def test_generate_on_embedded_model(app):
         app.redraw_pairwise("no-such-token", "0", "mlp")
     # only the interval changes: the baseline comes from the cache, with the very same image
     hits = live.BASELINES.hits
-    outs2 = run_generate(app, steps=12, interval=2, seed=7)
+    again = shown(app, run_generate(app, steps=12, interval=2, seed=7))
     assert live.BASELINES.hits == hits + 1
-    assert np.array_equal(outs2[-1][0], base) and "(cached baseline)" in dict(outs2[-1][3])["baseline time (whole call)"]
+    assert np.array_equal(again[0], base) and dict(again[3])["baseline run"] == "cached from an earlier request"
     # interval 1 reproduces the baseline exactly
-    same = run_generate(app, steps=12, interval=1, seed=7)[-1]
+    same = shown(app, run_generate(app, steps=12, interval=1, seed=7))
     assert np.array_equal(same[1], base) and dict(same[3])["PSNR vs baseline"] == "inf (identical)"
 
 
-def test_generate_on_tiny_random_model(app, tiny_model_dir):
-    outs = run_generate(app, model=tiny_model_dir, label="goldfish", steps=8, interval=2)
-    assert dict(outs[-1][3])["full / reuse steps"] == "5 / 3"
+def test_class_names_map_to_their_ids(app, tiny_model_dir):
+    """The tiny model's classes are ids 1 and 2 (not 0 and 1): a name must give its id, not its position."""
+    from analysis import form, live
+
+    pipe, _ = live.get_model(tiny_model_dir)
+    assert form.parse_request(pipe, "goldfish", "", 8, 0, 3.0).label == 1
+    assert form.parse_request(pipe, "great white shark", "", 8, 0, 3.0).label == 2
+    assert form.parse_request(pipe, "2", "", 8, 0, 3.0).label == 2
+    outs = shown(app, run_generate(app, model=tiny_model_dir, label="goldfish", steps=8, interval=2))
+    assert dict(outs[3])["full / reuse steps"] == "5 / 3"
 
 
 @pytest.mark.parametrize(
     "kw, message",
     [
         ({"interval": 12}, "interval=12 out of range: allowed integers 1..11"),
-        ({"steps": 1}, "steps=1 out of range: allowed integers 2..250"),
-        ({"steps": 1000}, "steps=1000 out of range"),
+        ({"steps": 1}, "steps=1 out of range: allowed integers 2..100"),
+        ({"steps": 250}, "steps=250 out of range: allowed integers 2..100"),  # the slider's range, not more
         ({"label": "zebra"}, "unknown class 'zebra'"),
         ({"seed": -5}, "seed=-5 out of range"),
         ({"seed": 2**40}, "seed=1099511627776 out of range"),
         ({"guidance": 50}, "guidance=50.0 out of range: allowed 1.0..20.0"),
         ({"model": "facebook/DiT-XL-2-256"}, "unknown model"),
         ({"model": "/etc"}, "unknown model '/etc'"),
-        ({"model": "dit-xl-2-256"}, "unavailable here"),
+        ({"model": "dit-xl-2-256"}, "unavailable here: needs a GPU and Hugging Face Hub access"),
         ({"blocks": "0,9"}, "blocks=[9] out of range: allowed 0..5"),
         ({"cache_start": 5, "cache_end": 3}, "cache_end=3"),
+        ({"cache_start": 40}, "cache_start=40 out of range: allowed integers 0..11"),
     ],
 )
 def test_bad_inputs_give_clear_errors(app, kw, message, monkeypatch):
     import gradio as gr
 
     monkeypatch.delenv("FORA_HUB_MODELS", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(gr.Error) as err:
         run_generate(app, **kw)
     assert message in str(err.value.message)
 
 
+def test_hub_model_offline_says_so(app, monkeypatch):
+    """An operator lists the hub models, but the machine is offline: loading fails with the reason, at request time."""
+    import gradio as gr
+
+    from analysis import live
+
+    monkeypatch.setenv("FORA_HUB_MODELS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "dit-xl-2-256" not in live._models
+    with pytest.raises(gr.Error, match="could not load 'facebook/DiT-XL-2-256' from the Hugging Face Hub"):
+        run_generate(app, model="dit-xl-2-256", label="1")
+
+
+def test_step_budget_bounds_a_sweep(app):
+    import gradio as gr
+
+    from analysis import form
+
+    with pytest.raises(gr.Error, match=rf"asks for \d+ denoising steps; one request may run at most {form.STEP_BUDGET}"):
+        list(app.sweep("emoji-dit", "rocket", "", 100, 0, 3.0, [str(n) for n in form.SWEEP_INTERVALS], 8))
+    from fora import ForaConfig
+    from fora.generate import Request
+
+    job = form.SweepJob("emoji-dit", Request(label=0, steps=10), ForaConfig(), (1, 3), (0, 1), pairs=3)
+    # per seed: the baseline and N=3; one run for the cached modules' share; per interval: a warm-up pair and 3 pairs
+    assert job.denoising_steps() == 10 * (2 * 2 + 1 + 2 * 2 * (1 + 3))
+
+
 def test_memory_and_sweep_functions(app):
     text = app.memory("pixart-alpha-1024", 1, "float16", 20, 2, 3.35, 989, 0.5)
     assert "1512.0 MiB" in text and "Is HBM fast enough? yes" in text
-    plot, gallery, table, files = app.sweep("emoji-dit", "rocket", "", 10, 3.0, ["1", "3"], 1)
-    assert [row[0] for row in table] == [1, 3] and len(gallery) == 2
+    plot, gallery, table, files, status = list(app.sweep("emoji-dit", "rocket", "", 10, 0, 3.0, ["1", "3"], 1))[-1]
+    assert [row[0] for row in table] == [1, 3] and len(gallery) == 2 and "over 3 pairs" in table[1][2]
     assert {os.path.basename(f) for f in files} == {"sweep.csv", "sweep.json", "report.html"}
     import gradio as gr
 
     with pytest.raises(gr.Error, match=r"intervals \[12\] out of range for 10 steps"):
-        app.sweep("emoji-dit", "rocket", "", 10, 3.0, ["12"], 1)
+        list(app.sweep("emoji-dit", "rocket", "", 10, 0, 3.0, ["12"], 1))
+
+
+def test_sweep_uses_the_chosen_seed_and_advanced_settings(app):
+    """The Sweep tab runs what the left column says: its seed and Advanced settings, not seed 0 and defaults."""
+    outs = list(app.sweep("emoji-dit", "rocket", "", 8, 21, 3.0, ["2"], 2, cache_mlp=False, blocks="0,1"))
+    meta = json.load(open(next(f for f in outs[-1][3] if f.endswith(".json"))))
+    assert meta["seeds"] == [21, 22] and meta["request"]["seed"] == 21
+    assert meta["config"]["cache_mlp"] is False and meta["config"]["blocks"] == [0, 1]
+    # 2 blocks x attention only x batch 2 (guidance)
+    assert meta["rows"][0]["cache_bytes"] == live_cache_bytes(app, blocks=2, modules=1)
+
+
+def live_cache_bytes(app, blocks: int, modules: int) -> int:
+    from analysis import live
+
+    pipe = live.loaded("emoji-dit")
+    t = pipe.transformer
+    tokens = (t.config.sample_size // t.config.patch_size) ** 2
+    width = t.config.num_attention_heads * t.config.attention_head_dim
+    return blocks * modules * 2 * tokens * width * 4
 
 
 def test_baseline_cache_is_bounded(app):
@@ -126,6 +198,42 @@ def test_baseline_cache_is_bounded(app):
     for i in range(3):
         small.put(i, comparison)
     assert len(small) == 1 and small.get(2) is comparison
+
+
+def test_two_requests_contend_for_the_model_lock(app):
+    """A second request that arrives while the first holds the model lock waits for it, then gives what it gives
+    alone: runs never interleave on the shared pipeline."""
+    import threading
+
+    from analysis import live
+
+    _, lock = live.get_model("emoji-dit")
+    order, results = [], {}
+    first_running = threading.Event()
+
+    def request(name, seed, interval):
+        outs = []
+        for out in app.generate("emoji-dit", "fox", "", 20, interval, seed, 3.0, True, True, True, 0, 0, "", ""):
+            order.append(name)
+            if name == "A":
+                first_running.set()
+            outs.append(out)
+        results[name] = shown(app, outs)
+
+    a = threading.Thread(target=request, args=("A", 31, 2))
+    a.start()
+    assert first_running.wait(60)
+    assert lock.locked()  # A holds the lock now: B must wait for it
+    b = threading.Thread(target=request, args=("B", 32, 4))
+    b.start()
+    a.join(120)
+    b.join(120)
+    assert order.index("B") > len(order) - order[::-1].index("A") - 1  # all of A's updates came before any of B's
+    for name, seed, interval in (("A", 31, 2), ("B", 32, 4)):
+        alone = shown(app, list(app.generate("emoji-dit", "fox", "", 20, interval, seed, 3.0, True, True, True, 0, 0,
+                                             "", "")))  # fmt: skip
+        assert np.array_equal(results[name][1], alone[1])
+        assert dict(results[name][3])["PSNR vs baseline"] == dict(alone[3])["PSNR vs baseline"]
 
 
 def _free_port() -> int:
@@ -151,21 +259,45 @@ def test_server_with_gradio_client(server):
     args = dict(model_key="emoji-dit", label="fox", prompt="", steps=10, interval=3, seed=3, guidance=3.0,
                 cache_attn=True, cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="",
                 block_choice="5")  # fmt: skip
-    result = client.predict(*args.values(), api_name="/generate")
-    assert os.path.exists(result[0]) and os.path.exists(result[1])
-    assert "done: N=3" in result[9]
+    job = client.submit(*args.values(), api_name="/generate")
+    final = job.result()  # the last update: the measured speedup (images were sent before it)
+    assert final[9].startswith("done: N=3") and "over 3 pairs" in final[9]
+    images = next(out for out in job.outputs() if isinstance(out[1], str))  # skipped outputs come as update dicts
+    assert os.path.exists(images[0]) and os.path.exists(images[1])
     with pytest.raises(Exception, match="interval=10 out of range"):
         client.predict(*{**args, "interval": 10}.values(), api_name="/generate")
-    # two requests at once give what they give one after the other
-    jobs = [client.submit(*{**args, "seed": s, "interval": n}.values(), api_name="/generate") for s, n in ((11, 2), (12, 4))]
-    together = [job.result() for job in jobs]
-    alone = [client.predict(*{**args, "seed": s, "interval": n}.values(), api_name="/generate") for s, n in ((11, 2), (12, 4))]
-    from PIL import Image
 
-    for a, b in zip(together, alone):
-        assert np.array_equal(np.asarray(Image.open(a[1])), np.asarray(Image.open(b[1])))
-        assert a[3] is not None and dict((r[0], r[1]) for r in a[3]["data"])["PSNR vs baseline"] == \
-            dict((r[0], r[1]) for r in b[3]["data"])["PSNR vs baseline"]  # fmt: skip
+
+def test_cancel_through_the_server_stops_the_run_and_frees_the_lock(server):
+    """`job.cancel()` from gradio_client closes the handler: the run stops at its next step, the lock is free."""
+    import time
+
+    from gradio_client import Client
+
+    from analysis import live
+
+    pipe, lock = live.get_model("emoji-dit")
+    steps_run = []
+    hook = pipe.transformer.register_forward_hook(lambda *a: steps_run.append(1))
+    try:
+        client = Client(server, verbose=False)
+        job = client.submit("emoji-dit", "fox", "", 100, 2, 777, 3.0, True, True, True, 0, 0, "", "5",
+                            api_name="/generate")  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (lock.locked() and len(steps_run) > 5) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock.locked(), "the run never started"
+        job.cancel()
+        while lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not lock.locked()
+        ran = len(steps_run)
+        # the whole job is 100 x (2 observed + 2 x 4 timed) transformer calls; a cancelled one stops far earlier
+        assert ran < 100 * 10 / 2
+        time.sleep(1.0)
+        assert len(steps_run) == ran  # and nothing runs on after the lock was released
+    finally:
+        hook.remove()
 
 
 def _chromium() -> str | None:
@@ -191,7 +323,8 @@ def test_in_headless_browser(server):
         page.wait_for_selector("#baseline img", timeout=60_000)
         page.wait_for_selector("#fora img", timeout=60_000)
         page.wait_for_selector("#heat-attn .js-plotly-plot", timeout=60_000)
-        page.wait_for_function("document.body.innerText.includes('done: N=5')", timeout=60_000)
+        page.wait_for_function("document.body.innerText.includes('images ready: N=5')", timeout=60_000)
+        page.wait_for_function("document.body.innerText.includes('done: N=5')", timeout=60_000)  # timing filled in
         page.screenshot(path=os.path.join(ARTIFACTS, "app.png"), full_page=True)
         # a bad seed shows the error message in the page, not a stack trace
         seed = page.get_by_label("seed", exact=True)

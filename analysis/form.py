@@ -1,0 +1,170 @@
+"""The app's form, parsed in one place: raw widget values in, a checked `GenerateJob` or `SweepJob` out.
+
+Every check raises `ValueError` naming the bad value and the allowed range. The limits here are the ones the
+widgets show (`app.py` builds its sliders from them), and every request is bounded by one budget of denoising
+steps, the sweep included, so that no single click can hold the model for minutes.
+"""
+
+import os
+from dataclasses import dataclass, field, replace
+
+from fora import ForaConfig
+from fora.generate import Request, class_id, is_text_conditional
+
+STEPS_RANGE = (2, 100)  # the steps slider's range
+SEED_MAX = 2**31 - 1
+GUIDANCE_RANGE = (1.0, 20.0)
+PROMPT_MAX = 500
+SWEEP_SEEDS_MAX = 8
+SWEEP_INTERVALS = (1, 2, 3, 4, 5, 7, 10)  # the Sweep tab's choices
+# Denoising steps one request may run, counting the baseline, the FORA run and the timed calls. The emoji model runs
+# ~60 steps/s on 2 CPU cores, so the default bounds a request to about a minute there.
+STEP_BUDGET = int(os.environ.get("FORA_STEP_BUDGET", "4000"))
+# timed baseline/FORA pairs behind the speedups (after one warm-up pair): the Compare tab's, and per swept interval
+COMPARE_PAIRS = int(os.environ.get("FORA_COMPARE_PAIRS", "3"))
+SWEEP_PAIRS = int(os.environ.get("FORA_SWEEP_PAIRS", "3"))
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """One Compare-tab click: the uncached baseline and FORA with the same request, then the timed pairs."""
+
+    model_key: str
+    request: Request
+    config: ForaConfig
+    pairs: int = COMPARE_PAIRS
+    warmup: int = 1
+
+    def denoising_steps(self, baseline_cached: bool = False) -> int:
+        """Steps this job runs: baseline (unless cached) + FORA run + timed calls (warm-up and pairs, two each)."""
+        observed = (0 if baseline_cached else 1) + 1
+        return self.request.steps * (observed + 2 * (self.warmup + self.pairs))
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One Sweep-tab click: per seed the baseline and each interval; per interval the timed pairs (first seed)."""
+
+    model_key: str
+    request: Request  # the first seed's request
+    config: ForaConfig  # Advanced settings; the interval is swept
+    intervals: tuple[int, ...]
+    seeds: tuple[int, ...] = field(default=(0,))
+    pairs: int = SWEEP_PAIRS
+    warmup: int = 1
+
+    def denoising_steps(self) -> int:
+        # per seed the baseline and each cached interval; one more uncached run measures the cached modules' share
+        observed = len(self.seeds) * (1 + sum(1 for n in self.intervals if n != 1)) + 1
+        timed = len(self.intervals) * 2 * (self.warmup + self.pairs)
+        return self.request.steps * (observed + timed)
+
+
+def integer(name: str, value, lo: int, hi: int) -> int:
+    """`value` as an int in lo..hi, or `ValueError` naming it and the range."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a number; allowed {lo}..{hi}") from None
+    if not v.is_integer() or not lo <= v <= hi:
+        raise ValueError(f"{name}={value!r} out of range: allowed integers {lo}..{hi}")
+    return int(v)
+
+
+def check_budget(steps: int, what: str) -> None:
+    if steps > STEP_BUDGET:
+        raise ValueError(f"{what} asks for {steps} denoising steps; one request may run at most {STEP_BUDGET} "
+                         "(fewer steps, seeds or intervals)")  # fmt: skip
+
+
+def parse_request(pipe, label, prompt, steps, seed, guidance) -> Request:
+    """Class or prompt, steps, seed and guidance as a `Request` for `pipe`."""
+    steps = integer("steps", steps, *STEPS_RANGE)
+    seed = integer("seed", seed, 0, SEED_MAX)
+    lo, hi = GUIDANCE_RANGE
+    try:
+        guidance = float(guidance)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance={guidance!r} is not a number; allowed {lo}..{hi}") from None
+    if not lo <= guidance <= hi:
+        raise ValueError(f"guidance={guidance} out of range: allowed {lo}..{hi}")
+    if is_text_conditional(pipe):
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise ValueError("prompt is empty: this model is text-conditional and needs a prompt")
+        if len(prompt) > PROMPT_MAX:
+            raise ValueError(f"prompt has {len(prompt)} characters: allowed 1..{PROMPT_MAX}")
+        return Request(prompt=prompt, steps=steps, seed=seed, guidance=guidance)
+    if label is None or str(label).strip() == "":
+        raise ValueError("no class chosen: pick one of the model's classes")
+    # a name goes through the pipeline's own name -> id table: ids need not be 0..K-1
+    return Request(label=class_id(pipe, label), steps=steps, seed=seed, guidance=guidance)
+
+
+def parse_blocks(text: str, num_blocks: int) -> tuple[int, ...] | None:
+    """'0, 2, 5' -> (0, 2, 5); empty -> None (all blocks)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        blocks = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise ValueError(f"blocks={text!r}: give block indices separated by commas, e.g. 0,2,5") from None
+    bad = [b for b in blocks if not 0 <= b < num_blocks]
+    if bad:
+        raise ValueError(f"blocks={list(bad)} out of range: allowed 0..{num_blocks - 1}")
+    return blocks
+
+
+def parse_config(interval, steps: int, num_blocks: int, cache_attn=True, cache_cross_attn=True, cache_mlp=True,
+                 cache_start=0, cache_end=0, blocks="") -> ForaConfig:  # fmt: skip
+    """The Advanced settings and the interval as a `ForaConfig` checked against `steps`."""
+    interval = integer("interval", interval, 1, max(1, steps - 1))
+    start = integer("cache_start", cache_start or 0, 0, steps - 1)
+    end = integer("cache_end", cache_end, 0, steps) if cache_end not in (None, "") else 0
+    config = ForaConfig(interval=interval, cache_attn=bool(cache_attn), cache_cross_attn=bool(cache_cross_attn),
+                        cache_mlp=bool(cache_mlp), cache_start=start, cache_end=end or None,
+                        blocks=parse_blocks(blocks, num_blocks))  # fmt: skip
+    config.check_num_steps(steps)
+    return config
+
+
+def num_blocks(pipe) -> int:
+    return len(pipe.transformer.transformer_blocks)
+
+
+def parse_generate(pipe, model_key: str, label, prompt, steps, interval, seed, guidance, cache_attn=True,
+                   cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="") -> GenerateJob:  # fmt: skip
+    """The Compare tab's values as a checked `GenerateJob` (budget included)."""
+    request = parse_request(pipe, label, prompt, steps, seed, guidance)
+    config = parse_config(interval, request.steps, num_blocks(pipe), cache_attn, cache_cross_attn, cache_mlp,
+                          cache_start, cache_end, blocks)  # fmt: skip
+    job = GenerateJob(model_key, request, config)
+    check_budget(job.denoising_steps(), f"this comparison ({request.steps} steps)")
+    return job
+
+
+def parse_sweep(pipe, model_key: str, label, prompt, steps, seed, guidance, intervals, num_seeds, cache_attn=True,
+                cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="") -> SweepJob:  # fmt: skip
+    """The Sweep tab's values (with the seed and the Advanced settings) as a checked `SweepJob`."""
+    request = parse_request(pipe, label, prompt, steps, seed, guidance)
+    try:
+        chosen = sorted({int(n) for n in (intervals or [])})
+    except (TypeError, ValueError):
+        raise ValueError(f"intervals={intervals!r}: give whole numbers") from None
+    if not chosen:
+        raise ValueError("no interval chosen: tick at least one")
+    bad = [n for n in chosen if n < 1 or (n != 1 and n > request.steps - 1)]
+    if bad:
+        raise ValueError(f"intervals {bad} out of range for {request.steps} steps: allowed 1..{request.steps - 1}")
+    num_seeds = integer("seeds", num_seeds, 1, SWEEP_SEEDS_MAX)
+    if request.seed + num_seeds - 1 > SEED_MAX:
+        raise ValueError(f"seed={request.seed} with {num_seeds} seeds passes the largest seed {SEED_MAX}")
+    config = parse_config(1, request.steps, num_blocks(pipe), cache_attn, cache_cross_attn, cache_mlp, cache_start,
+                          cache_end, blocks)  # fmt: skip
+    for n in chosen:  # each swept interval against the same window
+        replace(config, interval=n).check_num_steps(request.steps)
+    seeds = tuple(range(request.seed, request.seed + num_seeds))
+    job = SweepJob(model_key, request, config, tuple(chosen), seeds)
+    check_budget(job.denoising_steps(), f"this sweep ({num_seeds} seeds x {len(chosen)} intervals x {request.steps} steps)")
+    return job

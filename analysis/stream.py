@@ -1,0 +1,89 @@
+"""Run a job on a pipeline in a worker thread and stream its events; closing the stream stops it at the next step.
+
+The app's handlers are generators: Gradio closes them when the user leaves, the job is cancelled (`job.cancel()`
+from gradio_client, the Stop button) or, on ZeroGPU, when the main process stops the worker. `stream_job` turns that
+close into a cancel flag that a forward pre-hook on the transformer checks before every denoising step, then waits
+for the worker to finish, so the pipeline (and the lock around it) is free again when the close returns.
+"""
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+
+class Cancelled(Exception):
+    """Raised inside the pipeline call when the stream was closed: the run stops at the next denoising step."""
+
+
+class CancelHook:
+    """A forward pre-hook on `transformer` that raises `Cancelled` once `event` is set."""
+
+    def __init__(self, transformer, event: threading.Event):
+        self.event = event
+        self._handle = transformer.register_forward_pre_hook(self._check)
+
+    def _check(self, module, args):
+        if self.event.is_set():
+            raise Cancelled("stopped: the request was cancelled")
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+class Emitter:
+    """What a job calls to report: `emit(event)`; `emit(event, often=True)` for per-step events, rate-limited."""
+
+    def __init__(self, events: queue.Queue, min_interval_s: float):
+        self._events, self._min, self._last = events, min_interval_s, 0.0
+
+    def __call__(self, event, often: bool = False) -> None:
+        if often:
+            # rate-limited here, in the worker: waking the consumer every step costs GIL hand-offs (2x slower runs)
+            now = time.perf_counter()
+            if now - self._last < self._min:
+                return
+            self._last = now
+        self._events.put(("event", event))
+
+
+def stream_job(transformer, job: Callable[[Emitter], None], min_interval_s: float = 0.5,
+               heartbeat_s: float | None = None) -> Iterator:  # fmt: skip
+    """Yield what `job(emit)` emits while it runs in a worker thread; its exceptions are raised here.
+
+    Closing the returned generator (or an exception in the consumer) cancels the job at its next denoising step
+    and returns only once the worker has stopped. With `heartbeat_s`, `None` is yielded whenever nothing was
+    emitted for that long: a generator can only be closed while it waits at a `yield`, so this keeps a long silent
+    stretch (the timed pairs) cancellable.
+    """
+    events: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    emit = Emitter(events, min_interval_s)
+
+    def work():
+        hook = CancelHook(transformer, cancel)
+        try:
+            job(emit)
+            events.put(("end", None))
+        except BaseException as e:  # handed to the consumer, who raises it
+            events.put(("error", e))
+        finally:
+            hook.remove()
+
+    thread = threading.Thread(target=work, daemon=True, name="fora-job")
+    thread.start()
+    try:
+        while True:
+            try:
+                kind, value = events.get(timeout=heartbeat_s)
+            except queue.Empty:
+                yield None
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        cancel.set()
+        thread.join()

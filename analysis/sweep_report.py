@@ -1,0 +1,104 @@
+"""A sweep's files: `sweep.csv`, `sweep.json` and an interactive `report.html` whose numbers all come from the run.
+
+Everything user-given (model name, prompt, class) is HTML-escaped: the app serves these reports for download, so a
+prompt must never become markup or script.
+"""
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+
+import numpy as np
+import plotly.io as pio
+from PIL import Image
+
+from fora.generate import to_uint8
+
+from .plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, tradeoff_plot
+from .sweep import COLUMNS, SweepResult
+
+
+def _png_data_uri(image: np.ndarray, scale: int) -> str:
+    im = Image.fromarray(to_uint8(image))
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _json_safe(v):
+    """inf/NaN (PSNR of identical images) become null: JSON has no such numbers."""
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def write_outputs(result: SweepResult, out_dir: str, model: str) -> dict:
+    """sweep.csv, sweep.json and report.html in `out_dir`; returns their paths by kind."""
+    os.makedirs(out_dir, exist_ok=True)
+    rows = [r.as_dict() for r in result.rows]
+    paths = {k: os.path.join(out_dir, f) for k, f in (("csv", "sweep.csv"), ("json", "sweep.json"),
+                                                      ("html", "report.html"))}  # fmt: skip
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {"model": model, "request": result.request.__dict__, "config": result.config.__dict__,
+            "seeds": result.seeds, "rows": rows, "cached_module_fraction": result.cached_module_fraction,
+            "timing": result.timing, "per_seed": {str(k): v for k, v in result.per_seed.items()}}  # fmt: skip
+    with open(paths["json"], "w") as f:
+        json.dump(_json_safe(meta), f, indent=1, allow_nan=False)
+    with open(paths["html"], "w") as f:
+        f.write(report_html(result, model))
+    return paths
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "inf" if v == float("inf") else f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def report_html(result: SweepResult, model: str) -> str:
+    """One self-contained page: the table, the image grid and the plots (plotly inlined once)."""
+    rows, images, recorders = [r.as_dict() for r in result.rows], result.images, result.recorders
+    scale = max(1, 128 // images[next(iter(images))].shape[0])
+    figs = [tradeoff_plot(rows)]
+    base = recorders.get(1)
+    if base is not None:
+        figs += [neighbour_heatmap(base, k, f"uncached: {k} similarity to the previous step") for k in base.kinds]
+        figs.append(pairwise_heatmap(base, base.blocks[-1], "attn"))
+    for n, rec in recorders.items():
+        if n != 1 and rec is not None:
+            figs += [schedule_strip(rec.num_steps, rec.full_steps, rec.timesteps), neighbour_heatmap(rec, "attn",
+                     f"N={n}: attention similarity between consecutive full steps")]  # fmt: skip
+            break
+    plots = "".join(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs))
+    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    grid = "".join(f"<figure><img src='{_png_data_uri(images[n], scale)}'><figcaption>N={n}</figcaption></figure>"
+                   for n in sorted(images))  # fmt: skip
+    req, esc = result.request, html.escape
+    model = esc(model)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>FORA interval sweep: {model}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:4px;text-align:center}}
+img{{image-rendering:pixelated}}</style></head><body>
+<h1>FORA interval sweep: {model}</h1>
+<p>{req.steps} steps, guidance {req.guidance}, label {esc(repr(req.label))}, prompt {esc(repr(req.prompt))},
+seeds {esc(str(result.seeds))}, settings {esc(str(result.config))}. Quality: median over seeds against the uncached
+image of the same seed. Speed: {esc(result.timing)}; speedup is the median of the pair ratios, low/high their range.
+Measured share of the uncached transformer time spent in the cached modules (attention, MLP):
+{result.cached_module_fraction:.1%}, which bounds what caching can save.</p>
+<table><tr>{head}</tr>{body}</table><h2>Images (seed {result.seeds[0]})</h2>{grid}<h2>Plots</h2>{plots}
+</body></html>"""

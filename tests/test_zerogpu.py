@@ -1,0 +1,95 @@
+"""The app as ZeroGPU runs it: every `@spaces.GPU` function in a forked child (tests/zerogpu.py), state written
+there lost. Generate, the redraws, the baseline cache, the sweep, the Memory tab and cancellation must all work."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import gradio as gr
+import pytest
+import zerogpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def zapp():
+    """app.py imported afresh with `spaces` = the fork harness, as on a Space."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "spaces", zerogpu)
+        spec = importlib.util.spec_from_file_location("app_on_zerogpu", os.path.join(ROOT, "app.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+def _generate(zapp, steps=8, interval=3, seed=4242, **kw):
+    args = dict(model_key="emoji-dit", label="cat", prompt="", steps=steps, interval=interval, seed=seed, guidance=3.0,
+                cache_attn=True, cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="",
+                block_choice="")  # fmt: skip
+    args.update(kw)
+    return zapp.generate(**args)
+
+
+def test_generate_redraw_and_baseline_cache_survive_the_fork(zapp):
+    from analysis import form, live
+
+    before = len(zerogpu.calls)
+    outs = list(_generate(zapp))
+    call = zerogpu.calls[before]
+    assert call.name == "compare_on_gpu" and call.pid != os.getpid() and call.exitcode == 0 and call.items > 0
+    job = form.GenerateJob("emoji-dit", form.parse_request(live.loaded("emoji-dit"), "cat", "", 8, 4242, 3.0),
+                           form.parse_config(3, 8, 6))  # fmt: skip
+    assert call.duration == zapp.gpu_seconds(job.denoising_steps())  # duration from the work asked for
+    assert "emoji-dit" in live._models  # loaded once, in the main process
+    token = outs[-1][-1] if outs[-1][-1] is not zapp.SKIP else next(o[-1] for o in outs if isinstance(o[-1], str))
+    assert live.RESULTS.get(token) is not None  # kept in the main process, not in the child
+    assert "speedup" in outs[-1][9] and "x, " in dict(outs[-1][3])["speedup, measured (baseline / FORA, median of pairs)"]
+    # the redraws read the main process' copy
+    assert zapp.redraw_pairwise(token, "0", "mlp").to_dict()["data"]
+    assert zapp.redraw_heatmaps(token, "uncached baseline")[0].to_dict()["data"]
+    # only N changes: the baseline kept in the main process is handed to the worker, which runs less
+    hits = live.BASELINES.hits
+    outs2 = list(_generate(zapp, interval=2))
+    assert live.BASELINES.hits == hits + 1
+    assert dict(outs2[-1][3])["baseline run"] == "cached from an earlier request"
+    assert zerogpu.calls[-1].duration == zapp.gpu_seconds(job.denoising_steps(baseline_cached=True))
+
+
+def test_sweep_through_the_fork_uses_seed_and_advanced(zapp):
+    outs = list(zapp.sweep("emoji-dit", "rocket", "", 6, 17, 3.0, ["1", "3"], 1, cache_mlp=False))
+    assert zerogpu.calls[-1].name == "sweep_on_gpu" and zerogpu.calls[-1].exitcode == 0
+    plot, gallery, table, files, status = outs[-1]
+    assert [row[0] for row in table] == [1, 3] and len(gallery) == 2 and "done" in status
+    meta = json.load(open(next(f for f in files if f.endswith(".json"))))
+    assert meta["seeds"] == [17] and meta["config"]["cache_mlp"] is False
+    assert meta["per_seed"]["3"][0]["cache_bytes"] > 0
+
+
+def test_memory_tab_touches_cuda_only_in_a_gpu_function(zapp):
+    with zerogpu.watch_cuda() as touches:
+        text = zapp.memory("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5)
+    assert touches == [] and zerogpu.calls[-1].name == "measure_read_on_gpu"
+    assert "Measured on this machine (cpu)" in text
+
+
+def test_closing_the_generator_stops_the_worker_and_frees_the_lock(zapp):
+    from analysis import live
+
+    stream = _generate(zapp, steps=100, interval=2, seed=9191)
+    first = next(stream)  # the worker runs (the first partial maps came back)
+    assert first is not None
+    _, lock = live.get_model("emoji-dit")
+    assert lock.locked()
+    stream.close()  # what Gradio does on cancel or when the user leaves
+    call = zerogpu.calls[-1]
+    assert not lock.locked() and call.exitcode == 0  # the child saw the stop event and ended
+    assert call.items < 10  # it stopped early: a full run streams far more updates
+
+
+def test_bad_input_is_answered_in_the_main_process(zapp):
+    before = len(zerogpu.calls)
+    with pytest.raises(gr.Error, match="steps=250 out of range: allowed integers 2..100"):
+        list(_generate(zapp, steps=250))
+    assert len(zerogpu.calls) == before  # no GPU time asked for a request that cannot run
