@@ -1,5 +1,5 @@
 """Write the model card `assets/emoji-dit/README.md` from the measured files next to the weights:
-`training_log.json` (written by training) and `eval.json` (written by `python -m fora.emoji.evaluate`).
+`training_log.json` (written by training) and `eval.json` (written by `python -m analysis.emoji_eval`).
 `python -m fora.emoji.card`; every number in the card comes from those files."""
 
 import argparse
@@ -60,9 +60,9 @@ label dropout for guidance. `python -m fora.emoji.train --out assets/emoji-dit` 
 - final training loss (mean of the last 50 steps, min-SNR weighted v-MSE): {final_loss:.4f}
 
 ## Sampling defaults
-DDIM, trailing timestep spacing, {default['steps']} steps, guidance {default['guidance']}: {"chosen from the grid below (accuracy against CPU time)" if len(ev['settings']) > 1 else "the only setting measured so far; `python -m fora.emoji.evaluate --grid 20:3 30:2 30:3 30:4.5` compares others"}.
+DDIM, trailing timestep spacing, {default['steps']} steps, guidance {default['guidance']}: {"chosen from the grid below (accuracy against CPU time)" if len(ev['settings']) > 1 else "the only setting measured so far; `python -m analysis.emoji_eval --grid 20:3 30:2 30:3 30:4.5` compares others"}.
 
-## Quality (measured by `python -m fora.emoji.evaluate`; seed {default['seed']})
+## Quality (measured by `python -m analysis.emoji_eval`; seed {default['seed']})
 A CNN classifier trained on held-out renders (data seed 1001, never on generated images; accuracy on fresh
 renders of seed 2002: {ev['classifier_render_accuracy']:.3f}) classifies {default['per_class']} generated samples
 per class.

@@ -1,4 +1,4 @@
-"""Does the embedded model draw the class it is asked for? `python -m fora.emoji.evaluate`.
+"""Does the embedded model draw the class it is asked for? `python -m analysis.emoji_eval`.
 
 An honest, automatic measure: a small CNN classifier trained on *held-out renders* of the emoji (a data seed the
 diffusion model never saw; never on generated images) classifies generated samples. Reported: the classifier's own
@@ -14,9 +14,14 @@ import time
 import numpy as np
 import torch
 
-from .classes import LABELS, NUM_CLASSES
-from .classifier import CLASSIFIER_TEST_SEED, _to_tensor, accuracy, classify, load_or_train_classifier
-from .render import render_dataset
+from fora import ForaConfig, apply_fora, remove_fora
+from fora.emoji.classes import LABELS, NUM_CLASSES
+from fora.emoji.classifier import CLASSIFIER_TEST_SEED, _to_tensor, accuracy, classify, load_or_train_classifier
+from fora.emoji.render import render_dataset
+from fora.loading import load_pipeline
+
+from .quality import psnr, ssim
+
 
 def evaluate(pipe, classifier, per_class: int = 8, steps: int = 30, guidance: float = 3.0,
              intervals=(2, 3, 5, 7, 10), seed: int = 0, log=print, baseline=None) -> tuple[dict, tuple]:  # fmt: skip
@@ -25,10 +30,6 @@ def evaluate(pipe, classifier, per_class: int = 8, steps: int = 30, guidance: fl
     Returns the result and `(images, seconds)` of the uncached samples; pass that back as `baseline` to add FORA
     intervals to the same setting without sampling the uncached batch again.
     """
-    from analysis.quality import psnr, ssim
-
-    from ..cache import ForaConfig, apply_fora, remove_fora
-
     labels = [c for c in range(NUM_CLASSES) for _ in range(per_class)]
 
     def sample():
@@ -72,8 +73,6 @@ def single_image_seconds(pipe, steps: int, guidance: float, repeats: int = 5) ->
 
 
 def main(args):
-    from ..loading import load_pipeline
-
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)

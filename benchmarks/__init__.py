@@ -1,0 +1,1 @@
+"""Benchmarks that drive the whole app (they may import `app`; `analysis/` never does)."""
