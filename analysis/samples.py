@@ -170,15 +170,11 @@ def fill_shard(pipe, out_dir: str, cell: Cell, start: int, end: int, base_seed: 
     return end - first
 
 
-def load_cell(out_dir: str, cell: Cell, num_samples: int, base_seed: int) -> dict:
-    """The first `num_samples` samples of a cell, from its shards; raises if any shard is missing."""
-    parts = []
+def iter_cell(out_dir: str, cell: Cell, num_samples: int, base_seed: int):
+    """The shards holding a cell's first `num_samples` samples, in order (one shard in memory at a time); raises
+    `FileNotFoundError` naming the first missing one."""
     for start, end in shard_ranges(num_samples):
         data = read_shard(shard_path(out_dir, cell, start, end), start, end, base_seed)
         if data is None:
             raise FileNotFoundError(f"shard {start}..{end} of {cell.name} is missing under {out_dir}/samples")
-        parts.append(data)
-    return {"images": np.concatenate([p["images"] for p in parts]),
-            "labels": np.concatenate([p["labels"] for p in parts]),
-            "seeds": np.concatenate([p["seeds"] for p in parts]),
-            "seconds": float(sum(float(p["seconds"]) for p in parts))}  # fmt: skip
+        yield data

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fora.loading import ModelLoadError, load_pipeline, resolve_model
+from fora.loading import MODELS, ModelLoadError, load_pipeline, resolve_model
 
 from .samples import SAMPLERS, Cell, fill_shard, remove_partial_writes, set_sampler, shard_path, shard_ranges
 
@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args) -> None:
     """Every bad value raises `ValueError` naming it and the allowed range, before anything is written."""
+    if resolve_model(args.model) is None and not os.path.isdir(args.model) and "/" not in args.model:
+        raise ValueError(f"--model {args.model!r}: unknown; known: {', '.join(MODELS)}, a hub id or a pipeline folder")
     if args.samples < 2:
         raise ValueError(f"--samples {args.samples}: allowed >= 2 (the metrics need at least two samples)")
     if args.batch_size < 1 or args.timing_batch < 1:

@@ -13,7 +13,7 @@ from fora.schedule import full_steps, ideal_speedup
 
 from .distribution import EmojiFeatures, Features, InceptionFeatures, distribution_metrics
 from .quality import psnr
-from .samples import Cell, load_cell
+from .samples import Cell, iter_cell
 
 REFERENCE_RENDER_SEED = 3003  # emoji renders: training used data seed 1, the classifier 1001 and 2002
 
@@ -59,26 +59,43 @@ def reference_features(args, extractor) -> Features:
     return feats
 
 
+def _cell_features(extractor, args, cell: Cell, twin: Cell | None):
+    """Features, labels, generation seconds, and the PSNR of each sample against its uncached twin, shard by shard
+    (a paper-size cell of 50,000 images never sits in memory at once)."""
+    feats, logits, labels, psnrs, seconds = [], [], [], [], 0.0
+    twins = iter_cell(args.out, twin, args.samples, args.seed) if twin is not None else None
+    for shard in iter_cell(args.out, cell, args.samples, args.seed):
+        f = extractor(shard["images"])
+        feats.append(f.features)
+        logits.append(f.logits)
+        labels.append(shard["labels"])
+        seconds += float(shard["seconds"])
+        if twins is not None:
+            psnrs += [psnr(a, b, 255.0) for a, b in zip(shard["images"], next(twins)["images"])]
+    has_logits = logits[0] is not None
+    return (Features(np.concatenate(feats), np.concatenate(logits) if has_logits else None), np.concatenate(labels),
+            seconds, psnrs)  # fmt: skip
+
+
 def table_rows(args, cells: list[Cell], speed: dict) -> list[dict]:
     """One row per cell: schedule, distribution metrics, class accuracy, PSNR against the N = 1 twin, speed."""
     extractor = make_extractor(args)
     real = reference_features(args, extractor)
-    rows, uncached = [], {}
+    intervals = {(c.steps, c.interval) for c in cells}
+    rows = []
     for cell in cells:
-        data = load_cell(args.out, cell, args.samples, args.seed)
-        fake = extractor(data["images"])
+        twin = Cell(cell.steps, 1) if cell.interval > 1 and (cell.steps, 1) in intervals else None
+        fake, labels, seconds, psnrs = _cell_features(extractor, args, cell, twin)
         row = {"steps": cell.steps, "interval": cell.interval, "full_steps": len(full_steps(cell.steps, cell.interval)),
-               "ideal_speedup": ideal_speedup(cell.steps, cell.interval), "samples": len(data["images"]),
+               "ideal_speedup": ideal_speedup(cell.steps, cell.interval), "samples": len(labels),
                **distribution_metrics(real, fake)}  # fmt: skip
         has_classes = args.extractor == "emoji"  # Inception's 1008 logits are not the generator's classes
-        row["class_accuracy"] = float(np.mean(fake.logits.argmax(1) == data["labels"])) if has_classes else float("nan")
-        if cell.interval == 1:
-            uncached[cell.steps] = data["images"]
-        twin = uncached.get(cell.steps)
-        row["psnr_vs_uncached"] = (float(np.median([psnr(a, b, 255.0) for a, b in zip(data["images"], twin)]))
-                                   if twin is not None else float("nan"))  # fmt: skip
-        row["generation_s"] = data["seconds"]
-        row["samples_per_s"] = len(data["images"]) / data["seconds"] if data["seconds"] else float("nan")
+        row["class_accuracy"] = float(np.mean(fake.logits.argmax(1) == labels)) if has_classes else float("nan")
+        # median over samples of the PSNR against the same seed uncached (inf for N = 1 itself)
+        row["psnr_vs_uncached"] = float(np.median(psnrs)) if psnrs else (float("inf") if cell.interval == 1 else
+                                                                         float("nan"))  # fmt: skip
+        row["generation_s"] = seconds
+        row["samples_per_s"] = len(labels) / seconds if seconds else float("nan")
         timing = speed.get(cell)
         row.update({k: timing[k] for k in ("speedup", "speedup_low", "speedup_high")} if timing else
                    {"speedup": float("nan"), "speedup_low": float("nan"), "speedup_high": float("nan")})  # fmt: skip
