@@ -134,7 +134,7 @@ def remove_partial_writes(out_dir: str) -> int:
 def write_shard(path: str, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray, seconds: float) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"  # not a shard name: a killed write is never read
-    np.savez(tmp, images=images, labels=labels, seeds=seeds, seconds=np.float64(seconds))
+    np.savez_compressed(tmp, images=images, labels=labels, seeds=seeds, seconds=np.float64(seconds))
     os.replace(tmp, path)
 
 
