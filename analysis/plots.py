@@ -13,19 +13,29 @@ def _timestep_labels(timesteps: np.ndarray, n: int) -> np.ndarray:
     return np.array(["-" if np.isnan(t) else f"{t:g}" for t in ts], dtype=object)
 
 
+def _color_floor(z: np.ndarray) -> float | None:
+    """The colour scale's low end: the 2nd percentile of the finite cells, so that the few dissimilar early steps
+    saturate instead of squeezing the many near-1 cells into one colour (28 layers x 250 steps); hover shows exact
+    values."""
+    finite = z[np.isfinite(z)]
+    return float(np.percentile(finite, 2)) if finite.size > 50 else None
+
+
 def neighbour_heatmap(recorder, kind: str, title: str | None = None) -> go.Figure:
     """Layer x step map: cosine similarity of each block's output with its previous computed output."""
     z = recorder.neighbour[kind]
     blocks, steps = z.shape
     ts = _timestep_labels(recorder.timesteps, steps)
     custom = np.broadcast_to(ts[None, :], z.shape)
+    floor = _color_floor(z)
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(steps)), y=list(range(blocks)), customdata=custom, colorscale=_SCALE, zmax=1.0,
-        colorbar=dict(title="cos"), hoverongaps=False,
+        z=z, x=list(range(steps)), y=list(range(blocks)), customdata=custom, colorscale=_SCALE, zmax=1.0, zmin=floor,
+        colorbar=dict(title="cos" if floor is None else "cos<br>(2nd pct.<br>and below:<br>darkest)"),
+        hoverongaps=False,
         hovertemplate="layer %{y}<br>step %{x} (t=%{customdata})<br>similarity %{z:.4f}<extra></extra>",
     ))  # fmt: skip
     fig.update_layout(title=title or f"{KIND_TITLES.get(kind, kind)}: cos to previous computed step",
-                      xaxis_title="sampling step", yaxis_title="layer (block)", height=320,
+                      xaxis_title="sampling step", yaxis_title="layer (block)", height=320 if blocks <= 12 else 400,
                       margin=dict(l=60, r=20, t=50, b=50))  # fmt: skip
     return fig
 
@@ -37,7 +47,7 @@ def pairwise_heatmap(recorder, block: int, kind: str) -> go.Figure:
     ts = _timestep_labels(recorder.timesteps, n)
     custom = np.stack(np.broadcast_arrays(ts[None, :], ts[:, None]), axis=-1)
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(n)), y=list(range(n)), customdata=custom, colorscale=_SCALE, zmax=1.0,
+        z=z, x=list(range(n)), y=list(range(n)), customdata=custom, colorscale=_SCALE, zmax=1.0, zmin=_color_floor(z),
         colorbar=dict(title="cos"), hoverongaps=False,
         hovertemplate=("step %{y} (t=%{customdata[1]}) vs step %{x} (t=%{customdata[0]})<br>"
                        "similarity %{z:.4f}<extra>layer " + str(block) + "</extra>"),
@@ -58,7 +68,8 @@ def schedule_strip(num_steps: int, full_steps: list[int], timesteps=None) -> go.
     text = np.array([["full" if s in full else "reuse" for s in range(num_steps)]], dtype=object)
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(num_steps)), y=["step"], text=text, customdata=ts[None, :], showscale=False,
-        colorscale=[[0, "#f4b183"], [0.5, "#f4b183"], [0.5, "#2f5597"], [1, "#2f5597"]], zmin=0, zmax=1, xgap=1,
+        colorscale=[[0, "#f4b183"], [0.5, "#f4b183"], [0.5, "#2f5597"], [1, "#2f5597"]], zmin=0, zmax=1,
+        xgap=1 if num_steps <= 60 else 0,  # gaps between 250 cells of 2 px would be all one sees
         hovertemplate="step %{x} (t=%{customdata}): %{text}<extra></extra>",
     ))  # fmt: skip
     fig.update_layout(title=f"schedule: {len(full)} full (blue) / {num_steps - len(full)} reuse (orange) steps",

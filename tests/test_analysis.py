@@ -271,3 +271,18 @@ def test_heatmaps_cli(tmp_path, capsys):
     html = out.read_text()
     assert "step x step similarity" in html and "cos to previous computed step" in html
     assert "6 steps, 6 full / 0 reuse" in capsys.readouterr().out
+
+
+def test_heatmap_colour_scale_readable_at_28_layers_by_250_steps():
+    """At the paper's size a few dissimilar early steps must not squeeze every other cell into one colour."""
+    from types import SimpleNamespace
+
+    steps = np.arange(250)
+    z = np.tile(1 - 0.2 * np.exp(-steps / 5.0), (28, 1))  # 0.8 at the first step, within 1e-4 of 1 from step ~40
+    z[:, 0] = np.nan
+    rec = SimpleNamespace(neighbour={"attn": z}, timesteps=999.0 - 4 * steps)
+    fig = neighbour_heatmap(rec, "attn")
+    zmin = fig.data[0].zmin
+    assert np.nanmin(z) < zmin == pytest.approx(np.nanpercentile(z, 2)) and fig.layout.height >= 400
+    strip = schedule_strip(250, full_steps(250, 3))
+    assert strip.data[0].xgap == 0 and schedule_strip(30, full_steps(30, 3)).data[0].xgap == 1
