@@ -23,9 +23,11 @@ from analysis.memory import MODEL_SHAPES, hbm_answer, measure_read_seconds
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot, tradeoff_plot
 from analysis.sweep import SweepResult, stream_sweep
 from analysis.sweep_report import write_outputs
+from analysis.table_report import (DISPLAY_HEADERS, class_grid, describe, display_rows, fid_heatmap, fid_speed_plot,
+                                   load_grid_samples, load_table)  # fmt: skip
 from fora.emoji.classes import LABELS
 from fora.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from fora.loading import MODELS
+from fora.loading import ASSETS, MODELS
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator everywhere else
     import spaces
@@ -385,6 +387,42 @@ def _memory_tab():
     return w
 
 
+TABLE3_DIR = os.environ.get("FORA_TABLE3_DIR", os.path.join(ASSETS, "emoji-dit", "table3"))
+TABLE3_COMMAND = ("python -m analysis.table --model emoji-dit --steps 20 50 --intervals 1 2 3 5 7 10 --samples 1000 "
+                  "--out assets/emoji-dit/table3")  # fmt: skip
+
+
+def table3_grid(class_name: str):
+    """The committed samples of one class at every N (columns), one block of rows per T."""
+    if class_name not in LABELS:
+        raise gr.Error(f"unknown class {class_name!r}; allowed: {', '.join(LABELS)}")
+    try:
+        return class_grid(load_grid_samples(TABLE3_DIR), [LABELS.index(class_name)])
+    except (FileNotFoundError, IndexError) as e:
+        raise gr.Error(f"no samples of class {class_name!r} in {TABLE3_DIR}: {e}") from None
+
+
+def _table3_tab():
+    """The committed Table 3 of the embedded model: read from files, nothing runs."""
+    try:
+        meta = load_table(TABLE3_DIR)
+    except FileNotFoundError:
+        gr.Markdown(f"No Table 3 in `{TABLE3_DIR}` yet. Make it with `{TABLE3_COMMAND}` (CPU hours; "
+                    "`torchrun --nproc_per_node K -m analysis.table ...` splits the work).")  # fmt: skip
+        return None
+    gr.Markdown("Distribution quality of thousands of samples per setting, the paper's Table 3 on the embedded "
+                "model. FD: Frechet distance to fresh renders of the emoji (lower is better); score, precision, "
+                "recall and class accuracy from the emoji classifier. " + describe(meta))  # fmt: skip
+    gr.Dataframe(value=display_rows(meta), headers=DISPLAY_HEADERS, interactive=False)
+    with gr.Row():
+        gr.Plot(fid_heatmap(meta["rows"]))
+        gr.Plot(fid_speed_plot(meta["rows"]))
+    w = {"class": gr.Dropdown(LABELS, value=LABELS[0], label="class")}
+    w["grid"] = gr.Image(table3_grid(LABELS[0]), label="the same seeds at every N (columns), one block per T",
+                         interactive=False)  # fmt: skip
+    return w
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="FORA explorer", delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S)) as demo:
         gr.Markdown("# FORA: Fast-Forward Caching explorer\nEvery N steps each transformer block computes attention "
@@ -400,6 +438,8 @@ def build_demo() -> gr.Blocks:
                     sw = _sweep_tab()
                 with gr.Tab("Memory"):
                     m = _memory_tab()
+                with gr.Tab("Table 3"):
+                    t3 = _table3_tab()
         last = gr.State(None)  # the token of this session's last comparison; the comparison stays in the server
 
         advanced = [s["cache_attn"], s["cache_cross"], s["cache_mlp"], s["cache_start"], s["cache_end"], s["blocks"]]
@@ -422,6 +462,8 @@ def build_demo() -> gr.Blocks:
             [sw["plot"], sw["gallery"], sw["table"], sw["files"], sw["status"]], api_name="sweep",
             concurrency_limit=1, concurrency_id="gpu")  # fmt: skip
         s["stop"].click(None, None, None, cancels=[gen, swept], api_name=False)
+        if t3 is not None:
+            t3["class"].change(table3_grid, t3["class"], t3["grid"], api_name="table3_grid")
         m["run"].click(memory, [m["model"], m["batch"], m["dtype"], m["steps"], m["interval"], m["bw"], m["tflops"],
                                 m["util"]], m["out"], api_name="memory")  # fmt: skip
     return demo

@@ -248,7 +248,7 @@ def main(argv=None) -> int:
 
     speed = measure_speed(pipe, args, cells, num_classes) if args.timing_pairs else {}
     rows = table_rows(args, cells, speed)
-    write_outputs(args, settings, rows, world)
+    write_outputs(args, settings, rows, world, num_classes)
     for r in rows:
         print(" ".join(f"{c}={r[c]:.4g}" if isinstance(r[c], float) else f"{c}={r[c]}" for c in COLUMNS), flush=True)
     print(f"wrote {args.out}/table.csv, table.json, report.html")

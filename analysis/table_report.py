@@ -22,20 +22,21 @@ import plotly.io as pio
 import torch
 from PIL import Image
 
-from .samples import Cell, read_shard, shard_path
+from .samples import SHARD_SIZE, Cell, read_shard, shard_path
 
 COLUMNS = ["steps", "interval", "full_steps", "fid", "inception_score", "precision", "recall", "class_accuracy",
            "speedup", "speedup_low", "speedup_high", "ideal_speedup", "psnr_vs_uncached", "samples",
            "samples_per_s"]  # fmt: skip
-GRID_SAMPLES = 6  # samples per row block of the grid (sample indices 0..5: six different classes)
+GRID_PER_CLASS = 2  # samples of each class kept for the grids (sample indices c and c + classes)
+GRID_CLASSES = 6  # classes in the report's grid
 
 
 def _finite(v):
     return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
-def write_outputs(args, settings, rows: list[dict], processes: int) -> None:
-    """table.csv, table.json (settings, command, machine, rows), grid.png and report.html in `args.out`."""
+def write_outputs(args, settings, rows: list[dict], processes: int, num_classes: int) -> None:
+    """table.csv, table.json (settings, command, machine, rows), grid_samples.npz, grid.png and report.html."""
     out = args.out
     with open(os.path.join(out, "table.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -44,8 +45,9 @@ def write_outputs(args, settings, rows: list[dict], processes: int) -> None:
     meta = {
         "settings": settings.__dict__, "samples_per_cell": args.samples, "batch_size": args.batch_size,
         "command": "python -m analysis.table " + " ".join(sys.argv[1:]), "processes": processes,
-        "timing": f"paired_speedup: {args.timing_pairs} ABBA pairs of timed calls of {args.timing_batch} samples, "
-                  "no observers, after a warm-up; median of pair ratios (range)",
+        "timing": (f"paired_speedup: {args.timing_pairs} ABBA pairs of timed calls of {args.timing_batch} samples, "
+                   "no observers, after a warm-up; median of pair ratios (range)" if args.timing_pairs else
+                   "not measured (--timing-pairs 0)"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu")},
@@ -54,7 +56,10 @@ def write_outputs(args, settings, rows: list[dict], processes: int) -> None:
     }  # fmt: skip
     with open(os.path.join(out, "table.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    grid = image_grid(out, sorted({r["steps"] for r in rows}), sorted({r["interval"] for r in rows}), args.seed)
+    steps, intervals = sorted({r["steps"] for r in rows}), sorted({r["interval"] for r in rows})
+    samples = collect_grid_samples(out, steps, intervals, num_classes, args.samples, args.seed)
+    np.savez_compressed(os.path.join(out, "grid_samples.npz"), images=samples, steps=steps, intervals=intervals)
+    grid = class_grid(samples, list(range(min(GRID_CLASSES, samples.shape[2]))))
     Image.fromarray(grid).save(os.path.join(out, "grid.png"))
     with open(os.path.join(out, "report.html"), "w") as f:
         f.write(report_html(meta, grid))
@@ -69,28 +74,41 @@ def load_table(folder: str) -> dict:
         return json.load(f)
 
 
-def image_grid(out: str, steps: list[int], intervals: list[int], seed: int, scale: int = 3) -> np.ndarray:
-    """Rows: one per (T, sample); columns: N. The first `GRID_SAMPLES` samples of each cell, upscaled."""
-    tiles = []
+def collect_grid_samples(out: str, steps: list[int], intervals: list[int], num_classes: int, num_samples: int,
+                         seed: int) -> np.ndarray:  # fmt: skip
+    """uint8 [T, N, class, k, H, W, 3]: the first k <= GRID_PER_CLASS samples of each class in every cell (sample
+    indices c, c + classes, ...) from the first shard, small enough to commit, so the app can show a class across N
+    without the shards. Models with more classes than the first shard holds keep the classes it holds."""
+    end = min(SHARD_SIZE, num_samples)
+    classes = min(num_classes, end)
+    per_class = max(1, min(GRID_PER_CLASS, end // num_classes))
+    idx = [c + k * num_classes for c in range(classes) for k in range(per_class)]
+    per_cell = []
     for t in steps:
-        for i in range(GRID_SAMPLES):
-            row = []
-            for n in intervals:
-                end = _first_shard_end(out, Cell(t, n))
-                shard = read_shard(shard_path(out, Cell(t, n), 0, end), 0, end, seed)
-                row.append(shard["images"][i] if shard is not None and len(shard["images"]) > i else
-                           np.zeros((32, 32, 3), np.uint8))  # fmt: skip
-            tiles.append(np.concatenate([np.pad(im, ((1, 1), (1, 1), (0, 0)), constant_values=255) for im in row], 1))
-        tiles.append(np.full((4, tiles[-1].shape[1], 3), 255, np.uint8))  # gap between T blocks
-    grid = np.concatenate(tiles[:-1], 0)
-    return grid.repeat(scale, 0).repeat(scale, 1)
+        for n in intervals:
+            shard = read_shard(shard_path(out, Cell(t, n), 0, end), 0, end, seed)
+            if shard is None:
+                raise FileNotFoundError(f"the first shard of {Cell(t, n).name} is missing under {out}/samples")
+            per_cell.append(shard["images"][idx].reshape(classes, per_class, *shard["images"].shape[1:]))
+    return np.stack(per_cell).reshape(len(steps), len(intervals), *per_cell[0].shape)
 
 
-def _first_shard_end(out: str, cell: Cell) -> int:
-    folder = os.path.dirname(shard_path(out, cell, 0, 1))
-    ends = [int(n[14:21]) for n in os.listdir(folder) if n.startswith("shard_0000000-") and n.endswith(".npz")
-            and ".tmp" not in n] if os.path.isdir(folder) else []  # fmt: skip
-    return max(ends, default=1)
+def class_grid(grid: np.ndarray, class_ids: list[int], scale: int = 3) -> np.ndarray:
+    """Rows: the samples of the chosen classes, one block per T; columns: N."""
+    rows = []
+    for t in range(grid.shape[0]):
+        for c in class_ids:
+            for k in range(grid.shape[3]):
+                tiles = [np.pad(grid[t, n, c, k], ((1, 1), (1, 1), (0, 0)), constant_values=255) for n in range(grid.shape[1])]
+                rows.append(np.concatenate(tiles, 1))
+        rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))  # gap between T blocks
+    image = np.concatenate(rows[:-1], 0)
+    return image.repeat(scale, 0).repeat(scale, 1)
+
+
+def load_grid_samples(folder: str) -> np.ndarray:
+    with np.load(os.path.join(folder, "grid_samples.npz")) as z:
+        return z["images"]
 
 
 def fid_heatmap(rows: list[dict]) -> go.Figure:
@@ -141,19 +159,9 @@ def _fmt(v, digits=3):
 
 def table_html(meta: dict) -> str:
     """The paper's layout: one block of rows per T, one row per N, metrics as columns."""
-    head = ("<tr><th>T</th><th>N</th><th>full steps</th><th>FD &darr;</th><th>score &uarr;</th><th>precision &uarr;"
-            "</th><th>recall &uarr;</th><th>class acc. &uarr;</th><th>PSNR vs N=1 (dB)</th><th>speedup (range)</th>"
-            "<th>ideal</th></tr>")  # fmt: skip
-    body = []
-    for r in meta["rows"]:
-        speed = (f"{r['speedup']:.2f}x ({r['speedup_low']:.2f}-{r['speedup_high']:.2f})"
-                 if r.get("speedup") is not None else "-")  # fmt: skip
-        psnr = "&infin;" if r.get("psnr_vs_uncached") is None and r["interval"] == 1 else _fmt(r.get("psnr_vs_uncached"), 1)
-        body.append(f"<tr><td>{r['steps']}</td><td>{r['interval']}</td><td>{r['full_steps']}</td><td>{_fmt(r['fid'])}"
-                    f"</td><td>{_fmt(r['inception_score'], 2)}</td><td>{_fmt(r['precision'])}</td>"
-                    f"<td>{_fmt(r['recall'])}</td><td>{_fmt(r['class_accuracy'])}</td><td>{psnr}</td><td>{speed}</td>"
-                    f"<td>{r['ideal_speedup']:.2f}x</td></tr>")  # fmt: skip
-    return f"<table>{head}{''.join(body)}</table>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in DISPLAY_HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in display_rows(meta))
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def report_html(meta: dict, grid: np.ndarray) -> str:
@@ -176,6 +184,37 @@ cell (sample i: class i mod classes, noise seed from (base seed {s['seed']}, i);
 <p>Command: <code>{esc(meta['command'])}</code> ({meta['processes']} process(es))</p>
 {table_html(meta)}
 <h2>Plots</h2>{plots}
-<h2>The same samples across N</h2><p>Rows: samples 0..{GRID_SAMPLES - 1} (one per class) of each T; columns: N =
+<h2>The same samples across N</h2><p>Rows: two samples of each of classes 0..{GRID_CLASSES - 1}, one block per T;
+columns: N =
 {', '.join(str(n) for n in sorted({r['interval'] for r in meta['rows']}))}.</p><img src="data:image/png;base64,{_png_base64(grid)}">
 </body></html>"""
+
+
+DISPLAY_HEADERS = ["T", "N", "full steps", "FD", "score", "precision", "recall", "class acc.", "PSNR vs N=1",
+                   "speedup (range)", "ideal"]  # fmt: skip
+
+
+def display_rows(meta: dict) -> list[list]:
+    """The table as rows of text for a UI, in the order of `DISPLAY_HEADERS`."""
+    out = []
+    for r in meta["rows"]:
+        speed = (f"{r['speedup']:.2f}x ({r['speedup_low']:.2f}-{r['speedup_high']:.2f})"
+                 if r.get("speedup") is not None else "-")  # fmt: skip
+        psnr = "inf" if r["interval"] == 1 else _fmt(r.get("psnr_vs_uncached"), 1)
+        out.append([r["steps"], r["interval"], r["full_steps"], _fmt(r["fid"]), _fmt(r["inception_score"], 2),
+                    _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["class_accuracy"]), psnr, speed,
+                    f"{r['ideal_speedup']:.2f}x"])  # fmt: skip
+    return out
+
+
+def describe(meta: dict) -> str:
+    """How the table was made, in Markdown: settings, samples, feature space, timing, machine, command."""
+    s = meta["settings"]
+    space = ("the project's emoji classifier (192 penultimate features; its 32 class logits for the score): these "
+             "numbers rank settings of this model and are not comparable with Inception FID"
+             if s["extractor"] == "emoji" else "Inception-v3")  # fmt: skip
+    return (f"**{s['model']}**, {s['sampler'].upper()} sampler, guidance {s['guidance']}, "
+            f"{meta['samples_per_cell']} class-balanced samples per cell, the same seeds in every cell (base seed "
+            f"{s['seed']}). Feature space: {space}. Speedup: {meta['timing']}. Measured on "
+            f"{meta['machine']['processor']} ({meta['machine']['device']}, torch {meta['machine']['torch']}), "
+            f"{meta['date']}, {meta['processes']} process(es).\n\nRegenerate: `{meta['command']}`")

@@ -191,3 +191,20 @@ def test_unwritable_out_and_a_folder_of_other_settings_are_refused(tiny_model, o
     shutil.copytree(one_process, copy)
     done = _table(tiny_model, copy, "--guidance", "2.0")
     assert done.returncode == 2 and "holds samples made with" in done.stderr
+
+
+def test_the_app_shows_a_table_folder(one_process, monkeypatch):
+    import gradio as gr
+
+    import app
+    from analysis.table_report import display_rows, load_table
+
+    monkeypatch.setattr(app, "TABLE3_DIR", str(one_process))
+    rows = display_rows(load_table(str(one_process)))
+    assert [r[:3] for r in rows] == [[4, 1, 4], [4, 3, 2]] and rows[0][8] == "inf"
+    image = app.table3_grid("cat")  # class 0: two samples at each of N = 1, 3
+    assert image.shape == (3 * 2 * 10, 3 * 2 * 10, 3) and image.dtype == np.uint8
+    with pytest.raises(gr.Error, match="unknown class 'nope'; allowed: cat, dog"):
+        app.table3_grid("nope")
+    with pytest.raises(gr.Error, match="no samples of class 'pizza'"):  # the tiny model has 4 classes
+        app.table3_grid("pizza")
