@@ -91,10 +91,15 @@ def measure_read_on_gpu(nbytes: int) -> tuple[str, float]:
 
 
 # -- Compare ----------------------------------------------------------------------------------------------------
-def _metrics_rows(comp, cached_baseline: bool, speed=None, pairs: int = form.COMPARE_PAIRS) -> list[list]:
+def _metrics_rows(comp, cached_baseline: bool, speed=None, pairs: int = form.COMPARE_PAIRS,
+                  measuring: bool = True) -> list[list]:  # fmt: skip
     m = comp.metrics
-    timed = (f"measuring: 1 warm-up + {pairs} pairs of calls without observers..." if speed is None else str(speed))
-    calls = "..." if speed is None else f"{speed.baseline_s * 1e3:.0f} ms / {speed.fora_s * 1e3:.0f} ms"
+    if speed is not None:
+        timed, calls = str(speed), f"{speed.baseline_s * 1e3:.0f} ms / {speed.fora_s * 1e3:.0f} ms"
+    elif measuring and pairs:
+        timed, calls = f"measuring: 1 warm-up + {pairs} pairs of calls without observers...", "..."
+    else:
+        timed = calls = "not measured (FORA_COMPARE_PAIRS=0)"
     return [
         ["speedup, measured (baseline / FORA, median of pairs)", timed],
         ["speedup, ideal T / full", f"{m['ideal_speedup']:.2f}x"],
@@ -164,9 +169,9 @@ def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_at
                                "timing the speedup...", token)  # fmt: skip
                     elif p.phase == "timed":
                         comp.speed = p.speed
-                        yield (SKIP, SKIP, SKIP, _metrics_rows(comp, cached is not None, p.speed), *(SKIP,) * 5,
-                               f"done: {done}, {len(comp.fora.run.full_steps)} full steps of {job.request.steps}; "
-                               f"speedup {p.speed}", SKIP)  # fmt: skip
+                        yield (SKIP, SKIP, SKIP, _metrics_rows(comp, cached is not None, p.speed, measuring=False),
+                               *(SKIP,) * 5, f"done: {done}, {len(comp.fora.run.full_steps)} full steps of "
+                               f"{job.request.steps}; speedup {p.speed or 'not measured'}", SKIP)  # fmt: skip
             finally:
                 stream.close()  # cancelled or failed: stop the run at its next step before the lock is released
     except (ValueError, live.ModelLoadError) as e:
@@ -249,19 +254,11 @@ def sweep(model_key, label, prompt, steps, seed, guidance, intervals, num_seeds,
 def memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization):
     """Cache size and HBM read time against the compute it replaces (arithmetic here, the read on the GPU)."""
     try:
-        if shape_key not in MODEL_SHAPES:
-            raise ValueError(f"unknown model {shape_key!r}; allowed: {', '.join(MODEL_SHAPES)}")
-        batch, steps, interval = int(batch), int(steps), int(interval)
-        if not 1 <= batch <= 64:
-            raise ValueError(f"batch={batch} out of range: allowed 1..64")
-        if not 2 <= steps <= 1000 or not 1 <= interval <= steps - 1:
-            raise ValueError(f"steps={steps}, interval={interval}: allowed steps 2..1000 and interval 1..steps-1")
-        if not bandwidth_tbps or not tflops or bandwidth_tbps <= 0 or tflops <= 0:
-            raise ValueError("bandwidth and throughput must be > 0")
-        a = hbm_answer(MODEL_SHAPES[shape_key], batch, dtype, steps, interval, bandwidth_tbps * 1e12, tflops * 1e12,
-                       float(utilization))  # fmt: skip
-    except (TypeError, ValueError) as e:
+        q = form.parse_memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization)
+    except ValueError as e:
         raise _error(e) from None
+    a = hbm_answer(MODEL_SHAPES[q.shape_key], q.batch, q.dtype, q.steps, q.interval, q.bandwidth_tbps * 1e12,
+                   q.tflops * 1e12, q.utilization)  # fmt: skip
     if a["cache_bytes"] <= 2**30:
         device, measured = measure_read_on_gpu(a["cache_bytes"])
         where = f"Measured on this machine ({device}): reading {a['cache_bytes'] / 2**20:.1f} MiB took {measured * 1e3:.2f} ms."
@@ -269,11 +266,11 @@ def memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, uti
         where = "Too large to measure here (over 1 GiB)."
     verdict = "yes" if a["compute_over_read"] > 1 else "no"
     return f"""
-| | per reuse step | per run ({a['reuse_steps']} reuse steps of {steps}) |
+| | per reuse step | per run ({a['reuse_steps']} reuse steps of {q.steps}) |
 |---|---|---|
-| cache size ({dtype}, batch {batch} x 2 for guidance) | {a['cache_bytes'] / 2**20:.1f} MiB | same buffer, reused |
-| read the cache at {bandwidth_tbps:g} TB/s | {a['read_ms_per_step']:.3f} ms | {a['read_ms_per_run']:.2f} ms |
-| attention + MLP it replaces at {tflops:g} TFLOP/s x {utilization:g} | {a['compute_ms_per_step']:.3f} ms | {a['compute_ms_per_step'] * a['reuse_steps']:.2f} ms |
+| cache size ({q.dtype}, batch {q.batch} x 2 for guidance) | {a['cache_bytes'] / 2**20:.1f} MiB | same buffer, reused |
+| read the cache at {q.bandwidth_tbps:g} TB/s | {a['read_ms_per_step']:.3f} ms | {a['read_ms_per_run']:.2f} ms |
+| attention + MLP it replaces at {q.tflops:g} TFLOP/s x {q.utilization:g} | {a['compute_ms_per_step']:.3f} ms | {a['compute_ms_per_step'] * a['reuse_steps']:.2f} ms |
 | net time saved | {a['compute_ms_per_step'] - a['read_ms_per_step']:.3f} ms | {a['saved_ms_per_run']:.2f} ms |
 
 **Is HBM fast enough? {verdict}:** the replaced compute takes **{a['compute_over_read']:.0f}x** longer than reading

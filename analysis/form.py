@@ -20,7 +20,8 @@ SWEEP_INTERVALS = (1, 2, 3, 4, 5, 7, 10)  # the Sweep tab's choices
 # Denoising steps one request may run, counting the baseline, the FORA run and the timed calls. The emoji model runs
 # ~60 steps/s on 2 CPU cores, so the default bounds a request to about a minute there.
 STEP_BUDGET = int(os.environ.get("FORA_STEP_BUDGET", "4000"))
-# timed baseline/FORA pairs behind the speedups (after one warm-up pair): the Compare tab's, and per swept interval
+# timed baseline/FORA pairs behind the speedups (after one warm-up pair): the Compare tab's, and per swept interval.
+# FORA_COMPARE_PAIRS=0 leaves the Compare tab's speedup unmeasured (hardware where one call takes minutes)
 COMPARE_PAIRS = int(os.environ.get("FORA_COMPARE_PAIRS", "3"))
 SWEEP_PAIRS = int(os.environ.get("FORA_SWEEP_PAIRS", "3"))
 
@@ -38,7 +39,8 @@ class GenerateJob:
     def denoising_steps(self, baseline_cached: bool = False) -> int:
         """Steps this job runs: baseline (unless cached) + FORA run + timed calls (warm-up and pairs, two each)."""
         observed = (0 if baseline_cached else 1) + 1
-        return self.request.steps * (observed + 2 * (self.warmup + self.pairs))
+        timed = 2 * (self.warmup + self.pairs) if self.pairs else 0
+        return self.request.steps * (observed + timed)
 
 
 @dataclass(frozen=True)
@@ -168,3 +170,41 @@ def parse_sweep(pipe, model_key: str, label, prompt, steps, seed, guidance, inte
     job = SweepJob(model_key, request, config, tuple(chosen), seeds)
     check_budget(job.denoising_steps(), f"this sweep ({num_seeds} seeds x {len(chosen)} intervals x {request.steps} steps)")
     return job
+
+
+@dataclass(frozen=True)
+class MemoryQuery:
+    """The Memory tab's calculator inputs, checked."""
+
+    shape_key: str
+    batch: int
+    dtype: str
+    steps: int
+    interval: int
+    bandwidth_tbps: float
+    tflops: float
+    utilization: float
+
+
+def parse_memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization) -> MemoryQuery:
+    """The Memory tab's values as a `MemoryQuery`, or `ValueError` naming the bad value and the allowed range."""
+    from .memory import DTYPE_BYTES, MODEL_SHAPES
+
+    if shape_key not in MODEL_SHAPES:
+        raise ValueError(f"unknown model {shape_key!r}; allowed: {', '.join(MODEL_SHAPES)}")
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype={dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
+    batch = integer("batch", batch, 1, 64)
+    steps = integer("steps", steps, 2, 1000)
+    interval = integer("interval", interval, 1, steps - 1)
+    numbers = []
+    for name, value, lo, hi in (("bandwidth TB/s", bandwidth_tbps, 1e-3, 1e3), ("TFLOP/s", tflops, 1e-3, 1e5),
+                                ("utilization", utilization, 0.01, 1.0)):  # fmt: skip
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={value!r} is not a number; allowed {lo:g}..{hi:g}") from None
+        if not lo <= v <= hi:
+            raise ValueError(f"{name}={v:g} out of range: allowed {lo:g}..{hi:g}")
+        numbers.append(v)
+    return MemoryQuery(shape_key, batch, dtype, steps, interval, *numbers)

@@ -175,7 +175,8 @@ class Progress:
 
 def stream_comparison(pipe, request: Request, config: ForaConfig, baseline: RunResult | None = None, pairs: int = 3,
                       warmup: int = 1, min_interval_s: float = 0.5):  # fmt: skip
-    """Yield `Progress` while the baseline (unless given) and the FORA run execute, then time them in pairs.
+    """Yield `Progress` while the baseline (unless given) and the FORA run execute, then time them in pairs
+    (`pairs=0`: not timed; the "timed" event comes with `speed=None`).
 
     Runs in a worker thread (`stream.stream_job`): closing the generator stops the work at the next denoising step;
     `None` comes as a heartbeat when nothing else did for `min_interval_s`.
@@ -194,7 +195,8 @@ def stream_comparison(pipe, request: Request, config: ForaConfig, baseline: RunR
             emit(Progress("baseline done", request.steps, request.steps, baseline=base))
         fora = observe_run(pipe, request, config, on_step=observe("fora")).to_cpu()
         emit(Progress("compared", request.steps, request.steps, baseline=base, comparison=compare_runs(base, fora)))
-        emit(Progress("timed", speed=timed_speedup(pipe, request, config, pairs=pairs, warmup=warmup)))
+        speed = timed_speedup(pipe, request, config, pairs=pairs, warmup=warmup) if pairs else None
+        emit(Progress("timed", speed=speed))
 
     yield from stream_job(pipe.transformer, job, min_interval_s, heartbeat_s=max(min_interval_s, 0.1))
 

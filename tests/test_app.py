@@ -3,6 +3,7 @@ and the page in a real headless browser."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -148,18 +149,28 @@ def test_step_budget_bounds_a_sweep(app):
     from fora import ForaConfig
     from fora.generate import Request
 
+    compare = form.GenerateJob("emoji-dit", Request(label=0, steps=10), ForaConfig())
+    assert compare.denoising_steps() == 10 * (2 + 2 * (1 + 3)) and compare.denoising_steps(baseline_cached=True) == 90
+    assert form.GenerateJob("emoji-dit", Request(label=0, steps=10), ForaConfig(), pairs=0).denoising_steps() == 20
     job = form.SweepJob("emoji-dit", Request(label=0, steps=10), ForaConfig(), (1, 3), (0, 1), pairs=3)
     # per seed: the baseline and N=3; one run for the cached modules' share; per interval: a warm-up pair and 3 pairs
     assert job.denoising_steps() == 10 * (2 * 2 + 1 + 2 * 2 * (1 + 3))
 
 
 def test_memory_and_sweep_functions(app):
+    import gradio as gr
+
     text = app.memory("pixart-alpha-1024", 1, "float16", 20, 2, 3.35, 989, 0.5)
     assert "1512.0 MiB" in text and "Is HBM fast enough? yes" in text
+    for bad, message in ((("dit-xl-2-256", 0, "float16", 50, 3, 3.35, 989, 0.5), "batch=0 out of range"),
+                         (("dit-xl-2-256", 1, "int8", 50, 3, 3.35, 989, 0.5), "dtype='int8'"),
+                         (("dit-xl-2-256", 1, "float16", 50, 50, 3.35, 989, 0.5), "interval=50 out of range"),
+                         (("dit-xl-2-256", 1, "float16", 50, 3, None, 989, 0.5), "bandwidth TB/s=None is not a number")):
+        with pytest.raises(gr.Error, match=re.escape(message)):
+            app.memory(*bad)
     plot, gallery, table, files, status = list(app.sweep("emoji-dit", "rocket", "", 10, 0, 3.0, ["1", "3"], 1))[-1]
     assert [row[0] for row in table] == [1, 3] and len(gallery) == 2 and "over 3 pairs" in table[1][2]
     assert {os.path.basename(f) for f in files} == {"sweep.csv", "sweep.json", "report.html"}
-    import gradio as gr
 
     with pytest.raises(gr.Error, match=r"intervals \[12\] out of range for 10 steps"):
         list(app.sweep("emoji-dit", "rocket", "", 10, 0, 3.0, ["12"], 1))
