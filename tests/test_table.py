@@ -208,3 +208,19 @@ def test_the_app_shows_a_table_folder(one_process, monkeypatch):
         app.table3_grid("nope")
     with pytest.raises(gr.Error, match="no samples of class 'pizza'"):  # the tiny model has 4 classes
         app.table3_grid("pizza")
+
+
+def test_a_dit_pipeline_folder_with_ddpm(tmp_path):
+    """The hub model's pipeline class (DiTPipeline, VAE, 1000 classes) through the same CLI, stochastic sampler."""
+    from conftest import make_dit_pipeline
+
+    make_dit_pipeline().save_pretrained(tmp_path / "dit")
+    runs = []
+    for name in ("a", "b"):
+        done = _table(str(tmp_path / "dit"), tmp_path / name, "--sampler", "ddpm", "--extractor", "emoji", samples=20)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(_shards(tmp_path / name))
+    assert runs[0] == runs[1]  # DDPM's noise is seeded: the same samples again
+    with np.load(tmp_path / "a" / "samples" / "T4_N3" / "shard_0000000-0000020.npz") as z:
+        assert z["labels"].tolist() == list(range(20)) and z["images"].shape[0] == 20
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["sampler"] == "ddpm"
