@@ -213,7 +213,8 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     try:
-        pipe = load_pipeline(args.model, device=args.device or str(state.device))
+        args.device = args.device or str(state.device)  # this process's GPU under torchrun, else CPU
+        pipe = load_pipeline(args.model, device=args.device)
     except ModelLoadError as e:
         print(f"error: --model {args.model!r}: {e}", file=sys.stderr)
         return 2

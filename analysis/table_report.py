@@ -50,7 +50,7 @@ def write_outputs(args, settings, rows: list[dict], processes: int, num_classes:
                    "not measured (--timing-pairs 0)"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu")},
+                    "device": args.device},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "rows": [{k: _finite(v) for k, v in r.items()} for r in rows],
     }  # fmt: skip
