@@ -347,6 +347,46 @@ def test_in_headless_browser(server):
     assert os.path.getsize(os.path.join(ARTIFACTS, "app.png")) > 10_000
 
 
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"), reason="Debian chromium not installed")
+def test_user_leaving_the_page_stops_the_run(server):
+    """Closing the tab mid-run: Gradio closes the handler, the run stops at its next step and frees the lock."""
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    from analysis import live
+
+    pipe, lock = live.get_model("emoji-dit")
+    steps_run = []
+    hook = pipe.transformer.register_forward_hook(lambda *a: steps_run.append(1))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=_chromium() or "/usr/bin/chromium",
+                                        args=["--headless", "--no-sandbox", "--disable-gpu"])  # fmt: skip
+            page = browser.new_page(viewport={"width": 1500, "height": 1700})
+            page.goto(server, wait_until="domcontentloaded")
+            steps = page.locator("input[type=number][aria-label='number input for steps T']")
+            steps.wait_for(timeout=60_000)
+            steps.fill("100")
+            steps.press("Enter")
+            page.get_by_label("seed", exact=True).fill("4321")
+            page.get_by_role("button", name="Generate").click()
+            page.wait_for_function("document.body.innerText.includes('running the baseline')", timeout=60_000)
+            assert lock.locked()
+            page.close()  # the user leaves
+            deadline = time.monotonic() + 120
+            while lock.locked() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            browser.close()
+        assert not lock.locked()
+        ran = len(steps_run)
+        assert ran < 100 * 10 / 2  # the whole job: 100 x (2 observed + 2 x 4 timed) transformer calls
+        time.sleep(1.0)
+        assert len(steps_run) == ran
+    finally:
+        hook.remove()
+
+
 def test_import_loads_no_model():
     """`import app` builds the UI but loads no model: they load lazily on first use."""
     code = ("import app; from analysis import live; import fora.loading as L; "
