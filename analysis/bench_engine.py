@@ -79,7 +79,8 @@ def overhead(args):
     r = paired_speedup(pipe, lambda: generate(pipe, request), ForaConfig(interval=1), pairs=args.pairs)
     print(f"(a) overhead at interval=1, 6 blocks x 128, 30 steps, batch 2: no FORA {r.baseline_s * 1e3:.1f} ms, "
           f"FORA {r.fora_s * 1e3:.1f} ms, overhead {(1 / r.ratio - 1) * 100:+.2f}% "
-          f"(pair range {(1 / r.high - 1) * 100:+.2f}..{(1 / r.low - 1) * 100:+.2f}%, {r.pairs} pairs; target <= 1%)")
+          f"(pair range {(1 / r.high - 1) * 100:+.2f}..{(1 / r.low - 1) * 100:+.2f}%, {r.pairs} pairs; target <= 1%)",
+          flush=True)
 
 
 def speedups(args):
@@ -90,7 +91,9 @@ def speedups(args):
         costs[lean] = reuse_step_fraction(pipe.transformer, ForaConfig(lean_reuse=lean))
         what = "lean (norms/modulation/adaLN rows of cached modules skipped)" if lean else "official (original forward)"
         print(f"(b) reuse step / full step, {args.blocks} blocks, batch 2, {what}: {costs[lean] * 100:.2f}% "
-              f"(goal < 2.5%)")  # fmt: skip
+              f"(goal < 2.5%)", flush=True)  # fmt: skip
+    if args.only == "cost":
+        return
     request = Request(label=207, steps=args.steps, seed=0, guidance=4.0)
     for n in args.intervals:
         r = paired_speedup(pipe, lambda: generate(pipe, request), ForaConfig(interval=n), pairs=args.speed_pairs)
@@ -100,7 +103,7 @@ def speedups(args):
         print(f"(b) N={n}: DiT-XL/2 width, {args.blocks} blocks, T={args.steps}, batch 2: no FORA {r.baseline_s:.2f}s, "
               f"FORA {r.fora_s:.2f}s, speedup {r}, ideal {ideal:.3f}x, {r.ratio / ideal * 100:.1f}% of ideal "
               f"(target >= 95%); {r.ratio / reachable * 100:.1f}% of the {reachable:.3f}x that the reuse-step cost "
-              "allows")  # fmt: skip
+              "allows", flush=True)  # fmt: skip
 
 
 def main(argv=None):
@@ -113,13 +116,14 @@ def main(argv=None):
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5])
-    p.add_argument("--only", choices=["a", "b", "all"], default="all", help="run only (a) or (b)")
+    p.add_argument("--only", choices=["a", "b", "cost", "all"], default="all",
+                   help="run only (a), (b), or the reuse-step cost of (b)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s); speedups: median of ABBA pair ratios")
     if args.only in ("a", "all"):
         overhead(args)
-    if args.only in ("b", "all"):
+    if args.only in ("b", "cost", "all"):
         speedups(args)
 
 

@@ -75,6 +75,13 @@ def _adaln_zero_chunks(linear: torch.nn.Linear, x: torch.Tensor, chunks: tuple[i
     return out
 
 
+def _gated_residual(gate: torch.Tensor, update: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+    """`gate * update + hidden_states`, adding into the product's fresh buffer: the same values, one buffer fewer
+    to allocate and write, which on a memory-bound reuse step is a good part of what is left."""
+    out = gate * update
+    return out.add_(hidden_states) if out.shape == hidden_states.shape else out + hidden_states
+
+
 def block_step_forward(
     block: BasicTransformerBlock,
     cached: dict[str, torch.Tensor],
@@ -110,7 +117,7 @@ def block_step_forward(
         x = x * (1 + mod[_SCALE_MSA]) + mod[_SHIFT_MSA]
         attn_out = computed["attn"] = block.attn1(x, encoder_hidden_states=None, attention_mask=attention_mask,
                                                   **cross_attention_kwargs)  # fmt: skip
-    hidden_states = mod[_GATE_MSA] * attn_out + hidden_states
+    hidden_states = _gated_residual(mod[_GATE_MSA], attn_out, hidden_states)
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
 
@@ -127,7 +134,7 @@ def block_step_forward(
     if mlp_out is None:
         x = block.norm3(hidden_states) if zero else block.norm2(hidden_states)
         mlp_out = computed["mlp"] = block.ff(x * (1 + mod[_SCALE_MLP]) + mod[_SHIFT_MLP])
-    hidden_states = mod[_GATE_MLP] * mlp_out + hidden_states
+    hidden_states = _gated_residual(mod[_GATE_MLP], mlp_out, hidden_states)
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
     return hidden_states, computed
