@@ -28,9 +28,21 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device) -> float:
-    """Seconds `fn()` takes on `device`: CUDA events between two synchronisations on a GPU, the wall clock else."""
+def time_call(fn: Callable[[], object], device, clock: str = "wall") -> float:
+    """Seconds `fn()` takes on `device`: CUDA events between two synchronisations on a GPU, the wall clock else.
+
+    `clock="cpu"` (CPU device only) counts this process's CPU time instead: on a shared machine it leaves out the
+    time other processes hold the cores, which wall time includes; with one torch thread it is the model's time.
+    """
     device = torch.device(device)
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock={clock!r}: allowed 'wall' or 'cpu'")
+    if clock == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"clock='cpu' times only CPU work, got device {device}")
+        t0 = time.process_time()
+        fn()
+        return time.process_time() - t0
     synchronize(device)
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -64,13 +76,14 @@ class SpeedRatio:
                 "baseline_s": self.baseline_s, "fora_s": self.fora_s}  # fmt: skip
 
 
-def paired_speedup(pipe, call: Callable[[], object], config: ForaConfig, pairs: int = 5, warmup: int = 1) -> SpeedRatio:
+def paired_speedup(pipe, call: Callable[[], object], config: ForaConfig, pairs: int = 5, warmup: int = 1,
+                   clock: str = "wall") -> SpeedRatio:  # fmt: skip
     """Speedup of FORA at `config` over the pipeline without FORA, timed the same way everywhere in this project.
 
     `call()` runs the pipeline once (same inputs every time). No observer is attached; FORA is applied and removed
     outside the timed window (`pipe` must not have FORA applied). After `warmup` untimed calls of each variant, the
     baseline and FORA calls alternate in ABBA pairs and each pair gives one ratio; the result is their median and
-    range. `pipe.device` picks the clock.
+    range. Each call is timed by `time_call` on `pipe.device` with `clock` ("wall", or "cpu" for CPU time).
     """
     if pairs < 1:
         raise ValueError(f"pairs={pairs}: must be >= 1")
@@ -78,10 +91,10 @@ def paired_speedup(pipe, call: Callable[[], object], config: ForaConfig, pairs: 
 
     def run(cached: bool) -> float:
         if not cached:
-            return time_call(call, device)
+            return time_call(call, device, clock)
         apply_fora(pipe, config)
         try:
-            return time_call(call, device)
+            return time_call(call, device, clock)
         finally:
             remove_fora(pipe)
 

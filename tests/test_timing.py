@@ -37,3 +37,13 @@ def test_cli_time_pairs(tmp_path, capsys):
     assert "over 2 pairs" in capsys.readouterr().out
     assert cli_main([*args, "--time-pairs", "-1"]) == 2
     assert "--time-pairs=-1" in capsys.readouterr().err
+
+
+def test_clocks():
+    from fora.timing import time_call
+
+    assert time_call(lambda: sum(range(10**5)), "cpu", clock="cpu") > 0
+    with pytest.raises(ValueError, match="clock='gpu'"):
+        time_call(lambda: None, "cpu", clock="gpu")
+    with pytest.raises(ValueError, match="only CPU work"):
+        time_call(lambda: None, "cuda", clock="cpu")
