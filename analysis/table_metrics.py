@@ -24,6 +24,15 @@ def make_extractor(args):
     return InceptionFeatures(args.inception_weights, device=args.device or "cpu")
 
 
+def reference_description(args) -> str:
+    if args.extractor == "emoji":
+        from fora.emoji.classes import NUM_CLASSES
+
+        count = -(-args.reference_samples // NUM_CLASSES) * NUM_CLASSES
+        return f"{count:,} fresh renders of the emoji (render seed {REFERENCE_RENDER_SEED}, never used in training)"
+    return f"the images of {os.path.basename(args.reference_npz)}"
+
+
 def reference_features(args, extractor) -> Features:
     """Features of the reference set, computed once and cached on disk."""
     if args.extractor == "emoji":

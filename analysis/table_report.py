@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from .samples import SHARD_SIZE, Cell, read_shard, shard_path
+from .table_metrics import reference_description
 
 COLUMNS = ["steps", "interval", "full_steps", "fid", "inception_score", "precision", "recall", "class_accuracy",
            "speedup", "speedup_low", "speedup_high", "ideal_speedup", "psnr_vs_uncached", "samples",
@@ -44,6 +45,7 @@ def write_outputs(args, settings, rows: list[dict], processes: int, num_classes:
         writer.writerows(rows)
     meta = {
         "settings": settings.__dict__, "samples_per_cell": args.samples, "batch_size": args.batch_size,
+        "reference": reference_description(args),
         "command": "python -m analysis.table " + " ".join(sys.argv[1:]), "processes": processes,
         "timing": (f"paired_speedup: {args.timing_pairs} ABBA pairs of timed calls of {args.timing_batch} samples, "
                    "no observers, after a warm-up; median of pair ratios (range)" if args.timing_pairs else
@@ -179,6 +181,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{image-render
 <h1>FORA Table 3 on {esc(s['model'])}</h1>
 <p>{esc(s['sampler'].upper())} sampler, guidance {s['guidance']}, {meta['samples_per_cell']} class-balanced samples per
 cell (sample i: class i mod classes, noise seed from (base seed {s['seed']}, i); the same seeds in every cell).
+Reference: {esc(meta.get('reference', '-'))}.
 {esc(feature_note)} Speedup: {esc(meta['timing'])}. Measured on {esc(meta['machine']['processor'])}
 ({esc(meta['machine']['device'])}, torch {esc(meta['machine']['torch'])}), {esc(meta['date'])}.</p>
 <p>Command: <code>{esc(meta['command'])}</code> ({meta['processes']} process(es))</p>
@@ -215,6 +218,6 @@ def describe(meta: dict) -> str:
              if s["extractor"] == "emoji" else "Inception-v3")  # fmt: skip
     return (f"**{s['model']}**, {s['sampler'].upper()} sampler, guidance {s['guidance']}, "
             f"{meta['samples_per_cell']} class-balanced samples per cell, the same seeds in every cell (base seed "
-            f"{s['seed']}). Feature space: {space}. Speedup: {meta['timing']}. Measured on "
+            f"{s['seed']}). Reference: {meta.get('reference', '-')}. Feature space: {space}. Speedup: {meta['timing']}. Measured on "
             f"{meta['machine']['processor']} ({meta['machine']['device']}, torch {meta['machine']['torch']}), "
             f"{meta['date']}, {meta['processes']} process(es).\n\nRegenerate: `{meta['command']}`")

@@ -27,6 +27,7 @@ def render_card(folder: str) -> str:
         f"| {r['interval']} | {r['accuracy']:.3f} | {r['psnr']:.2f} dB | {r['ssim']:.4f} | {r['batch_seconds']:.1f} s |"
         for r in default["fora"])  # fmt: skip
     worst = sorted(default["per_class_accuracy"].items(), key=lambda kv: kv[1])[:6]
+    table3 = _table3_section(os.path.join(folder, "table3", "table.json"))
     classes = ", ".join(f"{i} {name} {char}" for i, (name, char) in enumerate(EMOJI_CLASSES))
     return f"""# emoji-dit: the embedded model of the FORA explorer
 
@@ -79,6 +80,29 @@ With FORA at the default settings (PSNR/SSIM against the uncached image of the s
 |---|---|---|---|---|
 | 1 | {default['accuracy']:.3f} | inf | 1 | {default['batch_seconds']:.1f} s |
 {fora_rows}
+{table3}"""
+
+
+def _table3_section(path: str) -> str:
+    """Frechet distance per (T, N) from the committed Table 3 (`python -m analysis.table`), if there is one."""
+    if not os.path.isfile(path):
+        return ""
+    meta = json.load(open(path))
+    rows = meta["rows"]
+    steps = sorted({r["steps"] for r in rows})
+    intervals = sorted({r["interval"] for r in rows})
+    cell = {(r["steps"], r["interval"]): r for r in rows}
+    head = "| T | " + " | ".join(f"N={n}" for n in intervals) + " |\n|---|" + "---|" * len(intervals)
+    body = "\n".join(f"| {t} | " + " | ".join(f"{cell[t, n]['fid']:.2f}" if (t, n) in cell else "-" for n in intervals)
+                     + " |" for t in steps)  # fmt: skip
+    return f"""
+## Distribution quality (Table 3: `table3/`, {meta['samples_per_cell']} samples per cell)
+Frechet distance of generated samples to {meta['reference']}, in the emoji classifier's feature space (lower is
+better; not comparable with Inception FID). Precision, recall, the score, class accuracy and the measured speedup of
+every cell are in `table3/table.csv` and `table3/report.html`.
+
+{head}
+{body}
 """
 
 
