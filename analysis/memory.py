@@ -163,7 +163,10 @@ def main(argv=None) -> int:
     p.add_argument("--measure", action="store_true", help="also measure the read on --device")
     p.add_argument("--device", default="cpu", help="where --measure reads: cpu (default) or cuda")
     p.add_argument("--models", nargs="+", default=list(MODEL_SHAPES), choices=list(MODEL_SHAPES))
+    p.add_argument("--threads", type=int, default=None, help="torch threads for a CPU read (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"batch {args.batch} (x2 for guidance), {args.dtype}, T={args.steps}, N={args.interval}; "
           f"{args.bandwidth:g} TB/s, {args.tflops:g} TFLOP/s x {args.utilization:g}")  # fmt: skip

@@ -106,7 +106,7 @@ class ForaConfig:
 
 @dataclass
 class ForaRun:
-    """What happened in one run (one sampling loop of T transformer calls). Shapes and counts only, no tensors."""
+    """What happened in one run (one sampling loop of T transformer calls): counts and timesteps, no features."""
 
     num_steps: int
     full_steps: list[int]  # 0-based step indices, sampling order, at which attention/MLP were computed
@@ -114,8 +114,8 @@ class ForaRun:
     computed_calls: int = 0  # cached-module calls that ran the module
     reused_calls: int = 0  # cached-module calls answered from the cache
     cache_bytes: int = 0  # peak bytes held by the cache during the run
-    # the timestep of each step as passed (a number or a 1-element tensor view): read to floats only on request,
-    # so that the hot path never waits for the device
+    # the timestep of each step as passed (a number or a tensor): read to floats only on request, so that the hot
+    # path never waits for the device
     raw_timesteps: list = field(default_factory=list, repr=False)
 
     @property
@@ -291,7 +291,7 @@ class ForaHandle:
                 "one call per scheduler step (for a hand-written loop call handle.start_run(num_steps) first)"
             )
         state.is_full_step = state.step in state.full_set
-        state.timestep_input = _timestep_view(timestep)
+        state.timestep_input = timestep  # kept as passed (a tensor shares its storage like any view); read lazily
         state._timestep = None
         run.raw_timesteps.append(state.timestep_input)
 
@@ -319,13 +319,6 @@ class ForaHandle:
 
     def __repr__(self):
         return f"ForaHandle(config={self.config!r}, modules={len(self.modules)}, state={self.state!r})"
-
-
-def _timestep_view(timestep):
-    """The first element of a timestep argument without reading it (no device wait): a view, or the number."""
-    if isinstance(timestep, torch.Tensor):
-        return timestep.detach().reshape(-1)[:1] if timestep.numel() else None
-    return timestep
 
 
 def _first_value(timestep) -> float | None:
