@@ -39,11 +39,12 @@ def graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def measure(pipe, request: Request, config: ForaConfig, mode: str, pairs: int, label: str = "") -> dict:
+def measure(pipe, request: Request, config: ForaConfig, mode: str, pairs: int, label: str = "",
+            clock: str = "wall") -> dict:  # fmt: skip
     """Eager and compiled timings of `pipe` for `request` (compiles `pipe.transformer` in place). Prints as it goes."""
     call = lambda: generate(pipe, request)  # noqa: E731
     ideal = ideal_speedup(request.steps, config.interval, config.window)
-    eager = paired_speedup(pipe, call, config, pairs=pairs)
+    eager = paired_speedup(pipe, call, config, pairs=pairs, clock=clock)
     print(f"{label}eager: FORA N={config.interval} {eager} (baseline {eager.baseline_s:.3f}s, FORA "
           f"{eager.fora_s:.3f}s; ideal {ideal:.2f}x)", flush=True)  # fmt: skip
     warm = time_call(call, pipe.device)
@@ -59,7 +60,7 @@ def measure(pipe, request: Request, config: ForaConfig, mode: str, pairs: int, l
     print(f"{label}{mode} compile: first call {first:.1f}s without FORA ({base_graphs} graphs), {first_fora:.1f}s "
           f"with FORA (+{fora_graphs} graphs); a warm eager call takes {warm:.3f}s", flush=True)  # fmt: skip
     with torch._dynamo.config.patch(error_on_recompile=True):  # a recompilation inside timing raises
-        compiled = paired_speedup(pipe, call, config, pairs=pairs)
+        compiled = paired_speedup(pipe, call, config, pairs=pairs, clock=clock)
     print(f"{label}{mode} compiled: FORA N={config.interval} {compiled} (baseline {compiled.baseline_s:.3f}s, FORA "
           f"{compiled.fora_s:.3f}s; ideal {ideal:.2f}x); compiled/eager without FORA "
           f"{eager.baseline_s / compiled.baseline_s:.2f}x; compiled FORA over the eager baseline "
@@ -80,13 +81,14 @@ def main(argv=None):
     p.add_argument("--interval", type=int, default=3)
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall time, or process CPU time (CPU)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), DiT-XL/2 width, {args.blocks} blocks, "
-          f"T={args.steps}, batch 2", flush=True)  # fmt: skip
+    print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.clock} clock, DiT-XL/2 width, "
+          f"{args.blocks} blocks, T={args.steps}, batch 2", flush=True)  # fmt: skip
     pipe = dit_xl_width_pipeline(args.blocks, args.device, getattr(torch, args.dtype))
     measure(pipe, Request(label=207, steps=args.steps, seed=0, guidance=4.0), ForaConfig(interval=args.interval),
-            args.mode, args.pairs)  # fmt: skip
+            args.mode, args.pairs, clock=args.clock)  # fmt: skip
 
 
 if __name__ == "__main__":
