@@ -92,10 +92,11 @@ def measure_read_on_gpu(nbytes: int) -> tuple[str, float]:
 
 # -- Compare ----------------------------------------------------------------------------------------------------
 def _metrics_rows(comp, cached_baseline: bool, speed=None, pairs: int = form.COMPARE_PAIRS,
-                  measuring: bool = True) -> list[list]:  # fmt: skip
+                  measuring: bool = True, clock: str = "") -> list[list]:  # fmt: skip
     m = comp.metrics
     if speed is not None:
-        timed, calls = str(speed), f"{speed.baseline_s * 1e3:.0f} ms / {speed.fora_s * 1e3:.0f} ms"
+        what = {"cpu": " (process CPU time)", "wall": " (wall time)"}.get(clock, "")
+        timed, calls = f"{speed}{what}", f"{speed.baseline_s * 1e3:.0f} ms / {speed.fora_s * 1e3:.0f} ms"
     elif measuring and pairs:
         timed, calls = f"measuring: 1 warm-up + {pairs} pairs of calls without observers...", "..."
     else:
@@ -169,9 +170,10 @@ def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_at
                                "timing the speedup...", token)  # fmt: skip
                     elif p.phase == "timed":
                         comp.speed = p.speed
-                        yield (SKIP, SKIP, SKIP, _metrics_rows(comp, cached is not None, p.speed, measuring=False),
-                               *(SKIP,) * 5, f"done: {done}, {len(comp.fora.run.full_steps)} full steps of "
-                               f"{job.request.steps}; speedup {p.speed or 'not measured'}", SKIP)  # fmt: skip
+                        rows = _metrics_rows(comp, cached is not None, p.speed, measuring=False, clock=p.clock)
+                        status = (f"done: {done}, {len(comp.fora.run.full_steps)} full steps of {job.request.steps}; "
+                                  f"speedup {p.speed or 'not measured'}")  # fmt: skip
+                        yield (SKIP, SKIP, SKIP, rows, *(SKIP,) * 5, status, SKIP)
             finally:
                 stream.close()  # cancelled or failed: stop the run at its next step before the lock is released
     except (ValueError, live.ModelLoadError) as e:
@@ -215,7 +217,8 @@ def _sweep_outputs(result: SweepResult, model_key: str):
     table = [[r.interval, r.full_steps, str(r.speed), f"{r.ideal_speedup:.2f}x",
               "inf" if r.psnr == float("inf") else f"{r.psnr:.2f}", f"{r.ssim:.4f}",
               f"{r.cache_bytes / 2**20:.2f}"] for r in result.rows]  # fmt: skip
-    return tradeoff_plot([r.as_dict() for r in result.rows]), gallery, table, [paths["csv"], paths["json"], paths["html"]]
+    files = [paths["csv"], paths["json"], paths["html"]]
+    return tradeoff_plot([r.as_dict() for r in result.rows]), gallery, table, files
 
 
 def sweep(model_key, label, prompt, steps, seed, guidance, intervals, num_seeds, cache_attn=True,
@@ -261,7 +264,8 @@ def memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, uti
                    q.tflops * 1e12, q.utilization)  # fmt: skip
     if a["cache_bytes"] <= 2**30:
         device, measured = measure_read_on_gpu(a["cache_bytes"])
-        where = f"Measured on this machine ({device}): reading {a['cache_bytes'] / 2**20:.1f} MiB took {measured * 1e3:.2f} ms."
+        where = (f"Measured on this machine ({device}): reading {a['cache_bytes'] / 2**20:.1f} MiB took "
+                 f"{measured * 1e3:.2f} ms.")
     else:
         where = "Too large to measure here (over 1 GiB)."
     verdict = "yes" if a["compute_over_read"] > 1 else "no"
@@ -450,7 +454,8 @@ def build_demo() -> gr.Blocks:
             [c["base_img"], c["fora_img"], c["diff_img"], c["metrics"], c["heat_attn"], c["heat_mlp"], c["pairwise"],
              c["strip"], c["err"], s["status"], last],
             api_name="generate", concurrency_limit=1, concurrency_id="gpu")  # fmt: skip
-        c["heat_source"].change(redraw_heatmaps, [last, c["heat_source"]], [c["heat_attn"], c["heat_mlp"]], api_name=False)
+        c["heat_source"].change(redraw_heatmaps, [last, c["heat_source"]], [c["heat_attn"], c["heat_mlp"]],
+                                api_name=False)  # fmt: skip
         for widget in (c["block_choice"], c["kind_choice"]):
             widget.change(redraw_pairwise, [last, c["block_choice"], c["kind_choice"]], c["pairwise"], api_name=False)
         swept = sw["run"].click(

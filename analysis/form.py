@@ -168,7 +168,8 @@ def parse_sweep(pipe, model_key: str, label, prompt, steps, seed, guidance, inte
         replace(config, interval=n).check_num_steps(request.steps)
     seeds = tuple(range(request.seed, request.seed + num_seeds))
     job = SweepJob(model_key, request, config, tuple(chosen), seeds)
-    check_budget(job.denoising_steps(), f"this sweep ({num_seeds} seeds x {len(chosen)} intervals x {request.steps} steps)")
+    what = f"this sweep ({num_seeds} seeds x {len(chosen)} intervals x {request.steps} steps)"
+    check_budget(job.denoising_steps(), what)
     return job
 
 

@@ -20,7 +20,8 @@ from fora import ForaConfig
 from fora.generate import Request, is_text_conditional
 from fora.loading import MODELS, ModelLoadError, load_pipeline  # noqa: F401  (ModelLoadError: the app catches it)
 
-from .experiment import Comparison, RunResult, baseline_config, compare_runs, observe_run, timed_speedup
+from .experiment import (Comparison, RunResult, baseline_config, compare_runs, default_clock, observe_run,
+                         timed_speedup)
 from .similarity import default_blocks  # noqa: F401  (the app picks step x step blocks with it)
 from .speed import SpeedRatio
 from .stream import stream_job
@@ -171,6 +172,7 @@ class Progress:
     baseline: RunResult | None = None
     comparison: Comparison | None = None
     speed: SpeedRatio | None = None
+    clock: str = ""  # what timed the pairs: "cpu" (process CPU time) or "wall"
 
 
 def stream_comparison(pipe, request: Request, config: ForaConfig, baseline: RunResult | None = None, pairs: int = 3,
@@ -187,7 +189,10 @@ def stream_comparison(pipe, request: Request, config: ForaConfig, baseline: RunR
 
     def job(emit):
         def observe(phase):
-            return lambda step, num_steps, rec: emit(Progress(phase, step + 1, num_steps, MapsSnapshot.of(rec)), often=True)
+            def report(step, num_steps, rec):
+                emit(Progress(phase, step + 1, num_steps, MapsSnapshot.of(rec)), often=True)
+
+            return report
 
         base = baseline
         if base is None:
@@ -195,8 +200,9 @@ def stream_comparison(pipe, request: Request, config: ForaConfig, baseline: RunR
             emit(Progress("baseline done", request.steps, request.steps, baseline=base))
         fora = observe_run(pipe, request, config, on_step=observe("fora")).to_cpu()
         emit(Progress("compared", request.steps, request.steps, baseline=base, comparison=compare_runs(base, fora)))
-        speed = timed_speedup(pipe, request, config, pairs=pairs, warmup=warmup) if pairs else None
-        emit(Progress("timed", speed=speed))
+        clock = default_clock(pipe)
+        speed = timed_speedup(pipe, request, config, pairs=pairs, warmup=warmup, clock=clock) if pairs else None
+        emit(Progress("timed", speed=speed, clock=clock))
 
     yield from stream_job(pipe.transformer, job, min_interval_s, heartbeat_s=max(min_interval_s, 0.1))
 

@@ -19,7 +19,7 @@ from fora import ForaConfig
 from fora.generate import Request
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
 
-from .experiment import baseline_config, compare_runs, num_blocks, observe_run, timed_speedup
+from .experiment import baseline_config, compare_runs, default_clock, num_blocks, observe_run, timed_speedup
 from .speed import SpeedRatio, cached_module_fraction
 from .stream import stream_job
 
@@ -63,12 +63,13 @@ def _median(values):
 
 
 def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], config: ForaConfig | None = None,
-              pairs: int = 3, warmup: int = 1, progress=None) -> SweepResult:  # fmt: skip
+              pairs: int = 3, warmup: int = 1, progress=None, clock: str | None = None) -> SweepResult:  # fmt: skip
     """Baseline once per seed, then each interval; then each interval timed in pairs on the first seed.
 
     `config` carries the settings every interval shares (modules, window, blocks); `progress(done, total, message)`
-    is called after each run.
+    is called after each run; `clock` times the pairs (default `experiment.default_clock`: CPU time on a CPU).
     """
+    clock = clock or default_clock(pipe)
     config = config or ForaConfig()
     intervals = sorted(set(intervals))
     for n in intervals:
@@ -101,7 +102,7 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
     first = replace(request, seed=seeds[0])
     speeds = {}
     for n in intervals:
-        speeds[n] = timed_speedup(pipe, first, replace(config, interval=n), pairs=pairs, warmup=warmup)
+        speeds[n] = timed_speedup(pipe, first, replace(config, interval=n), pairs=pairs, warmup=warmup, clock=clock)
         tick(f"timed N={n}: {speeds[n]}")
     blocks = pipe.transformer.transformer_blocks
     names = [f"transformer_blocks.{i}.{c}" for i in range(num_blocks(pipe)) for c in ("attn1", "attn2", "ff")
@@ -115,17 +116,19 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
         rows.append(SweepRow(n, ms[0]["full_steps"], ms[0]["ideal_speedup"], _median([m["psnr"] for m in ms]),
                              _median([m["ssim"] for m in ms]), _median([m["mad"] for m in ms]), ms[0]["cache_bytes"],
                              speeds[n]))  # fmt: skip
-    timing = f"paired: {warmup} warm-up and {pairs} ABBA pairs per interval, no observers, seed {seeds[0]}"
+    timing = (f"paired: {warmup} warm-up and {pairs} ABBA pairs per interval, no observers, seed {seeds[0]}, "
+              f"{'process CPU time' if clock == 'cpu' else 'wall time'}")
     return SweepResult(first, config, list(seeds), rows, images, recorders, per_interval, fraction, timing)
 
 
-def stream_sweep(pipe, request: Request, intervals, seeds, config: ForaConfig, pairs: int = 3, warmup: int = 1):
+def stream_sweep(pipe, request: Request, intervals, seeds, config: ForaConfig, pairs: int = 3, warmup: int = 1,
+                 clock: str | None = None):  # fmt: skip
     """`run_sweep` in a worker thread: yields `(done, total, message)` after each run, then the `SweepResult`;
     `None` every half second in between. Closing the generator stops the sweep at the next denoising step.
     """
     def job(emit):  # noqa: E306
         emit(run_sweep(pipe, request, intervals, seeds, config, pairs, warmup,
-                       progress=lambda d, t, msg: emit((d, t, msg))))  # fmt: skip
+                       progress=lambda d, t, msg: emit((d, t, msg)), clock=clock))  # fmt: skip
 
     yield from stream_job(pipe.transformer, job, min_interval_s=0.0, heartbeat_s=0.5)
 
@@ -143,6 +146,9 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--pairs", type=int, default=5, help="timed baseline/FORA pairs per interval (after a warm-up)")
+    p.add_argument("--clock", choices=["cpu", "wall"], default=None,
+                   help="what times the pairs (default: process CPU time on a CPU, robust on a shared machine; wall "
+                   "time with device events on a GPU)")
     p.add_argument("--out", default="out/sweep", help="output folder")
     args = p.parse_args(argv)
     spec = resolve_model(args.model)
@@ -152,7 +158,7 @@ def main(argv=None) -> int:
         pipe = load_pipeline(args.model, device=args.device)
         pipe.set_progress_bar_config(disable=True)
         t0 = time.perf_counter()
-        result = run_sweep(pipe, request, args.intervals, args.seeds, pairs=args.pairs)
+        result = run_sweep(pipe, request, args.intervals, args.seeds, pairs=args.pairs, clock=args.clock)
     except (ValueError, ModelLoadError) as e:
         print(f"error: {e}")
         return 2

@@ -54,6 +54,9 @@ def cli_runs(args) -> list[list[dict]]:
     from analysis.sweep import run_sweep
     from fora.loading import load_pipeline
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     pipe = load_pipeline("emoji-dit", device="cpu")
     pipe.set_progress_bar_config(disable=True)
     request = Request(label=args.label, steps=args.steps, guidance=3.0)
@@ -69,6 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--label", default="cat")
     p.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5, 7, 10])
     p.add_argument("--only", choices=["app", "cli"], default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the CLI-path runs (the app uses 1)")
     args = p.parse_args(argv)
     if args.only != "cli":
         _report("app Sweep tab (3 pairs per interval)", app_runs(args))

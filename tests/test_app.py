@@ -67,7 +67,7 @@ def test_generate_on_embedded_model(app):
     assert base.shape == fora.shape == diff.shape and base.shape[0] >= 256
     table = dict(metrics)
     assert table["full / reuse steps"] == "5 / 7" and "dB" in table["PSNR vs baseline"]
-    assert table["speedup, measured (baseline / FORA, median of pairs)"].endswith("over 3 pairs")
+    assert table["speedup, measured (baseline / FORA, median of pairs)"].endswith("over 3 pairs (process CPU time)")
     assert heat_attn.to_dict()["data"][0]["z"] is not None and status.startswith("done: N=3, seed 7")
     # the plots redraw from the server-side result the session's token names
     assert app.redraw_pairwise(token, "0", "mlp").to_dict()["data"]
