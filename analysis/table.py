@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
     p.add_argument("--steps", type=int, nargs="+", default=[20, 50], help="denoising steps T")
     p.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5, 7, 10], help="cache intervals N")
-    p.add_argument("--samples", type=int, default=1000, help="samples per cell (>= 2)")
+    p.add_argument("--samples", type=int, nargs="+", default=[1000],
+                   help="samples per cell (>= 2): one value for every T, or one per --steps value")
     p.add_argument("--out", required=True, help="output folder (samples, table, report)")
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddim (deterministic) or ddpm")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
@@ -73,8 +74,14 @@ def check_args(args) -> None:
     """Every bad value raises `ValueError` naming it and the allowed range, before anything is written."""
     if resolve_model(args.model) is None and not os.path.isdir(args.model) and "/" not in args.model:
         raise ValueError(f"--model {args.model!r}: unknown; known: {', '.join(MODELS)}, a hub id or a pipeline folder")
-    if args.samples < 2:
-        raise ValueError(f"--samples {args.samples}: allowed >= 2 (the metrics need at least two samples)")
+    if len(args.samples) not in (1, len(args.steps)):
+        raise ValueError(f"--samples {' '.join(map(str, args.samples))}: give one value, or one per --steps value "
+                         f"({len(args.steps)})")  # fmt: skip
+    for n in args.samples:
+        if n < 2:
+            raise ValueError(f"--samples {n}: allowed >= 2 (the metrics need at least two samples)")
+    args.samples_by_steps = dict(zip(args.steps, args.samples * len(args.steps) if len(args.samples) == 1 else
+                                     args.samples))  # fmt: skip
     if args.batch_size < 1 or args.timing_batch < 1:
         raise ValueError(f"--batch-size {args.batch_size} / --timing-batch {args.timing_batch}: allowed >= 1")
     if args.timing_pairs < 0:
@@ -146,7 +153,7 @@ def _wait_while_paused(pause_file: str | None) -> None:
 
 def generate_all(pipe, args, cells: list[Cell], num_classes: int, rank: int, world: int) -> None:
     """Fill every missing shard; shard j of the missing list goes to process j % world."""
-    todo = [(c, s, e) for c in cells for s, e in shard_ranges(args.samples)
+    todo = [(c, s, e) for c in cells for s, e in shard_ranges(args.samples_by_steps[c.steps])
             if not os.path.isfile(shard_path(args.out, c, s, e))]  # fmt: skip
     mine = todo[rank::world]
     total = sum(e - s for _, s, e in mine)

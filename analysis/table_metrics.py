@@ -72,8 +72,9 @@ def _cell_features(extractor, args, cell: Cell, twin: Cell | None):
     """Features, labels, generation seconds, and the PSNR of each sample against its uncached twin, shard by shard
     (a paper-size cell of 50,000 images never sits in memory at once)."""
     feats, logits, labels, psnrs, seconds = [], [], [], [], 0.0
-    twins = iter_cell(args.out, twin, args.samples, args.seed) if twin is not None else None
-    for shard in iter_cell(args.out, cell, args.samples, args.seed):
+    n = args.samples_by_steps[cell.steps]
+    twins = iter_cell(args.out, twin, n, args.seed) if twin is not None else None
+    for shard in iter_cell(args.out, cell, n, args.seed):
         f = extractor(shard["images"])
         feats.append(f.features)
         logits.append(f.logits)

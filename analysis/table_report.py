@@ -44,7 +44,7 @@ def write_outputs(args, settings, rows: list[dict], processes: int, num_classes:
         writer.writeheader()
         writer.writerows(rows)
     meta = {
-        "settings": settings.__dict__, "samples_per_cell": args.samples, "batch_size": args.batch_size,
+        "settings": settings.__dict__, "samples_per_cell": _per_cell(args.samples_by_steps), "batch_size": args.batch_size,
         "reference": reference_description(args),
         "command": "python -m analysis.table " + " ".join(sys.argv[1:]), "processes": processes,
         "timing": (f"paired_speedup: {args.timing_pairs} ABBA pairs of timed calls of {args.timing_batch} samples, "
@@ -59,12 +59,23 @@ def write_outputs(args, settings, rows: list[dict], processes: int, num_classes:
     with open(os.path.join(out, "table.json"), "w") as f:
         json.dump(meta, f, indent=1)
     steps, intervals = sorted({r["steps"] for r in rows}), sorted({r["interval"] for r in rows})
-    samples = collect_grid_samples(out, steps, intervals, num_classes, args.samples, args.seed)
+    samples = collect_grid_samples(out, steps, intervals, num_classes, min(args.samples_by_steps.values()), args.seed)
     np.savez_compressed(os.path.join(out, "grid_samples.npz"), images=samples, steps=steps, intervals=intervals)
     grid = class_grid(samples, list(range(min(GRID_CLASSES, samples.shape[2]))))
     Image.fromarray(grid).save(os.path.join(out, "grid.png"))
     with open(os.path.join(out, "report.html"), "w") as f:
         f.write(report_html(meta, grid))
+
+
+def _per_cell(samples_by_steps: dict[int, int]) -> int | dict[str, int]:
+    """One number when every T has the same samples per cell, else {T: samples}."""
+    values = set(samples_by_steps.values())
+    return values.pop() if len(values) == 1 else {str(t): n for t, n in sorted(samples_by_steps.items())}
+
+
+def samples_text(meta: dict) -> str:
+    n = meta["samples_per_cell"]
+    return f"{n}" if isinstance(n, int) else ", ".join(f"{v} at T={k}" for k, v in n.items())
 
 
 def load_table(folder: str) -> dict:
@@ -179,7 +190,7 @@ def report_html(meta: dict, grid: np.ndarray) -> str:
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{image-rendering:pixelated}}</style></head><body>
 <h1>FORA Table 3 on {esc(s['model'])}</h1>
-<p>{esc(s['sampler'].upper())} sampler, guidance {s['guidance']}, {meta['samples_per_cell']} class-balanced samples per
+<p>{esc(s['sampler'].upper())} sampler, guidance {s['guidance']}, {esc(samples_text(meta))} class-balanced samples per
 cell (sample i: class i mod classes, noise seed from (base seed {s['seed']}, i); the same seeds in every cell).
 Reference: {esc(meta.get('reference', '-'))}.
 {esc(feature_note)} Speedup: {esc(meta['timing'])}. Measured on {esc(meta['machine']['processor'])}
@@ -217,7 +228,7 @@ def describe(meta: dict) -> str:
              "numbers rank settings of this model and are not comparable with Inception FID"
              if s["extractor"] == "emoji" else "Inception-v3")  # fmt: skip
     return (f"**{s['model']}**, {s['sampler'].upper()} sampler, guidance {s['guidance']}, "
-            f"{meta['samples_per_cell']} class-balanced samples per cell, the same seeds in every cell (base seed "
+            f"{samples_text(meta)} class-balanced samples per cell, the same seeds in every cell (base seed "
             f"{s['seed']}). Reference: {meta.get('reference', '-')}. Feature space: {space}. Speedup: {meta['timing']}. Measured on "
             f"{meta['machine']['processor']} ({meta['machine']['device']}, torch {meta['machine']['torch']}), "
             f"{meta['date']}, {meta['processes']} process(es).\n\nRegenerate: `{meta['command']}`")

@@ -169,6 +169,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny_model, one_process, 
         (["--model", "no-such-model"], "no-such-model"),
         (["--intervals", "4"], "--intervals 4 out of range for --steps 4: allowed 1..3"),
         (["--samples", "1"], "--samples 1: allowed >= 2"),
+        (["--samples", "20", "20", "20"], "give one value, or one per --steps value (1)"),
         (["--extractor", "inception", "--inception-weights", "/nonexistent/pt_inception.pth"], "--inception-weights"),
     ],
 )
@@ -224,3 +225,14 @@ def test_a_dit_pipeline_folder_with_ddpm(tmp_path):
     with np.load(tmp_path / "a" / "samples" / "T4_N3" / "shard_0000000-0000020.npz") as z:
         assert z["labels"].tolist() == list(range(20)) and z["images"].shape[0] == 20
     assert json.loads((tmp_path / "a" / "run.json").read_text())["sampler"] == "ddpm"
+
+
+def test_samples_per_cell_can_differ_by_steps(tmp_path):
+    from analysis.table import check_args, parse_args
+
+    args = parse_args(["--steps", "20", "50", "--samples", "1000", "500", "--out", str(tmp_path / "t")])
+    check_args(args)
+    assert args.samples_by_steps == {20: 1000, 50: 500}
+    args = parse_args(["--steps", "20", "50", "--samples", "300", "--out", str(tmp_path / "t")])
+    check_args(args)
+    assert args.samples_by_steps == {20: 300, 50: 300}

@@ -95,8 +95,10 @@ def _table3_section(path: str) -> str:
     head = "| T | " + " | ".join(f"N={n}" for n in intervals) + " |\n|---|" + "---|" * len(intervals)
     body = "\n".join(f"| {t} | " + " | ".join(f"{cell[t, n]['fid']:.2f}" if (t, n) in cell else "-" for n in intervals)
                      + " |" for t in steps)  # fmt: skip
+    n = meta["samples_per_cell"]
+    samples = f"{n}" if isinstance(n, int) else ", ".join(f"{v} at T={k}" for k, v in n.items())
     return f"""
-## Distribution quality (Table 3: `table3/`, {meta['samples_per_cell']} samples per cell)
+## Distribution quality (Table 3: `table3/`, {samples} samples per cell)
 Frechet distance of generated samples to {meta['reference']}, in the emoji classifier's feature space (lower is
 better; not comparable with Inception FID). Precision, recall, the score, class accuracy and the measured speedup of
 every cell are in `table3/table.csv` and `table3/report.html`.
