@@ -407,19 +407,21 @@ def _table3_tab():
     """The committed Table 3 of the embedded model: read from files, nothing runs."""
     try:
         meta = load_table(TABLE3_DIR)
-    except FileNotFoundError:
-        gr.Markdown(f"No Table 3 in `{TABLE3_DIR}` yet. Make it with `{TABLE3_COMMAND}` (CPU hours; "
-                    "`torchrun --nproc_per_node K -m analysis.table ...` splits the work).")  # fmt: skip
+        first = table3_grid(LABELS[0])
+    except (OSError, ValueError, KeyError, gr.Error) as e:  # no table yet, or an unreadable one: say so, start anyway
+        gr.Markdown(f"No readable Table 3 in `{TABLE3_DIR}` ({type(e).__name__}: {e}). Make it with "
+                    f"`{TABLE3_COMMAND}` (CPU hours; `torchrun --nproc_per_node K -m analysis.table ...` splits the "
+                    "work).")  # fmt: skip
         return None
-    gr.Markdown("Distribution quality of thousands of samples per setting, the paper's Table 3 on the embedded "
+    gr.Markdown("Distribution quality over many samples per setting, the paper's Table 3 on the embedded "
                 "model. FD: Frechet distance to fresh renders of the emoji (lower is better); score, precision, "
                 "recall and class accuracy from the emoji classifier. " + describe(meta))  # fmt: skip
     gr.Dataframe(value=display_rows(meta), headers=DISPLAY_HEADERS, interactive=False)
     with gr.Row():
-        gr.Plot(fid_heatmap(meta["rows"]))
-        gr.Plot(fid_speed_plot(meta["rows"]))
+        gr.Plot(fid_heatmap(meta["rows"], meta.get("floor")))
+        gr.Plot(fid_speed_plot(meta["rows"], meta.get("floor")))
     w = {"class": gr.Dropdown(LABELS, value=LABELS[0], label="class")}
-    w["grid"] = gr.Image(table3_grid(LABELS[0]), label="the same seeds at every N (columns), one block per T",
+    w["grid"] = gr.Image(first, label="the same seeds at every N (columns), one block per T",
                          interactive=False)  # fmt: skip
     return w
 

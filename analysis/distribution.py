@@ -5,8 +5,8 @@ precision and recall (Kynkaenniemi et al. 2019, k = 3), in the feature space of 
   features for FD / precision / recall and its 32 class logits for the score. These numbers measure the same things
   as FID / IS in a much smaller feature space: they rank settings of this model, and are NOT comparable with
   Inception FID numbers of papers.
-- `InceptionFeatures` (DiT-XL/2 on a machine that has the files): Inception-v3 from a local weights file, 2048 pool
-  features and 1008 logits, as torchmetrics' FID uses it. It never downloads.
+- `InceptionFeatures` (DiT-XL/2 on a machine that has the files): torch-fidelity's Inception-v3 (the network and
+  resize of TF1 FID) from a local weights file, 2048 pool features and 1008 logits. It never downloads.
 
 The math comes from libraries: torchmetrics' `FrechetInceptionDistance` and `InceptionScore` (fed with features
 computed once per image set, through `_Precomputed`), and prdc's `compute_prdc` for precision and recall.
@@ -61,6 +61,7 @@ class EmojiFeatures:
     """Penultimate features and class logits of the emoji classifier; images uint8 N x 32 x 32 x 3."""
 
     def __init__(self, weights: str | None = None, batch_size: int = 512):
+        from fora.emoji.classes import LABELS
         from fora.emoji.classifier import EmojiClassifier
         from fora.loading import ASSETS
         from safetensors.torch import load_file
@@ -73,6 +74,7 @@ class EmojiFeatures:
         self.model.eval()
         self.batch_size = batch_size
         self.key = f"emoji-classifier-{_sha256(weights)}"
+        self.labels = LABELS
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> Features:
@@ -86,27 +88,29 @@ class EmojiFeatures:
 
 
 class InceptionFeatures:
-    """Inception-v3 (torchmetrics' FID network, weights from a local file): 2048 pool features and 1008 logits."""
+    """Inception-v3 as FID uses it (torch-fidelity's TF1-compatible network and resize, weights from a local file):
+    2048 pool features and 1008 unbiased logits per image; images uint8 N x H x W x 3, any size."""
 
     def __init__(self, weights: str, device: str = "cpu", batch_size: int = 100):
         if not weights or not os.path.isfile(weights):
             raise ValueError(f"--inception-weights {weights!r}: no such file (it is never downloaded)")
         try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError as e:  # torchmetrics ships the network only with torch-fidelity installed
-            raise ValueError("--extractor inception needs torch-fidelity and the torchvision matching your torch "
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError as e:
+            raise ValueError("--extractor inception needs torch-fidelity and the torchvision that matches your torch "
                              "(pip install torch-fidelity torchvision)") from e  # fmt: skip
-        self.model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
-                                        feature_extractor_weights_path=weights).to(device)  # fmt: skip
+        self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                 feature_extractor_weights_path=weights).eval().to(device)  # fmt: skip
         self.device, self.batch_size = device, batch_size
         self.key = f"inception-v3-{_sha256(weights)}"
+        self.labels = None  # 1008 ImageNet-style logits, not a generator's classes
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> Features:
         feats, logits = [], []
         for i in range(0, len(images), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])).permute(0, 3, 1, 2)
-            f, lg = self.model(x.to(self.device))
+            f, lg = self.model(x.to(self.device))  # the network returns one tensor per requested feature
             feats.append(f.double().cpu().numpy())
             logits.append(lg.float().cpu().numpy())
         return Features(np.concatenate(feats), np.concatenate(logits))

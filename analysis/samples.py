@@ -79,8 +79,9 @@ def set_sampler(pipe, sampler: str) -> None:
 
 
 def generate_samples(pipe, indices: list[int], cell: Cell, base_seed: int, guidance: float, num_classes: int,
-                     batch_size: int, before_batch=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Images (uint8, n x H x W x 3), labels and seeds of the given sample indices for one cell.
+                     batch_size: int, before_batch=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:  # fmt: skip
+    """Images (uint8, n x H x W x 3), labels, seeds and seconds spent generating (pauses left out) of the given
+    sample indices for one cell. `before_batch()` runs before each batch and returns the seconds it waited.
 
     N = 1 runs the model without FORA at all (the true uncached reference); N > 1 applies FORA for the call.
     DiT-style pipelines draw the noise of each sample from its own generator; `EmojiDiTPipeline` also passes them
@@ -89,7 +90,8 @@ def generate_samples(pipe, indices: list[int], cell: Cell, base_seed: int, guida
     """
     seeds = np.array([sample_seed(base_seed, i) for i in indices], dtype=np.int64)
     labels = sample_labels(indices, num_classes)
-    images = []
+    images, paused = [], 0.0
+    t0 = time.perf_counter()
     config = ForaConfig(interval=cell.interval) if cell.interval > 1 else None
     if config is not None:
         config.check_num_steps(cell.steps)
@@ -97,7 +99,7 @@ def generate_samples(pipe, indices: list[int], cell: Cell, base_seed: int, guida
     try:
         for b in range(0, len(indices), batch_size):
             if before_batch is not None:
-                before_batch()
+                paused += before_batch() or 0.0
             batch_seeds = seeds[b : b + batch_size]
             generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in batch_seeds]
             torch.manual_seed(int(batch_seeds[0]))
@@ -107,7 +109,7 @@ def generate_samples(pipe, indices: list[int], cell: Cell, base_seed: int, guida
     finally:
         if config is not None:
             remove_fora(pipe)
-    return np.concatenate(images), labels, seeds
+    return np.concatenate(images), labels, seeds, time.perf_counter() - t0 - paused
 
 
 def _shards_starting_at(folder: str, start: int) -> list[tuple[int, str]]:
@@ -155,10 +157,8 @@ def fill_shard(pipe, out_dir: str, cell: Cell, start: int, end: int, base_seed: 
                 old = candidate
                 break
     first = start + (len(have["images"]) if have else 0)
-    t0 = time.perf_counter()
-    images, labels, seeds = generate_samples(pipe, list(range(first, end)), cell, base_seed, guidance, num_classes,
-                                             batch_size, before_batch)  # fmt: skip
-    seconds = time.perf_counter() - t0
+    images, labels, seeds, seconds = generate_samples(pipe, list(range(first, end)), cell, base_seed, guidance,
+                                                      num_classes, batch_size, before_batch)  # fmt: skip
     if have:
         images = np.concatenate([have["images"], images])
         labels = np.concatenate([have["labels"], labels])

@@ -15,8 +15,11 @@ processes are joined with accelerate's `PartialState` (gloo on CPU, NCCL on GPUs
 """
 
 import argparse
+import contextlib
+import datetime
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +30,8 @@ from tqdm.auto import tqdm
 
 from fora.loading import MODELS, ModelLoadError, load_pipeline, resolve_model
 
-from .samples import SAMPLERS, Cell, fill_shard, remove_partial_writes, set_sampler, shard_path, shard_ranges
+from .distribution import PR_NEIGHBOURS
+from .samples import SAMPLERS, Cell, fill_shard, read_shard, remove_partial_writes, set_sampler, shard_path, shard_ranges
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=[20, 50], help="denoising steps T")
     p.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5, 7, 10], help="cache intervals N")
     p.add_argument("--samples", type=int, nargs="+", default=[1000],
-                   help="samples per cell (>= 2): one value for every T, or one per --steps value")
+                   help="samples per cell (>= 4): one value for every T, or one per --steps value")
     p.add_argument("--out", required=True, help="output folder (samples, table, report)")
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddim (deterministic) or ddpm")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
@@ -62,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference-samples", type=int, default=10000, help="emoji reference renders (>= 2)")
     p.add_argument("--timing-pairs", type=int, default=3, help="ABBA pairs per cell for the speedup (0: skip)")
     p.add_argument("--timing-batch", type=int, default=8, help="samples per timed call")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="wall time (a quiet machine), or this "
+                   "process's CPU time (CPU only: robust when other jobs share the machine)")
     p.add_argument("--skip-metrics", action="store_true", help="only generate the samples")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / processes)")
     p.add_argument("--device", default=None, help="default: this process's accelerator, else CPU")
@@ -77,9 +83,10 @@ def check_args(args) -> None:
     if len(args.samples) not in (1, len(args.steps)):
         raise ValueError(f"--samples {' '.join(map(str, args.samples))}: give one value, or one per --steps value "
                          f"({len(args.steps)})")  # fmt: skip
+    least = PR_NEIGHBOURS + 1  # precision/recall need more samples than neighbours
     for n in args.samples:
-        if n < 2:
-            raise ValueError(f"--samples {n}: allowed >= 2 (the metrics need at least two samples)")
+        if n < least:
+            raise ValueError(f"--samples {n}: allowed >= {least} (precision/recall use {PR_NEIGHBOURS} neighbours)")
     args.samples_by_steps = dict(zip(args.steps, args.samples * len(args.steps) if len(args.samples) == 1 else
                                      args.samples))  # fmt: skip
     if args.batch_size < 1 or args.timing_batch < 1:
@@ -99,8 +106,8 @@ def check_args(args) -> None:
             if not path or not os.path.isfile(path):
                 raise ValueError(f"{name} {path!r}: no such file; --extractor inception needs local files and "
                                  "never downloads them")  # fmt: skip
-    elif args.reference_samples < 2:
-        raise ValueError(f"--reference-samples {args.reference_samples}: allowed >= 2")
+    elif args.reference_samples < PR_NEIGHBOURS + 1:
+        raise ValueError(f"--reference-samples {args.reference_samples}: allowed >= {PR_NEIGHBOURS + 1}")
     out = os.path.abspath(args.out)
     parent = out
     while not os.path.exists(parent):
@@ -141,20 +148,42 @@ def default_extractor(model: str) -> str:
     return "inception"
 
 
-def _wait_while_paused(pause_file: str | None) -> None:
+def _wait_while_paused(pause_file: str | None, rank: int) -> float:
+    """Block while `pause_file` exists, with a marker `PAUSE_FILE.paused-RANK` meanwhile; returns the seconds waited."""
     if not pause_file or not os.path.exists(pause_file):
-        return
-    open(pause_file + "d", "w").close()
+        return 0.0
+    t0 = time.perf_counter()
+    marker = f"{pause_file}.paused-{rank}"
+    open(marker, "w").close()
     while os.path.exists(pause_file):
         time.sleep(2)
-    if os.path.exists(pause_file + "d"):
-        os.remove(pause_file + "d")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(marker)
+    return time.perf_counter() - t0
 
 
-def generate_all(pipe, args, cells: list[Cell], num_classes: int, rank: int, world: int) -> None:
-    """Fill every missing shard; shard j of the missing list goes to process j % world."""
-    todo = [(c, s, e) for c in cells for s, e in shard_ranges(args.samples_by_steps[c.steps])
-            if not os.path.isfile(shard_path(args.out, c, s, e))]  # fmt: skip
+def missing_shards(args, cells: list[Cell]) -> list[tuple[Cell, int, int]]:
+    """Every shard not yet written whole (a file that does not hold exactly its samples counts as missing)."""
+    return [(c, s, e) for c in cells for s, e in shard_ranges(args.samples_by_steps[c.steps])
+            if read_shard(shard_path(args.out, c, s, e), s, e, args.seed) is None]  # fmt: skip
+
+
+def lock_folder(out_dir: str):
+    """Hold an exclusive lock on `out_dir` for the life of this process; `ValueError` when another run holds it."""
+    import fcntl
+
+    handle = open(os.path.join(out_dir, ".lock"), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(f"--out {out_dir!r} is in use by another run of analysis.table; wait for it or use "
+                         "another --out") from None  # fmt: skip
+    return handle
+
+
+def generate_all(pipe, args, todo: list, num_classes: int, rank: int, world: int) -> None:
+    """Fill the missing shards that rank 0 listed; shard j of the list goes to process j % world."""
     mine = todo[rank::world]
     total = sum(e - s for _, s, e in mine)
     bar = tqdm(total=total, desc=f"samples (process {rank})" if world > 1 else "samples", unit="img", position=rank,
@@ -162,9 +191,27 @@ def generate_all(pipe, args, cells: list[Cell], num_classes: int, rank: int, wor
     for cell, start, end in mine:
         bar.set_postfix_str(cell.name)
         made = fill_shard(pipe, args.out, cell, start, end, args.seed, args.guidance, num_classes, args.batch_size,
-                          before_batch=lambda: _wait_while_paused(args.pause_file))  # fmt: skip
+                          before_batch=lambda: _wait_while_paused(args.pause_file, rank))  # fmt: skip
         bar.update(made)
     bar.close()
+
+
+def prepare_folder(args, settings: "Settings", cells: list[Cell]) -> list:
+    """Rank 0, before any process writes: refuse a folder made with other settings or in use by another run, claim
+    it, delete the temporary files of killed writes, and list the shards still to make. Raises `ValueError`."""
+    if not check_folder(args.out, settings):
+        os.makedirs(args.out, exist_ok=True)
+        _write_json(os.path.join(args.out, "run.json"), asdict(settings))
+    args.lock = lock_folder(args.out)
+    remove_partial_writes(args.out)
+    with open(os.path.join(args.out, "runs.jsonl"), "a") as f:  # every invocation, for the report
+        f.write(json.dumps({"command": args.command, "processes": args.processes, "threads": torch.get_num_threads(),
+                            "device": args.device, "date": _now()}) + "\n")  # fmt: skip
+    return missing_shards(args, cells)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell, dict]:
@@ -174,13 +221,19 @@ def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell,
     from .speed import paired_speedup
 
     path = os.path.join(args.out, "timing.json")
-    cache = json.load(open(path)) if os.path.isfile(path) else {}
-    key_of = lambda c: f"{c.name}_b{args.timing_batch}_p{args.timing_pairs}_{pipe.device.type}"  # noqa: E731
+    cache = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            cache = json.load(f)
+    from .table_report import machine
+
+    where = machine(args)  # timings are reused only from the same machine, device, threads and clock
+    where = f"{where['processor']}_{where['device']}_t{where['threads']}_{where['clock']}"
     result = {}
     for cell in cells:
-        key = key_of(cell)
+        key = f"{cell.name}_b{args.timing_batch}_p{args.timing_pairs}_{where}"
         if key not in cache:
-            _wait_while_paused(args.pause_file)
+            _wait_while_paused(args.pause_file, 0)
             labels = list(range(args.timing_batch))
             labels = [x % num_classes for x in labels]
 
@@ -189,7 +242,8 @@ def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell,
                 pipe(class_labels=labels, num_inference_steps=cell.steps, guidance_scale=args.guidance, generator=g,
                      output_type="np")  # fmt: skip
 
-            ratio = paired_speedup(pipe, call, ForaConfig(interval=cell.interval), pairs=args.timing_pairs)
+            ratio = paired_speedup(pipe, call, ForaConfig(interval=cell.interval), pairs=args.timing_pairs,
+                                   clock=args.clock)  # fmt: skip
             cache[key] = {**ratio.as_dict(), "text": str(ratio), "batch": args.timing_batch}
             _write_json(path, cache)
             print(f"{cell.name}: {ratio}", flush=True)
@@ -205,6 +259,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    from .table_metrics import make_extractor
 
     # on a machine without CUDA, PartialState() ignores torchrun's processes; cpu=True joins them with gloo
     state = PartialState(cpu=not torch.cuda.is_available() or (args.device or "").startswith("cpu"))
@@ -234,19 +291,22 @@ def main(argv=None) -> int:
     num_classes = pipe.transformer.config.num_embeds_ada_norm
     cells = [Cell(t, n) for t in sorted(set(args.steps)) for n in sorted(set(args.intervals))]
     settings = Settings(args.model, args.sampler, float(args.guidance), args.seed, args.extractor)
-    try:
-        claimed = check_folder(args.out, settings)  # every process reads; only rank 0 writes
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args.command = shlex.join((["torchrun", "--nproc_per_node", str(world)] if world > 1 else ["python"]) +
+                              ["-m", "analysis.table", *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    args.processes, args.num_classes = world, num_classes
+    error, todo = None, []
     if state.is_main_process:
-        if not claimed:
-            os.makedirs(args.out, exist_ok=True)
-            _write_json(os.path.join(args.out, "run.json"), asdict(settings))
-        remove_partial_writes(args.out)  # before any process starts writing
-    state.wait_for_everyone()
+        try:
+            extractor = None if args.skip_metrics else make_extractor(args)  # a missing package fails here, not later
+            todo = prepare_folder(args, settings, cells)
+        except ValueError as e:
+            error = str(e)
+    error, todo = broadcast_object_list([error, todo], from_process=0)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
-    generate_all(pipe, args, cells, num_classes, rank, world)
+    generate_all(pipe, args, todo, num_classes, rank, world)
     state.wait_for_everyone()
     if not state.is_main_process or args.skip_metrics:
         return 0
@@ -255,10 +315,11 @@ def main(argv=None) -> int:
     from .table_report import COLUMNS, write_outputs
 
     speed = measure_speed(pipe, args, cells, num_classes) if args.timing_pairs else {}
-    rows = table_rows(args, cells, speed)
-    write_outputs(args, settings, rows, world, num_classes)
+    rows, notes = table_rows(args, cells, speed, extractor)
+    write_outputs(args, settings, rows, notes)
     for r in rows:
-        print(" ".join(f"{c}={r[c]:.4g}" if isinstance(r[c], float) else f"{c}={r[c]}" for c in COLUMNS), flush=True)
+        print(" ".join(f"{c}={r[c]:.4g}" if isinstance(r[c], float) else f"{c}={r[c]}" for c in COLUMNS if c in r),
+              flush=True)  # fmt: skip
     print(f"wrote {args.out}/table.csv, table.json, report.html")
     return 0
 

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import platform
-import sys
 
 import numpy as np
 import plotly.graph_objects as go
@@ -27,7 +26,7 @@ from .table_metrics import reference_description
 
 COLUMNS = ["steps", "interval", "full_steps", "fid", "inception_score", "precision", "recall", "class_accuracy",
            "speedup", "speedup_low", "speedup_high", "ideal_speedup", "psnr_vs_uncached", "samples",
-           "samples_per_s"]  # fmt: skip
+           "samples_per_s", "fid_common", "inception_score_std", "generation_process_s"]  # fmt: skip
 GRID_PER_CLASS = 2  # samples of each class kept for the grids (sample indices c and c + classes)
 GRID_CLASSES = 6  # classes in the report's grid
 
@@ -36,35 +35,61 @@ def _finite(v):
     return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
-def write_outputs(args, settings, rows: list[dict], processes: int, num_classes: int) -> None:
-    """table.csv, table.json (settings, command, machine, rows), grid_samples.npz, grid.png and report.html."""
+def _atomic(path: str, write) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _runs(out: str) -> list[dict]:
+    path = os.path.join(out, "runs.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_outputs(args, settings, rows: list[dict], notes: dict) -> None:
+    """table.csv, grid_samples.npz, grid.png, report.html and, last, table.json (what the app reads), each written
+    whole under a temporary name and renamed, so a killed run never leaves a table without its grid."""
     out = args.out
-    with open(os.path.join(out, "table.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
     meta = {
-        "settings": settings.__dict__, "samples_per_cell": _per_cell(args.samples_by_steps), "batch_size": args.batch_size,
-        "reference": reference_description(args),
-        "command": "python -m analysis.table " + " ".join(sys.argv[1:]), "processes": processes,
+        "settings": settings.__dict__, "samples_per_cell": _per_cell(args.samples_by_steps),
+        "batch_size": args.batch_size, "reference": reference_description(args), "floor": notes["floor"],
+        "common_samples": notes["common_samples"], "command": args.command, "processes": args.processes,
+        "runs": _runs(out),
         "timing": (f"paired_speedup: {args.timing_pairs} ABBA pairs of timed calls of {args.timing_batch} samples, "
-                   "no observers, after a warm-up; median of pair ratios (range)" if args.timing_pairs else
-                   "not measured (--timing-pairs 0)"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": args.device},
+                   f"no observers, after a warm-up, {args.clock} clock; median of pair ratios (range)"
+                   if args.timing_pairs else "not measured (--timing-pairs 0)"),
+        "machine": machine(args),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "rows": [{k: _finite(v) for k, v in r.items()} for r in rows],
     }  # fmt: skip
-    with open(os.path.join(out, "table.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+
+    def write_csv(path):
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    _atomic(os.path.join(out, "table.csv"), write_csv)
     steps, intervals = sorted({r["steps"] for r in rows}), sorted({r["interval"] for r in rows})
-    samples = collect_grid_samples(out, steps, intervals, num_classes, min(args.samples_by_steps.values()), args.seed)
-    np.savez_compressed(os.path.join(out, "grid_samples.npz"), images=samples, steps=steps, intervals=intervals)
+    samples = collect_grid_samples(out, steps, intervals, args.num_classes, args.samples_by_steps, args.seed)
+    _atomic(os.path.join(out, "grid_samples.npz"), lambda p: np.savez_compressed(
+        open(p, "wb"), images=samples, steps=steps, intervals=intervals))  # fmt: skip
     grid = class_grid(samples, list(range(min(GRID_CLASSES, samples.shape[2]))))
-    Image.fromarray(grid).save(os.path.join(out, "grid.png"))
-    with open(os.path.join(out, "report.html"), "w") as f:
-        f.write(report_html(meta, grid))
+    _atomic(os.path.join(out, "grid.png"), lambda p: Image.fromarray(grid).save(p, format="PNG"))
+    _atomic(os.path.join(out, "report.html"), lambda p: open(p, "w").write(report_html(meta, grid)))
+    _atomic(os.path.join(out, "table.json"), lambda p: open(p, "w").write(json.dumps(meta, indent=1)))
+
+
+def machine(args) -> dict:
+    """What the timings ran on: they are only reused on the same machine, device, threads and clock."""
+    device = args.device or "cpu"
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else (
+        platform.processor() or platform.machine())  # fmt: skip
+    return {"platform": platform.platform(), "processor": name, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": device, "clock": args.clock}  # fmt: skip
 
 
 def _per_cell(samples_by_steps: dict[int, int]) -> int | dict[str, int]:
@@ -87,17 +112,18 @@ def load_table(folder: str) -> dict:
         return json.load(f)
 
 
-def collect_grid_samples(out: str, steps: list[int], intervals: list[int], num_classes: int, num_samples: int,
-                         seed: int) -> np.ndarray:  # fmt: skip
+def collect_grid_samples(out: str, steps: list[int], intervals: list[int], num_classes: int,
+                         samples_by_steps: dict[int, int], seed: int) -> np.ndarray:  # fmt: skip
     """uint8 [T, N, class, k, H, W, 3]: the first k <= GRID_PER_CLASS samples of each class in every cell (sample
     indices c, c + classes, ...) from the first shard, small enough to commit, so the app can show a class across N
     without the shards. Models with more classes than the first shard holds keep the classes it holds."""
-    end = min(SHARD_SIZE, num_samples)
-    classes = min(num_classes, end)
-    per_class = max(1, min(GRID_PER_CLASS, end // num_classes))
+    shortest = min(SHARD_SIZE, min(samples_by_steps[t] for t in steps))
+    classes = min(num_classes, shortest)
+    per_class = max(1, min(GRID_PER_CLASS, shortest // num_classes))
     idx = [c + k * num_classes for c in range(classes) for k in range(per_class)]
     per_cell = []
     for t in steps:
+        end = min(SHARD_SIZE, samples_by_steps[t])  # each T's own first shard
         for n in intervals:
             shard = read_shard(shard_path(out, Cell(t, n), 0, end), 0, end, seed)
             if shard is None:
@@ -124,21 +150,31 @@ def load_grid_samples(folder: str) -> np.ndarray:
         return z["images"]
 
 
-def fid_heatmap(rows: list[dict]) -> go.Figure:
+def _fd_key(rows: list[dict]) -> tuple[str, str]:
+    """Which FD to compare across T: at one common sample count when T's counts differ (FD's bias depends on it)."""
+    if any(r.get("fid_common") is not None for r in rows):
+        return "fid_common", " (at the common sample count)"
+    return "fid", ""
+
+
+def fid_heatmap(rows: list[dict], floor: dict | None = None) -> go.Figure:
     steps = sorted({r["steps"] for r in rows})
     intervals = sorted({r["interval"] for r in rows})
-    z = [[next((r["fid"] for r in rows if r["steps"] == t and r["interval"] == n), None) for n in intervals]
+    key, note = _fd_key(rows)
+    z = [[next((r[key] for r in rows if r["steps"] == t and r["interval"] == n), None) for n in intervals]
          for t in steps]  # fmt: skip
     fig = go.Figure(go.Heatmap(z=z, x=[f"N={n}" for n in intervals], y=[f"T={t}" for t in steps], colorscale="Magma_r",
                                text=[[f"{v:.2f}" if v is not None else "" for v in row] for row in z],
                                texttemplate="%{text}", colorbar=dict(title="FD"),
                                hovertemplate="%{y}, %{x}<br>FD %{z:.3f}<extra></extra>"))  # fmt: skip
-    fig.update_layout(title="Frechet distance to the reference set (lower is better)", height=120 + 60 * len(steps),
-                      margin=dict(l=60, r=20, t=50, b=40))  # fmt: skip
+    floor_text = f"; real renders score {floor['fid']:.2f}" if floor else ""
+    fig.update_layout(title=f"Frechet distance to the reference{note} (lower is better{floor_text})",
+                      height=140 + 60 * len(steps), margin=dict(l=60, r=20, t=50, b=40))  # fmt: skip
     return fig
 
 
-def fid_speed_plot(rows: list[dict]) -> go.Figure:
+def fid_speed_plot(rows: list[dict], floor: dict | None = None) -> go.Figure:
+    key, note = _fd_key(rows)
     fig = go.Figure()
     for t in sorted({r["steps"] for r in rows}):
         rs = sorted((r for r in rows if r["steps"] == t), key=lambda r: r["interval"])
@@ -146,12 +182,14 @@ def fid_speed_plot(rows: list[dict]) -> go.Figure:
         err_hi = [(r["speedup_high"] - r["speedup"]) if r["speedup"] is not None else None for r in rs]
         err_lo = [(r["speedup"] - r["speedup_low"]) if r["speedup"] is not None else None for r in rs]
         fig.add_trace(go.Scatter(
-            x=speed, y=[r["fid"] for r in rs], mode="lines+markers+text", name=f"T={t}",
+            x=speed, y=[r[key] for r in rs], mode="lines+markers+text", name=f"T={t}",
             text=[f"N={r['interval']}" for r in rs], textposition="top center",
             error_x=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True),
             hovertemplate="N=%{text}<br>speedup %{x:.2f}x<br>FD %{y:.3f}<extra>T=" + str(t) + "</extra>"))  # fmt: skip
+    if floor:
+        fig.add_hline(y=floor["fid"], line_dash="dot", annotation_text=f"real renders ({floor['samples']})")
     fig.update_layout(title="Quality against measured speedup (bars: range over timed pairs)",
-                      xaxis_title="measured speedup (x)", yaxis_title="Frechet distance", height=380,
+                      xaxis_title="measured speedup (x)", yaxis_title=f"Frechet distance{note}", height=380,
                       margin=dict(l=60, r=20, t=50, b=50))  # fmt: skip
     return fig
 
@@ -180,12 +218,14 @@ def table_html(meta: dict) -> str:
 def report_html(meta: dict, grid: np.ndarray) -> str:
     """A self-contained page: settings, the table, the plots and the image grid (embedded)."""
     s = meta["settings"]
-    figs = [fid_heatmap(meta["rows"]), fid_speed_plot(meta["rows"])]
+    figs = [fid_heatmap(meta["rows"], meta.get("floor")), fid_speed_plot(meta["rows"], meta.get("floor"))]
     plots = "".join(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs))
     feature_note = ("Feature space: the project's emoji classifier (192 penultimate features; 32 class logits for the "
                     "score). These numbers rank settings of this model; they are not comparable with Inception FID."
                     if s["extractor"] == "emoji" else "Feature space: Inception-v3 (2048 pool features, 1008 logits).")
     esc = html.escape
+    runs = "".join(f"<br><code>{esc(r['command'])}</code> ({esc(r['date'])}, {esc(str(r['device']))}, "
+                   f"{r['threads']} thread(s) per process)" for r in meta.get("runs", []))  # fmt: skip
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>FORA Table 3: {esc(s['model'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{image-rendering:pixelated}}</style></head><body>
@@ -195,17 +235,33 @@ cell (sample i: class i mod classes, noise seed from (base seed {s['seed']}, i);
 Reference: {esc(meta.get('reference', '-'))}.
 {esc(feature_note)} Speedup: {esc(meta['timing'])}. Measured on {esc(meta['machine']['processor'])}
 ({esc(meta['machine']['device'])}, torch {esc(meta['machine']['torch'])}), {esc(meta['date'])}.</p>
-<p>Command: <code>{esc(meta['command'])}</code> ({meta['processes']} process(es))</p>
+<p>Runs into this folder: {runs}</p>
 {table_html(meta)}
+<p>{esc(floor_text(meta))}</p>
 <h2>Plots</h2>{plots}
-<h2>The same samples across N</h2><p>Rows: two samples of each of classes 0..{GRID_CLASSES - 1}, one block per T;
+<h2>The same samples across N</h2><p>Rows: the first samples of classes 0..{GRID_CLASSES - 1}, one block per T;
 columns: N =
 {', '.join(str(n) for n in sorted({r['interval'] for r in meta['rows']}))}.</p><img src="data:image/png;base64,{_png_base64(grid)}">
 </body></html>"""
 
 
-DISPLAY_HEADERS = ["T", "N", "full steps", "FD", "score", "precision", "recall", "class acc.", "PSNR vs N=1",
-                   "speedup (range)", "ideal"]  # fmt: skip
+def floor_text(meta: dict) -> str:
+    """What the FD numbers are measured against: real images scored like a generator, and the common count."""
+    parts = []
+    floor = meta.get("floor")
+    if floor:
+        parts.append(f"Real images scored like a generator ({floor['samples']} fresh renders of another seed against "
+                     f"the same reference): FD {floor['fid']:.3f}, precision {floor['precision']:.3f}, recall "
+                     f"{floor['recall']:.3f}, score {floor['inception_score']:.2f}. FD is biased upwards at a finite "
+                     "sample count: this, not 0, is what 'as good as real' reads.")  # fmt: skip
+    if meta.get("common_samples"):
+        parts.append(f"Sample counts differ between T: compare FD across T with 'FD at common n' "
+                     f"(the first {meta['common_samples']} samples of every cell).")  # fmt: skip
+    return " ".join(parts)
+
+
+DISPLAY_HEADERS = ["T", "N", "full steps", "samples", "FD", "FD at common n", "score", "precision", "recall",
+                   "class acc.", "PSNR vs N=1", "speedup (range)", "ideal", "samples/s"]  # fmt: skip
 
 
 def display_rows(meta: dict) -> list[list]:
@@ -215,9 +271,10 @@ def display_rows(meta: dict) -> list[list]:
         speed = (f"{r['speedup']:.2f}x ({r['speedup_low']:.2f}-{r['speedup_high']:.2f})"
                  if r.get("speedup") is not None else "-")  # fmt: skip
         psnr = "inf" if r["interval"] == 1 else _fmt(r.get("psnr_vs_uncached"), 1)
-        out.append([r["steps"], r["interval"], r["full_steps"], _fmt(r["fid"]), _fmt(r["inception_score"], 2),
-                    _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["class_accuracy"]), psnr, speed,
-                    f"{r['ideal_speedup']:.2f}x"])  # fmt: skip
+        out.append([r["steps"], r["interval"], r["full_steps"], r["samples"], _fmt(r["fid"]), _fmt(r.get("fid_common")),
+                    _fmt(r["inception_score"], 2), _fmt(r["precision"]), _fmt(r["recall"]),
+                    _fmt(r["class_accuracy"]), psnr, speed, f"{r['ideal_speedup']:.2f}x",
+                    _fmt(r.get("samples_per_s"), 1)])  # fmt: skip
     return out
 
 
@@ -229,6 +286,7 @@ def describe(meta: dict) -> str:
              if s["extractor"] == "emoji" else "Inception-v3")  # fmt: skip
     return (f"**{s['model']}**, {s['sampler'].upper()} sampler, guidance {s['guidance']}, "
             f"{samples_text(meta)} class-balanced samples per cell, the same seeds in every cell (base seed "
-            f"{s['seed']}). Reference: {meta.get('reference', '-')}. Feature space: {space}. Speedup: {meta['timing']}. Measured on "
-            f"{meta['machine']['processor']} ({meta['machine']['device']}, torch {meta['machine']['torch']}), "
-            f"{meta['date']}, {meta['processes']} process(es).\n\nRegenerate: `{meta['command']}`")
+            f"{s['seed']}). Reference: {meta.get('reference', '-')}. Feature space: {space}. Speedup and samples/s: "
+            f"{meta['timing']}, on {meta['machine']['processor']} ({meta['machine']['device']}, "
+            f"{meta['machine']['threads']} threads, torch {meta['machine']['torch']}), {meta['date']}. "
+            f"{floor_text(meta)}\n\nRegenerate (resumable): `{meta['command']}`")
