@@ -142,7 +142,9 @@ def recorder_bound() -> dict:
         rec = SimilarityRecorder(28, kinds=kinds)
         rec.on_run_start(RunEvent(250, tuple(range(250))))
         x = torch.zeros(2, tokens, 1152)
-        for step in range(250):  # every step computed (N=1): the largest the recorder gets
+        # the pairwise features are allocated for all 250 steps at a block's first observation, and the previous
+        # outputs kept for the neighbour maps are one per block and kind: two steps reach the full run's footprint
+        for step in range(2):
             for block in range(28):
                 for kind in kinds:
                     rec(Observation(block, kind, step, 250, 999.0 - 4 * step, x))
