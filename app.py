@@ -417,9 +417,8 @@ def _table3_tab():
                 "model. FD: Frechet distance to fresh renders of the emoji (lower is better); score, precision, "
                 "recall and class accuracy from the emoji classifier. " + describe(meta))  # fmt: skip
     gr.Dataframe(value=display_rows(meta), headers=DISPLAY_HEADERS, interactive=False)
-    with gr.Row():
-        gr.Plot(fid_heatmap(meta["rows"], meta.get("floor")))
-        gr.Plot(fid_speed_plot(meta["rows"], meta.get("floor")))
+    gr.Plot(fid_heatmap(meta["rows"], meta.get("floor")))
+    gr.Plot(fid_speed_plot(meta["rows"], meta.get("floor")))
     w = {"class": gr.Dropdown(LABELS, value=LABELS[0], label="class")}
     w["grid"] = gr.Image(first, label="the same seeds at every N (columns), one block per T",
                          interactive=False)  # fmt: skip

@@ -153,7 +153,7 @@ def load_grid_samples(folder: str) -> np.ndarray:
 def _fd_key(rows: list[dict]) -> tuple[str, str]:
     """Which FD to compare across T: at one common sample count when T's counts differ (FD's bias depends on it)."""
     if any(r.get("fid_common") is not None for r in rows):
-        return "fid_common", " (at the common sample count)"
+        return "fid_common", " at a common sample count"
     return "fid", ""
 
 
@@ -167,8 +167,8 @@ def fid_heatmap(rows: list[dict], floor: dict | None = None) -> go.Figure:
                                text=[[f"{v:.2f}" if v is not None else "" for v in row] for row in z],
                                texttemplate="%{text}", colorbar=dict(title="FD"),
                                hovertemplate="%{y}, %{x}<br>FD %{z:.3f}<extra></extra>"))  # fmt: skip
-    floor_text = f"; real renders score {floor['fid']:.2f}" if floor else ""
-    fig.update_layout(title=f"Frechet distance to the reference{note} (lower is better{floor_text})",
+    floor_text = f"; real images: {floor['fid']:.2f}" if floor else ""
+    fig.update_layout(title=f"FD{note} (lower is better{floor_text})",
                       height=140 + 60 * len(steps), margin=dict(l=60, r=20, t=50, b=40))  # fmt: skip
     return fig
 
@@ -188,7 +188,7 @@ def fid_speed_plot(rows: list[dict], floor: dict | None = None) -> go.Figure:
             hovertemplate="N=%{text}<br>speedup %{x:.2f}x<br>FD %{y:.3f}<extra>T=" + str(t) + "</extra>"))  # fmt: skip
     if floor:
         fig.add_hline(y=floor["fid"], line_dash="dot", annotation_text=f"real renders ({floor['samples']})")
-    fig.update_layout(title="Quality against measured speedup (bars: range over timed pairs)",
+    fig.update_layout(title="FD against measured speedup (bars: range over pairs)",
                       xaxis_title="measured speedup (x)", yaxis_title=f"Frechet distance{note}", height=380,
                       margin=dict(l=60, r=20, t=50, b=50))  # fmt: skip
     return fig
