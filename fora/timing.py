@@ -31,8 +31,10 @@ def synchronize(device) -> None:
 def time_call(fn: Callable[[], object], device, clock: str = "wall") -> float:
     """Seconds `fn()` takes on `device`: CUDA events between two synchronisations on a GPU, the wall clock else.
 
-    `clock="cpu"` (CPU device only) counts this process's CPU time instead: on a shared machine it leaves out the
-    time other processes hold the cores, which wall time includes; with one torch thread it is the model's time.
+    `clock="cpu"` (CPU device only) counts CPU time instead: on a shared machine it leaves out the time other
+    processes hold the cores, which wall time includes. With one torch thread the work runs in the calling thread,
+    so this thread's CPU time is counted (other threads of a server, such as other requests, are left out); with
+    more torch threads the whole process's CPU time is.
     """
     device = torch.device(device)
     if clock not in ("wall", "cpu"):
@@ -40,9 +42,10 @@ def time_call(fn: Callable[[], object], device, clock: str = "wall") -> float:
     if clock == "cpu":
         if device.type != "cpu":
             raise ValueError(f"clock='cpu' times only CPU work, got device {device}")
-        t0 = time.process_time()
+        clock_fn = time.thread_time if torch.get_num_threads() == 1 else time.process_time
+        t0 = clock_fn()
         fn()
-        return time.process_time() - t0
+        return clock_fn() - t0
     synchronize(device)
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
