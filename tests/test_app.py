@@ -335,7 +335,7 @@ def test_in_headless_browser(server):
         page.wait_for_selector("#fora img", timeout=60_000)
         page.wait_for_selector("#heat-attn .js-plotly-plot", timeout=60_000)
         page.wait_for_function("document.body.innerText.includes('images ready: N=5')", timeout=60_000)
-        page.wait_for_function("document.body.innerText.includes('done: N=5')", timeout=60_000)  # timing filled in
+        page.wait_for_function("document.body.innerText.includes('done: N=5')", timeout=180_000)  # timing filled in
         page.screenshot(path=os.path.join(ARTIFACTS, "app.png"), full_page=True)
         # a bad seed shows the error message in the page, not a stack trace
         seed = page.get_by_label("seed", exact=True)
