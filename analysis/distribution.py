@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fora.emoji.classifier import _to_tensor  # the classifier's own uint8 -> [-1, 1] input conversion
+
 PR_NEIGHBOURS = 3
 IS_SPLITS = 10
 
@@ -80,8 +82,7 @@ class EmojiFeatures:
     def __call__(self, images: np.ndarray) -> Features:
         feats, logits = [], []
         for i in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])).permute(0, 3, 1, 2)
-            f = self.model.embed(x.float().div(127.5).sub(1.0))
+            f = self.model.embed(_to_tensor(np.ascontiguousarray(images[i : i + self.batch_size])))
             feats.append(f.double().numpy())
             logits.append(self.model.head(f).numpy())
         return Features(np.concatenate(feats), np.concatenate(logits))

@@ -25,6 +25,14 @@ def make_extractor(args):
     return InceptionFeatures(args.inception_weights, device=args.device or "cpu")
 
 
+def _interleaved_renders(per_class: int, seed: int) -> np.ndarray:
+    """Fresh emoji renders with the classes interleaved, so that any prefix (a precision/recall subset) is balanced."""
+    from fora.emoji.render import render_dataset
+
+    images, _ = render_dataset(per_class, seed=seed)
+    return images[np.argsort(np.arange(len(images)) % per_class, kind="stable")]
+
+
 def reference_description(args) -> str:
     if args.extractor == "emoji":
         from fora.emoji.classes import NUM_CLASSES
@@ -49,12 +57,8 @@ def reference_features(args, extractor) -> Features:
         with np.load(path) as z:
             return Features(z["features"], z["logits"] if "logits" in z else None)
     if args.extractor == "emoji":
-        from fora.emoji.render import render_dataset
 
-        images, _ = render_dataset(per_class, seed=REFERENCE_RENDER_SEED)
-        # interleave classes so that any prefix (the precision/recall subset) stays balanced
-        order = np.argsort(np.arange(len(images)) % per_class, kind="stable")
-        images = images[order]
+        images = _interleaved_renders(per_class, REFERENCE_RENDER_SEED)
     else:
         with np.load(args.reference_npz) as z:
             name = "arr_0" if "arr_0" in z else "images"
@@ -94,16 +98,13 @@ def render_floor(args, extractor, real: Features, n: int) -> dict | None:
     if args.extractor != "emoji":
         return None
     from fora.emoji.classes import NUM_CLASSES
-    from fora.emoji.render import render_dataset
 
     path = os.path.join(args.out, "reference", f"{extractor.key}_floor-seed{FLOOR_RENDER_SEED}-{n}.npz")
     if os.path.isfile(path):
         with np.load(path) as z:
             feats = Features(z["features"], z["logits"])
     else:
-        per_class = -(-n // NUM_CLASSES)
-        images, _ = render_dataset(per_class, seed=FLOOR_RENDER_SEED)
-        images = images[np.argsort(np.arange(len(images)) % per_class, kind="stable")][:n]  # classes interleaved
+        images = _interleaved_renders(-(-n // NUM_CLASSES), FLOOR_RENDER_SEED)[:n]
         feats = extractor(images)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"
