@@ -36,8 +36,10 @@ def _finite(v):
 
 
 def _atomic(path: str, write) -> None:
+    """`write(f)` into a binary file under a temporary name, closed, then renamed to `path`."""
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
+    with open(tmp, "wb") as f:
+        write(f)
     os.replace(tmp, path)
 
 
@@ -66,21 +68,22 @@ def write_outputs(args, settings, rows: list[dict], notes: dict) -> None:
         "rows": [{k: _finite(v) for k, v in r.items()} for r in rows],
     }  # fmt: skip
 
-    def write_csv(path):
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+    def write_csv(f):
+        text = io.TextIOWrapper(f, newline="")
+        writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        text.detach()
 
     _atomic(os.path.join(out, "table.csv"), write_csv)
     steps, intervals = sorted({r["steps"] for r in rows}), sorted({r["interval"] for r in rows})
     samples = collect_grid_samples(out, steps, intervals, args.num_classes, args.samples_by_steps, args.seed)
-    _atomic(os.path.join(out, "grid_samples.npz"), lambda p: np.savez_compressed(
-        open(p, "wb"), images=samples, steps=steps, intervals=intervals))  # fmt: skip
+    _atomic(os.path.join(out, "grid_samples.npz"),
+            lambda f: np.savez_compressed(f, images=samples, steps=steps, intervals=intervals))
     grid = class_grid(samples, list(range(min(GRID_CLASSES, samples.shape[2]))))
-    _atomic(os.path.join(out, "grid.png"), lambda p: Image.fromarray(grid).save(p, format="PNG"))
-    _atomic(os.path.join(out, "report.html"), lambda p: open(p, "w").write(report_html(meta, grid)))
-    _atomic(os.path.join(out, "table.json"), lambda p: open(p, "w").write(json.dumps(meta, indent=1)))
+    _atomic(os.path.join(out, "grid.png"), lambda f: Image.fromarray(grid).save(f, format="PNG"))
+    _atomic(os.path.join(out, "report.html"), lambda f: f.write(report_html(meta, grid).encode()))
+    _atomic(os.path.join(out, "table.json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def machine(args) -> dict:
