@@ -23,6 +23,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .observers import Observation, RunEvent
 from .block import ALL_CHUNKS, block_step_forward, needed_chunks, supports_lean_reuse
+from .plan import CachePlan, extrapolation_weights
 from .schedule import full_steps
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ class ForaConfig:
             read (same output; `fora.block`). `False` runs each block's original forward with the cached module
             outputs, as the official code does: slower reuse steps, and a compiled block then traces one graph per
             block (the hooked modules are guarded by identity).
+        plan (`CachePlan` or path, *optional*):
+            A policy beyond the fixed interval: the steps at which each block computes each module, and how reuse
+            steps extrapolate (`fora.plan`). When given, `interval` is not used, and the plan alone says what is
+            cached (`cache_*`, `cache_start/end` and `blocks` must keep their defaults). A plan equal to FORA's
+            schedule gives FORA's outputs bit for bit.
     """
 
     interval: int = 3
@@ -75,8 +81,19 @@ class ForaConfig:
     blocks: tuple[int, ...] | None = None
     block_regex: str = _BLOCK_REGEX
     lean_reuse: bool = True
+    plan: CachePlan | None = None
 
     def __post_init__(self):
+        if self.plan is not None and not isinstance(self.plan, CachePlan):
+            if not isinstance(self.plan, (str, bytes)) and not hasattr(self.plan, "__fspath__"):
+                raise ValueError(f"plan={self.plan!r}: must be a CachePlan or the path of a plan JSON file")
+            self.plan = CachePlan.load(self.plan)
+        if self.plan is not None:
+            fixed = {"cache_attn": True, "cache_cross_attn": True, "cache_mlp": True, "cache_start": 0, "cache_end": None,
+                     "blocks": None}  # fmt: skip
+            changed = [k for k, v in fixed.items() if getattr(self, k) != v]
+            if changed:
+                raise ValueError(f"plan and {', '.join(changed)} cannot be combined: the plan says what is cached")
         if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1:
             raise ValueError(f"interval={self.interval!r}: must be an integer >= 1 (and at most T-1 for T steps)")
         if not isinstance(self.cache_start, int) or self.cache_start < 0:
@@ -93,6 +110,13 @@ class ForaConfig:
             raise ValueError(f"block_regex={self.block_regex!r} is not a valid regular expression: {e}") from None
 
     @property
+    def caches(self) -> bool:
+        """Whether any module output is ever reused (False for interval 1)."""
+        if self.plan is None:
+            return self.interval > 1
+        return self.plan.computed_calls < self.plan.num_steps * len(self.plan.kinds) * self.plan.num_blocks
+
+    @property
     def window(self) -> tuple[int, int | None]:
         return (self.cache_start, self.cache_end)
 
@@ -100,6 +124,9 @@ class ForaConfig:
         """Raise `ValueError` unless this config fits a run of `num_steps` steps."""
         if num_steps < 1:
             raise ValueError(f"num_steps={num_steps}: must be >= 1")
+        if self.plan is not None:
+            self.plan.check_num_steps(num_steps)
+            return
         if self.interval > 1 and self.interval > num_steps - 1:
             raise ValueError(f"interval={self.interval} out of range for {num_steps} steps: allowed 1..{num_steps - 1}")
 
@@ -140,11 +167,43 @@ class ForaRun:
 
 class _CacheSlot:
     """The stored output of one cached module. One object per module, read as an attribute, so that compiled
-    blocks see a tensor input of the same kind in every block rather than a per-block dictionary key."""
+    blocks see a tensor input of the same kind in every block rather than a per-block dictionary key.
+
+    With a plan of order k > 0 it also keeps the divided differences of the last k + 1 computed outputs
+    (`fora.plan`), and a reuse step reads `value(step)`, the Newton extrapolation, instead of `output`."""
 
     def __init__(self, key: str, block: int, kind: str, enabled: bool):
         self.key, self.block, self.kind, self.enabled = key, block, kind, enabled
         self.output: torch.Tensor | None = None
+        self.order = 0
+        self.diffs: list[torch.Tensor] = []  # d_0 = output, d_1, d_2: divided differences ending at the last step
+        self.diff_steps: list[int] = []  # the computed steps they span, oldest first
+
+    def clear(self) -> None:
+        self.output, self.diffs, self.diff_steps = None, [], []
+
+    def store(self, step: int, output: torch.Tensor) -> None:
+        self.output = output
+        if not self.order:
+            return
+        new = [output]
+        for j in range(min(self.order, len(self.diffs))):
+            new.append((new[j] - self.diffs[j]) / (step - self.diff_steps[-1 - j]))
+        self.diffs = new
+        self.diff_steps = (self.diff_steps + [step])[-(self.order + 1):]
+
+    def value(self, step: int) -> torch.Tensor:
+        if not self.order or len(self.diffs) < 2:
+            return self.output
+        out = self.diffs[0]
+        for w, d in zip(extrapolation_weights(step, self.diff_steps)[1:], self.diffs[1:]):
+            out = out + w * d
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        held = self.diffs[1:] + ([self.output] if self.output is not None else [])
+        return sum(_nbytes(t) for t in held)
 
 
 class ForaState:
@@ -163,7 +222,7 @@ class ForaState:
         self._timestep: float | None = None
         self.caching = False  # interval 1: nothing is ever reused, so nothing is kept
         for slot in self.slots:
-            slot.output = None
+            slot.clear()
 
     @property
     def timestep(self) -> float | None:
@@ -179,7 +238,7 @@ class ForaState:
 
     @property
     def cache_bytes(self) -> int:
-        return sum(_nbytes(s.output) for s in self.slots if s.output is not None)
+        return sum(s.nbytes for s in self.slots)
 
     def __repr__(self):
         cache = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in list(self.cache.items())[:4])
@@ -210,6 +269,7 @@ class ForaHandle:
         self._last_timestep: float | None = None  # bare transformer: the previous call's timestep
         self._explicit_run = False  # the current run was started by start_run(): the caller delimits it
         self._num_cached = 0
+        self._plan_reused: list[int] = []  # with a plan: the number of module calls reused at each step
 
     @property
     def last_run(self) -> ForaRun | None:
@@ -243,8 +303,13 @@ class ForaHandle:
         if not num_steps:
             raise ValueError("num_steps is unknown: pass num_steps to apply_fora(transformer, ...) or start_run()")
         self.config.check_num_steps(num_steps)
-        self.state.reset(num_steps, full_steps(num_steps, self.config.interval, self.config.window))
-        self.state.caching = self.config.interval > 1
+        plan = self.config.plan
+        if plan is None:
+            full = full_steps(num_steps, self.config.interval, self.config.window)
+        else:  # the run's full steps: those at which every module computes
+            full = [s for s in range(num_steps) if all(plan.computes(k, b, s) for _, b, k in self.modules)]
+        self.state.reset(num_steps, full)
+        self.state.caching = self.config.caches
         self._explicit_run = False
         for obs in self.observers:
             if hasattr(obs, "on_run_start"):
@@ -303,7 +368,12 @@ class ForaHandle:
         # counted here, not in the module hooks, so that compiled blocks do no bookkeeping: each hooked module
         # runs once per step, and on a reuse step the cached ones are answered from the cache
         total, cached = len(state.slots), self._num_cached
-        if state.is_full_step:
+        if self.config.plan is not None:
+            reused = self._plan_reused[state.step]
+            run.computed_calls += total - reused
+            run.reused_calls += reused
+            run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
+        elif state.is_full_step:
             run.computed_calls += total
             if state.caching:
                 run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
@@ -356,17 +426,21 @@ class _ForaModuleHook(ModelHook):
     """On one attention or MLP module of a block that `fora.block` does not cover: compute and cache on full steps,
     return the cache on reuse steps (the block's own forward still computes the module's input)."""
 
-    def __init__(self, handle: ForaHandle, slot: _CacheSlot):
+    def __init__(self, handle: ForaHandle, slot: _CacheSlot, reuse_steps: frozenset[int] | None = None):
         super().__init__()
         self.handle, self.state, self.slot = handle, handle.state, slot
+        self.reuse_steps = reuse_steps  # with a plan: the steps at which this module reuses
 
     def new_forward(self, module, *args, **kwargs):
         state, slot = self.state, self.slot
-        if slot.enabled and not state.is_full_step:
+        if self.reuse_steps is not None:
+            if state.step in self.reuse_steps:
+                return slot.value(state.step)
+        elif slot.enabled and not state.is_full_step:
             return slot.output
         output = self.fn_ref.original_forward(*args, **kwargs)
         if slot.enabled and state.caching:
-            slot.output = output
+            slot.store(state.step, output)
         if self.handle.observers:
             self._notify(output)
         return output
@@ -383,24 +457,30 @@ class _ForaBlockHook(ModelHook):
     modules together with the norms and adaLN rows that only they read, and returns what the modules computed.
     Replaces the module hooks inside the block, so a compiled block traces no per-block hook objects."""
 
-    def __init__(self, handle: ForaHandle, slots: dict[str, _CacheSlot]):
+    def __init__(self, handle: ForaHandle, slots: dict[str, _CacheSlot], plan_steps: list[tuple] | None = None):
         super().__init__()
         self.handle, self.state, self.slots = handle, handle.state, slots
         self.cached_kinds = tuple(kind for kind, slot in slots.items() if slot.enabled)
         self.reuse_chunks = needed_chunks("attn" in self.cached_kinds, "mlp" in self.cached_kinds)
+        # with a plan: for each step, the kinds this block reuses and the adaLN chunks it then reads
+        self.plan_steps = plan_steps
 
     def new_forward(self, block, *args, **kwargs):
         state = self.state
         if not state.caching and not self.handle.observers:  # interval 1, unobserved: nothing to keep or show
             return self.fn_ref.original_forward(*args, **kwargs)
-        reuse = self.cached_kinds and not state.is_full_step
-        cached = {kind: self.slots[kind].output for kind in self.cached_kinds} if reuse else {}
-        chunks = self.reuse_chunks if reuse else ALL_CHUNKS
+        if self.plan_steps is not None:
+            kinds, chunks = self.plan_steps[state.step]
+            cached = {kind: self.slots[kind].value(state.step) for kind in kinds}
+        else:
+            reuse = self.cached_kinds and not state.is_full_step
+            cached = {kind: self.slots[kind].output for kind in self.cached_kinds} if reuse else {}
+            chunks = self.reuse_chunks if reuse else ALL_CHUNKS
         output, computed = block_step_forward(block, cached, chunks, *args, **kwargs)
         if state.caching:
             for kind in self.cached_kinds:
                 if kind in computed:
-                    self.slots[kind].output = computed[kind]
+                    self.slots[kind].store(state.step, computed[kind])
         if self.handle.observers:
             self._notify(computed)
         return output
@@ -462,6 +542,8 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
             module = getattr(block, child, None)
             if isinstance(module, torch.nn.Module):
                 use = enabled[kind] and (config.blocks is None or index in config.blocks)
+                if config.plan is not None:
+                    use = kind in config.plan.steps
                 targets.append((_CacheSlot(f"{name}.{child}", index, kind, use), module))
     if not targets:
         raise ValueError(f"no transformer blocks matched block_regex={config.block_regex!r} in {type(transformer).__name__}")
@@ -470,6 +552,17 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         missing = sorted(set(config.blocks) - found)
         if missing:
             raise ValueError(f"blocks={list(config.blocks)}: no block {missing}; allowed 0..{max(found)}")
+
+    plan = config.plan
+    if plan is not None:
+        indices = sorted({slot.block for slot, _ in targets})
+        if indices != list(range(len(indices))):
+            raise ValueError(f"a plan needs blocks numbered 0..B-1; {type(transformer).__name__} has {indices}")
+        plan.check_model(len(indices), {slot.kind for slot, _ in targets})
+        for slot, _ in targets:
+            slot.order = plan.order if slot.enabled else 0
+        handle._plan_reused = [sum(not plan.computes(slot.kind, slot.block, s) for slot, _ in targets)
+                               for s in range(plan.num_steps)]  # fmt: skip
 
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ForaRunHook(handle), _FORA_HOOK)
     by_block = {}
@@ -481,15 +574,28 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
     for name, block in blocks:
         hooked = by_block.get(name, [])
         if config.lean_reuse and supports_lean_reuse(block):
-            hook = _ForaBlockHook(handle, {slot.kind: slot for slot, _ in hooked})
+            slots = {slot.kind: slot for slot, _ in hooked}
+            hook = _ForaBlockHook(handle, slots, _plan_steps(plan, slots) if plan is not None else None)
             HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _FORA_BLOCK_HOOK)
             continue
         for slot, module in hooked:  # any other block: hooks on the modules themselves
-            hook = _ForaModuleHook(handle, slot)
+            reuse = None
+            if plan is not None:
+                reuse = frozenset(s for s in range(plan.num_steps) if not plan.computes(slot.kind, slot.block, s))
+            hook = _ForaModuleHook(handle, slot, reuse)
             HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _FORA_MODULE_HOOK)
     _invalidate_registry_caches(transformer)
     transformer._fora_handle = handle
     return handle
+
+
+def _plan_steps(plan: CachePlan, slots: dict[str, _CacheSlot]) -> list[tuple]:
+    """For each step of `plan`: the kinds this block reuses and the adaLN chunks its step reads."""
+    out = []
+    for step in range(plan.num_steps):
+        kinds = tuple(k for k, slot in slots.items() if slot.enabled and not plan.computes(k, slot.block, step))
+        out.append((kinds, needed_chunks("attn" in kinds, "mlp" in kinds) if kinds else ALL_CHUNKS))
+    return out
 
 
 def get_fora_handle(model) -> ForaHandle | None:
