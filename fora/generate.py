@@ -60,3 +60,16 @@ def generate(pipe, request: Request, output_type: str = "np"):
 def to_uint8(images) -> np.ndarray:
     """B x H x W x 3 floats in [0, 1] to uint8."""
     return (np.clip(np.asarray(images), 0, 1) * 255).round().astype(np.uint8)
+
+
+def generate_batch(pipe, labels, seeds, steps: int, guidance: float) -> np.ndarray:
+    """One call of a class-conditional pipeline for several samples, each with its own class and noise seed
+    (a per-sample generator, so a sample is the same whatever else is in the batch): B x H x W x 3 floats."""
+    if is_text_conditional(pipe):
+        raise ValueError("generate_batch needs a class-conditional model (emoji-dit, DiT); got a text-to-image one")
+    if len(labels) != len(seeds) or not len(labels):
+        raise ValueError(f"labels ({len(labels)}) and seeds ({len(seeds)}) must be equally many, at least one")
+    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    torch.manual_seed(int(seeds[0]))  # pipelines whose sampler draws from the global generator stay reproducible
+    return pipe(class_labels=[class_id(pipe, label) for label in labels], num_inference_steps=steps,
+                guidance_scale=guidance, generator=generators, output_type="np").images  # fmt: skip

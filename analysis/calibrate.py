@@ -1,0 +1,243 @@
+"""A cache schedule calibrated on the model from its own step x step similarity: this project's policy `calibrated`.
+
+The algorithm (one shared step schedule for all blocks and modules, at an exact budget of computed calls):
+
+1. **Record.** Run the model uncached on calibration samples (classes and seeds of their own, never the ones an
+   evaluation uses) and keep every attention/MLP output of every block at every step, as FORA's observers see it
+   (a fixed, evenly spaced subset of tokens when the model is large). From them, per module, the Gram matrix
+   G[s, t] = <f(s), f(t)> over steps: the step x step similarity map, unnormalised.
+2. **Cost of reuse.** Reusing at step b what was computed at step a costs the relative error of the stale output,
+   e0(a, b) = |f(a) - f(b)| / |f(b)|; with order-1 extrapolation from computed steps p < a it costs
+   e1(p, a, b) = |f(a) + (b - a) / (a - p) (f(a) - f(p)) - f(b)| / |f(b)|. Both come from G alone; each is averaged
+   over blocks and modules.
+3. **Propose.** For a budget of K computed steps (by default FORA N's count, `len(full_steps(T, N))`), dynamic
+   programming finds the K steps, step 0 among them, that minimise sum_b w(b) e(b)^p over the reuse steps b, where
+   e(b) is the cost of b given the computed steps before it. One proposal per exponent p in {0.5, 1, 2, 4} (how much
+   a few large errors weigh against many small ones) and tilt in {-1, 0, 1} (w(b) = exp(tilt (1 - 2 b / (T-1))):
+   early or late steps weigh more), plus FORA's own schedule.
+4. **Judge by the image.** Each proposal runs on the calibration samples; the plan kept is the one whose final
+   images are closest to the uncached ones (mean PSNR). Feature drift proposes, the image error decides, and
+   FORA's schedule is among the candidates, so on calibration data the plan is never worse than FORA.
+
+Why shared steps: on the embedded model per-block plans whose steps differed from block to block lost to FORA at
+equal budget (a block fed by a neighbour that recomputed while it reused sees inputs its cache never saw), while a
+shared schedule placed where the maps show low similarity won by several dB.
+
+    python -m analysis.calibrate --model emoji-dit --steps 30 --match-interval 3 --order 1 --out plan.json
+"""
+
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
+from fora.generate import generate_batch
+from fora.loading import ModelLoadError, load_pipeline
+
+from .quality import psnr
+
+# calibration samples: seeds far from any evaluation's, classes from the top of the label range
+CALIBRATION_SEED = 900_000
+EXPONENTS = (0.5, 1.0, 2.0, 4.0)
+TILTS = (-1.0, 0.0, 1.0)
+
+
+def calibration_set(num_classes: int, count: int = 8, seed: int = CALIBRATION_SEED) -> tuple[list[int], list[int]]:
+    """(classes, seeds) of the calibration samples: the last `count` classes (wrapping), seeds seed, seed+1, ..."""
+    classes = [(num_classes - 1 - i) % num_classes for i in range(count)]
+    return classes, [seed + i for i in range(count)]
+
+
+class _FeatureRecorder:
+    """FORA observer keeping each computed module output (a token subset, float16, on CPU) for Gram matrices."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self.features: dict[tuple[int, str], list[torch.Tensor]] = {}
+        self.index: torch.Tensor | None = None
+        self.num_steps = 0
+        self.num_modules = 1  # set once FORA is applied
+
+    def on_run_start(self, event):
+        self.num_steps = event.num_steps
+
+    def __call__(self, obs):
+        out = obs.output.detach()
+        if out.ndim == 2:
+            out = out[:, None]
+        if self.index is None:  # the same tokens for every module and step, as many as the budget holds
+            per_token = out.shape[0] * out.shape[-1] * 2  # bytes of one token, whole batch, float16
+            tokens = out.shape[1]
+            keep = max(1, min(tokens, self.budget // (per_token * self.num_steps * self.num_modules)))
+            self.index = torch.linspace(0, tokens - 1, keep).round().long()
+        feats = out[:, self.index].reshape(-1).to("cpu", torch.float16)
+        self.features.setdefault((obs.block, obs.kind), []).append(feats)
+
+    def grams(self) -> dict[tuple[int, str], np.ndarray]:
+        out = {}
+        for key, steps in self.features.items():
+            f = torch.stack(steps).double()
+            out[key] = (f @ f.T).numpy()
+        return out
+
+
+def record_grams(pipe, classes, seeds, steps: int, guidance: float, budget_bytes: int = 256 * 2**20):
+    """Run uncached on the calibration samples: (per-module Gram matrices over steps, the uncached images)."""
+    recorder = _FeatureRecorder(budget_bytes)
+    handle = apply_fora(pipe, ForaConfig(interval=1))
+    handle.add_observer(recorder)
+    recorder.num_modules = len(handle.modules)
+    try:
+        images = generate_batch(pipe, classes, seeds, steps, guidance)
+    finally:
+        remove_fora(pipe)
+    return recorder.grams(), images
+
+
+def reuse_costs(grams: dict, order: int) -> np.ndarray:
+    """Mean relative error of reusing over modules: e0[a, b] (order 0) or e1[p, a, b] (order 1, p < a; p = a
+    holds e0[a, b], used when only one step was computed before b)."""
+    total = None
+    for g in grams.values():
+        d = np.diag(g)
+        norm_b = np.sqrt(np.maximum(d, 1e-30))
+        e0 = np.sqrt(np.maximum(d[:, None] + d[None, :] - 2 * g, 0)) / norm_b[None, :]
+        if order == 0:
+            e = e0
+        else:
+            t = len(d)
+            p, a, b = np.meshgrid(np.arange(t), np.arange(t), np.arange(t), indexing="ij")
+            c = np.where(a > p, (b - a) / np.maximum(a - p, 1), 0.0)
+            sq = ((d[a] + d[b] - 2 * g[a, b]) + 2 * c * (d[a] - g[a, p] - g[a, b] + g[b, p])
+                  + c**2 * (d[a] + d[p] - 2 * g[a, p]))  # fmt: skip
+            e = np.sqrt(np.maximum(sq, 0)) / norm_b[b]
+            e = np.where(a > p, e, e0[a, b])
+        total = e if total is None else total + e
+    return total / len(grams)
+
+
+def best_steps(costs: np.ndarray, num_full: int, exponent: float = 1.0, tilt: float = 0.0) -> list[int]:
+    """The `num_full` computed steps (step 0 first) minimising sum over reuse steps b of w(b) e(b)^exponent.
+
+    Dynamic programming over the last computed step (order 0, `costs` = e0[a, b]) or the last two (order 1,
+    `costs` = e1[p, a, b]); exact for the cost model."""
+    order = costs.ndim - 2
+    t = costs.shape[-1]
+    if not 1 <= num_full <= t:
+        raise ValueError(f"budget of {num_full} computed steps out of range: allowed 1..{t}")
+    w = np.exp(tilt * (1 - 2 * np.arange(t) / max(t - 1, 1)))
+    c = w[None, :] * np.power(costs, exponent) if order == 0 else w[None, None, :] * np.power(costs, exponent)
+    # seg(state, n): cost of the reuse steps between the last computed step a and the next computed step n
+    cum = np.concatenate([np.zeros(c.shape[:-1] + (1,)), np.cumsum(c, axis=-1)], axis=-1)
+
+    def seg(state, n):
+        a = state[-1]
+        row = cum[a] if order == 0 else cum[state[0], a]
+        return row[n] - row[a + 1]
+
+    best = {((0,) if order == 0 else (0, 0)): (0.0, None)}  # state -> (cost, previous state)
+    history = [best]
+    for _ in range(num_full - 1):
+        nxt = {}
+        for state, (cost, _) in best.items():
+            a = state[-1]
+            for n in range(a + 1, t):
+                new = (n,) if order == 0 else (a, n)
+                total = cost + seg(state, n)
+                if new not in nxt or total < nxt[new][0]:
+                    nxt[new] = (total, state)
+        best = nxt
+        history.append(best)
+    end = min(best, key=lambda s: best[s][0] + seg(s, t))
+    steps, state = [], end
+    for layer in reversed(history):
+        steps.append(state[-1])
+        state = layer[state][1]
+    return sorted(set(steps))
+
+
+def calibrate(pipe, num_steps: int, match_interval: int = 3, order: int = 0, guidance: float = 3.0,
+              num_samples: int = 8, seed: int = CALIBRATION_SEED, num_full: int | None = None) -> CachePlan:  # fmt: skip
+    """Calibrate a shared schedule for `pipe` at `num_steps` (the module docstring has the algorithm).
+
+    The budget is FORA N = `match_interval`'s number of computed steps unless `num_full` gives it. Returns a plan
+    named `calibrated` (order 0) or `calibrated-o1` whose `meta` records the calibration and every candidate's score.
+    """
+    if order not in (0, 1):
+        raise ValueError(f"order={order!r}: calibration searches orders 0 and 1")
+    fora_steps = full_steps(num_steps, match_interval)
+    if num_full is None:
+        ForaConfig(interval=match_interval).check_num_steps(num_steps)
+        num_full = len(fora_steps)
+    if not 1 <= num_full <= num_steps:
+        raise ValueError(f"budget of {num_full} computed steps out of range: allowed 1..{num_steps}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples}: must be >= 1")
+    num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+    classes, seeds = calibration_set(num_classes, num_samples, seed)
+    t0 = time.perf_counter()
+    grams, reference = record_grams(pipe, classes, seeds, num_steps, guidance)
+    costs = reuse_costs(grams, order)
+    num_blocks = 1 + max(b for b, _ in grams)
+    kinds = tuple(k for k in ("attn", "cross_attn", "mlp") if any(kk == k for _, kk in grams))
+    candidates = {"fora": fora_steps} if len(fora_steps) == num_full else {}
+    for exponent in EXPONENTS:
+        for tilt in TILTS:
+            candidates.setdefault(f"p={exponent:g} tilt={tilt:+g}", best_steps(costs, num_full, exponent, tilt))
+    scores, seen = {}, {}
+    for label, steps in candidates.items():
+        key = tuple(steps)
+        if key not in seen:
+            plan = CachePlan.shared(num_steps, steps, num_blocks, kinds, order=order)
+            apply_fora(pipe, ForaConfig(plan=plan))
+            try:
+                images = generate_batch(pipe, classes, seeds, num_steps, guidance)
+            finally:
+                remove_fora(pipe)
+            seen[key] = float(np.mean([min(psnr(x, y), 100.0) for x, y in zip(images, reference)]))
+        scores[label] = seen[key]
+    chosen = max(scores, key=scores.get)
+    name = "calibrated" if order == 0 else f"calibrated-o{order}"
+    meta = {"algorithm": "shared steps; DP on mean relative reuse error from step x step Gram matrices; "
+                         "candidates judged by final-image PSNR on calibration samples",  # fmt: skip
+            "model": type(pipe.transformer).__name__, "num_blocks": num_blocks, "guidance": guidance,
+            "calibration_classes": classes, "calibration_seeds": seeds, "match_interval": match_interval,
+            "budget_steps": num_full, "chosen": chosen, "candidate_psnr": scores,
+            "candidate_steps": {k: list(v) for k, v in candidates.items()},
+            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    return CachePlan.shared(num_steps, candidates[chosen], num_blocks, kinds, order=order, name=name, meta=meta)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.calibrate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="emoji-dit", help="model key, hub id or pipeline folder (class-conditional)")
+    p.add_argument("--steps", type=int, default=30, help="sampling steps T the plan is for")
+    p.add_argument("--match-interval", type=int, default=3, help="budget: FORA N's number of computed steps")
+    p.add_argument("--order", type=int, default=0, choices=[0, 1], help="reuse (0) or linear extrapolation (1)")
+    p.add_argument("--samples", type=int, default=8, help="calibration samples (own classes and seeds)")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--out", required=True, help="plan JSON to write")
+    args = p.parse_args(argv)
+    try:
+        pipe = load_pipeline(args.model, device=args.device)
+        pipe.set_progress_bar_config(disable=True)
+        plan = calibrate(pipe, args.steps, args.match_interval, args.order, args.guidance, args.samples)
+    except (ValueError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    plan.meta["model_key"] = args.model
+    plan.save(args.out)
+    scores = plan.meta["candidate_psnr"]
+    print(f"{plan.name}: steps {plan.shared_steps} ({plan.computed_calls} computed calls; FORA N={args.match_interval} "
+          f"{scores.get('fora', math.nan):.2f} dB, chosen {plan.meta['chosen']} {scores[plan.meta['chosen']]:.2f} dB "
+          f"on calibration) -> {args.out}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
