@@ -161,11 +161,14 @@ def best_steps(costs: np.ndarray, num_full: int, exponent: float = 1.0, tilt: fl
 
 
 def calibrate(pipe, num_steps: int, match_interval: int = 3, order: int = 0, guidance: float = 3.0,
-              num_samples: int = 8, seed: int = CALIBRATION_SEED, num_full: int | None = None) -> CachePlan:  # fmt: skip
+              num_samples: int = 8, seed: int = CALIBRATION_SEED, num_full: int | None = None,
+              recording: tuple | None = None) -> CachePlan:  # fmt: skip
     """Calibrate a shared schedule for `pipe` at `num_steps` (the module docstring has the algorithm).
 
     The budget is FORA N = `match_interval`'s number of computed steps unless `num_full` gives it. Returns a plan
     named `calibrated` (order 0) or `calibrated-o1` whose `meta` records the calibration and every candidate's score.
+    `recording`: what `record_grams` returned for these calibration samples, to calibrate several budgets from one
+    recording.
     """
     if order not in (0, 1):
         raise ValueError(f"order={order!r}: calibration searches orders 0 and 1")
@@ -180,7 +183,7 @@ def calibrate(pipe, num_steps: int, match_interval: int = 3, order: int = 0, gui
     num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
     classes, seeds = calibration_set(num_classes, num_samples, seed)
     t0 = time.perf_counter()
-    grams, reference = record_grams(pipe, classes, seeds, num_steps, guidance)
+    grams, reference = recording or record_grams(pipe, classes, seeds, num_steps, guidance)
     costs = reuse_costs(grams, order)
     num_blocks = 1 + max(b for b, _ in grams)
     kinds = tuple(k for k in ("attn", "cross_attn", "mlp") if any(kk == k for _, kk in grams))

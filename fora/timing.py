@@ -79,9 +79,22 @@ class SpeedRatio:
                 "baseline_s": self.baseline_s, "fora_s": self.fora_s}  # fmt: skip
 
 
-def paired_speedup(pipe, call: Callable[[], object], config: ForaConfig, pairs: int = 5, warmup: int = 1,
+def _apply_cache(pipe, config) -> Callable:
+    """Apply FORA (a `ForaConfig`, plans included) or a peer (a diffusers TaylorSeer/FBCache config); return the
+    function that removes it."""
+    if isinstance(config, ForaConfig):
+        apply_fora(pipe, config)
+        return remove_fora
+    from .peers import apply_peer, remove_peer
+
+    apply_peer(pipe, config)
+    return remove_peer
+
+
+def paired_speedup(pipe, call: Callable[[], object], config, pairs: int = 5, warmup: int = 1,
                    clock: str = "wall") -> SpeedRatio:  # fmt: skip
     """Speedup of FORA at `config` over the pipeline without FORA, timed the same way everywhere in this project.
+    `config` may also be a peer's config (`fora.peers`): every method is timed alike.
 
     `call()` runs the pipeline once (same inputs every time). No observer is attached; FORA is applied and removed
     outside the timed window (`pipe` must not have FORA applied). After `warmup` untimed calls of each variant, the
@@ -95,11 +108,11 @@ def paired_speedup(pipe, call: Callable[[], object], config: ForaConfig, pairs: 
     def run(cached: bool) -> float:
         if not cached:
             return time_call(call, device, clock)
-        apply_fora(pipe, config)
+        remove = _apply_cache(pipe, config)
         try:
             return time_call(call, device, clock)
         finally:
-            remove_fora(pipe)
+            remove(pipe)
 
     for _ in range(warmup):
         run(False)

@@ -1,0 +1,273 @@
+"""FORA, this project's calibrated plans and FORA's peers on one harness, compared at equal cost.
+
+    python -m analysis.arena --model emoji-dit --steps 30 --match-interval 3 --seeds 0 1 2 3 --out DIR
+
+Every method runs on the same pipeline with the same seeds (sample s: class s mod classes, noise seed s), one
+sample per call (First Block Cache decides from the batch, so batching would couple samples). Per setting:
+- `computed_calls`: attention/MLP module calls that really ran per pipeline call, counted by `ComputeMap` (the
+  first Linear of each module), mean over seeds; the cost every method is compared at. `computed_fraction` is it
+  over the uncached count.
+- `psnr`, `ssim`: the final image against the uncached one of the same seed, mean over seeds; `class_accuracy`:
+  the emoji classifier's agreement with the requested class (embedded model only).
+- `speedup`: `paired_speedup` (no observers, warm-up, ABBA pairs, median and range) of one sample's call.
+
+Methods: `uncached`; `fora` at each N of `--intervals`; `calibrated` and `calibrated-o1` (`analysis.calibrate`,
+calibrated on its own classes and seeds) at each FORA N's budget; `taylorseer` (diffusers', orders `--orders`, every
+N of `--intervals`, warm-up 1); `fbcache` (diffusers', each `--thresholds`, plus the threshold found by bisection
+whose cost is closest to FORA N = `--match-interval`'s). Writes DIR/arena.csv, DIR/arena.json and DIR/report.html.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
+from fora.generate import generate_batch, is_text_conditional
+from fora.loading import ModelLoadError, load_pipeline
+from fora.peers import apply_peer, fbcache, remove_peer, taylorseer
+from fora.timing import paired_speedup
+
+from .calibrate import calibrate, calibration_set, record_grams
+from .compute_map import ComputeMap
+from .quality import psnr, ssim
+
+POLICIES = ("uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache")
+COLUMNS = ["policy", "setting", "computed_calls", "computed_fraction", "speedup", "speedup_low", "speedup_high",
+           "pairs", "psnr", "psnr_min", "ssim", "class_accuracy", "interval", "order", "threshold"]  # fmt: skip
+PSNR_CAP = 100.0  # identical images: PSNR is infinite; capped so that means stay finite
+
+
+@dataclass
+class Entry:
+    """One setting of one method: how to apply it and what it measured."""
+
+    policy: str
+    setting: str
+    config: object  # ForaConfig (FORA, plans) or a diffusers peer config; None for uncached
+    interval: int | None = None
+    order: int | None = None
+    threshold: float | None = None
+    row: dict = field(default_factory=dict)
+    images: np.ndarray | None = None  # one per seed
+    maps: dict = field(default_factory=dict)  # kind -> blocks x steps bool (first seed)
+
+
+def _apply(pipe, config):
+    if config is None:
+        return lambda p: None
+    if isinstance(config, ForaConfig):
+        apply_fora(pipe, config)
+        return remove_fora
+    apply_peer(pipe, config)
+    return remove_peer
+
+
+def observe(pipe, entry: Entry, seeds: list[int], num_classes: int, steps: int, guidance: float) -> None:
+    """Run `entry` once per seed with a `ComputeMap`: images, mean computed calls, the first seed's maps."""
+    images, calls = [], []
+    remove = _apply(pipe, entry.config)
+    try:
+        for i, seed in enumerate(seeds):
+            with ComputeMap(pipe.transformer) as cmap:
+                images.append(generate_batch(pipe, [seed % num_classes], [seed], steps, guidance)[0])
+            calls.append(cmap.computed_calls)
+            if i == 0:
+                entry.maps = {kind: cmap.matrix(kind) for kind in cmap.kinds}
+    finally:
+        remove(pipe)
+    entry.images = np.stack(images)
+    entry.row.update(policy=entry.policy, setting=entry.setting, computed_calls=float(np.mean(calls)),
+                     interval=entry.interval, order=entry.order, threshold=entry.threshold)  # fmt: skip
+
+
+def score(entry: Entry, reference: np.ndarray, total_calls: int, labels: np.ndarray, classifier) -> None:
+    values = [min(psnr(a, b), PSNR_CAP) for a, b in zip(entry.images, reference)]
+    entry.row.update(psnr=float(np.mean(values)), psnr_min=float(np.min(values)),
+                     ssim=float(np.mean([ssim(a, b) for a, b in zip(entry.images, reference)])),
+                     computed_fraction=entry.row["computed_calls"] / total_calls)  # fmt: skip
+    if classifier is not None:
+        from fora.emoji.classifier import classify
+
+        entry.row["class_accuracy"] = float(np.mean(classify(classifier, entry.images) == labels))
+
+
+def time_entry(pipe, entry: Entry, seed: int, num_classes: int, steps: int, guidance: float, pairs: int,
+               clock: str) -> None:  # fmt: skip
+    if entry.config is None:
+        entry.row.update(speedup=1.0, speedup_low=1.0, speedup_high=1.0, pairs=0)
+        return
+    ratio = paired_speedup(pipe, lambda: generate_batch(pipe, [seed % num_classes], [seed], steps, guidance),
+                           entry.config, pairs=pairs, clock=clock)  # fmt: skip
+    entry.row.update(speedup=ratio.ratio, speedup_low=ratio.low, speedup_high=ratio.high, pairs=ratio.pairs)
+
+
+def fbcache_at_budget(pipe, budget: float, seeds, num_classes, steps, guidance, iterations: int = 7) -> Entry:
+    """First Block Cache at the threshold whose mean cost over `seeds` is closest to `budget` (bisection on the
+    threshold; cost falls as the threshold rises)."""
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        entry = Entry("fbcache", f"threshold={mid:.4g} (at budget)", fbcache(mid), threshold=round(mid, 6))
+        observe(pipe, entry, seeds, num_classes, steps, guidance)
+        if best is None or abs(entry.row["computed_calls"] - budget) < abs(best.row["computed_calls"] - budget):
+            best = entry
+        lo, hi = (mid, hi) if entry.row["computed_calls"] > budget else (lo, mid)
+    return best
+
+
+def build_entries(pipe, args, log) -> list[Entry]:
+    entries = [Entry("uncached", "T steps computed", None)]
+    entries += [Entry("fora", f"N={n}", ForaConfig(interval=n), interval=n) for n in args.intervals]
+    num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+    classes, seeds = calibration_set(num_classes, args.calibration_samples)
+    recording = record_grams(pipe, classes, seeds, args.steps, args.guidance)
+    for order in (0, 1):
+        for n in args.intervals:
+            log(f"calibrating order {order} at FORA N={n}'s budget")
+            plan = calibrate(pipe, args.steps, n, order, args.guidance, args.calibration_samples, recording=recording)
+            name = "calibrated" if order == 0 else "calibrated-o1"
+            entries.append(Entry(name, f"budget of N={n}", ForaConfig(plan=plan), interval=n, order=order))
+    entries += [Entry("taylorseer", f"N={n} order={o}", taylorseer(n, o), interval=n, order=o)
+                for o in args.orders for n in args.intervals]  # fmt: skip
+    entries += [Entry("fbcache", f"threshold={t:g}", fbcache(t), threshold=t) for t in args.thresholds]
+    return entries
+
+
+def run_arena(args, log=print) -> dict:
+    """Run every method (see the module docstring); returns the JSON-ready result with its rows."""
+    t_start = time.perf_counter()
+    pipe = load_pipeline(args.model, device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    if is_text_conditional(pipe):
+        raise ValueError(f"--model {args.model}: the arena runs class-conditional models (emoji-dit, DiT)")
+    num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+    classes, cal_seeds = calibration_set(num_classes, args.calibration_samples)
+    overlap = sorted(set(args.seeds) & set(cal_seeds))
+    if overlap:
+        raise ValueError(f"--seeds {overlap} are calibration seeds; evaluation must use other seeds")
+    labels = np.array([s % num_classes for s in args.seeds])
+    classifier = None
+    if args.model == "emoji-dit":
+        from fora.emoji.classifier import load_or_train_classifier
+
+        classifier, _ = load_or_train_classifier(os.path.join("assets", "emoji-classifier.safetensors"))
+    with ComputeMap(pipe.transformer) as probe:
+        generate_batch(pipe, [0], [0], 2, args.guidance)
+    num_blocks, kinds = probe.num_blocks, tuple(probe.kinds)
+    total_calls = args.steps * num_blocks * len(kinds)
+    budget = len(full_steps(args.steps, args.match_interval)) * num_blocks * len(kinds)
+
+    entries = build_entries(pipe, args, log)
+    for i, entry in enumerate(entries):
+        log(f"[{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
+        observe(pipe, entry, args.seeds, num_classes, args.steps, args.guidance)
+    log(f"fbcache: bisecting the threshold to FORA N={args.match_interval}'s budget of {budget} calls")
+    entries.append(fbcache_at_budget(pipe, budget, args.seeds, num_classes, args.steps, args.guidance))
+    reference = entries[0].images
+    for entry in entries:
+        score(entry, reference, total_calls, labels, classifier)
+    if args.timing_pairs:
+        for i, entry in enumerate(entries):
+            log(f"timing [{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
+            time_entry(pipe, entry, args.seeds[0], num_classes, args.steps, args.guidance, args.timing_pairs,
+                       args.clock)  # fmt: skip
+    plans = {e.policy + " " + e.setting: e.config.plan.to_dict() for e in entries
+             if isinstance(e.config, ForaConfig) and e.config.plan is not None}  # fmt: skip
+    device = str(pipe.device)
+    return {
+        "settings": {"model": args.model, "steps": args.steps, "match_interval": args.match_interval,
+                     "seeds": args.seeds, "guidance": args.guidance, "intervals": args.intervals,
+                     "orders": args.orders, "thresholds": args.thresholds,
+                     "calibration": {"classes": classes, "seeds": cal_seeds}},
+        "budget_calls": budget, "total_calls": total_calls, "num_blocks": num_blocks, "kinds": list(kinds),
+        "timing": (f"paired_speedup of one sample's call: {args.timing_pairs} ABBA pairs after a warm-up, no "
+                   f"observers, {args.clock} clock; median of pair ratios (range)" if args.timing_pairs else
+                   "not measured (--timing-pairs 0)"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "device": device, "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "rows": [e.row for e in entries],
+        "plans": plans,
+        "_entries": entries,  # dropped when written: images and maps for the report
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m analysis.arena", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
+    p.add_argument("--steps", type=int, default=30, help="sampling steps T (DDIM)")
+    p.add_argument("--match-interval", type=int, default=3, help="FORA N whose cost is the reference budget")
+    p.add_argument("--intervals", type=int, nargs="+", default=None,
+                   help="FORA N (and TaylorSeer N, calibrated budgets) to run (default 2 3 4 5 6 and the match N)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="evaluation seeds (class: seed mod classes)")
+    p.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2], help="TaylorSeer orders, 0..2")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.3],
+                   help="First Block Cache thresholds")  # fmt: skip
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--calibration-samples", type=int, default=8, help="samples the calibrated plans are fit on")
+    p.add_argument("--timing-pairs", type=int, default=3, help="ABBA pairs per setting (0: no timing)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default=None, help="default: cpu on a CPU, wall on a GPU")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--out", required=True, help="output folder")
+    args = p.parse_args(argv)
+    T = args.steps
+    if T < 4:
+        p.error(f"--steps {T}: must be >= 4")
+    if not 2 <= args.match_interval <= T - 1:
+        p.error(f"--match-interval {args.match_interval}: allowed 2..{T - 1} for {T} steps")
+    args.intervals = sorted(set(args.intervals or [n for n in (2, 3, 4, 5, 6) if n <= T - 1]) | {args.match_interval})
+    bad = [n for n in args.intervals if not 2 <= n <= T - 1]
+    if bad:
+        p.error(f"--intervals {bad}: allowed 2..{T - 1} for {T} steps")
+    if any(o not in (0, 1, 2) for o in args.orders):
+        p.error(f"--orders {args.orders}: allowed 0, 1, 2")
+    if any(not t >= 0 for t in args.thresholds):
+        p.error(f"--thresholds {args.thresholds}: must be >= 0")
+    if not args.seeds or any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds {args.seeds}: give distinct seeds >= 0")
+    if args.calibration_samples < 1:
+        p.error(f"--calibration-samples {args.calibration_samples}: must be >= 1")
+    if args.timing_pairs < 0:
+        p.error(f"--timing-pairs {args.timing_pairs}: must be >= 0")
+    if args.clock == "cpu" and args.device and args.device.startswith("cuda"):
+        p.error("--clock cpu times CPU work only; use --clock wall on a GPU")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        probe = os.path.join(args.out, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        p.error(f"--out {args.out}: cannot write there ({e.strerror})")
+    return args
+
+
+def main(argv=None) -> int:
+    from .arena_report import write_outputs
+
+    args = parse_args(argv)
+    if args.clock is None:
+        args.clock = "cpu" if not (args.device or "").startswith("cuda") and not torch.cuda.is_available() else "wall"
+    if args.clock == "cpu":
+        torch.set_num_threads(1)  # the CPU clock then counts the calling thread's work alone (fora.timing)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        result = run_arena(args, log)
+    except (ValueError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result["command"] = "python -m analysis.arena " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_outputs(args.out, result)
+    log(f"wrote {args.out}/arena.csv, arena.json, report.html in {result['seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

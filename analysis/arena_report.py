@@ -1,0 +1,179 @@
+"""The arena's outputs: arena.csv, arena.json and a self-contained report.html (Pareto plot, cost plot, plan maps,
+image grid); the figures are shared with the app's Policies tab."""
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+from PIL import Image
+from plotly.subplots import make_subplots
+
+COLORS = {"uncached": "#444", "fora": "#1f77b4", "calibrated": "#d62728", "calibrated-o1": "#ff7f0e",
+          "taylorseer": "#2ca02c", "fbcache": "#9467bd"}  # fmt: skip
+EQUAL_COST = 0.05  # settings within 5% of the budget count as equal cost
+
+
+def _finite(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def at_budget(rows: list[dict], budget: float) -> list[dict]:
+    """Each method's best setting (highest PSNR) whose cost is within `EQUAL_COST` of `budget`."""
+    best = {}
+    for r in rows:
+        if r["policy"] == "uncached" or abs(r["computed_calls"] - budget) > EQUAL_COST * budget:
+            continue
+        if r["policy"] not in best or r["psnr"] > best[r["policy"]]["psnr"]:
+            best[r["policy"]] = r
+    return sorted(best.values(), key=lambda r: -r["psnr"])
+
+
+def pareto_plot(rows: list[dict], x: str = "speedup", title: str | None = None) -> go.Figure:
+    """Quality (PSNR against uncached) against measured speedup (or `x="computed_fraction"`), one trace per
+    method, settings joined in order of cost; the dashed line is the Pareto front over all methods."""
+    fig = go.Figure()
+    pts = [r for r in rows if r["policy"] != "uncached" and r.get(x) is not None]
+    for policy in COLORS:
+        sub = sorted((r for r in pts if r["policy"] == policy), key=lambda r: r[x])
+        if not sub:
+            continue
+        if policy == "taylorseer":  # one line per order
+            groups = {o: [r for r in sub if r.get("order") == o] for o in sorted({r.get("order") for r in sub})}
+        else:
+            groups = {None: sub}
+        for order, g in groups.items():
+            name = policy if order is None else f"{policy} order {order}"
+            err = None
+            if x == "speedup" and all(r.get("speedup_low") is not None for r in g):
+                err = {"type": "data", "symmetric": False, "array": [r["speedup_high"] - r["speedup"] for r in g],
+                       "arrayminus": [r["speedup"] - r["speedup_low"] for r in g]}  # fmt: skip
+            fig.add_trace(go.Scatter(
+                x=[r[x] for r in g], y=[r["psnr"] for r in g], mode="lines+markers", name=name, error_x=err,
+                line={"color": COLORS[policy], "dash": ["solid", "dot", "dash"][order or 0]},
+                text=[f"{r['policy']} {r['setting']}<br>{r['computed_calls']:.0f} calls" for r in g],
+                hovertemplate="%{text}<br>x=%{x:.2f}, PSNR %{y:.2f} dB<extra></extra>"))  # fmt: skip
+    front, best = [], -math.inf
+    for r in sorted(pts, key=lambda r: -r[x]):
+        if r["psnr"] > best:
+            front.append(r)
+            best = r["psnr"]
+    if front:
+        fig.add_trace(go.Scatter(x=[r[x] for r in front], y=[r["psnr"] for r in front], mode="lines", name="Pareto front",
+                                 line={"color": "rgba(0,0,0,0.3)", "dash": "dash", "width": 6}, hoverinfo="skip"))  # fmt: skip
+    label = "measured speedup over uncached (x)" if x == "speedup" else "computed attention/MLP calls (fraction)"
+    fig.update_layout(title=title or "Quality against speed (up and right is better)", xaxis_title=label,
+                      yaxis_title="PSNR vs uncached (dB)", height=460, margin={"t": 50, "b": 40})  # fmt: skip
+    return fig
+
+
+def plan_map_figure(maps: dict[str, np.ndarray], kind: str = "attn", title: str | None = None) -> go.Figure:
+    """One block x step map per method: dark where the module computed at that step (measured by `ComputeMap`)."""
+    labels = list(maps)
+    fig = make_subplots(rows=len(labels), cols=1, subplot_titles=labels, vertical_spacing=0.12 / max(1, len(labels)))
+    for i, label in enumerate(labels, start=1):
+        m = np.asarray(maps[label], dtype=float)
+        fig.add_trace(go.Heatmap(z=m, colorscale=[[0, "#eeeeee"], [1, "#1f3b73"]], zmin=0, zmax=1, showscale=False,
+                                 hovertemplate="step %{x}, block %{y}: %{z}<extra></extra>"), row=i, col=1)  # fmt: skip
+        fig.update_yaxes(title_text="block", row=i, col=1, autorange="reversed")
+    fig.update_xaxes(title_text="step", row=len(labels), col=1)
+    fig.update_layout(title=title or f"Plan maps ({kind}): which block computed at which step",
+                      height=120 + 110 * len(labels), margin={"t": 70, "b": 40})  # fmt: skip
+    return fig
+
+
+def image_grid(columns: list[np.ndarray], scale: int = 3, gap: int = 2) -> np.ndarray:
+    """Images (each n x H x W x 3 in [0, 1]) as a grid: one column per method, one row per seed."""
+    cols = [np.clip(np.asarray(c), 0, 1) for c in columns]
+    n, h, w = cols[0].shape[:3]
+    grid = np.ones((n * (h + gap), len(cols) * (w + gap), 3))
+    for j, c in enumerate(cols):
+        for i in range(n):
+            grid[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = c[i]
+    grid = (grid * 255).round().astype(np.uint8)
+    return np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8))
+
+
+def _png(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(v, digits=2):
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def budget_entries(entries: list, budget: float) -> list:
+    """The entries shown side by side: uncached, then each method's best setting at the budget."""
+    best = {id(r) for r in at_budget([e.row for e in entries], budget)}
+    chosen = [e for e in entries if id(e.row) in best]
+    return [entries[0]] + sorted(chosen, key=lambda e: -e.row["psnr"])
+
+
+def report_html(result: dict) -> str:
+    s, rows, entries = result["settings"], result["rows"], result["_entries"]
+    budget = result["budget_calls"]
+    shown = budget_entries(entries, budget)
+    figs = [pareto_plot(rows), pareto_plot(rows, x="computed_fraction", title="Quality against cost in module calls"),
+            plan_map_figure({f"{e.policy} {e.setting}": e.maps.get("attn") for e in shown[1:]})]  # fmt: skip
+    plots = "".join(pio.to_html(f, full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
+    grid = image_grid([e.images[:8] for e in shown])
+    cols = ["policy", "setting", "computed_calls", "computed_fraction", "speedup", "speedup_low", "speedup_high",
+            "psnr", "psnr_min", "ssim", "class_accuracy"]  # fmt: skip
+    esc = html.escape
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Caching arena: {esc(s['model'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1150px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}img{{image-rendering:pixelated}}</style></head><body>
+<h1>FORA, calibrated plans and peers on {esc(s['model'])}</h1>
+<p>{s['steps']} DDIM steps, guidance {s['guidance']}, evaluation seeds {esc(str(s['seeds']))} (class = seed mod classes),
+one sample per call. Calibrated plans were fit on classes {esc(str(s['calibration']['classes']))} with seeds
+{esc(str(s['calibration']['seeds']))}. PSNR/SSIM: final image against the uncached one of the same seed, mean over
+seeds (PSNR capped at 100 dB for identical images). Cost: attention/MLP calls that really ran per call (counted on
+the modules), out of {result['total_calls']}. Speed: {esc(result['timing'])}. Measured on
+{esc(result['machine']['processor'])} ({esc(result['machine']['device'])}, {result['machine']['threads']} thread(s),
+torch {esc(result['machine']['torch'])}), {esc(result['date'])}, {result['seconds']:.0f} s in all.</p>
+<h2>At FORA N={s['match_interval']}'s cost ({budget} calls, within {EQUAL_COST:.0%})</h2>
+{_table(at_budget(rows, budget), cols)}
+<h2>Plots</h2>{plots}
+<h2>The same seeds</h2><p>Columns: {esc(', '.join(f'{e.policy} {e.setting}' for e in shown))}; rows: the first
+seeds.</p><img src="data:image/png;base64,{_png(grid)}">
+<h2>Every setting</h2>{_table(rows, cols)}
+<p>Command: <code>{esc(result.get('command', ''))}</code></p></body></html>"""
+
+
+def _atomic_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(out: str, result: dict) -> None:
+    """arena.csv, report.html and, last, arena.json, each written whole and renamed into place."""
+    from .arena import COLUMNS
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    _atomic_text(os.path.join(out, "arena.csv"), buf.getvalue())
+    _atomic_text(os.path.join(out, "report.html"), report_html(result))
+    data = {k: v for k, v in result.items() if not k.startswith("_")}
+    data["rows"] = [{k: _finite(v) for k, v in r.items()} for r in data["rows"]]
+    data["at_budget"] = at_budget(data["rows"], result["budget_calls"])
+    _atomic_text(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")
