@@ -523,6 +523,8 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         raise TypeError(f"apply_fora needs a diffusers pipeline with .transformer or a torch module, got {type(model)}")
     if getattr(transformer, "_fora_handle", None) is not None:
         raise ValueError("FORA is already applied to this model; call remove_fora() before applying it again")
+    if getattr(transformer, "_peer_handle", None) is not None:
+        raise ValueError("a peer cache is already applied to this model; call fora.peers.remove_peer() first")
     if pipeline is None and num_steps is not None:
         config.check_num_steps(num_steps)
 

@@ -1,0 +1,225 @@
+"""Policies beyond the fixed interval: diffusers' peers made correct, measured compute maps, the calibrated plan and
+the arena, on real tiny pipelines."""
+
+import csv
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dit_pipeline, run_dit, run_pixart
+from diffusers.hooks import apply_first_block_cache, apply_taylorseer_cache
+
+from analysis.calibrate import best_steps, calibrate, reuse_costs
+from analysis.compute_map import ComputeMap
+from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
+from fora.peers import apply_peer, fbcache, remove_peer, taylorseer
+
+
+def same(a, b) -> bool:
+    return torch.equal(torch.from_numpy(np.asarray(a)), torch.from_numpy(np.asarray(b)))
+
+
+# ---- peers -------------------------------------------------------------------------------------------------------
+def test_diffusers_peers_as_shipped_do_not_work_on_dit(dit_pipe):
+    """Why `apply_peer` exists: on a DiT pipeline TaylorSeer's default patterns hook nothing, and First Block Cache
+    has no cache context (DiT's pipeline never sets one)."""
+    apply_taylorseer_cache(dit_pipe.transformer, taylorseer(3, 1).__class__())
+    assert not any(hasattr(m, "_diffusers_hook") for m in dit_pipe.transformer.transformer_blocks.modules())
+    pipe = make_dit_pipeline()
+    apply_first_block_cache(pipe.transformer, fbcache(0.1))
+    with pytest.raises(ValueError, match="cache context"):
+        run_dit(pipe, steps=4)
+
+
+def test_taylorseer_order_0_on_foras_schedule_is_fora_bit_for_bit(dit_pipe):
+    # T = 9, N = 3: FORA computes steps 0, 2, 5, 8; TaylorSeer with warm-up 1 computes 0 and (s - 2) % 3 == 0
+    apply_fora(dit_pipe, ForaConfig(interval=3))
+    fora = run_dit(dit_pipe, steps=9)
+    remove_fora(dit_pipe)
+    apply_peer(dit_pipe, taylorseer(interval=3, order=0))
+    with ComputeMap(dit_pipe.transformer) as cmap:
+        peer = run_dit(dit_pipe, steps=9)
+    assert same(peer, fora)
+    assert sorted({s for s, _, _ in cmap.cells}) == full_steps(9, 3)
+
+
+@pytest.mark.parametrize("config", [taylorseer(3, 1), taylorseer(2, 2), fbcache(0.3)], ids=["ts1", "ts2", "fbc"])
+def test_peers_reset_between_calls_and_on_a_change_of_steps(config):
+    pipe = make_dit_pipeline()
+    base = run_dit(pipe, steps=9)
+    handle = apply_peer(pipe, config)
+    first = run_dit(pipe, steps=9)
+    assert same(run_dit(pipe, steps=9), first)  # a second call starts from a clean state
+    run_dit(pipe, steps=12)
+    assert handle.last_run.num_steps == 12 and handle.last_run.steps_done == 12
+    assert same(run_dit(pipe, steps=9), first)  # and after a call with another number of steps
+    assert not same(first, base)  # the peer did change something (it is not a no-op)
+    remove_peer(pipe)
+    assert same(run_dit(pipe, steps=9), base)  # removed: exactly the original model
+    assert not hasattr(pipe.transformer, "_diffusers_hook") and not hasattr(pipe.transformer, "_peer_handle")
+
+
+def test_peers_on_pixart_reset_between_calls(pixart_pipe):
+    for config in (taylorseer(2, 1), fbcache(0.5)):
+        apply_peer(pixart_pipe, config)
+        a, b = run_pixart(pixart_pipe, steps=6), run_pixart(pixart_pipe, steps=6)
+        remove_peer(pixart_pipe)
+        assert same(a, b)
+
+
+def test_fbcache_threshold_zero_computes_everything_and_a_high_one_skips(dit_pipe):
+    base = run_dit(dit_pipe, steps=8)
+    for threshold, expect_all in ((0.0, True), (10.0, False)):
+        apply_peer(dit_pipe, fbcache(threshold))
+        with ComputeMap(dit_pipe.transformer) as cmap:
+            out = run_dit(dit_pipe, steps=8)
+        remove_peer(dit_pipe)
+        assert (cmap.computed_calls == 8 * 3 * 2) == expect_all
+        if expect_all:
+            assert same(out, base)
+        else:  # block 0 always runs; the rest only at step 0
+            assert cmap.matrix("attn")[0].all() and cmap.matrix("attn")[1:, 1:].sum() == 0
+
+
+def test_one_cache_at_a_time_and_bad_knobs(dit_pipe):
+    apply_peer(dit_pipe, taylorseer())
+    with pytest.raises(ValueError, match="already applied"):
+        apply_fora(dit_pipe, ForaConfig(interval=2))
+    with pytest.raises(ValueError, match="already applied"):
+        apply_peer(dit_pipe, fbcache())
+    remove_peer(dit_pipe)
+    for make, message in ((lambda: taylorseer(order=3), "order=3: allowed 0..2"),
+                          (lambda: taylorseer(interval=0), "interval=0"), (lambda: taylorseer(warmup=0), "warmup=0"),
+                          (lambda: fbcache(-0.1), "threshold=-0.1")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            make()
+
+
+# ---- compute maps ------------------------------------------------------------------------------------------------
+def test_compute_map_agrees_with_the_engines_count(dit_pipe):
+    plan = CachePlan(10, {"attn": [[0, 3], [0, 1, 2], [0, 9]], "mlp": [[0], [0, 5], [0, 4, 8]]})
+    handle = apply_fora(dit_pipe, ForaConfig(plan=plan))
+    with ComputeMap(dit_pipe.transformer) as cmap:
+        run_dit(dit_pipe, steps=10)
+    assert cmap.computed_calls == handle.last_run.computed_calls == plan.computed_calls
+    assert cmap.matrix("attn").tolist() == plan.matrix("attn") and cmap.matrix("mlp").tolist() == plan.matrix("mlp")
+
+
+# ---- calibration -------------------------------------------------------------------------------------------------
+def test_reuse_costs_from_gram_matrices_equal_the_direct_errors():
+    torch.manual_seed(0)
+    feats = {(0, "attn"): torch.randn(6, 40, dtype=torch.float64), (1, "mlp"): torch.randn(6, 40, dtype=torch.float64)}
+    grams = {k: (f @ f.T).numpy() for k, f in feats.items()}
+    e0, e1 = reuse_costs(grams, 0), reuse_costs(grams, 1)
+    for p, a, b in [(0, 2, 3), (1, 4, 5), (2, 3, 5)]:
+        d0 = np.mean([float((f[a] - f[b]).norm() / f[b].norm()) for f in feats.values()])
+        pred = [f[a] + (b - a) / (a - p) * (f[a] - f[p]) for f in feats.values()]
+        d1 = np.mean([float((q - f[b]).norm() / f[b].norm()) for q, f in zip(pred, feats.values())])
+        assert e0[a, b] == pytest.approx(d0, rel=1e-9) and e1[p, a, b] == pytest.approx(d1, rel=1e-9)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_dynamic_programme_finds_the_brute_force_optimum(order):
+    rng = np.random.default_rng(order)
+    t, k = 7, 3
+    costs = rng.random((t, t) if order == 0 else (t, t, t))
+
+    def total(steps):
+        cost = 0.0
+        for b in range(t):
+            if b in steps:
+                continue
+            before = [s for s in steps if s < b]
+            cost += costs[before[-1], b] if order == 0 or len(before) < 2 else costs[before[-2], before[-1], b]
+        return cost
+
+    def total1(steps):  # order 1 with one computed step uses e1[a, a, b], which reuse_costs fills with e0
+        cost = 0.0
+        for b in set(range(t)) - set(steps):
+            before = [s for s in steps if s < b]
+            p = before[-2] if len(before) > 1 else before[-1]
+            cost += costs[p, before[-1], b]
+        return cost
+
+    score = total if order == 0 else total1
+    brute = min(([0, *rest] for rest in itertools.combinations(range(1, t), k - 1)), key=score)
+    found = best_steps(costs, k)
+    assert len(found) == k and found[0] == 0
+    assert score(found) == pytest.approx(score(brute))
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_calibrated_plan_meets_foras_budget_exactly_and_is_not_worse_on_calibration(order):
+    pipe = make_dit_pipeline()
+    plan = calibrate(pipe, 12, match_interval=3, order=order, guidance=4.0, num_samples=2)
+    assert plan.computed_calls == len(full_steps(12, 3)) * 3 * 2
+    assert plan.shared_steps[0] == 0 and plan.order == order
+    scores = plan.meta["candidate_psnr"]
+    assert scores[plan.meta["chosen"]] == max(scores.values()) >= scores["fora"]
+    assert plan.name == ("calibrated" if order == 0 else "calibrated-o1")
+    apply_fora(pipe, ForaConfig(plan=plan))
+    run_dit(pipe, steps=12)
+    assert pipe.transformer._fora_handle.last_run.computed_calls == plan.computed_calls
+
+
+def test_calibration_budget_out_of_range_is_named():
+    pipe = make_dit_pipeline()
+    with pytest.raises(ValueError, match="budget of 13 computed steps out of range: allowed 1..12"):
+        calibrate(pipe, 12, num_full=13, num_samples=1)
+    with pytest.raises(ValueError, match="interval=12 out of range"):
+        calibrate(pipe, 12, match_interval=12, num_samples=1)
+
+
+# ---- the arena ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def arena_out(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dit")
+    make_dit_pipeline().save_pretrained(folder)
+    out = tmp_path_factory.mktemp("arena")
+    cmd = [sys.executable, "-m", "analysis.arena", "--model", str(folder), "--steps", "8", "--match-interval", "2",
+           "--intervals", "2", "3", "--seeds", "0", "1", "--orders", "0", "1", "--thresholds", "0.2",
+           "--calibration-samples", "2", "--timing-pairs", "1", "--guidance", "4", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_arena_writes_every_policy_at_measured_cost(arena_out):
+    rows = list(csv.DictReader(open(arena_out / "arena.csv")))
+    for column in ("policy", "setting", "computed_calls", "speedup", "psnr", "ssim", "class_accuracy"):
+        assert column in rows[0]
+    assert {r["policy"] for r in rows} == {"uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache"}
+    fora = {r["setting"]: float(r["computed_calls"]) for r in rows if r["policy"] == "fora"}
+    assert fora == {"N=2": len(full_steps(8, 2)) * 6, "N=3": len(full_steps(8, 3)) * 6}
+    calibrated = {r["setting"]: float(r["computed_calls"]) for r in rows if r["policy"] == "calibrated"}
+    assert calibrated == {"budget of N=2": fora["N=2"], "budget of N=3": fora["N=3"]}  # equal cost, measured
+    ts0 = next(r for r in rows if r["policy"] == "taylorseer" and r["setting"] == "N=2 order=0")
+    assert float(ts0["speedup"]) > 0 and float(ts0["psnr"]) < 100
+    data = json.loads((arena_out / "arena.json").read_text())
+    assert data["budget_calls"] == fora["N=2"] and data["at_budget"]
+    assert all(r["policy"] != "uncached" for r in data["at_budget"])
+    assert any(k.startswith("calibrated") for k in data["plans"])
+    html = (arena_out / "report.html").read_text()
+    assert "Pareto front" in html and "Plan maps" in html and "data:image/png;base64," in html
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "3"], "--steps 3: must be >= 4"),
+        (["--match-interval", "30"], "--match-interval 30: allowed 2..29"),
+        (["--intervals", "1"], r"--intervals \[1\]: allowed 2..29"),
+        (["--orders", "3"], "--orders"),
+        (["--seeds", "1", "1"], "distinct seeds"),
+        (["--thresholds", "-1"], "--thresholds"),
+    ],
+)
+def test_arena_bad_input_is_named(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "analysis.arena", "--out", str(tmp_path / "o"), *args],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert __import__("re").search(message, proc.stderr), proc.stderr
