@@ -19,7 +19,9 @@ import gradio as gr
 import torch
 
 from analysis import form, live
+from analysis.arena_report import pareto_plot, plan_map_figure
 from analysis.memory import MODEL_SHAPES, hbm_answer, measure_read_seconds
+from analysis.policies import POLICIES, PolicyResult, stream_policies
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot, tradeoff_plot
 from analysis.sweep import SweepResult, stream_sweep
 from analysis.sweep_report import write_outputs
@@ -83,6 +85,12 @@ def sweep_on_gpu(job: form.SweepJob):
                             job.warmup)  # fmt: skip
 
 
+@gpu(duration=lambda job, plans: gpu_seconds(job.denoising_steps(len(job.missing_plans(plans)))))
+def policies_on_gpu(job, plans: dict):
+    """One Policies click, streamed: progress strings, then `PolicyResult`s (its plans calibrated here included)."""
+    yield from stream_policies(live.loaded(job.model_key), job, plans)
+
+
 @gpu(duration=20)
 def measure_read_on_gpu(nbytes: int) -> tuple[str, float]:
     """Read `nbytes` on the accelerator (CPU without one): the Memory tab's one measured number."""
@@ -94,6 +102,7 @@ def measure_read_on_gpu(nbytes: int) -> tuple[str, float]:
 def _metrics_rows(comp, cached_baseline: bool, speed=None, pairs: int = form.COMPARE_PAIRS,
                   measuring: bool = True, clock: str = "") -> list[list]:  # fmt: skip
     m = comp.metrics
+    what_ran = m["policy"] + ("" if m["policy"].startswith("FORA") else ", shared schedule")
     if speed is not None:
         what = {"cpu": " (process CPU time)", "wall": " (wall time)"}.get(clock, "")
         timed, calls = f"{speed}{what}", f"{speed.baseline_s * 1e3:.0f} ms / {speed.fora_s * 1e3:.0f} ms"
@@ -103,7 +112,9 @@ def _metrics_rows(comp, cached_baseline: bool, speed=None, pairs: int = form.COM
         timed = calls = "not measured (FORA_COMPARE_PAIRS=0)"
     return [
         ["speedup, measured (baseline / FORA, median of pairs)", timed],
-        ["speedup, ideal T / full", f"{m['ideal_speedup']:.2f}x"],
+        ["policy", what_ran],
+        ["speedup, ideal (all calls / computed calls)" if m["policy"][:4] != "FORA" else "speedup, ideal T / full",
+         f"{m['ideal_speedup']:.2f}x"],
         ["call time, baseline / FORA (median)", calls],
         ["full / reuse steps", f"{m['full_steps']} / {m['reuse_steps']}"],
         ["PSNR vs baseline", "inf (identical)" if m["psnr"] == float("inf") else f"{m['psnr']:.2f} dB"],
@@ -116,7 +127,7 @@ def _metrics_rows(comp, cached_baseline: bool, speed=None, pairs: int = form.COM
 
 def _heatmaps(comp, source):
     run = comp.baseline if source == "uncached baseline" else comp.fora
-    prefix = "uncached" if run is comp.baseline else f"FORA N={comp.fora.config.interval}"
+    prefix = "uncached" if run is comp.baseline else comp.metrics["policy"]
     return (neighbour_heatmap(run.similarity, "attn", f"{prefix}: self-attention, cos to previous computed step"),
             neighbour_heatmap(run.similarity, "mlp", f"{prefix}: MLP, cos to previous computed step"))  # fmt: skip
 
@@ -129,19 +140,20 @@ def _pairwise(comp, block, kind):
 
 
 def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_attn, cache_cross_attn, cache_mlp,
-             cache_start, cache_end, blocks, block_choice, heat_source="FORA run", pair_kind="attn",
+             cache_start, cache_end, blocks, block_choice, heat_source="FORA run", pair_kind="attn", policy="FORA",
              progress=gr.Progress()):  # fmt: skip
     """Baseline and FORA image with the same seed and their heatmaps first, the measured speedup when timed."""
     try:
         pipe, lock = live.get_model(model_key)  # in the main process: a forked GPU worker inherits it
         job = form.parse_generate(pipe, model_key, label, prompt, steps, interval, seed, guidance, cache_attn,
-                                  cache_cross_attn, cache_mlp, cache_start, cache_end, blocks)  # fmt: skip
+                                  cache_cross_attn, cache_mlp, cache_start, cache_end, blocks, policy,
+                                  live.known_plans())  # fmt: skip
     except (ValueError, live.ModelLoadError) as e:
         raise _error(e) from None
     key = (model_key, job.request)
     cached = live.BASELINES.get(key)
     comp = token = None
-    done = f"N={job.config.interval}, seed {job.request.seed}"
+    done = f"{job.config.plan.name if job.config.plan else 'FORA'} at N={job.config.interval}, seed {job.request.seed}"
     try:
         with lock:  # taken here, never in the worker: a lock held by another thread at fork time stays held there
             stream = compare_on_gpu(job, cached)
@@ -253,6 +265,59 @@ def sweep(model_key, label, prompt, steps, seed, guidance, intervals, num_seeds,
     yield *_sweep_outputs(result, model_key), f"done: {result.timing}"
 
 
+# -- Policies ---------------------------------------------------------------------------------------------------
+def _policy_outputs(result: PolicyResult):
+    gallery = [(live.upscale(result.baseline), "uncached")]
+    table = []
+    for row, image in zip(result.rows, result.images):
+        name = f"{row['policy']} {row['setting']}"
+        gallery.append((live.upscale(image), f"{name}: {row['psnr']:.1f} dB"))
+        if row.get("speedup") is not None:
+            speed = (f"{row['speedup']:.2f}x, {row['speedup_low']:.2f}-{row['speedup_high']:.2f} over {row['pairs']} "
+                     f"pairs ({row['clock']} clock)")  # fmt: skip
+        else:
+            speed = "measuring..." if not result.timed else "not measured"
+        table.append([name, f"{row['computed_calls']:.0f} of {result.total_calls} ({row['computed_fraction']:.0%})",
+                      f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", speed])  # fmt: skip
+    maps = plan_map_figure({k: v for k, v in result.maps.items() if v is not None})
+    pareto = pareto_plot(result.sweep_rows, x="computed_fraction",
+                         title="Small sweep: quality against cost (this seed)")  # fmt: skip
+    return gallery, table, maps, pareto
+
+
+def policies(model_key, label, prompt, steps, seed, guidance, chosen, interval, progress=gr.Progress()):
+    """The same seed through up to three policies at FORA N's cost, next to the uncached baseline."""
+    try:
+        pipe, lock = live.get_model(model_key)
+        plans = live.known_plans()
+        job = form.parse_policies(pipe, model_key, label, prompt, steps, seed, guidance, chosen, interval, plans)
+    except (ValueError, live.ModelLoadError) as e:
+        raise _error(e) from None
+    try:
+        with lock:
+            stream = policies_on_gpu(job, plans)
+            try:
+                for event in stream:
+                    if event is None:
+                        yield (SKIP,) * 5
+                    elif isinstance(event, str):
+                        progress(None, desc=event)
+                        yield *(SKIP,) * 4, f"running: {event}"
+                    else:
+                        live.learn_plans(event.new_plans)
+                        status = ("done: speedups measured without observers" if event.timed else
+                                  "images ready; timing each policy against uncached...")  # fmt: skip
+                        yield *_policy_outputs(event), status
+            finally:
+                stream.close()
+    except (ValueError, live.ModelLoadError) as e:
+        raise _error(e) from None
+    except gr.Error:
+        raise
+    except Exception as e:
+        raise gr.Error(f"policies failed: {type(e).__name__}: {e}", print_exception=True) from None
+
+
 # -- Memory -----------------------------------------------------------------------------------------------------
 def memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization):
     """Cache size and HBM read time against the compute it replaces (arithmetic here, the read on the GPU)."""
@@ -327,6 +392,8 @@ def _settings():
         w["cache_start"] = gr.Number(0, label="cache_start: first step allowed to reuse", precision=0)
         w["cache_end"] = gr.Number(0, label="cache_end: steps from here on recompute (0 = none)", precision=0)
         w["blocks"] = gr.Textbox("", label="blocks that cache (e.g. 0,2,5; empty = all)")
+        w["policy"] = gr.Radio(list(form.COMPARE_POLICIES), value="FORA",
+                               label="Compare: policy at N's cost (calibrated plans: see the Policies tab)")
     with gr.Row():
         w["run"] = gr.Button("Generate", variant="primary")
         w["stop"] = gr.Button("Stop", variant="stop")
@@ -369,6 +436,27 @@ def _sweep_tab():
          "table": gr.Dataframe(headers=["N", "full", "speedup (paired)", "ideal", "PSNR", "SSIM", "cache MiB"],
                                interactive=False),
          "files": gr.File(label="download CSV / JSON / HTML report", file_count="multiple")}  # fmt: skip
+    return w
+
+
+def _policies_tab():
+    gr.Markdown("The same seed (model, class, steps, seed and guidance on the left) through up to three caching "
+                "policies at FORA N's cost, next to the uncached baseline. *calibrated*: this project's schedule "
+                "fit on the model's own step x step similarity (shared by all blocks; -o1 extrapolates linearly). "
+                "*TaylorSeer* and *First Block Cache* are diffusers' implementations (FBCache's threshold is "
+                "bisected to the same cost). Plan maps are measured: which block really computed attention at "
+                "which step.")  # fmt: skip
+    with gr.Row():
+        w = {"chosen": gr.CheckboxGroup(list(POLICIES), value=["FORA", "calibrated-o1", "TaylorSeer order 1"],
+                                        label="policies (up to 3)"),
+             "interval": gr.Slider(2, 10, value=3, step=1, label="cost: FORA N's computed calls")}  # fmt: skip
+    w["run"] = gr.Button("Compare policies", variant="primary")
+    w["status"] = gr.Markdown("")
+    w["gallery"] = gr.Gallery(label="same seed", columns=4, height=260, elem_id="policy-gallery")
+    w["table"] = gr.Dataframe(headers=["policy", "computed calls", "PSNR (dB)", "SSIM", "speedup (paired)"],
+                              interactive=False, label="at equal cost")  # fmt: skip
+    w["maps"] = gr.Plot(label="plan maps (measured)")
+    w["pareto"] = gr.Plot(label="small sweep")
     return w
 
 
@@ -438,6 +526,8 @@ def build_demo() -> gr.Blocks:
                     c = _compare_tab()
                 with gr.Tab("Sweep"):
                     sw = _sweep_tab()
+                with gr.Tab("Policies"):
+                    pol = _policies_tab()
                 with gr.Tab("Memory"):
                     m = _memory_tab()
                 with gr.Tab("Table 3"):
@@ -451,7 +541,7 @@ def build_demo() -> gr.Blocks:
         s["randomize"].click(lambda: int(time.time_ns() % form.SEED_MAX), None, s["seed"], api_name=False)
         gen = s["run"].click(
             generate, [s["model"], s["label"], s["prompt"], s["steps"], s["interval"], s["seed"], s["guidance"],
-                       *advanced, c["block_choice"], c["heat_source"], c["kind_choice"]],
+                       *advanced, c["block_choice"], c["heat_source"], c["kind_choice"], s["policy"]],
             [c["base_img"], c["fora_img"], c["diff_img"], c["metrics"], c["heat_attn"], c["heat_mlp"], c["pairwise"],
              c["strip"], c["err"], s["status"], last],
             api_name="generate", concurrency_limit=1, concurrency_id="gpu")  # fmt: skip
@@ -464,7 +554,12 @@ def build_demo() -> gr.Blocks:
                     sw["seeds"], *advanced],
             [sw["plot"], sw["gallery"], sw["table"], sw["files"], sw["status"]], api_name="sweep",
             concurrency_limit=1, concurrency_id="gpu")  # fmt: skip
-        s["stop"].click(None, None, None, cancels=[gen, swept], api_name=False)
+        compared = pol["run"].click(
+            policies, [s["model"], s["label"], s["prompt"], s["steps"], s["seed"], s["guidance"], pol["chosen"],
+                       pol["interval"]],
+            [pol["gallery"], pol["table"], pol["maps"], pol["pareto"], pol["status"]], api_name="policies",
+            concurrency_limit=1, concurrency_id="gpu")  # fmt: skip
+        s["stop"].click(None, None, None, cancels=[gen, swept, compared], api_name=False)
         if t3 is not None:
             t3["class"].change(table3_grid, t3["class"], t3["grid"], api_name="table3_grid")
         m["run"].click(memory, [m["model"], m["batch"], m["dtype"], m["steps"], m["interval"], m["bw"], m["tflops"],

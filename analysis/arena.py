@@ -69,14 +69,15 @@ def _apply(pipe, config):
     return remove_peer
 
 
-def observe(pipe, entry: Entry, seeds: list[int], num_classes: int, steps: int, guidance: float) -> None:
-    """Run `entry` once per seed with a `ComputeMap`: images, mean computed calls, the first seed's maps."""
+def observe(pipe, entry: Entry, seeds: list[int], labels: list[int], steps: int, guidance: float) -> None:
+    """Run `entry` once per seed (class `labels[i]`) with a `ComputeMap`: images, mean computed calls, the first
+    seed's maps."""
     images, calls = [], []
     remove = _apply(pipe, entry.config)
     try:
-        for i, seed in enumerate(seeds):
+        for i, (seed, label) in enumerate(zip(seeds, labels)):
             with ComputeMap(pipe.transformer) as cmap:
-                images.append(generate_batch(pipe, [seed % num_classes], [seed], steps, guidance)[0])
+                images.append(generate_batch(pipe, [label], [seed], steps, guidance)[0])
             calls.append(cmap.computed_calls)
             if i == 0:
                 entry.maps = {kind: cmap.matrix(kind) for kind in cmap.kinds}
@@ -98,24 +99,24 @@ def score(entry: Entry, reference: np.ndarray, total_calls: int, labels: np.ndar
         entry.row["class_accuracy"] = float(np.mean(classify(classifier, entry.images) == labels))
 
 
-def time_entry(pipe, entry: Entry, seed: int, num_classes: int, steps: int, guidance: float, pairs: int,
+def time_entry(pipe, entry: Entry, seed: int, label: int, steps: int, guidance: float, pairs: int,
                clock: str) -> None:  # fmt: skip
     if entry.config is None:
         entry.row.update(speedup=1.0, speedup_low=1.0, speedup_high=1.0, pairs=0)
         return
-    ratio = paired_speedup(pipe, lambda: generate_batch(pipe, [seed % num_classes], [seed], steps, guidance),
+    ratio = paired_speedup(pipe, lambda: generate_batch(pipe, [label], [seed], steps, guidance),
                            entry.config, pairs=pairs, clock=clock)  # fmt: skip
     entry.row.update(speedup=ratio.ratio, speedup_low=ratio.low, speedup_high=ratio.high, pairs=ratio.pairs)
 
 
-def fbcache_at_budget(pipe, budget: float, seeds, num_classes, steps, guidance, iterations: int = 7) -> Entry:
+def fbcache_at_budget(pipe, budget: float, seeds, labels, steps, guidance, iterations: int = 7) -> Entry:
     """First Block Cache at the threshold whose mean cost over `seeds` is closest to `budget` (bisection on the
     threshold; cost falls as the threshold rises)."""
     lo, hi, best = 0.0, 1.0, None
     for _ in range(iterations):
         mid = (lo + hi) / 2
         entry = Entry("fbcache", f"threshold={mid:.4g} (at budget)", fbcache(mid), threshold=round(mid, 6))
-        observe(pipe, entry, seeds, num_classes, steps, guidance)
+        observe(pipe, entry, seeds, labels, steps, guidance)
         if best is None or abs(entry.row["computed_calls"] - budget) < abs(best.row["computed_calls"] - budget):
             best = entry
         lo, hi = (mid, hi) if entry.row["computed_calls"] > budget else (lo, mid)
@@ -167,16 +168,16 @@ def run_arena(args, log=print) -> dict:
     entries = build_entries(pipe, args, log)
     for i, entry in enumerate(entries):
         log(f"[{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
-        observe(pipe, entry, args.seeds, num_classes, args.steps, args.guidance)
+        observe(pipe, entry, args.seeds, labels.tolist(), args.steps, args.guidance)
     log(f"fbcache: bisecting the threshold to FORA N={args.match_interval}'s budget of {budget} calls")
-    entries.append(fbcache_at_budget(pipe, budget, args.seeds, num_classes, args.steps, args.guidance))
+    entries.append(fbcache_at_budget(pipe, budget, args.seeds, labels.tolist(), args.steps, args.guidance))
     reference = entries[0].images
     for entry in entries:
         score(entry, reference, total_calls, labels, classifier)
     if args.timing_pairs:
         for i, entry in enumerate(entries):
             log(f"timing [{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
-            time_entry(pipe, entry, args.seeds[0], num_classes, args.steps, args.guidance, args.timing_pairs,
+            time_entry(pipe, entry, args.seeds[0], int(labels[0]), args.steps, args.guidance, args.timing_pairs,
                        args.clock)  # fmt: skip
     plans = {e.policy + " " + e.setting: e.config.plan.to_dict() for e in entries
              if isinstance(e.config, ForaConfig) and e.config.plan is not None}  # fmt: skip

@@ -135,15 +135,24 @@ def compare_runs(baseline: RunResult, fora: RunResult) -> Comparison:
     metrics = {
         "interval": fora.config.interval, "steps": steps, "full_steps": len(fora.run.full_steps),
         "reuse_steps": len(fora.run.reuse_steps),
-        "ideal_speedup": ideal_speedup(steps, fora.config.interval, fora.config.window),
+        "ideal_speedup": (ideal_speedup(steps, fora.config.interval, fora.config.window) if fora.config.plan is None
+                          else (fora.run.computed_calls + fora.run.reused_calls) / fora.run.computed_calls),
+        "policy": describe_config(fora.config), "computed_calls": fora.run.computed_calls,
         "cache_bytes": fora.run.cache_bytes, **quality,
     }  # fmt: skip
     return Comparison(baseline, fora, metrics)
 
 
+def describe_config(config: ForaConfig) -> str:
+    """"FORA N=3", or a plan's name and cost: "calibrated-o1 (132 calls)"."""
+    if config.plan is None:
+        return f"FORA N={config.interval}"
+    return f"{config.plan.name} ({config.plan.computed_calls} calls)"
+
+
 def baseline_config(config: ForaConfig) -> ForaConfig:
     """The uncached twin of `config` (interval 1, same everything else)."""
-    return replace(config, interval=1, cache_start=0, cache_end=None)
+    return replace(config, interval=1, cache_start=0, cache_end=None, plan=None)
 
 
 @torch.no_grad()

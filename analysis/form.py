@@ -136,11 +136,19 @@ def num_blocks(pipe) -> int:
 
 
 def parse_generate(pipe, model_key: str, label, prompt, steps, interval, seed, guidance, cache_attn=True,
-                   cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="") -> GenerateJob:  # fmt: skip
-    """The Compare tab's values as a checked `GenerateJob` (budget included)."""
+                   cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="", policy="FORA",
+                   plans: dict | None = None) -> GenerateJob:  # fmt: skip
+    """The Compare tab's values as a checked `GenerateJob` (budget included). `policy` "calibrated" or
+    "calibrated-o1" runs the known plan (`plans`) at FORA N = `interval`'s cost instead of FORA."""
     request = parse_request(pipe, label, prompt, steps, seed, guidance)
     config = parse_config(interval, request.steps, num_blocks(pipe), cache_attn, cache_cross_attn, cache_mlp,
                           cache_start, cache_end, blocks)  # fmt: skip
+    plan = compare_plan(model_key, request, config.interval, policy or "FORA", plans or {})
+    if plan is not None:
+        try:
+            config = replace(config, plan=plan)
+        except ValueError as e:
+            raise ValueError(f"{e} (the Advanced cache settings apply to FORA only: reset them for {policy})") from None
     job = GenerateJob(model_key, request, config)
     check_budget(job.denoising_steps(), f"this comparison ({request.steps} steps)")
     return job
@@ -170,6 +178,51 @@ def parse_sweep(pipe, model_key: str, label, prompt, steps, seed, guidance, inte
     job = SweepJob(model_key, request, config, tuple(chosen), seeds)
     what = f"this sweep ({num_seeds} seeds x {len(chosen)} intervals x {request.steps} steps)"
     check_budget(job.denoising_steps(), what)
+    return job
+
+
+COMPARE_POLICIES = ("FORA", "calibrated", "calibrated-o1")  # the Compare tab's choice (Advanced)
+
+
+def compare_plan(model_key: str, request: Request, interval: int, policy: str, plans: dict):
+    """The calibrated plan the Compare tab runs at FORA N = `interval`'s cost, from the known `plans`."""
+    from .policies import plan_key
+
+    if policy not in COMPARE_POLICIES:
+        raise ValueError(f"policy={policy!r}; allowed: {', '.join(COMPARE_POLICIES)}")
+    if policy == "FORA":
+        return None
+    if interval < 2:
+        raise ValueError(f"policy {policy!r} runs at FORA N's cost: choose N >= 2 (got N={interval})")
+    plan = plans.get(plan_key(model_key, request.steps, request.guidance, interval, policy != "calibrated"))
+    if plan is None:
+        raise ValueError(f"no {policy} plan yet for {model_key} at T={request.steps}, guidance {request.guidance}, "
+                         f"N={interval}'s cost: run these settings once in the Policies tab (it calibrates the plan "
+                         "and keeps it)")  # fmt: skip
+    return plan
+
+
+def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, chosen, interval, plans: dict):
+    """The Policies tab's values as a checked `PolicyJob` (budget included, counting plans still to calibrate)."""
+    from .policies import MAX_POLICIES, POLICIES, PolicyJob
+
+    if is_text_conditional(pipe):
+        raise ValueError(f"the Policies tab runs class-conditional models (emoji-dit, DiT-XL/2); {model_key} is "
+                         "text-to-image (its peers run from Python: fora.peers)")  # fmt: skip
+    request = parse_request(pipe, label, prompt, steps, seed, guidance)
+    chosen = list(dict.fromkeys(chosen or []))
+    if not chosen:
+        raise ValueError("no policy chosen: tick one to three")
+    if len(chosen) > MAX_POLICIES:
+        raise ValueError(f"{len(chosen)} policies chosen: allowed 1..{MAX_POLICIES} side by side")
+    unknown = [c for c in chosen if c not in POLICIES]
+    if unknown:
+        raise ValueError(f"unknown policies {unknown}; allowed: {', '.join(POLICIES)}")
+    if request.steps < 4:
+        raise ValueError(f"steps={request.steps}: the Policies tab needs T >= 4")
+    interval = integer("cost N", interval, 2, request.steps - 1)
+    job = PolicyJob(model_key, request, tuple(chosen), interval)
+    check_budget(job.denoising_steps(len(job.missing_plans(plans))), f"this comparison ({request.steps} steps)")
     return job
 
 

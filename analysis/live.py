@@ -212,3 +212,32 @@ def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:
     img = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     factor = max(1, size // max(img.shape[:2]))
     return img.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+_PLANS_MAX = 64
+_learned_plans: OrderedDict = OrderedDict()  # plans calibrated by the Policies tab, newest last
+_shipped_plans: dict | None = None
+
+
+def known_plans() -> dict:
+    """Calibrated plans by `policies.plan_key`: those shipped with the embedded model and those calibrated here."""
+    global _shipped_plans
+    if _shipped_plans is None:
+        from .policies import shipped_plans
+
+        try:
+            _shipped_plans = shipped_plans()
+        except (OSError, ValueError, KeyError):  # a broken file must not take the app down: calibrate instead
+            _shipped_plans = {}
+    with _registry_lock:
+        return {**_shipped_plans, **_learned_plans}
+
+
+def learn_plans(plans: dict) -> None:
+    """Keep plans a run calibrated (in the main process: a ZeroGPU worker returns them), the newest 64."""
+    with _registry_lock:
+        for key, plan in plans.items():
+            _learned_plans[key] = plan
+            _learned_plans.move_to_end(key)
+        while len(_learned_plans) > _PLANS_MAX:
+            _learned_plans.popitem(last=False)

@@ -1,0 +1,179 @@
+"""The app's Policies tab without the widgets: one seed through up to three caching policies at FORA N's cost, next
+to the uncached baseline, with measured plan maps, quality, measured speedups and a small sweep for a Pareto plot.
+
+Calibrated plans come from a store keyed by (model, T, guidance, N, order): the plans shipped with the embedded
+model (`assets/emoji-dit/plans`, written by the arena) and those calibrated live, which the main process keeps
+(`PLANS`). A plan missing for the chosen N is calibrated in the run (a few samples) and handed back to be kept.
+"""
+
+import glob
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fora import CachePlan, ForaConfig, full_steps
+from fora.generate import Request
+from fora.loading import ASSETS
+from fora.peers import fbcache, taylorseer
+
+from .arena import Entry, fbcache_at_budget, observe, time_entry
+from .calibrate import calibrate, calibration_set, record_grams
+from .experiment import default_clock
+from .quality import psnr, ssim
+from .stream import stream_job
+
+POLICIES = ("FORA", "calibrated", "calibrated-o1", "TaylorSeer order 1", "TaylorSeer order 2", "First Block Cache")
+MAX_POLICIES = 3
+SWEEP_INTERVALS = (2, 3, 4, 6)  # the small sweep behind the Pareto plot: each policy at these N's costs
+CALIBRATION_SAMPLES = 4  # live calibration in the app (the arena and the CLI use 8)
+FBCACHE_ITERATIONS = 5  # bisection steps matching First Block Cache's threshold to the budget
+FBCACHE_SWEEP = (0.5, 1.5, 2.5)  # its sweep: these multiples of the threshold found at the budget
+PLANS_DIR = os.path.join(ASSETS, "emoji-dit", "plans")
+
+
+def plan_key(model_key: str, steps: int, guidance: float, interval: int, order: int) -> tuple:
+    return (model_key, int(steps), round(float(guidance), 3), int(interval), int(order))
+
+
+def shipped_plans(folder: str = PLANS_DIR, model_key: str = "emoji-dit") -> dict[tuple, CachePlan]:
+    """The calibrated plans committed for the embedded model, by `plan_key`."""
+    plans = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        plan = CachePlan.load(path)
+        meta = plan.meta
+        plans[plan_key(model_key, plan.num_steps, meta["guidance"], meta["match_interval"], plan.order)] = plan
+    return plans
+
+
+@dataclass(frozen=True)
+class PolicyJob:
+    """One Policies-tab click, checked (`form.parse_policies`)."""
+
+    model_key: str
+    request: Request
+    policies: tuple[str, ...]
+    interval: int  # the cost: FORA N's computed calls
+    pairs: int = 2
+    warmup: int = 1
+
+    def sweep_intervals(self) -> list[int]:
+        return [n for n in SWEEP_INTERVALS if n <= self.request.steps - 1 and n != self.interval]
+
+    def needed_plans(self) -> list[tuple[int, int]]:
+        """(N, order) of the calibrated plans this job uses: the chosen N and the sweep's."""
+        orders = [o for name, o in (("calibrated", 0), ("calibrated-o1", 1)) if name in self.policies]
+        return [(n, o) for o in orders for n in [self.interval, *self.sweep_intervals()]]
+
+    def missing_plans(self, plans: dict) -> list[tuple[int, int]]:
+        """(N, order) of the needed plans that `plans` does not hold: calibrated in the run."""
+        t, g = self.request.steps, self.request.guidance
+        return [(n, o) for n, o in self.needed_plans() if plan_key(self.model_key, t, g, n, o) not in plans]
+
+    def denoising_steps(self, missing_plans: int = 0) -> int:
+        """Steps this job runs: baseline, each policy (First Block Cache's bisection included), the sweep, the
+        timed calls and, per missing plan, a calibration (its candidates on a few samples)."""
+        t = self.request.steps
+        per_policy = 1 + max(len(self.sweep_intervals()), len(FBCACHE_SWEEP)) + 2 * (self.warmup + self.pairs)
+        fbc = FBCACHE_ITERATIONS if "First Block Cache" in self.policies else 0
+        calibration = (missing_plans > 0) + missing_plans * 14  # one recording, ~14 candidates each
+        return t * (1 + len(self.policies) * per_policy + fbc + calibration * CALIBRATION_SAMPLES)
+
+
+@dataclass
+class PolicyResult:
+    """What one click shows: picklable, on the CPU (a ZeroGPU worker returns it)."""
+
+    baseline: np.ndarray
+    rows: list[dict]  # one per chosen policy
+    images: list[np.ndarray]
+    maps: dict  # "policy setting" -> blocks x steps booleans (attention), measured
+    sweep_rows: list[dict]
+    total_calls: int
+    budget_calls: int
+    new_plans: dict = field(default_factory=dict)  # plan_key -> CachePlan calibrated in this run
+    timed: bool = False
+
+
+def _entry(name: str, n: int, plans: dict, key) -> Entry:
+    if name == "FORA":
+        return Entry("fora", f"N={n}", ForaConfig(interval=n), interval=n)
+    if name in ("calibrated", "calibrated-o1"):
+        order = 0 if name == "calibrated" else 1
+        return Entry(name, f"budget of N={n}", ForaConfig(plan=plans[key(n, order)]), interval=n, order=order)
+    if name.startswith("TaylorSeer"):
+        order = int(name[-1])
+        return Entry("taylorseer", f"N={n} order={order}", taylorseer(n, order), interval=n, order=order)
+    raise ValueError(f"unknown policy {name!r}; allowed: {', '.join(POLICIES)}")
+
+
+def _score(entry: Entry, baseline: np.ndarray, total: int) -> dict:
+    image = entry.images[0]
+    value = psnr(image, baseline)
+    return {**entry.row, "psnr": min(value, 100.0), "ssim": ssim(image, baseline),
+            "computed_fraction": entry.row["computed_calls"] / total}  # fmt: skip
+
+
+def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
+    """The job (see the module docstring); `emit(str)` reports progress, `emit(PolicyResult)` the result, once
+    before the timed pairs and once after."""
+    req = job.request
+    t, g = req.steps, req.guidance
+    label, seed = [int(req.label)], [int(req.seed)]
+    plans = dict(plans)
+    key = lambda n, order: plan_key(job.model_key, t, g, n, order)  # noqa: E731
+    missing = job.missing_plans(plans)
+    new_plans = {}
+    if missing:
+        emit(f"calibrating {len(missing)} plan(s) for T={t}, guidance {g} (first time for these settings)")
+        num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+        classes, cal_seeds = calibration_set(num_classes, CALIBRATION_SAMPLES)
+        recording = record_grams(pipe, classes, cal_seeds, t, g)
+        for n, order in missing:
+            emit(f"calibrating order {order} at N={n}'s budget")
+            plan = calibrate(pipe, t, n, order, g, CALIBRATION_SAMPLES, recording=recording)
+            plans[key(n, order)] = new_plans[key(n, order)] = plan
+    emit("uncached baseline")
+    base = Entry("uncached", "T steps computed", None)
+    observe(pipe, base, seed, label, t, g)
+    total = base.row["computed_calls"]
+    blocks_kinds = total / t
+    budget = int(len(full_steps(t, job.interval)) * blocks_kinds)
+    chosen, sweep = [], []
+    for name in job.policies:
+        emit(f"{name} at N={job.interval}'s cost")
+        if name == "First Block Cache":
+            entry = fbcache_at_budget(pipe, budget, seed, label, t, g, iterations=FBCACHE_ITERATIONS)
+        else:
+            entry = _entry(name, job.interval, plans, key)
+            observe(pipe, entry, seed, label, t, g)
+        chosen.append(entry)
+        if name == "First Block Cache":  # its knob is the threshold: a spread around the one at the budget
+            points = [Entry("fbcache", f"threshold={x:.3g}", fbcache(x), threshold=x)
+                      for x in (f * entry.threshold for f in FBCACHE_SWEEP)]  # fmt: skip
+        else:
+            points = [_entry(name, n, plans, key) for n in job.sweep_intervals()]
+        for point in points:
+            emit(f"sweep: {name} {point.setting}")
+            observe(pipe, point, seed, label, t, g)
+            sweep.append(_score(point, base.images[0], total))
+    rows = [_score(e, base.images[0], total) for e in chosen]
+    result = PolicyResult(base.images[0], rows, [e.images[0] for e in chosen],
+                          {f"{e.policy} {e.setting}": e.maps.get("attn") for e in chosen}, sweep + rows, int(total),
+                          budget, new_plans)  # fmt: skip
+    emit(result)
+    if job.pairs:
+        clock = default_clock(pipe)
+        for entry, row in zip(chosen, result.rows):
+            emit(f"timing {entry.policy} {entry.setting}: {job.pairs} pairs against uncached")
+            time_entry(pipe, entry, seed[0], label[0], t, g, job.pairs, clock)
+            row.update({k: entry.row[k] for k in ("speedup", "speedup_low", "speedup_high", "pairs")}, clock=clock)
+        result.timed = True
+        emit(result)
+
+
+def stream_policies(pipe, job: PolicyJob, plans: dict):
+    """`run_policies` in a worker thread: yields progress strings and `PolicyResult`s (None as a heartbeat);
+    closing the stream stops the run at the next step."""
+    yield from stream_job(pipe.transformer, lambda emit: run_policies(pipe, job, plans, emit), 0.2, heartbeat_s=0.2)
+
