@@ -153,7 +153,9 @@ def generate(model_key, label, prompt, steps, interval, seed, guidance, cache_at
     key = (model_key, job.request)
     cached = live.BASELINES.get(key)
     comp = token = None
-    done = f"{job.config.plan.name if job.config.plan else 'FORA'} at N={job.config.interval}, seed {job.request.seed}"
+    plan = job.config.plan
+    done = f"{plan.name} at N={job.config.interval}'s cost" if plan else f"N={job.config.interval}"
+    done += f", seed {job.request.seed}"
     try:
         with lock:  # taken here, never in the worker: a lock held by another thread at fork time stays held there
             stream = compare_on_gpu(job, cached)

@@ -394,3 +394,49 @@ def test_import_loads_no_model():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "blocks" in out.stdout
+
+
+def run_policies(app, chosen, steps=10, interval=3, seed=5, label="cat", model="emoji-dit"):
+    return list(app.policies(model, label, "", steps, seed, 3.0, chosen, interval))
+
+
+def test_policies_side_by_side_then_the_plan_in_compare(app):
+    """Policies: images, equal cost, measured maps; the plan it calibrated is kept and runs in the Compare tab."""
+    from analysis import live
+    from analysis.policies import plan_key
+
+    with pytest.raises(Exception, match="no calibrated-o1 plan yet for emoji-dit at T=10"):
+        run_generate(app, steps=10, interval=3, policy="calibrated-o1")
+    outs = run_policies(app, ["FORA", "calibrated-o1", "TaylorSeer order 1"])
+    gallery, table, maps, pareto, status = shown(app, outs)
+    assert status.startswith("done: speedups measured")
+    assert [caption.split(":")[0] for _, caption in gallery] == [
+        "uncached", "fora N=3", "calibrated-o1 budget of N=3", "taylorseer N=3 order=1"]  # fmt: skip
+    calls = [row[1] for row in table]
+    assert calls[0] == calls[1]  # the calibrated plan costs exactly FORA N's calls (measured on the modules)
+    assert all("over 2 pairs" in row[4] for row in table)
+    assert len(maps.to_dict()["data"]) == 3 and pareto.to_dict()["data"]
+    assert plan_key("emoji-dit", 10, 3.0, 3, 1) in live.known_plans()
+    compare = shown(app, run_generate(app, steps=10, interval=3, policy="calibrated-o1"))
+    metrics = dict(compare[3])
+    assert metrics["policy"].startswith("calibrated-o1 (")
+    assert compare[9].startswith("done: calibrated-o1 at N=3's cost")
+    with pytest.raises(Exception, match="Advanced cache settings apply to FORA only"):
+        run_generate(app, steps=10, interval=3, policy="calibrated-o1", cache_mlp=False)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"chosen": []}, "no policy chosen"),
+        ({"chosen": ["FORA", "calibrated", "calibrated-o1", "First Block Cache"]}, "4 policies chosen: allowed 1..3"),
+        ({"chosen": ["magic"]}, r"unknown policies \['magic'\]"),
+        ({"chosen": ["FORA"], "interval": 1}, "cost N=1 out of range: allowed integers 2..9"),
+        ({"chosen": ["FORA"], "steps": 3}, "needs T >= 4"),
+        ({"chosen": ["FORA"], "seed": -1}, "seed=-1 out of range"),
+    ],
+)
+def test_policies_bad_inputs(app, kw, message):
+    args = {"chosen": ["FORA"], "steps": 10, "interval": 3, "seed": 0, **kw}
+    with pytest.raises(Exception, match=message):
+        run_policies(app, **args)

@@ -93,3 +93,25 @@ def test_bad_input_is_answered_in_the_main_process(zapp):
     with pytest.raises(gr.Error, match="steps=250 out of range: allowed integers 2..100"):
         list(_generate(zapp, steps=250))
     assert len(zerogpu.calls) == before  # no GPU time asked for a request that cannot run
+
+
+def test_policies_through_the_fork_hand_their_plans_to_the_main_process(zapp):
+    """A plan calibrated in the GPU worker is returned and kept by the main process, so the next request (and the
+    Compare tab) finds it; the duration counts the calibration only when a plan is missing."""
+    from analysis import form, live
+    from analysis.policies import plan_key
+
+    key = plan_key("emoji-dit", 7, 3.0, 2, 0)
+    assert key not in live.known_plans()
+    outs = list(zapp.policies("emoji-dit", "cat", "", 7, 11, 3.0, ["calibrated", "FORA"], 2))
+    call = zerogpu.calls[-1]
+    assert call.name == "policies_on_gpu" and call.pid != os.getpid() and call.exitcode == 0
+    assert key in live.known_plans()  # learned in the main process from what the child returned
+    assert outs[-1][-1].startswith("done")
+    job = form.parse_policies(live.loaded("emoji-dit"), "emoji-dit", "cat", "", 7, 11, 3.0, ["calibrated", "FORA"], 2,
+                              live.known_plans())  # fmt: skip
+    assert job.needed_plans() == [(2, 0), (3, 0), (4, 0), (6, 0)]  # the chosen cost and the small sweep's
+    assert job.missing_plans(live.known_plans()) == []  # all calibrated in the child, all kept here
+    assert call.duration == zapp.gpu_seconds(job.denoising_steps(len(job.needed_plans())))
+    list(zapp.policies("emoji-dit", "cat", "", 7, 11, 3.0, ["calibrated", "FORA"], 2))
+    assert zerogpu.calls[-1].duration == zapp.gpu_seconds(job.denoising_steps(0))  # nothing left to calibrate
