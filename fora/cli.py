@@ -19,9 +19,13 @@ def _generate(args) -> int:
     spec = resolve_model(args.model)
     steps = args.steps or (spec.default_steps if spec else 30)
     guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
-    config = ForaConfig(interval=args.interval, cache_attn=not args.no_cache_attn,
-                        cache_cross_attn=not args.no_cache_cross_attn, cache_mlp=not args.no_cache_mlp,
-                        cache_start=args.cache_start, cache_end=args.cache_end)  # fmt: skip
+    if args.plan:  # a cache plan (e.g. from analysis.calibrate) replaces the fixed interval; its T is the default
+        config = ForaConfig(plan=args.plan)
+        steps = args.steps or config.plan.num_steps
+    else:
+        config = ForaConfig(interval=args.interval, cache_attn=not args.no_cache_attn,
+                            cache_cross_attn=not args.no_cache_cross_attn, cache_mlp=not args.no_cache_mlp,
+                            cache_start=args.cache_start, cache_end=args.cache_end)  # fmt: skip
     config.check_num_steps(steps)
     if args.time_pairs < 0:
         raise ValueError(f"--time-pairs={args.time_pairs}: must be >= 0")
@@ -38,11 +42,17 @@ def _generate(args) -> int:
     seconds = time_call(lambda: images.append(generate(pipe, request)), pipe.device)
     images = images[0]
     run = handle.last_run
-    ideal = ideal_speedup(steps, config.interval, config.window)
-    print(f"interval N={config.interval}: {run.summary()}")
-    print(f"full steps: {run.full_steps}")
+    if config.plan is None:
+        ideal, what = ideal_speedup(steps, config.interval, config.window), "T/full"
+        print(f"interval N={config.interval}: {run.summary()}")
+        print(f"full steps: {run.full_steps}")
+    else:
+        ideal, what = (run.computed_calls + run.reused_calls) / run.computed_calls, "all calls/computed calls"
+        print(f"plan {config.plan.name!r} (order {config.plan.order}): {run.summary()}")
+        shared = config.plan.shared_steps
+        print(f"computed steps: {shared if shared is not None else 'per block (see the plan file)'}")
     print(f"pipeline call: {seconds:.3f}s (one call, cold: not a speed figure; --time-pairs K measures one); "
-          f"ideal speedup T/full = {ideal:.2f}x")  # fmt: skip
+          f"ideal speedup {what} = {ideal:.2f}x")  # fmt: skip
     if args.time_pairs:
         remove_fora(pipe)
         pipe.set_progress_bar_config(disable=True)  # the bar's own output is not the model's time
@@ -76,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class id or label name for class-conditional models (e.g. 'cat' or 207)")
     g.add_argument("--prompt", default=None, help="prompt for text-conditional models (PixArt-alpha)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1: off)")
+    g.add_argument("--plan", default=None, metavar="PLAN.json",
+                   help="run a cache plan (python -m analysis.calibrate writes one) instead of the fixed interval")
     g.add_argument("--cache-start", type=int, default=0, help="first step at which reuse is allowed")
     g.add_argument("--cache-end", type=int, default=None, help="steps from this one on always recompute")
     g.add_argument("--no-cache-attn", action="store_true", help="recompute self-attention every step")

@@ -223,3 +223,25 @@ def test_arena_bad_input_is_named(tmp_path, args, message):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert __import__("re").search(message, proc.stderr), proc.stderr
+
+
+def test_calibrate_and_generate_command_lines(tmp_path):
+    folder = tmp_path / "dit"
+    make_dit_pipeline().save_pretrained(folder)
+    plan_path = tmp_path / "plan.json"
+    run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, timeout=300)  # noqa: E731
+    cal = run("-m", "analysis.calibrate", "--model", str(folder), "--steps", "9", "--match-interval", "3",
+              "--samples", "2", "--guidance", "4", "--out", str(plan_path))  # fmt: skip
+    assert cal.returncode == 0, cal.stderr
+    plan = CachePlan.load(plan_path)
+    assert plan.num_steps == 9 and plan.computed_calls == len(full_steps(9, 3)) * 3 * 2
+    assert plan.meta["calibration_seeds"] and plan.meta["chosen"] in plan.meta["candidate_psnr"]
+    gen = run("-m", "fora", "generate", "--model", str(folder), "--plan", str(plan_path), "--class", "1",
+              "--out", str(tmp_path / "x.png"))  # fmt: skip
+    assert gen.returncode == 0, gen.stderr
+    assert f"module calls computed {plan.computed_calls}," in gen.stdout
+    bad = run("-m", "fora", "generate", "--model", str(folder), "--plan", str(plan_path), "--steps", "12")
+    assert bad.returncode == 2 and "is for 9 steps, the run has 12" in bad.stderr
+    bad = run("-m", "analysis.calibrate", "--model", str(folder), "--steps", "9", "--match-interval", "9",
+              "--out", str(tmp_path / "p2.json"))  # fmt: skip
+    assert bad.returncode == 2 and "interval=9 out of range for 9 steps: allowed 1..8" in bad.stderr
