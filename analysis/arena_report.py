@@ -163,8 +163,23 @@ def _atomic_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def plan_filename(plan: dict) -> str:
+    return f"{plan['name']}-T{plan['num_steps']}-N{plan['meta']['match_interval']}.json"
+
+
+def write_plans(out: str, plans: dict) -> list[str]:
+    """Each calibrated plan as its own file under DIR/plans, loadable by `CachePlan.load` and `--plan`."""
+    folder = os.path.join(out, "plans")
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for plan in plans.values():
+        paths.append(os.path.join(folder, plan_filename(plan)))
+        _atomic_text(paths[-1], json.dumps(plan, indent=1) + "\n")
+    return paths
+
+
 def write_outputs(out: str, result: dict) -> None:
-    """arena.csv, report.html and, last, arena.json, each written whole and renamed into place."""
+    """arena.csv, report.html, the plans (DIR/plans) and, last, arena.json, each written whole and renamed."""
     from .arena import COLUMNS
 
     buf = io.StringIO()
@@ -173,6 +188,7 @@ def write_outputs(out: str, result: dict) -> None:
     writer.writerows(result["rows"])
     _atomic_text(os.path.join(out, "arena.csv"), buf.getvalue())
     _atomic_text(os.path.join(out, "report.html"), report_html(result))
+    write_plans(out, result["plans"])
     data = {k: v for k, v in result.items() if not k.startswith("_")}
     data["rows"] = [{k: _finite(v) for k, v in r.items()} for r in data["rows"]]
     data["at_budget"] = at_budget(data["rows"], result["budget_calls"])

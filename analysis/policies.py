@@ -2,7 +2,7 @@
 to the uncached baseline, with measured plan maps, quality, measured speedups and a small sweep for a Pareto plot.
 
 Calibrated plans come from a store keyed by (model, T, guidance, N, order): the plans shipped with the embedded
-model (`assets/emoji-dit/plans`, written by the arena) and those calibrated live, which the main process keeps
+model (`assets/emoji-dit/arena/plans`, written by the arena) and those calibrated live, which the main process keeps
 (`PLANS`). A plan missing for the chosen N is calibrated in the run (a few samples) and handed back to be kept.
 """
 
@@ -29,7 +29,7 @@ SWEEP_INTERVALS = (2, 3, 4, 6)  # the small sweep behind the Pareto plot: each p
 CALIBRATION_SAMPLES = 4  # live calibration in the app (the arena and the CLI use 8)
 FBCACHE_ITERATIONS = 5  # bisection steps matching First Block Cache's threshold to the budget
 FBCACHE_SWEEP = (0.5, 1.5, 2.5)  # its sweep: these multiples of the threshold found at the budget
-PLANS_DIR = os.path.join(ASSETS, "emoji-dit", "plans")
+PLANS_DIR = os.path.join(ASSETS, "emoji-dit", "arena", "plans")  # written by the arena
 
 
 def plan_key(model_key: str, steps: int, guidance: float, interval: int, order: int) -> tuple:

@@ -205,6 +205,10 @@ def test_arena_writes_every_policy_at_measured_cost(arena_out):
     assert any(k.startswith("calibrated") for k in data["plans"])
     html = (arena_out / "report.html").read_text()
     assert "Pareto front" in html and "Plan maps" in html and "data:image/png;base64," in html
+    plans = sorted(p.name for p in (arena_out / "plans").iterdir())
+    assert plans == ["calibrated-T8-N2.json", "calibrated-T8-N3.json", "calibrated-o1-T8-N2.json",
+                     "calibrated-o1-T8-N3.json"]  # fmt: skip
+    assert CachePlan.load(arena_out / "plans" / "calibrated-T8-N3.json").computed_calls == fora["N=3"]
 
 
 @pytest.mark.parametrize(
