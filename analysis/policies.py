@@ -61,9 +61,10 @@ class PolicyJob:
         return [n for n in SWEEP_INTERVALS if n <= self.request.steps - 1 and n != self.interval]
 
     def needed_plans(self) -> list[tuple[int, int]]:
-        """(N, order) of the calibrated plans this job uses: the chosen N and the sweep's."""
+        """(N, order) of the calibrated plans this job must have: those at the chosen N (calibrated in the run when
+        missing). The small sweep shows calibrated points only at costs whose plans are known."""
         orders = [o for name, o in (("calibrated", 0), ("calibrated-o1", 1)) if name in self.policies]
-        return [(n, o) for o in orders for n in [self.interval, *self.sweep_intervals()]]
+        return [(self.interval, o) for o in orders]
 
     def missing_plans(self, plans: dict) -> list[tuple[int, int]]:
         """(N, order) of the needed plans that `plans` does not hold: calibrated in the run."""
@@ -152,7 +153,9 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
             points = [Entry("fbcache", f"threshold={x:.3g}", fbcache(x), threshold=x)
                       for x in (f * entry.threshold for f in FBCACHE_SWEEP)]  # fmt: skip
         else:
-            points = [_entry(name, n, plans, key) for n in job.sweep_intervals()]
+            order = {"calibrated": 0, "calibrated-o1": 1}.get(name)
+            points = [_entry(name, n, plans, key) for n in job.sweep_intervals()
+                      if order is None or key(n, order) in plans]  # fmt: skip
         for point in points:
             emit(f"sweep: {name} {point.setting}")
             observe(pipe, point, seed, label, t, g)

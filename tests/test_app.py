@@ -343,8 +343,18 @@ def test_in_headless_browser(server):
         page.get_by_role("button", name="Generate").click()
         page.wait_for_function("document.body.innerText.includes('seed=-3 out of range')", timeout=60_000)
         assert "Traceback" not in page.inner_text("body")
+        seed.fill("4")
+        # the Policies tab: the same seed through three policies at N's cost, plan maps and the small sweep
+        page.get_by_role("tab", name="Policies").click()
+        page.get_by_role("button", name="Compare policies").click()
+        page.wait_for_selector("#policy-gallery img", timeout=180_000)
+        page.wait_for_function("document.body.innerText.includes('done: speedups measured')", timeout=300_000)
+        text = page.inner_text("body")
+        assert "calibrated-o1 budget of N=3" in text and "taylorseer N=3 order=1" in text
+        page.screenshot(path=os.path.join(ARTIFACTS, "policies.png"), full_page=True)
         browser.close()
     assert os.path.getsize(os.path.join(ARTIFACTS, "app.png")) > 10_000
+    assert os.path.getsize(os.path.join(ARTIFACTS, "policies.png")) > 10_000
 
 
 @pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"), reason="Debian chromium not installed")
