@@ -12,9 +12,10 @@ sample per call (First Block Cache decides from the batch, so batching would cou
 - `speedup`: `paired_speedup` (no observers, warm-up, ABBA pairs, median and range) of one sample's call.
 
 Methods: `uncached`; `fora` at each N of `--intervals`; `calibrated` and `calibrated-o1` (`analysis.calibrate`,
-calibrated on its own classes and seeds) at each FORA N's budget; `taylorseer` (diffusers', orders `--orders`, every
-N of `--intervals`, warm-up 1); `fbcache` (diffusers', each `--thresholds`, plus the threshold found by bisection
+calibrated on its own classes and seeds) at each FORA N's budget; `taylorseer` (diffusers', orders `--orders` x every
+N of `--intervals` x warm-up `--warmups`: both of its knobs); `fbcache` (diffusers', each `--thresholds`, plus the threshold found by bisection
 whose cost is closest to FORA N = `--match-interval`'s). Writes DIR/arena.csv, DIR/arena.json and DIR/report.html.
+`--fid K` adds distribution columns (`analysis.arena_fid`) for each method's best setting at the cost.
 """
 
 import argparse
@@ -28,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
+from fora import ForaConfig, full_steps
 from fora.generate import generate_batch, is_text_conditional
 from fora.loading import ModelLoadError, load_pipeline
-from fora.peers import apply_peer, fbcache, remove_peer, taylorseer
+from fora.peers import apply_cache, fbcache, taylorseer, taylorseer_steps
 from fora.timing import paired_speedup
 
 from .calibrate import calibrate, calibration_set, record_grams
@@ -40,7 +41,8 @@ from .quality import psnr, ssim
 
 POLICIES = ("uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache")
 COLUMNS = ["policy", "setting", "computed_calls", "computed_fraction", "speedup", "speedup_low", "speedup_high",
-           "pairs", "psnr", "psnr_min", "ssim", "class_accuracy", "interval", "order", "threshold"]  # fmt: skip
+           "pairs", "psnr", "psnr_min", "ssim", "class_accuracy", "interval", "order", "threshold", "fid",
+           "fid_precision", "fid_recall", "fid_score", "fid_class_accuracy", "fid_samples"]  # fmt: skip
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; capped so that means stay finite
 
 
@@ -59,21 +61,11 @@ class Entry:
     maps: dict = field(default_factory=dict)  # kind -> blocks x steps bool (first seed)
 
 
-def _apply(pipe, config):
-    if config is None:
-        return lambda p: None
-    if isinstance(config, ForaConfig):
-        apply_fora(pipe, config)
-        return remove_fora
-    apply_peer(pipe, config)
-    return remove_peer
-
-
 def observe(pipe, entry: Entry, seeds: list[int], labels: list[int], steps: int, guidance: float) -> None:
     """Run `entry` once per seed (class `labels[i]`) with a `ComputeMap`: images, mean computed calls, the first
     seed's maps."""
     images, calls = [], []
-    remove = _apply(pipe, entry.config)
+    remove = apply_cache(pipe, entry.config)
     try:
         for i, (seed, label) in enumerate(zip(seeds, labels)):
             with ComputeMap(pipe.transformer) as cmap:
@@ -135,8 +127,12 @@ def build_entries(pipe, args, log) -> list[Entry]:
             plan = calibrate(pipe, args.steps, n, order, args.guidance, args.calibration_samples, recording=recording)
             name = "calibrated" if order == 0 else "calibrated-o1"
             entries.append(Entry(name, f"budget of N={n}", ForaConfig(plan=plan), interval=n, order=order))
-    entries += [Entry("taylorseer", f"N={n} order={o}", taylorseer(n, o), interval=n, order=o)
-                for o in args.orders for n in args.intervals]  # fmt: skip
+    for o in args.orders:  # every (N, warm-up) of its two knobs, at whatever cost each has
+        for n in args.intervals:
+            for w in args.warmups:
+                if len(taylorseer_steps(args.steps, n, w)) < args.steps:
+                    entries.append(Entry("taylorseer", f"N={n} warmup={w} order={o}", taylorseer(n, o, w),
+                                         interval=n, order=o))  # fmt: skip
     entries += [Entry("fbcache", f"threshold={t:g}", fbcache(t), threshold=t) for t in args.thresholds]
     return entries
 
@@ -153,6 +149,10 @@ def run_arena(args, log=print) -> dict:
     overlap = sorted(set(args.seeds) & set(cal_seeds))
     if overlap:
         raise ValueError(f"--seeds {overlap} are calibration seeds; evaluation must use other seeds")
+    shared = sorted({s for s in args.seeds if s % num_classes in classes})
+    if shared:
+        raise ValueError(f"--seeds {shared} ask for calibration classes {sorted({s % num_classes for s in shared})} "
+                         f"(class = seed mod {num_classes}); evaluation must use other classes")  # fmt: skip
     labels = np.array([s % num_classes for s in args.seeds])
     classifier = None
     if args.model == "emoji-dit":
@@ -179,6 +179,18 @@ def run_arena(args, log=print) -> dict:
             log(f"timing [{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
             time_entry(pipe, entry, args.seeds[0], int(labels[0]), args.steps, args.guidance, args.timing_pairs,
                        args.clock)  # fmt: skip
+    distribution = None
+    if args.fid:
+        from .arena_fid import distribution_columns
+        from .arena_report import budget_entries
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)  # quality only here: every core
+        try:
+            distribution = distribution_columns(pipe, budget_entries(entries, budget), args.fid, args.steps,
+                                                args.guidance, args.out, args.fid_reference, log=log)  # fmt: skip
+        finally:
+            torch.set_num_threads(threads)
     plans = {e.policy + " " + e.setting: e.config.plan.to_dict() for e in entries
              if isinstance(e.config, ForaConfig) and e.config.plan is not None}  # fmt: skip
     device = str(pipe.device)
@@ -196,6 +208,7 @@ def run_arena(args, log=print) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t_start, 1),
         "rows": [e.row for e in entries],
+        "distribution": distribution,
         "plans": plans,
         "_entries": entries,  # dropped when written: images and maps for the report
     }
@@ -210,12 +223,19 @@ def parse_args(argv=None):
                    help="FORA N (and TaylorSeer N, calibrated budgets) to run (default 2 3 4 5 6 and the match N)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="evaluation seeds (class: seed mod classes)")
     p.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2], help="TaylorSeer orders, 0..2")
+    p.add_argument("--warmups", type=int, nargs="+", default=[1, 2, 3, 4, 5],
+                   help="TaylorSeer warm-up steps (diffusers' disable_cache_before_step), >= 1")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.3],
                    help="First Block Cache thresholds")  # fmt: skip
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     p.add_argument("--calibration-samples", type=int, default=8, help="samples the calibrated plans are fit on")
     p.add_argument("--timing-pairs", type=int, default=3, help="ABBA pairs per setting (0: no timing)")
     p.add_argument("--clock", choices=["wall", "cpu"], default=None, help="default: cpu on a CPU, wall on a GPU")
+    p.add_argument("--fid", type=int, default=0, metavar="K",
+                   help="also score each method's best setting at the cost, and uncached, on K class-balanced samples "
+                   "with Table 3's metrics (embedded model; 0: off)")  # fmt: skip
+    p.add_argument("--fid-reference", type=int, default=10_000, metavar="R",
+                   help="fresh emoji renders the distribution metrics compare with (default 10,000, as Table 3)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)
@@ -230,12 +250,18 @@ def parse_args(argv=None):
         p.error(f"--intervals {bad}: allowed 2..{T - 1} for {T} steps")
     if any(o not in (0, 1, 2) for o in args.orders):
         p.error(f"--orders {args.orders}: allowed 0, 1, 2")
+    if any(w < 1 for w in args.warmups):
+        p.error(f"--warmups {args.warmups}: must be >= 1 (step 0 has nothing to predict from)")
     if any(not t >= 0 for t in args.thresholds):
         p.error(f"--thresholds {args.thresholds}: must be >= 0")
     if not args.seeds or any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds {args.seeds}: give distinct seeds >= 0")
     if args.calibration_samples < 1:
         p.error(f"--calibration-samples {args.calibration_samples}: must be >= 1")
+    if args.fid and args.fid < 64:
+        p.error(f"--fid {args.fid}: give 0 (off) or at least 64 samples")
+    if args.fid and args.fid_reference < args.fid:
+        p.error(f"--fid-reference {args.fid_reference}: needs at least --fid {args.fid} renders")
     if args.timing_pairs < 0:
         p.error(f"--timing-pairs {args.timing_pairs}: must be >= 0")
     if args.clock == "cpu" and args.device and args.device.startswith("cuda"):

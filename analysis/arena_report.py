@@ -125,6 +125,18 @@ def budget_entries(entries: list, budget: float) -> list:
     return [entries[0]] + sorted(chosen, key=lambda e: -e.row["psnr"])
 
 
+def _distribution_html(result: dict, shown: list) -> str:
+    d = result.get("distribution")
+    if not d:
+        return "<p>Distribution metrics: not measured (<code>--fid K</code>).</p>"
+    cols = ["policy", "setting", "computed_calls", "fid", "fid_precision", "fid_recall", "fid_score",
+            "fid_class_accuracy", "fid_samples"]  # fmt: skip
+    return (f"<h3>Distribution quality ({d['samples']} class-balanced samples each, seeds from {d['seed']})</h3>"
+            f"<p>Frechet distance (lower is better), precision, recall, score and class accuracy in "
+            f"{html.escape(d['feature_space'])}, against {html.escape(d['reference'])}: Table 3's metrics.</p>"
+            + _table([e.row for e in shown], cols))  # fmt: skip
+
+
 def report_html(result: dict) -> str:
     s, rows, entries = result["settings"], result["rows"], result["_entries"]
     budget = result["budget_calls"]
@@ -149,6 +161,7 @@ the modules), out of {result['total_calls']}. Speed: {esc(result['timing'])}. Me
 torch {esc(result['machine']['torch'])}), {esc(result['date'])}, {result['seconds']:.0f} s in all.</p>
 <h2>At FORA N={s['match_interval']}'s cost ({budget} calls, within {EQUAL_COST:.0%})</h2>
 {_table(at_budget(rows, budget), cols)}
+{_distribution_html(result, shown)}
 <h2>Plots</h2>{plots}
 <h2>The same seeds</h2><p>Columns: {esc(', '.join(f'{e.policy} {e.setting}' for e in shown))}; rows: the first
 seeds.</p><img src="data:image/png;base64,{_png(grid)}">
@@ -164,7 +177,8 @@ def _atomic_text(path: str, text: str) -> None:
 
 
 def plan_filename(plan: dict) -> str:
-    return f"{plan['name']}-T{plan['num_steps']}-N{plan['meta']['match_interval']}.json"
+    meta = plan["meta"]
+    return f"{plan['name']}-T{plan['num_steps']}-N{meta['match_interval']}-g{meta['guidance']:g}.json"
 
 
 def write_plans(out: str, plans: dict) -> list[str]:

@@ -172,9 +172,9 @@ def calibrate(pipe, num_steps: int, match_interval: int = 3, order: int = 0, gui
     """
     if order not in (0, 1):
         raise ValueError(f"order={order!r}: calibration searches orders 0 and 1")
+    ForaConfig(interval=match_interval).check_num_steps(num_steps)  # names a bad N or T before anything runs
     fora_steps = full_steps(num_steps, match_interval)
     if num_full is None:
-        ForaConfig(interval=match_interval).check_num_steps(num_steps)
         num_full = len(fora_steps)
     if not 1 <= num_full <= num_steps:
         raise ValueError(f"budget of {num_full} computed steps out of range: allowed 1..{num_steps}")

@@ -8,6 +8,7 @@ Settings come from the environment:
   loads anything a user types.
 """
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -227,7 +228,8 @@ def known_plans() -> dict:
 
         try:
             _shipped_plans = shipped_plans()
-        except (OSError, ValueError, KeyError):  # a broken file must not take the app down: calibrate instead
+        except (OSError, ValueError, KeyError) as e:  # a broken file must not take the app down: calibrate instead
+            logging.getLogger(__name__).warning("shipped cache plans not loaded (%s); they will be calibrated", e)
             _shipped_plans = {}
     with _registry_lock:
         return {**_shipped_plans, **_learned_plans}

@@ -15,7 +15,7 @@ import numpy as np
 from fora import CachePlan, ForaConfig, full_steps
 from fora.generate import Request
 from fora.loading import ASSETS
-from fora.peers import fbcache, taylorseer
+from fora.peers import fbcache, taylorseer_at_cost
 
 from .arena import Entry, fbcache_at_budget, observe, time_entry
 from .calibrate import calibrate, calibration_set, record_grams
@@ -96,7 +96,7 @@ class PolicyResult:
     timed: bool = False
 
 
-def _entry(name: str, n: int, plans: dict, key) -> Entry:
+def _entry(name: str, t: int, n: int, plans: dict, key) -> Entry:
     if name == "FORA":
         return Entry("fora", f"N={n}", ForaConfig(interval=n), interval=n)
     if name in ("calibrated", "calibrated-o1"):
@@ -104,7 +104,9 @@ def _entry(name: str, n: int, plans: dict, key) -> Entry:
         return Entry(name, f"budget of N={n}", ForaConfig(plan=plans[key(n, order)]), interval=n, order=order)
     if name.startswith("TaylorSeer"):
         order = int(name[-1])
-        return Entry("taylorseer", f"N={n} order={order}", taylorseer(n, order), interval=n, order=order)
+        config = taylorseer_at_cost(t, n, order)  # the warm-up that brings it to FORA N's cost
+        return Entry("taylorseer", f"N={n} warmup={config.disable_cache_before_step} order={order}", config,
+                     interval=n, order=order)  # fmt: skip
     raise ValueError(f"unknown policy {name!r}; allowed: {', '.join(POLICIES)}")
 
 
@@ -146,7 +148,7 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
         if name == "First Block Cache":
             entry = fbcache_at_budget(pipe, budget, seed, label, t, g, iterations=FBCACHE_ITERATIONS)
         else:
-            entry = _entry(name, job.interval, plans, key)
+            entry = _entry(name, t, job.interval, plans, key)
             observe(pipe, entry, seed, label, t, g)
         chosen.append(entry)
         if name == "First Block Cache":  # its knob is the threshold: a spread around the one at the budget
@@ -154,7 +156,7 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
                       for x in (f * entry.threshold for f in FBCACHE_SWEEP)]  # fmt: skip
         else:
             order = {"calibrated": 0, "calibrated-o1": 1}.get(name)
-            points = [_entry(name, n, plans, key) for n in job.sweep_intervals()
+            points = [_entry(name, t, n, plans, key) for n in job.sweep_intervals()
                       if order is None or key(n, order) in plans]  # fmt: skip
         for point in points:
             emit(f"sweep: {name} {point.setting}")

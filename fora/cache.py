@@ -186,7 +186,8 @@ class _CacheSlot:
         self.output = output
         if not self.order:
             return
-        new = [output]
+        # differences in float32 at least: half precision would lose the small changes they are made of
+        new = [output if output.dtype == torch.float64 else output.float()]
         for j in range(min(self.order, len(self.diffs))):
             new.append((new[j] - self.diffs[j]) / (step - self.diff_steps[-1 - j]))
         self.diffs = new
@@ -198,11 +199,13 @@ class _CacheSlot:
         out = self.diffs[0]
         for w, d in zip(extrapolation_weights(step, self.diff_steps)[1:], self.diffs[1:]):
             out = out + w * d
-        return out
+        return out.to(self.output.dtype)
 
     @property
     def nbytes(self) -> int:
         held = self.diffs[1:] + ([self.output] if self.output is not None else [])
+        if self.diffs and self.diffs[0] is not self.output:
+            held.append(self.diffs[0])  # a float32 copy of a half-precision output
         return sum(_nbytes(t) for t in held)
 
 
@@ -381,8 +384,8 @@ class ForaHandle:
             run.computed_calls += total - cached
             run.reused_calls += cached
         if run.complete:
-            for slot in state.slots:  # the run is over: free the cache now, keep only the record
-                slot.output = None
+            for slot in state.slots:  # the run is over: free the cache (and extrapolation terms), keep the record
+                slot.clear()
             for obs in self.observers:
                 if hasattr(obs, "on_run_end"):
                     obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))

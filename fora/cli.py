@@ -20,6 +20,12 @@ def _generate(args) -> int:
     steps = args.steps or (spec.default_steps if spec else 30)
     guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
     if args.plan:  # a cache plan (e.g. from analysis.calibrate) replaces the fixed interval; its T is the default
+        fixed = {"--interval": args.interval != 3, "--cache-start": args.cache_start != 0,
+                 "--cache-end": args.cache_end is not None, "--no-cache-attn": args.no_cache_attn,
+                 "--no-cache-cross-attn": args.no_cache_cross_attn, "--no-cache-mlp": args.no_cache_mlp}  # fmt: skip
+        given = [k for k, v in fixed.items() if v]
+        if given:
+            raise ValueError(f"--plan and {', '.join(given)} cannot be combined: the plan says what is cached")
         config = ForaConfig(plan=args.plan)
         steps = args.steps or config.plan.num_steps
     else:

@@ -58,6 +58,21 @@ def taylorseer(interval: int = 3, order: int = 1, warmup: int = 1) -> TaylorSeer
                                  taylor_factors_dtype=None, cache_identifiers=list(_TAYLORSEER_MODULES))  # fmt: skip
 
 
+def taylorseer_steps(num_steps: int, interval: int, warmup: int = 1) -> list[int]:
+    """The steps at which diffusers' TaylorSeer computes (its own rule, reproduced to state its cost)."""
+    return [s for s in range(num_steps) if s < warmup or (s - warmup - 1) % interval == 0]
+
+
+def taylorseer_at_cost(num_steps: int, interval: int, order: int = 1) -> TaylorSeerCacheConfig:
+    """TaylorSeer at refresh interval N with the warm-up whose number of computed steps is closest to FORA N's
+    (the smallest such warm-up): the peer at FORA's cost whatever T is."""
+    from .schedule import full_steps
+
+    target = len(full_steps(num_steps, interval))
+    warmup = min(range(1, interval + 1), key=lambda w: (abs(len(taylorseer_steps(num_steps, interval, w)) - target), w))
+    return taylorseer(interval, order, warmup)
+
+
 def fbcache(threshold: float = 0.1) -> FirstBlockCacheConfig:
     r"""
     diffusers' First Block Cache config.
@@ -150,6 +165,20 @@ def apply_peer(pipe, config: TaylorSeerCacheConfig | FirstBlockCacheConfig) -> P
         registry.invalidate_child_registries_cache()
     transformer._peer_handle = handle
     return handle
+
+
+def apply_cache(pipe, config):
+    """Apply FORA (a `ForaConfig`, plans included), a peer (a diffusers TaylorSeer/FBCache config) or nothing
+    (`None`); returns the function that removes it again."""
+    from .cache import ForaConfig, apply_fora, remove_fora
+
+    if config is None:
+        return lambda p: None
+    if isinstance(config, ForaConfig):
+        apply_fora(pipe, config)
+        return remove_fora
+    apply_peer(pipe, config)
+    return remove_peer
 
 
 def remove_peer(pipe) -> None:

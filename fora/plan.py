@@ -70,7 +70,10 @@ class CachePlan:
                 raise ValueError(f"plan steps[{kind!r}] has {len(per_block)} blocks, other kinds have {num_blocks}")
             rows = []
             for b, steps in enumerate(per_block):
-                steps = [int(s) for s in steps]
+                if not isinstance(steps, (list, tuple)) or any(isinstance(x, bool) or not isinstance(x, int)
+                                                                for x in steps):  # fmt: skip
+                    raise ValueError(f"plan steps[{kind!r}][{b}] must be a list of integer steps, got {steps!r}")
+                steps = list(steps)
                 bad = [s for s in steps if not 0 <= s < self.num_steps]
                 if bad:
                     raise ValueError(f"plan steps[{kind!r}][{b}] has step {bad[0]}: allowed 0..{self.num_steps - 1}")
@@ -90,9 +93,10 @@ class CachePlan:
         return cls(num_steps, {k: [list(steps) for _ in range(num_blocks)] for k in kinds}, **kw)
 
     @classmethod
-    def fora(cls, num_steps: int, interval: int, num_blocks: int, kinds=("attn", "mlp")) -> "CachePlan":
+    def fora(cls, num_steps: int, interval: int, num_blocks: int, kinds=("attn", "mlp"), order: int = 0) -> "CachePlan":
         """FORA's static schedule at `interval` as a plan (for budgets and as the reference to beat)."""
-        return cls.shared(num_steps, fora_full_steps(num_steps, interval), num_blocks, kinds, name=f"fora N={interval}")
+        return cls.shared(num_steps, fora_full_steps(num_steps, interval), num_blocks, kinds, order=order,
+                          name=f"fora N={interval}")  # fmt: skip
 
     # -- reading --------------------------------------------------------------------------------------------------
     @property
@@ -124,12 +128,14 @@ class CachePlan:
         return [[s in set(row) for s in range(self.num_steps)] for row in self.steps[kind]]
 
     def check_model(self, num_blocks: int, kinds) -> None:
-        """Raise `ValueError` unless the plan fits a model with `num_blocks` blocks and module `kinds`."""
+        """Raise `ValueError` unless the plan fits a model with `num_blocks` blocks and module `kinds`: it must name
+        exactly the model's kinds, so that `computed_calls` is the cost of a whole run."""
         if self.num_blocks != num_blocks:
             raise ValueError(f"plan {self.name!r} is for {self.num_blocks} blocks, the model has {num_blocks}")
-        missing = [k for k in self.kinds if k not in kinds]
-        if missing:
-            raise ValueError(f"plan {self.name!r} caches {missing}, which the model does not have (it has {list(kinds)})")
+        kinds = [k for k in KINDS if k in kinds]
+        if list(self.kinds) != kinds:
+            raise ValueError(f"plan {self.name!r} names the kinds {list(self.kinds)}, the model has {kinds}: name "
+                             "every kind (list every step for a kind that should always compute)")  # fmt: skip
 
     def check_num_steps(self, num_steps: int) -> None:
         if num_steps != self.num_steps:
@@ -146,10 +152,14 @@ class CachePlan:
         if not isinstance(data, dict) or data.get("format") != "fora-plan/1":
             raise ValueError("not a FORA cache plan (expected a JSON object with format 'fora-plan/1')")
         try:
-            return cls(data["num_steps"], data["steps"], data.get("order", 0), data.get("name", "plan"),
+            plan = cls(data["num_steps"], data["steps"], data.get("order", 0), data.get("name", "plan"),
                        data.get("meta", {}))  # fmt: skip
         except KeyError as e:
             raise ValueError(f"cache plan is missing {e.args[0]!r}") from None
+        if data.get("computed_calls", plan.computed_calls) != plan.computed_calls:
+            raise ValueError(f"cache plan says computed_calls={data['computed_calls']}, its steps count "
+                             f"{plan.computed_calls}: the file was edited inconsistently")  # fmt: skip
+        return plan
 
     def save(self, path) -> Path:
         path = Path(path)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import ForaConfig, apply_fora, remove_fora
+from .peers import apply_cache
 
 
 def synchronize(device) -> None:
@@ -79,18 +79,6 @@ class SpeedRatio:
                 "baseline_s": self.baseline_s, "fora_s": self.fora_s}  # fmt: skip
 
 
-def _apply_cache(pipe, config) -> Callable:
-    """Apply FORA (a `ForaConfig`, plans included) or a peer (a diffusers TaylorSeer/FBCache config); return the
-    function that removes it."""
-    if isinstance(config, ForaConfig):
-        apply_fora(pipe, config)
-        return remove_fora
-    from .peers import apply_peer, remove_peer
-
-    apply_peer(pipe, config)
-    return remove_peer
-
-
 def paired_speedup(pipe, call: Callable[[], object], config, pairs: int = 5, warmup: int = 1,
                    clock: str = "wall") -> SpeedRatio:  # fmt: skip
     """Speedup of FORA at `config` over the pipeline without FORA, timed the same way everywhere in this project.
@@ -108,7 +96,7 @@ def paired_speedup(pipe, call: Callable[[], object], config, pairs: int = 5, war
     def run(cached: bool) -> float:
         if not cached:
             return time_call(call, device, clock)
-        remove = _apply_cache(pipe, config)
+        remove = apply_cache(pipe, config)
         try:
             return time_call(call, device, clock)
         finally:

@@ -350,7 +350,7 @@ def test_in_headless_browser(server):
         page.wait_for_selector("#policy-gallery img", timeout=180_000)
         page.wait_for_function("document.body.innerText.includes('done: speedups measured')", timeout=300_000)
         text = page.inner_text("body")
-        assert "calibrated-o1 budget of N=3" in text and "taylorseer N=3 order=1" in text
+        assert "calibrated-o1 budget of N=3" in text and "taylorseer N=3 warmup=1 order=1" in text
         page.screenshot(path=os.path.join(ARTIFACTS, "policies.png"), full_page=True)
         browser.close()
     assert os.path.getsize(os.path.join(ARTIFACTS, "app.png")) > 10_000
@@ -421,9 +421,9 @@ def test_policies_side_by_side_then_the_plan_in_compare(app):
     gallery, table, maps, pareto, status = shown(app, outs)
     assert status.startswith("done: speedups measured")
     assert [caption.split(":")[0] for _, caption in gallery] == [
-        "uncached", "fora N=3", "calibrated-o1 budget of N=3", "taylorseer N=3 order=1"]  # fmt: skip
+        "uncached", "fora N=3", "calibrated-o1 budget of N=3", "taylorseer N=3 warmup=1 order=1"]  # fmt: skip
     calls = [row[1] for row in table]
-    assert calls[0] == calls[1]  # the calibrated plan costs exactly FORA N's calls (measured on the modules)
+    assert calls[0] == calls[1] == calls[2]  # FORA N's cost exactly (measured on the modules), TaylorSeer too
     assert all("over 2 pairs" in row[4] for row in table)
     assert len(maps.to_dict()["data"]) == 3 and pareto.to_dict()["data"]
     assert plan_key("emoji-dit", 10, 3.0, 3, 1) in live.known_plans()

@@ -84,17 +84,23 @@ def test_extrapolation_weights_and_slot_arithmetic():
     assert slot.value(6).item() == pytest.approx(12.0)  # 10 + 1 * (10 - 4) / 3
 
 
-def test_extrapolating_plan_changes_reuse_steps_only_and_resets_between_calls(dit_pipe):
-    plan = CachePlan.fora(10, 3, num_blocks=3)
-    plan.order = 1
-    apply_fora(dit_pipe, ForaConfig(plan=plan))
-    first = run_dit(dit_pipe, steps=10)
-    second = run_dit(dit_pipe, steps=10)  # no state from the first call may leak into the second
-    assert torch.equal(torch.from_numpy(first), torch.from_numpy(second))
-    remove_fora(dit_pipe)
+def test_extrapolating_plan_computes_foras_calls_and_resets_between_calls(dit_pipe):
+    """Order 1 on FORA's schedule: the same modules compute at the same steps as FORA, only reuse steps differ; no
+    state (divided differences) survives a call."""
+    from analysis.compute_map import ComputeMap
+
     apply_fora(dit_pipe, ForaConfig(interval=3))
-    fora = run_dit(dit_pipe, steps=10)
-    assert not torch.equal(torch.from_numpy(first), torch.from_numpy(fora))
+    with ComputeMap(dit_pipe.transformer) as fora_map:
+        fora = run_dit(dit_pipe, steps=10)
+    remove_fora(dit_pipe)
+    handle = apply_fora(dit_pipe, ForaConfig(plan=CachePlan.fora(10, 3, num_blocks=3, order=1)))
+    with ComputeMap(dit_pipe.transformer) as plan_map:
+        first = run_dit(dit_pipe, steps=10)
+    assert plan_map.cells == fora_map.cells
+    assert not torch.equal(torch.from_numpy(first), torch.from_numpy(fora))  # extrapolated reuse steps differ
+    assert handle.state.cache_bytes == 0 and all(not s.diffs for s in handle.state.slots)  # freed at run end
+    second = run_dit(dit_pipe, steps=10)
+    assert torch.equal(torch.from_numpy(first), torch.from_numpy(second))
 
 
 def test_plan_json_round_trip_and_path_in_config(tmp_path, dit_pipe):
@@ -130,9 +136,15 @@ def test_plan_must_fit_the_model_and_the_run(tmp_path):
         apply_fora(pipe, ForaConfig(plan=CachePlan.fora(10, 2, num_blocks=4)))
     with pytest.raises(ValueError, match="cross_attn"):
         apply_fora(pipe, ForaConfig(plan=CachePlan.fora(10, 2, num_blocks=3, kinds=("attn", "cross_attn"))))
+    with pytest.raises(ValueError, match=r"names the kinds \['attn'\], the model has \['attn', 'mlp'\]"):
+        apply_fora(pipe, ForaConfig(plan=CachePlan.fora(10, 2, num_blocks=3, kinds=("attn",))))
     apply_fora(pipe, ForaConfig(plan=CachePlan.fora(10, 2, num_blocks=3)))
     with pytest.raises(ValueError, match="is for 10 steps, the run has 12"):
         run_dit(pipe, steps=12)
+    with pytest.raises(ValueError, match="must be a list of integer steps"):
+        CachePlan(10, {"attn": [[0, 1.7]]})
+    with pytest.raises(ValueError, match="computed_calls=99, its steps count 2"):
+        CachePlan.from_dict({**CachePlan(10, {"attn": [[0, 3]]}).to_dict(), "computed_calls": 99})
     with pytest.raises(ValueError, match="cannot be combined"):
         ForaConfig(plan=CachePlan.fora(10, 2, num_blocks=3), cache_mlp=False)
     (tmp_path / "bad.json").write_text("{not json")
