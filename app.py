@@ -21,8 +21,8 @@ import torch
 from analysis import form, live
 from analysis.arena_report import pareto_plot, plan_map_figure
 from analysis.memory import MODEL_SHAPES, hbm_answer, measure_read_seconds
-from analysis.policies import POLICIES, PolicyResult, stream_policies
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot, tradeoff_plot
+from analysis.policies import POLICIES, PolicyResult, stream_policies
 from analysis.sweep import SweepResult, stream_sweep
 from analysis.sweep_report import write_outputs
 from analysis.table_report import (DISPLAY_HEADERS, class_grid, describe, display_rows, fid_heatmap, fid_speed_plot,

@@ -205,7 +205,7 @@ def run_arena(args, log=print) -> dict:
                    "not measured (--timing-pairs 0)"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "device": device, "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t_start, 1),
         "rows": [e.row for e in entries],
         "distribution": distribution,
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
         args.clock = "cpu" if not (args.device or "").startswith("cuda") and not torch.cuda.is_available() else "wall"
     if args.clock == "cpu":
         torch.set_num_threads(1)  # the CPU clock then counts the calling thread's work alone (fora.timing)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     try:
         result = run_arena(args, log)
     except (ValueError, ModelLoadError) as e:

@@ -1,7 +1,6 @@
 """The arena's outputs: arena.csv, arena.json and a self-contained report.html (Pareto plot, cost plot, plan maps,
 image grid); the figures are shared with the app's Policies tab."""
 
-import base64
 import csv
 import html
 import io
@@ -12,8 +11,9 @@ import os
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
-from PIL import Image
 from plotly.subplots import make_subplots
+
+from .table_report import _fmt, _png_base64
 
 COLORS = {"uncached": "#444", "fora": "#1f77b4", "calibrated": "#d62728", "calibrated-o1": "#ff7f0e",
           "taylorseer": "#2ca02c", "fbcache": "#9467bd"}  # fmt: skip
@@ -100,21 +100,9 @@ def image_grid(columns: list[np.ndarray], scale: int = 3, gap: int = 2) -> np.nd
     return np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
-def _png(image: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _fmt(v, digits=2):
-    if v is None:
-        return "-"
-    return f"{v:.{digits}f}" if isinstance(v, float) else html.escape(str(v))
-
-
 def _table(rows: list[dict], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), 2)}</td>" for c in columns) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -164,7 +152,7 @@ torch {esc(result['machine']['torch'])}), {esc(result['date'])}, {result['second
 {_distribution_html(result, shown)}
 <h2>Plots</h2>{plots}
 <h2>The same seeds</h2><p>Columns: {esc(', '.join(f'{e.policy} {e.setting}' for e in shown))}; rows: the first
-seeds.</p><img src="data:image/png;base64,{_png(grid)}">
+seeds.</p><img src="data:image/png;base64,{_png_base64(grid)}">
 <h2>Every setting</h2>{_table(rows, cols)}
 <p>Command: <code>{esc(result.get('command', ''))}</code></p></body></html>"""
 

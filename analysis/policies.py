@@ -124,7 +124,7 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
     t, g = req.steps, req.guidance
     label, seed = [int(req.label)], [int(req.seed)]
     plans = dict(plans)
-    key = lambda n, order: plan_key(job.model_key, t, g, n, order)  # noqa: E731
+    key = lambda n, order: plan_key(job.model_key, t, g, n, order)
     missing = job.missing_plans(plans)
     new_plans = {}
     if missing:

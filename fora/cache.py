@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from .observers import Observation, RunEvent
 from .block import ALL_CHUNKS, block_step_forward, needed_chunks, supports_lean_reuse
+from .observers import Observation, RunEvent
 from .plan import CachePlan, extrapolation_weights
 from .schedule import full_steps
 

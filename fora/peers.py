@@ -18,18 +18,20 @@ not call `transformer.cache_context(...)` and have no `CacheMixin`:
 `apply_peer` fixes all three without touching diffusers' code: a run hook on the transformer sets the context on
 each call and resets the stateful hooks whenever the scheduler's timesteps are set anew (a new pipeline call), and
 TaylorSeer gets patterns for `attn1`/`attn2`/`ff`.
-
->>> handle = apply_peer(pipe, taylorseer(interval=3, order=1))
->>> images = pipe(class_labels=[3], num_inference_steps=30).images
->>> remove_peer(pipe)
 """
 
 import weakref
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, ModelHook, TaylorSeerCacheConfig
-from diffusers.hooks import apply_first_block_cache, apply_taylorseer_cache
+from diffusers.hooks import (
+    FirstBlockCacheConfig,
+    HookRegistry,
+    ModelHook,
+    TaylorSeerCacheConfig,
+    apply_first_block_cache,
+    apply_taylorseer_cache,
+)
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
 _PEER_RUN_HOOK = "fora_peer_run"
@@ -142,6 +144,14 @@ def apply_peer(pipe, config: TaylorSeerCacheConfig | FirstBlockCacheConfig) -> P
 
     Only pipelines are supported (a run is one pipeline call, read from the scheduler). FORA and a peer cannot be
     applied together; `remove_peer` restores the original forwards.
+
+    Example:
+
+    >>> handle = apply_peer(pipe, taylorseer(interval=3, order=1))
+    >>> images = pipe(class_labels=[3], num_inference_steps=30).images
+    >>> handle.last_run
+    PeerRun(num_steps=30, steps_done=30)
+    >>> remove_peer(pipe)
     """
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module) or not hasattr(pipe, "scheduler"):

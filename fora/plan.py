@@ -89,7 +89,7 @@ class CachePlan:
     @classmethod
     def shared(cls, num_steps: int, steps, num_blocks: int, kinds=("attn", "mlp"), **kw) -> "CachePlan":
         """Every block and kind computes on the same `steps` (FORA's shape, with any step set)."""
-        steps = sorted(set(int(s) for s in steps))
+        steps = sorted({int(s) for s in steps})
         return cls(num_steps, {k: [list(steps) for _ in range(num_blocks)] for k in kinds}, **kw)
 
     @classmethod
