@@ -19,6 +19,11 @@ The algorithm (one shared step schedule for all blocks and modules, at an exact 
    images are closest to the uncached ones (mean PSNR). Feature drift proposes, the image error decides, and
    FORA's schedule is among the candidates, so on calibration data the plan is never worse than FORA.
 
+Scale: order 0 needs one T x T table and a DP over T states per computed step (T = 250 takes seconds); order 1
+needs T^3 and T^2 states, so it is limited to T <= 100. The recording keeps as many tokens as 256 MiB hold (all of
+them for the embedded model; a few per image for DiT-XL/2 at 50 steps, whose errors are then estimated from
+a token subset of every sample, channel and step).
+
 Why shared steps: on the embedded model per-block plans whose steps differed from block to block lost to FORA at
 equal budget (a block fed by a neighbour that recomputed while it reused sees inputs its cache never saw), while a
 shared schedule placed where the maps show low similarity won by several dB.
@@ -43,6 +48,7 @@ from .quality import psnr
 # calibration samples: seeds far from any evaluation's, classes from the top of the label range
 CALIBRATION_SEED = 900_000
 EXPONENTS = (0.5, 1.0, 2.0, 4.0)
+MAX_STEPS_ORDER1 = 100  # order 1's cost table is T^3 per module and its DP visits T^2 states per computed step
 TILTS = (-1.0, 0.0, 1.0)
 
 
@@ -172,6 +178,9 @@ def calibrate(pipe, num_steps: int, match_interval: int = 3, order: int = 0, gui
     """
     if order not in (0, 1):
         raise ValueError(f"order={order!r}: calibration searches orders 0 and 1")
+    if order == 1 and num_steps > MAX_STEPS_ORDER1:
+        raise ValueError(f"order 1 searches pairs of computed steps (T^3 costs): allowed T <= {MAX_STEPS_ORDER1}, got "
+                         f"{num_steps}; calibrate order 0 for longer schedules")  # fmt: skip
     ForaConfig(interval=match_interval).check_num_steps(num_steps)  # names a bad N or T before anything runs
     fora_steps = full_steps(num_steps, match_interval)
     if num_full is None:

@@ -200,6 +200,10 @@ def test_calibration_budget_out_of_range_is_named():
         calibrate(pipe, 12, num_full=13, num_samples=1)
     with pytest.raises(ValueError, match="interval=12 out of range"):
         calibrate(pipe, 12, match_interval=12, num_samples=1)
+    with pytest.raises(ValueError, match="allowed T <= 100, got 250"):
+        calibrate(pipe, 250, match_interval=3, order=1, num_samples=1)
+    with pytest.raises(ValueError, match="interval=0"):
+        calibrate(pipe, 12, match_interval=0, num_samples=1)
 
 
 # ---- the arena ---------------------------------------------------------------------------------------------------
