@@ -312,3 +312,15 @@ def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "samples").iterdir()} == stamp  # reused, not redone
     assert json.loads((tmp_path / "arena.json").read_text())["rows"][0]["fid"] == data["rows"][0]["fid"]
+
+
+def test_pareto_front_keeps_only_undominated_settings():
+    from analysis.arena_report import pareto_plot
+
+    rows = [{"policy": "fora", "setting": f"N={i}", "computed_calls": c, "computed_fraction": c / 100, "speedup": s,
+             "psnr": q, "order": None} for i, (c, s, q) in enumerate([(50, 2.0, 20), (50, 1.9, 25), (30, 3.0, 18),
+                                                                        (40, 2.5, 17), (80, 1.2, 40)])]  # fmt: skip
+    by_cost = next(t for t in pareto_plot(rows, x="computed_fraction").data if t.name == "Pareto front")
+    assert list(zip(by_cost.x, by_cost.y)) == [(0.3, 18), (0.5, 25), (0.8, 40)]  # (0.4, 17) and (0.5, 20) dominated
+    by_speed = next(t for t in pareto_plot(rows).data if t.name == "Pareto front")
+    assert list(zip(by_speed.x, by_speed.y)) == [(3.0, 18), (2.0, 20), (1.9, 25), (1.2, 40)]
