@@ -41,8 +41,8 @@ from .quality import psnr, ssim
 
 POLICIES = ("uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache")
 COLUMNS = ["policy", "setting", "computed_calls", "computed_fraction", "speedup", "speedup_low", "speedup_high",
-           "pairs", "psnr", "psnr_min", "ssim", "class_accuracy", "interval", "order", "threshold", "fid",
-           "fid_precision", "fid_recall", "fid_score", "fid_class_accuracy", "fid_samples"]  # fmt: skip
+           "pairs", "psnr", "psnr_min", "ssim", "class_accuracy", "interval", "order", "threshold", "fd_vs_uncached",
+           "fid", "fid_precision", "fid_recall", "fid_score", "fid_class_accuracy", "fid_samples"]  # fmt: skip
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; capped so that means stay finite
 
 

@@ -119,11 +119,12 @@ def _distribution_html(result: dict, shown: list) -> str:
     d = result.get("distribution")
     if not d:
         return "<p>Distribution metrics: not measured (<code>--fid K</code>).</p>"
-    cols = ["policy", "setting", "computed_calls", "fid", "fid_precision", "fid_recall", "fid_score",
+    cols = ["policy", "setting", "computed_calls", "fd_vs_uncached", "fid", "fid_precision", "fid_recall", "fid_score",
             "fid_class_accuracy", "fid_samples"]  # fmt: skip
     return (f"<h3>Distribution quality ({d['samples']} class-balanced samples each, seeds from {d['seed']})</h3>"
-            f"<p>Frechet distance (lower is better), precision, recall, score and class accuracy in "
-            f"{html.escape(d['feature_space'])}, against {html.escape(d['reference'])}: Table 3's metrics.</p>"
+            f"<p>fd_vs_uncached: Frechet distance to the uncached model's samples of the same seeds (how far caching "
+            f"moved the distribution; 0 is uncached). fid, precision, recall, score, class accuracy: Table 3's "
+            f"metrics in {html.escape(d['feature_space'])}, against {html.escape(d['reference'])}.</p>"
             + _table([e.row for e in shown], cols))  # fmt: skip
 
 
@@ -182,15 +183,26 @@ def write_plans(out: str, plans: dict) -> list[str]:
     return paths
 
 
-def write_outputs(out: str, result: dict) -> None:
-    """arena.csv, report.html, the plans (DIR/plans) and, last, arena.json, each written whole and renamed."""
+def rewrite_tables(out: str, data: dict) -> None:
+    """arena.csv and arena.json again from `data` (an arena.json's content), e.g. after `arena_fid.rescore`."""
+    _atomic_text(os.path.join(out, "arena.csv"), _csv(data["rows"]))
+    data["at_budget"] = at_budget(data["rows"], data["budget_calls"])
+    _atomic_text(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")
+
+
+def _csv(rows: list[dict]) -> str:
     from .arena import COLUMNS
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(result["rows"])
-    _atomic_text(os.path.join(out, "arena.csv"), buf.getvalue())
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_outputs(out: str, result: dict) -> None:
+    """arena.csv, report.html, the plans (DIR/plans) and, last, arena.json, each written whole and renamed."""
+    _atomic_text(os.path.join(out, "arena.csv"), _csv(result["rows"]))
     _atomic_text(os.path.join(out, "report.html"), report_html(result))
     write_plans(out, result["plans"])
     data = {k: v for k, v in result.items() if not k.startswith("_")}

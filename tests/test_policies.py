@@ -304,6 +304,7 @@ def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
     assert {"fora", "calibrated-o1"} <= {p for p, _ in scored}
     for r in scored.values():
         assert r["fid_samples"] == 64 and r["fid"] > 0 and 0 <= r["fid_recall"] <= 1
+        assert (abs(r["fd_vs_uncached"]) < 1e-3) == (r["policy"] == "uncached")  # same seeds: 0 only for itself
     assert data["distribution"]["samples"] == 64 and "Distribution quality" in (tmp_path / "report.html").read_text()
     sets = sorted((tmp_path / "samples").iterdir())
     assert len(sets) == len(scored)
@@ -312,6 +313,13 @@ def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "samples").iterdir()} == stamp  # reused, not redone
     assert json.loads((tmp_path / "arena.json").read_text())["rows"][0]["fid"] == data["rows"][0]["fid"]
+    from analysis.arena_fid import rescore
+
+    rescored = {(r["policy"], r["setting"]): r for r in rescore(str(tmp_path), reference_samples=320)}
+    assert rescored.keys() == scored.keys()
+    for key, r in rescored.items():  # recomputed from the stored sets: the same numbers
+        assert r["fd_vs_uncached"] == pytest.approx(scored[key]["fd_vs_uncached"], abs=1e-4)
+        assert r["fid"] == pytest.approx(scored[key]["fid"])
 
 
 def test_pareto_front_keeps_only_undominated_settings():
