@@ -20,6 +20,7 @@ whose cost is closest to FORA N = `--match-interval`'s). Writes DIR/arena.csv, D
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import sys
@@ -154,6 +155,9 @@ def run_arena(args, log=print) -> dict:
         raise ValueError(f"--seeds {shared} ask for calibration classes {sorted({s % num_classes for s in shared})} "
                          f"(class = seed mod {num_classes}); evaluation must use other classes")  # fmt: skip
     labels = np.array([s % num_classes for s in args.seeds])
+    if args.fid and num_classes != 32:  # checked before the sweep: --fid scores with the emoji classifier
+        raise ValueError(f"--fid scores in the emoji classifier's feature space (32 classes); {args.model} has "
+                         f"{num_classes} classes")  # fmt: skip
     classifier = None
     if args.model == "emoji-dit":
         from fora.emoji.classifier import load_or_train_classifier
@@ -223,7 +227,7 @@ def parse_args(argv=None):
                    help="FORA N (and TaylorSeer N, calibrated budgets) to run (default 2 3 4 5 6 and the match N)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="evaluation seeds (class: seed mod classes)")
     p.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2], help="TaylorSeer orders, 0..2")
-    p.add_argument("--warmups", type=int, nargs="+", default=[1, 2, 3, 4, 5],
+    p.add_argument("--warmups", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7],
                    help="TaylorSeer warm-up steps (diffusers' disable_cache_before_step), >= 1")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.3],
                    help="First Block Cache thresholds")  # fmt: skip
@@ -242,6 +246,8 @@ def parse_args(argv=None):
     T = args.steps
     if T < 4:
         p.error(f"--steps {T}: must be >= 4")
+    if not math.isfinite(args.guidance) or args.guidance < 1:
+        p.error(f"--guidance {args.guidance}: must be a number >= 1")
     if not 2 <= args.match_interval <= T - 1:
         p.error(f"--match-interval {args.match_interval}: allowed 2..{T - 1} for {T} steps")
     args.intervals = sorted(set(args.intervals or [n for n in (2, 3, 4, 5, 6) if n <= T - 1]) | {args.match_interval})
@@ -250,6 +256,10 @@ def parse_args(argv=None):
         p.error(f"--intervals {bad}: allowed 2..{T - 1} for {T} steps")
     if any(o not in (0, 1, 2) for o in args.orders):
         p.error(f"--orders {args.orders}: allowed 0, 1, 2")
+    from .calibrate import MAX_STEPS_ORDER1
+
+    if T > MAX_STEPS_ORDER1:
+        p.error(f"--steps {T}: the arena calibrates order-1 plans, allowed T <= {MAX_STEPS_ORDER1}")
     if any(w < 1 for w in args.warmups):
         p.error(f"--warmups {args.warmups}: must be >= 1 (step 0 has nothing to predict from)")
     if any(not t >= 0 for t in args.thresholds):
@@ -287,7 +297,7 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     try:
         result = run_arena(args, log)
-    except (ValueError, ModelLoadError) as e:
+    except (ValueError, ModelLoadError, RuntimeError) as e:  # RuntimeError: e.g. a device torch does not know
         print(f"error: {e}", file=sys.stderr)
         return 2
     result["command"] = "python -m analysis.arena " + " ".join(sys.argv[1:] if argv is None else argv)

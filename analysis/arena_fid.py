@@ -41,7 +41,12 @@ def _generate(pipe, entry, labels, seeds, steps: int, guidance: float, batch_siz
 
 
 def _cached_samples(path: str, entry, labels, seeds, steps, guidance, batch_size, pipe) -> np.ndarray:
-    key = f"{entry.policy} {entry.setting} T{steps} g{guidance} seed{FID_SEED} n{len(seeds)}"
+    import hashlib
+
+    # what made the samples: the method's full config (a plan's steps, a peer's knobs) and the model's weights
+    weights = sum(float(p.double().sum()) for p in pipe.transformer.parameters())
+    made_by = hashlib.sha256(f"{entry.config!r} {type(pipe.transformer).__name__} {weights!r}".encode()).hexdigest()[:16]
+    key = f"{entry.policy} {entry.setting} T{steps} g{guidance} seed{FID_SEED} n{len(seeds)} {made_by}"
     if os.path.isfile(path):
         with np.load(path) as z:
             if str(z["key"]) == key:

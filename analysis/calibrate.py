@@ -33,6 +33,7 @@ shared schedule placed where the maps show low similarity won by several dB.
 
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -235,11 +236,22 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="plan JSON to write")
     args = p.parse_args(argv)
+    if not math.isfinite(args.guidance) or args.guidance < 1:
+        p.error(f"--guidance {args.guidance}: must be a number >= 1")
+    if args.steps < 2:
+        p.error(f"--steps {args.steps}: must be >= 2")
+    try:  # an unwritable --out is named before the calibration runs, not after
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        if os.path.isdir(args.out):
+            raise IsADirectoryError(21, "is a folder")
+        open(args.out, "a").close()
+    except OSError as e:
+        p.error(f"--out {args.out}: cannot write there ({e.strerror})")
     try:
         pipe = load_pipeline(args.model, device=args.device)
         pipe.set_progress_bar_config(disable=True)
         plan = calibrate(pipe, args.steps, args.match_interval, args.order, args.guidance, args.samples)
-    except (ValueError, ModelLoadError) as e:
+    except (ValueError, ModelLoadError, RuntimeError) as e:  # RuntimeError: e.g. a device torch does not know
         print(f"error: {e}", file=sys.stderr)
         return 2
     plan.meta["model_key"] = args.model

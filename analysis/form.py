@@ -210,7 +210,7 @@ def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, c
         raise ValueError(f"the Policies tab runs class-conditional models (emoji-dit, DiT-XL/2); {model_key} is "
                          "text-to-image (its peers run from Python: fora.peers)")  # fmt: skip
     request = parse_request(pipe, label, prompt, steps, seed, guidance)
-    chosen = list(dict.fromkeys(chosen or []))
+    chosen = list(dict.fromkeys([chosen] if isinstance(chosen, str) else (chosen or [])))
     if not chosen:
         raise ValueError("no policy chosen: tick one to three")
     if len(chosen) > MAX_POLICIES:

@@ -19,17 +19,17 @@ def _generate(args) -> int:
     spec = resolve_model(args.model)
     steps = args.steps or (spec.default_steps if spec else 30)
     guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
-    if args.plan:  # a cache plan (e.g. from analysis.calibrate) replaces the fixed interval; its T is the default
-        fixed = {"--interval": args.interval != 3, "--cache-start": args.cache_start != 0,
+    if args.plan is not None:  # a cache plan (e.g. from analysis.calibrate) replaces the fixed interval; its T is the default
+        fixed = {"--interval": args.interval is not None, "--cache-start": args.cache_start != 0,
                  "--cache-end": args.cache_end is not None, "--no-cache-attn": args.no_cache_attn,
                  "--no-cache-cross-attn": args.no_cache_cross_attn, "--no-cache-mlp": args.no_cache_mlp}  # fmt: skip
         given = [k for k, v in fixed.items() if v]
         if given:
             raise ValueError(f"--plan and {', '.join(given)} cannot be combined: the plan says what is cached")
         config = ForaConfig(plan=args.plan)
-        steps = args.steps or config.plan.num_steps
+        steps = config.plan.num_steps if args.steps is None else args.steps
     else:
-        config = ForaConfig(interval=args.interval, cache_attn=not args.no_cache_attn,
+        config = ForaConfig(interval=3 if args.interval is None else args.interval, cache_attn=not args.no_cache_attn,
                             cache_cross_attn=not args.no_cache_cross_attn, cache_mlp=not args.no_cache_mlp,
                             cache_start=args.cache_start, cache_end=args.cache_end)  # fmt: skip
     config.check_num_steps(steps)
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate one image with FORA and print the schedule and timings")
     g.add_argument("--model", default="emoji-dit",
                    help=f"model key ({', '.join(MODELS)}), hub id, or pipeline folder (default: emoji-dit)")
-    g.add_argument("--interval", "-N", type=int, default=3, help="cache interval N, 1..steps-1 (1: uncached)")
+    g.add_argument("--interval", "-N", type=int, default=None, help="cache interval N, 1..steps-1 (1: uncached; default 3)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's default)")
     g.add_argument("--seed", type=int, default=0, help="noise seed")
     g.add_argument("--class", dest="class_label", default="0",
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, ModelLoadError) as e:
+    except (ValueError, ModelLoadError, RuntimeError) as e:  # RuntimeError: e.g. a device torch does not know
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -174,6 +174,8 @@ class CachePlan:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ValueError(f"plan file {str(path)!r} does not exist") from None
+        except OSError as e:
+            raise ValueError(f"plan file {str(path)!r} cannot be read: {e.strerror or e}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"plan file {str(path)!r} is not JSON: {e}") from None
         return cls.from_dict(data)
