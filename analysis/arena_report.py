@@ -116,8 +116,13 @@ def budget_entries(entries: list, budget: float) -> list:
     return [entries[0]] + sorted(chosen, key=lambda e: -e.row["psnr"])
 
 
-def _distribution_html(result: dict, shown: list) -> str:
-    d = result.get("distribution")
+def _distribution_html(d: dict | None, rows: list[dict]) -> str:
+    """The report's distribution section (`rows`: the scored settings, uncached first), in a div that
+    `rewrite_tables` can replace after a rescore."""
+    return f'<div id="distribution">{_distribution_body(d, rows)}</div>'
+
+
+def _distribution_body(d: dict | None, rows: list[dict]) -> str:
     if not d:
         return "<p>Distribution metrics: not measured (<code>--fid K</code>).</p>"
     cols = ["policy", "setting", "computed_calls", "fd_vs_uncached", "fid", "fid_precision", "fid_recall", "fid_score",
@@ -126,7 +131,7 @@ def _distribution_html(result: dict, shown: list) -> str:
             f"<p>fd_vs_uncached: Frechet distance to the uncached model's samples of the same seeds (how far caching "
             f"moved the distribution; 0 is uncached). fid, precision, recall, score, class accuracy: Table 3's "
             f"metrics in {html.escape(d['feature_space'])}, against {html.escape(d['reference'])}.</p>"
-            + _table([e.row for e in shown], cols))  # fmt: skip
+            + _table(rows, cols))  # fmt: skip
 
 
 def report_html(result: dict) -> str:
@@ -153,7 +158,7 @@ the modules), out of {result['total_calls']}. Speed: {esc(result['timing'])}. Me
 torch {esc(result['machine']['torch'])}), {esc(result['date'])}, {result['seconds']:.0f} s in all.</p>
 <h2>At FORA N={s['match_interval']}'s cost (at most {budget} calls + {EQUAL_COST:.0%})</h2>
 {_table(at_budget(rows, budget), cols)}
-{_distribution_html(result, shown)}
+{_distribution_html(result.get("distribution"), [e.row for e in shown])}
 <h2>Plots</h2>{plots}
 <h2>The same seeds</h2><p>Columns: {esc(', '.join(f'{e.policy} {e.setting}' for e in shown))}; rows: the first
 seeds.</p><img src="data:image/png;base64,{_png_base64(grid)}">
@@ -185,8 +190,23 @@ def write_plans(out: str, plans: dict) -> list[str]:
 
 
 def rewrite_tables(out: str, data: dict) -> None:
-    """arena.csv and arena.json again from `data` (an arena.json's content), e.g. after `arena_fid.rescore`."""
+    """arena.csv, arena.json and report.html's distribution section again from `data` (an arena.json's content),
+    e.g. after `arena_fid.rescore`."""
     _atomic_text(os.path.join(out, "arena.csv"), _csv(data["rows"]))
+    report = os.path.join(out, "report.html")
+    if os.path.isfile(report):
+        scored = sorted((r for r in data["rows"] if r.get("fid_samples")),
+                        key=lambda r: (r["policy"] != "uncached", -(r.get("psnr") or 0)))  # fmt: skip
+        page = open(report, encoding="utf-8").read()
+        start = page.find('<div id="distribution">')
+        if start >= 0:
+            end = page.index("</div>", start) + len("</div>")
+        else:  # a report written before the section had its div: from its heading to the end of its table
+            start = page.find("<h3>Distribution quality")
+            end = page.index("</table>", start) + len("</table>") if start >= 0 else -1
+        if start >= 0:
+            section = _distribution_html(data.get("distribution"), scored)
+            _atomic_text(report, page[:start] + section + page[end:])
     data["at_budget"] = at_budget(data["rows"], data["budget_calls"])
     _atomic_text(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")
 

@@ -328,6 +328,8 @@ def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
     for key, r in rescored.items():  # recomputed from the stored sets: the same numbers
         assert r["fd_vs_uncached"] == pytest.approx(scored[key]["fd_vs_uncached"], abs=1e-4)
         assert r["fid"] == pytest.approx(scored[key]["fid"])
+    report = (tmp_path / "report.html").read_text()
+    assert report.count('<div id="distribution">') == 1 and "fd_vs_uncached" in report  # the section rewritten
 
 
 def test_pareto_front_keeps_only_undominated_settings():
