@@ -31,7 +31,9 @@ import numpy as np
 import torch
 
 from fora import ForaConfig, full_steps
+from fora.emoji.classes import NUM_CLASSES
 from fora.generate import generate_batch, is_text_conditional
+from fora.generate import num_classes as class_count
 from fora.loading import ModelLoadError, load_pipeline
 from fora.peers import apply_cache, fbcache, taylorseer, taylorseer_steps
 from fora.timing import paired_speedup
@@ -116,11 +118,10 @@ def fbcache_at_budget(pipe, budget: float, seeds, labels, steps, guidance, itera
     return best
 
 
-def build_entries(pipe, args, log) -> list[Entry]:
+def build_entries(pipe, args, calibration: tuple[list[int], list[int]], log) -> list[Entry]:
     entries = [Entry("uncached", "T steps computed", None)]
     entries += [Entry("fora", f"N={n}", ForaConfig(interval=n), interval=n) for n in args.intervals]
-    num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
-    classes, seeds = calibration_set(num_classes, args.calibration_samples)
+    classes, seeds = calibration
     recording = record_grams(pipe, classes, seeds, args.steps, args.guidance)
     for order in (0, 1):
         for n in args.intervals:
@@ -145,7 +146,7 @@ def run_arena(args, log=print) -> dict:
     pipe.set_progress_bar_config(disable=True)
     if is_text_conditional(pipe):
         raise ValueError(f"--model {args.model}: the arena runs class-conditional models (emoji-dit, DiT)")
-    num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+    num_classes = class_count(pipe)
     classes, cal_seeds = calibration_set(num_classes, args.calibration_samples)
     overlap = sorted(set(args.seeds) & set(cal_seeds))
     if overlap:
@@ -155,8 +156,8 @@ def run_arena(args, log=print) -> dict:
         raise ValueError(f"--seeds {shared} ask for calibration classes {sorted({s % num_classes for s in shared})} "
                          f"(class = seed mod {num_classes}); evaluation must use other classes")  # fmt: skip
     labels = np.array([s % num_classes for s in args.seeds])
-    if args.fid and num_classes != 32:  # checked before the sweep: --fid scores with the emoji classifier
-        raise ValueError(f"--fid scores in the emoji classifier's feature space (32 classes); {args.model} has "
+    if args.fid and num_classes != NUM_CLASSES:  # checked before the sweep: --fid scores with the emoji classifier
+        raise ValueError(f"--fid scores in the emoji classifier's feature space ({NUM_CLASSES} classes); {args.model} has "
                          f"{num_classes} classes")  # fmt: skip
     classifier = None
     if args.model == "emoji-dit":
@@ -169,7 +170,7 @@ def run_arena(args, log=print) -> dict:
     total_calls = args.steps * num_blocks * len(kinds)
     budget = len(full_steps(args.steps, args.match_interval)) * num_blocks * len(kinds)
 
-    entries = build_entries(pipe, args, log)
+    entries = build_entries(pipe, args, (classes, cal_seeds), log)
     for i, entry in enumerate(entries):
         log(f"[{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
         observe(pipe, entry, args.seeds, labels.tolist(), args.steps, args.guidance)

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import torch
 
+from fora.generate import num_classes as class_count
 from fora.generate import to_uint8
 from fora.peers import apply_cache
 
@@ -105,7 +106,7 @@ def distribution_columns(pipe, entries: list, samples: int, steps: int, guidance
                          reference_samples: int = REFERENCE_SAMPLES, batch_size: int = 16, log=print) -> dict:  # fmt: skip
     """FD, precision, recall, score and class accuracy of `samples` samples of each entry (`fid_*` columns added to
     the entries' rows). Returns what the report says about them."""
-    num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+    num_classes = class_count(pipe)
     extractor = EmojiFeatures()
     if num_classes != len(extractor.labels):
         raise ValueError(f"--fid scores in the emoji classifier's feature space: the model has {num_classes} classes, "

@@ -42,6 +42,7 @@ import torch
 
 from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
 from fora.generate import generate_batch
+from fora.generate import num_classes as class_count
 from fora.loading import ModelLoadError, load_pipeline
 
 from .quality import psnr
@@ -190,7 +191,7 @@ def calibrate(pipe, num_steps: int, match_interval: int = 3, order: int = 0, gui
         raise ValueError(f"budget of {num_full} computed steps out of range: allowed 1..{num_steps}")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples}: must be >= 1")
-    num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+    num_classes = class_count(pipe)
     classes, seeds = calibration_set(num_classes, num_samples, seed)
     t0 = time.perf_counter()
     grams, reference = recording or record_grams(pipe, classes, seeds, num_steps, guidance)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fora import CachePlan, ForaConfig, full_steps
-from fora.generate import Request
+from fora.generate import Request, num_classes
 from fora.loading import ASSETS
 from fora.peers import fbcache, taylorseer_at_cost
 
@@ -129,8 +129,7 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
     new_plans = {}
     if missing:
         emit(f"calibrating {len(missing)} plan(s) for T={t}, guidance {g} (first time for these settings)")
-        num_classes = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
-        classes, cal_seeds = calibration_set(num_classes, CALIBRATION_SAMPLES)
+        classes, cal_seeds = calibration_set(num_classes(pipe), CALIBRATION_SAMPLES)
         recording = record_grams(pipe, classes, cal_seeds, t, g)
         for n, order in missing:
             emit(f"calibrating order {order} at N={n}'s budget")

@@ -24,9 +24,14 @@ def is_text_conditional(pipe) -> bool:
     return hasattr(pipe, "tokenizer") and hasattr(pipe, "text_encoder")
 
 
+def num_classes(pipe) -> int:
+    """Classes of a class-conditional pipeline (DiT's config says how many; ImageNet's 1000 otherwise)."""
+    return getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+
+
 def class_id(pipe, label: int | str) -> int:
     """A class id from an id or a label name, with a clear error for either kind of bad value."""
-    num = getattr(pipe.transformer.config, "num_embeds_ada_norm", None) or 1000
+    num = num_classes(pipe)
     if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
         labels = getattr(pipe, "labels", {}) or {}
         if label not in labels:
