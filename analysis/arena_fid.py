@@ -9,6 +9,7 @@ render seed 3003), exactly as Table 3's: numbers that rank methods on this model
 """
 
 import argparse
+import json
 import os
 
 import numpy as np
@@ -46,7 +47,10 @@ def _cached_samples(path: str, entry, labels, seeds, steps, guidance, batch_size
 
     # what made the samples: the method's full config (a plan's steps, a peer's knobs) and the model's weights
     weights = sum(float(p.double().sum()) for p in pipe.transformer.parameters())
-    made_by = hashlib.sha256(f"{entry.config!r} {type(pipe.transformer).__name__} {weights!r}".encode()).hexdigest()[:16]
+    plan = getattr(entry.config, "plan", None)  # a plan's repr omits per-block steps: hash what it runs
+    config = (json.dumps([plan.num_steps, plan.steps, plan.order], sort_keys=True) if plan is not None
+              else repr(entry.config))  # fmt: skip
+    made_by = hashlib.sha256(f"{config} {type(pipe.transformer).__name__} {weights!r}".encode()).hexdigest()[:16]
     key = f"{entry.policy} {entry.setting} T{steps} g{guidance} seed{FID_SEED} n{len(seeds)} {made_by}"
     if os.path.isfile(path):
         with np.load(path) as z:

@@ -119,7 +119,7 @@ def budget_entries(entries: list, budget: float) -> list:
 def _distribution_html(d: dict | None, rows: list[dict]) -> str:
     """The report's distribution section (`rows`: the scored settings, uncached first), in a div that
     `rewrite_tables` can replace after a rescore."""
-    return f'<div id="distribution">{_distribution_body(d, rows)}</div>'
+    return f'<div id="distribution">{_distribution_body(d, rows)}</div><!-- /distribution -->'
 
 
 def _distribution_body(d: dict | None, rows: list[dict]) -> str:
@@ -192,6 +192,7 @@ def write_plans(out: str, plans: dict) -> list[str]:
 def rewrite_tables(out: str, data: dict) -> None:
     """arena.csv, arena.json and report.html's distribution section again from `data` (an arena.json's content),
     e.g. after `arena_fid.rescore`."""
+    data["rows"] = [{k: _finite(v) for k, v in r.items()} for r in data["rows"]]  # as write_outputs does
     _atomic_text(os.path.join(out, "arena.csv"), _csv(data["rows"]))
     report = os.path.join(out, "report.html")
     if os.path.isfile(report):
@@ -200,7 +201,7 @@ def rewrite_tables(out: str, data: dict) -> None:
         page = open(report, encoding="utf-8").read()
         start = page.find('<div id="distribution">')
         if start >= 0:
-            end = page.index("</div>", start) + len("</div>")
+            end = page.index("<!-- /distribution -->", start) + len("<!-- /distribution -->")
         else:  # a report written before the section had its div: from its heading to the end of its table
             start = page.find("<h3>Distribution quality")
             end = page.index("</table>", start) + len("</table>") if start >= 0 else -1

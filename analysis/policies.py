@@ -140,7 +140,7 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
     observe(pipe, base, seed, label, t, g)
     total = base.row["computed_calls"]
     blocks_kinds = total / t
-    budget = int(len(full_steps(t, job.interval)) * blocks_kinds)
+    budget = round(len(full_steps(t, job.interval)) * blocks_kinds)
     chosen, sweep = [], []
     for name in job.policies:
         emit(f"{name} at N={job.interval}'s cost")
