@@ -7,6 +7,7 @@ model (`assets/emoji-dit/arena/plans`, written by the arena) and those calibrate
 """
 
 import glob
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -40,9 +41,13 @@ def shipped_plans(folder: str = PLANS_DIR, model_key: str = "emoji-dit") -> dict
     """The calibrated plans committed for the embedded model, by `plan_key`."""
     plans = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
-        plan = CachePlan.load(path)
-        meta = plan.meta
-        plans[plan_key(model_key, plan.num_steps, meta["guidance"], meta["match_interval"], plan.order)] = plan
+        try:
+            plan = CachePlan.load(path)
+            key = plan_key(model_key, plan.num_steps, plan.meta["guidance"], plan.meta["match_interval"], plan.order)
+        except (ValueError, KeyError) as e:  # one bad file must not hide the others
+            logging.getLogger(__name__).warning("cache plan %s skipped: %s", path, e)
+            continue
+        plans[key] = plan
     return plans
 
 
