@@ -56,12 +56,19 @@ def test_per_block_plan_honours_its_budget_exactly(dit_pipe, lean):
 
 def test_lean_and_plain_paths_agree_on_a_per_block_plan(dit_pipe):
     plan = CachePlan(8, {"attn": [[0, 2, 5], [0, 4], [0, 1, 7]], "mlp": [[0, 3], [0, 6, 7], [0, 5]]}, order=1)
+    from analysis.compute_map import ComputeMap
+
+    base = run_dit(dit_pipe, steps=8)
     outs = []
     for lean in (True, False):
         apply_fora(dit_pipe, ForaConfig(plan=plan, lean_reuse=lean))
-        outs.append(run_dit(dit_pipe, steps=8))
+        with ComputeMap(dit_pipe.transformer) as cmap:
+            outs.append(run_dit(dit_pipe, steps=8))
         remove_fora(dit_pipe)
+        for kind in ("attn", "mlp"):  # each path honours the plan, module by module
+            assert cmap.matrix(kind).tolist() == plan.matrix(kind)
     assert torch.equal(torch.from_numpy(outs[0]), torch.from_numpy(outs[1]))
+    assert not torch.equal(torch.from_numpy(outs[0]), torch.from_numpy(base))  # and the plan did reuse
 
 
 def test_extrapolation_weights_and_slot_arithmetic():
