@@ -36,7 +36,7 @@ from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
 from fora.loading import ModelLoadError, load_pipeline
 from fora.peers import apply_cache, fbcache, taylorseer, taylorseer_steps
-from fora.timing import paired_speedup
+from fora.timing import paired_speedups
 
 from .calibrate import calibrate, calibration_set, record_grams
 from .compute_map import ComputeMap
@@ -96,12 +96,23 @@ def score(entry: Entry, reference: np.ndarray, total_calls: int, labels: np.ndar
 
 def time_entry(pipe, entry: Entry, seed: int, label: int, steps: int, guidance: float, pairs: int,
                clock: str) -> None:  # fmt: skip
-    if entry.config is None:
-        entry.row.update(speedup=1.0, speedup_low=1.0, speedup_high=1.0, pairs=0)
+    time_entries(pipe, [entry], seed, label, steps, guidance, pairs, clock)
+
+
+def time_entries(pipe, entries: list[Entry], seed: int, label: int, steps: int, guidance: float, pairs: int,
+                 clock: str, on_round=None) -> None:  # fmt: skip
+    """Speedup of each entry against uncached on one sample's call, the entries' pairs interleaved round by round
+    (`fora.timing.paired_speedups`), into each entry's row; the uncached entry reads 1.0 (0 pairs)."""
+    timed = [e for e in entries if e.config is not None]
+    for entry in entries:
+        if entry.config is None:
+            entry.row.update(speedup=1.0, speedup_low=1.0, speedup_high=1.0, pairs=0)
+    if not timed:
         return
-    ratio = paired_speedup(pipe, lambda: generate_batch(pipe, [label], [seed], steps, guidance),
-                           entry.config, pairs=pairs, clock=clock)  # fmt: skip
-    entry.row.update(speedup=ratio.ratio, speedup_low=ratio.low, speedup_high=ratio.high, pairs=ratio.pairs)
+    ratios = paired_speedups(pipe, lambda: generate_batch(pipe, [label], [seed], steps, guidance),
+                             [e.config for e in timed], pairs=pairs, clock=clock, on_round=on_round)  # fmt: skip
+    for entry, ratio in zip(timed, ratios):
+        entry.row.update(speedup=ratio.ratio, speedup_low=ratio.low, speedup_high=ratio.high, pairs=ratio.pairs)
 
 
 def fbcache_at_budget(pipe, budget: float, seeds, labels, steps, guidance, iterations: int = 7) -> Entry:

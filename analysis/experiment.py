@@ -17,7 +17,7 @@ from fora.schedule import ideal_speedup
 
 from .quality import PredictionRecorder, compare_images, diff_image, prediction_error
 from .similarity import SimilarityRecorder
-from .speed import LoopTimer, SpeedRatio, _sync, paired_speedup
+from .speed import LoopTimer, SpeedRatio, _sync, paired_speedup, paired_speedups
 
 
 @dataclass
@@ -68,6 +68,13 @@ def timed_speedup(pipe, request: Request, config: ForaConfig, pairs: int = 3, wa
     with `clock` (default: `default_clock(pipe)`)."""
     return paired_speedup(pipe, timed_call(pipe, request), config, pairs=pairs, warmup=warmup,
                           clock=clock or default_clock(pipe))  # fmt: skip
+
+
+def timed_speedups(pipe, request: Request, configs: list[ForaConfig], pairs: int = 3, warmup: int = 1,
+                   clock: str | None = None, on_round=None) -> list[SpeedRatio]:  # fmt: skip
+    """`timed_speedup` for several configs, their pairs interleaved round by round (`speed.paired_speedups`)."""
+    return paired_speedups(pipe, timed_call(pipe, request), configs, pairs=pairs, warmup=warmup,
+                           clock=clock or default_clock(pipe), on_round=on_round)  # fmt: skip
 
 
 def observe_run(pipe, request: Request, config: ForaConfig, similarity: bool = True, blocks: list[int] | None = None,

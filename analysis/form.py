@@ -45,7 +45,8 @@ class GenerateJob:
 
 @dataclass(frozen=True)
 class SweepJob:
-    """One Sweep-tab click: per seed the baseline and each interval; per interval the timed pairs (first seed)."""
+    """One Sweep-tab click: per seed the baseline and each interval; then the timed pairs of every interval (first
+    seed), interleaved round by round."""
 
     model_key: str
     request: Request  # the first seed's request
@@ -58,7 +59,8 @@ class SweepJob:
     def denoising_steps(self) -> int:
         # per seed the baseline and each cached interval; one more uncached run measures the cached modules' share
         observed = len(self.seeds) * (1 + sum(1 for n in self.intervals if n != 1)) + 1
-        timed = len(self.intervals) * 2 * (self.warmup + self.pairs)
+        k = len(self.intervals)  # timed together: per warm-up one baseline and each interval, then k pairs a round
+        timed = self.warmup * (1 + k) + 2 * k * self.pairs
         return self.request.steps * (observed + timed)
 
 

@@ -18,7 +18,7 @@ from fora.generate import Request, num_classes
 from fora.loading import ASSETS
 from fora.peers import fbcache, taylorseer_at_cost
 
-from .arena import Entry, fbcache_at_budget, observe, time_entry
+from .arena import Entry, fbcache_at_budget, observe, time_entries
 from .calibrate import calibrate, calibration_set, record_grams
 from .experiment import default_clock
 from .quality import psnr, ssim
@@ -80,10 +80,12 @@ class PolicyJob:
         """Steps this job runs: baseline, each policy (First Block Cache's bisection included), the sweep, the
         timed calls and, per missing plan, a calibration (its candidates on a few samples)."""
         t = self.request.steps
-        per_policy = 1 + max(len(self.sweep_intervals()), len(FBCACHE_SWEEP)) + 2 * (self.warmup + self.pairs)
+        k = len(self.policies)
+        per_policy = 1 + max(len(self.sweep_intervals()), len(FBCACHE_SWEEP))
+        timed = self.warmup * (1 + k) + 2 * k * self.pairs  # interleaved: one baseline per warm-up, pairs per round
         fbc = FBCACHE_ITERATIONS if "First Block Cache" in self.policies else 0
         calibration = (missing_plans > 0) + missing_plans * 14  # one recording, ~14 candidates each
-        return t * (1 + len(self.policies) * per_policy + fbc + calibration * CALIBRATION_SAMPLES)
+        return t * (1 + k * per_policy + timed + fbc + calibration * CALIBRATION_SAMPLES)
 
 
 @dataclass
@@ -173,9 +175,10 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
     emit(result)
     if job.pairs:
         clock = default_clock(pipe)
+        emit(f"timing {len(chosen)} policies against uncached: {job.pairs} rounds of one pair each")
+        time_entries(pipe, chosen, seed[0], label[0], t, g, job.pairs, clock,
+                     on_round=lambda r, total: emit(f"timed round {r} of {total} (one pair per policy)"))  # fmt: skip
         for entry, row in zip(chosen, result.rows):
-            emit(f"timing {entry.policy} {entry.setting}: {job.pairs} pairs against uncached")
-            time_entry(pipe, entry, seed[0], label[0], t, g, job.pairs, clock)
             row.update({k: entry.row[k] for k in ("speedup", "speedup_low", "speedup_high", "pairs")}, clock=clock)
         result.timed = True
         emit(result)

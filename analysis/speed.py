@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass, field
 
 from fora.generate import Request, generate
-from fora.timing import SpeedRatio, paired_speedup, synchronize, time_call
+from fora.timing import SpeedRatio, paired_speedup, paired_speedups, synchronize, time_call
 
 _sync = synchronize  # the name other analysis modules import
 
 __all__ = ["LoopTimer", "ModuleTimer", "SpeedRatio", "Timing", "cached_module_fraction", "paired_speedup",
-           "time_call", "time_generation"]  # fmt: skip
+           "paired_speedups", "time_call", "time_generation"]  # fmt: skip
 
 
 class LoopTimer:

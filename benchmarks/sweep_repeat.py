@@ -60,7 +60,8 @@ def cli_runs(args) -> list[list[dict]]:
     pipe = load_pipeline("emoji-dit", device="cpu")
     pipe.set_progress_bar_config(disable=True)
     request = Request(label=args.label, steps=args.steps, guidance=3.0)
-    return [[r.as_dict() for r in run_sweep(pipe, request, args.intervals, list(range(args.seeds)), pairs=5).rows]
+    return [[r.as_dict() for r in run_sweep(pipe, request, args.intervals, list(range(args.seeds)),
+                                            pairs=args.cli_pairs).rows]
             for _ in range(args.runs)]
 
 
@@ -72,12 +73,13 @@ def main(argv=None) -> int:
     p.add_argument("--label", default="cat")
     p.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5, 7, 10])
     p.add_argument("--only", choices=["app", "cli"], default=None)
+    p.add_argument("--cli-pairs", type=int, default=5, help="pairs per interval of the CLI-path runs (the app uses 3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the CLI-path runs (the app uses 1)")
     args = p.parse_args(argv)
     if args.only != "cli":
         _report("app Sweep tab (3 pairs per interval)", app_runs(args))
     if args.only != "app":
-        _report("run_sweep, the CLI's path (5 pairs per interval)", cli_runs(args))
+        _report(f"run_sweep, the CLI's path ({args.cli_pairs} pairs per interval)", cli_runs(args))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Timed calls carry no observers. After a warm-up of both variants, baseline and FORA calls alternate in pairs, in
 ABBA order so that a drift of the machine's speed cancels, and each pair gives one ratio; the result is the median of
-the pair ratios with their range ("2.31x, 2.27-2.36 over 5 pairs"). On a GPU each call is timed with device events
+the pair ratios with their range ("2.31x, 2.27-2.36 over 5 pairs"). Several configs (a sweep) are timed together by
+`paired_speedups`, their pairs interleaved round by round. On a GPU each call is timed with device events
 after a synchronisation; on a CPU with the wall clock. `analysis.speed` and `python -m fora generate --time-pairs`
 both use it.
 """
@@ -89,12 +90,25 @@ def paired_speedup(pipe, call: Callable[[], object], config, pairs: int = 5, war
     baseline and FORA calls alternate in ABBA pairs and each pair gives one ratio; the result is their median and
     range. Each call is timed by `time_call` on `pipe.device` with `clock` ("wall", or "cpu" for CPU time).
     """
+    return paired_speedups(pipe, call, [config], pairs, warmup, clock)[0]
+
+
+def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int = 5, warmup: int = 1,
+                    clock: str = "wall", on_round: Callable[[int, int], None] | None = None) -> list[SpeedRatio]:
+    """`paired_speedup` for several configs at once (a sweep), their pairs interleaved: round r times one pair of
+    every config, in turn (the order reversed every other round), so each config's pairs are spread over the whole
+    measurement. A stretch of time in which the machine runs slower (on a shared host the speedup itself moves with
+    the load) then costs every config one pair, which the median leaves out, instead of all the pairs of whichever
+    config was being timed. `on_round(done, total)` is called after each round.
+    """
     if pairs < 1:
         raise ValueError(f"pairs={pairs}: must be >= 1")
+    if not configs:
+        raise ValueError("configs is empty: give at least one config to time")
     device = pipe.device
 
-    def run(cached: bool) -> float:
-        if not cached:
+    def run(config) -> float:
+        if config is None:
             return time_call(call, device, clock)
         remove = apply_cache(pipe, config)
         try:
@@ -103,14 +117,25 @@ def paired_speedup(pipe, call: Callable[[], object], config, pairs: int = 5, war
             remove(pipe)
 
     for _ in range(warmup):
-        run(False)
-        run(True)
-    base, fora = [], []
-    for i in range(pairs):
-        order = (False, True) if i % 2 == 0 else (True, False)
-        times = {cached: run(cached) for cached in order}
-        base.append(times[False])
-        fora.append(times[True])
-    ratios = [b / f for b, f in zip(base, fora)]
-    return SpeedRatio(statistics.median(ratios), min(ratios), max(ratios), pairs, statistics.median(base),
-                      statistics.median(fora))  # fmt: skip
+        run(None)
+        for config in configs:
+            run(config)
+    base = [[] for _ in configs]
+    cached = [[] for _ in configs]
+    for r in range(pairs):
+        order = range(len(configs)) if r % 2 == 0 else reversed(range(len(configs)))
+        for i in order:
+            if (r + i) % 2 == 0:  # each config's pairs in ABBA order; neighbours in a round in opposite orders
+                base[i].append(run(None))
+                cached[i].append(run(configs[i]))
+            else:
+                cached[i].append(run(configs[i]))
+                base[i].append(run(None))
+        if on_round is not None:
+            on_round(r + 1, pairs)
+    out = []
+    for b, f in zip(base, cached):
+        ratios = [x / y for x, y in zip(b, f)]
+        out.append(SpeedRatio(statistics.median(ratios), min(ratios), max(ratios), pairs, statistics.median(b),
+                              statistics.median(f)))  # fmt: skip
+    return out

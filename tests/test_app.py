@@ -153,8 +153,9 @@ def test_step_budget_bounds_a_sweep(app):
     assert compare.denoising_steps() == 10 * (2 + 2 * (1 + 3)) and compare.denoising_steps(baseline_cached=True) == 90
     assert form.GenerateJob("emoji-dit", Request(label=0, steps=10), ForaConfig(), pairs=0).denoising_steps() == 20
     job = form.SweepJob("emoji-dit", Request(label=0, steps=10), ForaConfig(), (1, 3), (0, 1), pairs=3)
-    # per seed: the baseline and N=3; one run for the cached modules' share; per interval: a warm-up pair and 3 pairs
-    assert job.denoising_steps() == 10 * (2 * 2 + 1 + 2 * 2 * (1 + 3))
+    # per seed: the baseline and N=3; one run for the cached modules' share; a warm-up of the baseline and each
+    # interval; 3 rounds of one pair per interval
+    assert job.denoising_steps() == 10 * (2 * 2 + 1 + (1 + 2) + 3 * 2 * 2)
 
 
 def test_memory_and_sweep_functions(app):

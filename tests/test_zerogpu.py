@@ -71,7 +71,7 @@ def test_memory_tab_touches_cuda_only_in_a_gpu_function(zapp):
     with zerogpu.watch_cuda() as touches:
         text = zapp.memory("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5)
     assert touches == [] and zerogpu.calls[-1].name == "measure_read_on_gpu"
-    assert "Measured on this machine (cpu)" in text
+    assert "Measured on this machine (cpu)" in text and "GB/s; a plain copy of 256 MiB" in text
 
 
 def test_closing_the_generator_stops_the_worker_and_frees_the_lock(zapp):
