@@ -11,9 +11,9 @@
     measured reuse-step cost allows.
 
 Speedups come from `paired_speedup` (no observers, a warm-up, ABBA pairs, median of the pair ratios with their
-range). One thread by default: this machine is shared and noisy, and pairing cancels slow drifts. `--clock cpu`
-times in process CPU time, which leaves out the time other processes hold the cores; on a CPU (a) is always also
-timed that way.
+range); the intervals of (b) are timed together, their pairs interleaved round by round (`paired_speedups`). One
+thread by default: this machine is shared and noisy, and pairing cancels slow drifts. `--clock cpu` times in process
+CPU time, which leaves out the time other processes hold the cores; on a CPU (a) is always also timed that way.
 """
 
 import argparse
@@ -24,7 +24,7 @@ import torch
 
 from fora import ForaConfig, apply_fora, ideal_speedup, remove_fora
 from fora.generate import Request, generate
-from fora.timing import paired_speedup, time_call
+from fora.timing import paired_speedup, paired_speedups, time_call
 
 
 @torch.no_grad()
@@ -123,9 +123,9 @@ def speedups(args):
     if args.only == "cost":
         return
     request = Request(label=207, steps=args.steps, seed=0, guidance=4.0)
-    for n in args.intervals:
-        r = paired_speedup(pipe, lambda: generate(pipe, request), ForaConfig(interval=n), pairs=args.speed_pairs,
-                           clock=args.clock)  # fmt: skip
+    configs = [ForaConfig(interval=n) for n in args.intervals]  # timed together, their pairs interleaved
+    ratios = paired_speedups(pipe, lambda: generate(pipe, request), configs, pairs=args.speed_pairs, clock=args.clock)
+    for n, r in zip(args.intervals, ratios):
         ideal = ideal_speedup(args.steps, n)
         full = args.steps / ideal
         reachable = args.steps / (full + (args.steps - full) * costs[True])
