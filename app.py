@@ -320,22 +320,22 @@ def policies(model_key, label, prompt, steps, seed, guidance, chosen, interval, 
 
 
 # -- Memory -----------------------------------------------------------------------------------------------------
-def memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization):
-    """Cache size and HBM read time against the compute it replaces (arithmetic here, the read on the GPU)."""
+def _memory_answer(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization, measure: bool):
     try:
         q = form.parse_memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization)
     except ValueError as e:
         raise _error(e) from None
     a = hbm_answer(MODEL_SHAPES[q.shape_key], q.batch, q.dtype, q.steps, q.interval, q.bandwidth_tbps * 1e12,
                    q.tflops * 1e12, q.utilization)  # fmt: skip
-    if a["cache_bytes"] <= 2**30:
+    if a["cache_bytes"] > 2**30:
+        where = "Too large to measure here (over 1 GiB)."
+    elif not measure:
+        where = "Measuring the read on this machine (after any running generation)..."
+    else:
         bw = measure_read_on_gpu(a["cache_bytes"])
         where = (f"Measured on this machine ({bw.device}): reading {bw.nbytes / 2**20:.1f} MiB took "
                  f"{bw.read_s * 1e3:.2f} ms, {bw.read_GBps:.1f} GB/s; a plain copy of {bw.copy_bytes / 2**20:.0f} MiB "
-                 f"on the same device runs at {bw.copy_GBps:.1f} GB/s (read + write). A cache smaller than the "
-                 "device's last-level cache reads faster than its memory.")
-    else:
-        where = "Too large to measure here (over 1 GiB)."
+                 f"on the same device runs at {bw.copy_GBps:.1f} GB/s (read + write).")  # fmt: skip
     verdict = "yes" if a["compute_over_read"] > 1 else "no"
     return f"""
 | | per reuse step | per run ({a['reuse_steps']} reuse steps of {q.steps}) |
@@ -348,6 +348,16 @@ def memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, uti
 **Is HBM fast enough? {verdict}:** the replaced compute takes **{a['compute_over_read']:.0f}x** longer than reading
 the cache back. {where}
 """
+
+
+def memory_calculator(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization):
+    """The calculator's answer at once (arithmetic only); the measured read follows from `memory`."""
+    return _memory_answer(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization, False)
+
+
+def memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization):
+    """Cache size and HBM read time against the compute it replaces (arithmetic here, the read on the GPU)."""
+    return _memory_answer(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization, True)
 
 
 # -- widgets ----------------------------------------------------------------------------------------------------
@@ -566,9 +576,10 @@ def build_demo() -> gr.Blocks:
         s["stop"].click(None, None, None, cancels=[gen, swept, compared], api_name=False)
         if t3 is not None:
             t3["class"].change(table3_grid, t3["class"], t3["grid"], api_name="table3_grid")
-        m["run"].click(memory, [m["model"], m["batch"], m["dtype"], m["steps"], m["interval"], m["bw"], m["tflops"],
-                                m["util"]], m["out"], api_name="memory",
-                     concurrency_limit=1, concurrency_id="gpu")  # the read shares the device: not beside a run
+        inputs = [m["model"], m["batch"], m["dtype"], m["steps"], m["interval"], m["bw"], m["tflops"], m["util"]]
+        # the arithmetic answers at once; the measured read queues with the generations: it must not share the device
+        m["run"].click(memory_calculator, inputs, m["out"], api_name=False).success(
+            memory, inputs, m["out"], api_name="memory", concurrency_limit=1, concurrency_id="gpu")
     return demo
 
 

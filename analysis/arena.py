@@ -9,7 +9,8 @@ sample per call (First Block Cache decides from the batch, so batching would cou
   over the uncached count.
 - `psnr`, `ssim`: the final image against the uncached one of the same seed, mean over seeds; `class_accuracy`:
   the emoji classifier's agreement with the requested class (embedded model only).
-- `speedup`: `paired_speedup` (no observers, warm-up, ABBA pairs, median and range) of one sample's call.
+- `speedup`: `paired_speedups` (no observers, warm-up, ABBA pairs, median and range) of one sample's call, the
+  settings' pairs interleaved round by round.
 
 Methods: `uncached`; `fora` at each N of `--intervals`; `calibrated` and `calibrated-o1` (`analysis.calibrate`,
 calibrated on its own classes and seeds) at each FORA N's budget; `taylorseer` (diffusers', orders `--orders` x every
@@ -94,13 +95,8 @@ def score(entry: Entry, reference: np.ndarray, total_calls: int, labels: np.ndar
         entry.row["class_accuracy"] = float(np.mean(classify(classifier, entry.images) == labels))
 
 
-def time_entry(pipe, entry: Entry, seed: int, label: int, steps: int, guidance: float, pairs: int,
-               clock: str) -> None:  # fmt: skip
-    time_entries(pipe, [entry], seed, label, steps, guidance, pairs, clock)
-
-
 def time_entries(pipe, entries: list[Entry], seed: int, label: int, steps: int, guidance: float, pairs: int,
-                 clock: str, on_round=None) -> None:  # fmt: skip
+                 clock: str, on_round=None, warmup: int = 1) -> None:  # fmt: skip
     """Speedup of each entry against uncached on one sample's call, the entries' pairs interleaved round by round
     (`fora.timing.paired_speedups`), into each entry's row; the uncached entry reads 1.0 (0 pairs)."""
     timed = [e for e in entries if e.config is not None]
@@ -110,7 +106,8 @@ def time_entries(pipe, entries: list[Entry], seed: int, label: int, steps: int, 
     if not timed:
         return
     ratios = paired_speedups(pipe, lambda: generate_batch(pipe, [label], [seed], steps, guidance),
-                             [e.config for e in timed], pairs=pairs, clock=clock, on_round=on_round)  # fmt: skip
+                             [e.config for e in timed], pairs=pairs, warmup=warmup, clock=clock,
+                             on_round=on_round)  # fmt: skip
     for entry, ratio in zip(timed, ratios):
         entry.row.update(speedup=ratio.ratio, speedup_low=ratio.low, speedup_high=ratio.high, pairs=ratio.pairs)
 
@@ -191,10 +188,9 @@ def run_arena(args, log=print) -> dict:
     for entry in entries:
         score(entry, reference, total_calls, labels, classifier)
     if args.timing_pairs:
-        for i, entry in enumerate(entries):
-            log(f"timing [{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
-            time_entry(pipe, entry, args.seeds[0], int(labels[0]), args.steps, args.guidance, args.timing_pairs,
-                       args.clock)  # fmt: skip
+        log(f"timing {len(entries) - 1} settings against uncached, {args.timing_pairs} interleaved rounds")
+        time_entries(pipe, entries, args.seeds[0], int(labels[0]), args.steps, args.guidance, args.timing_pairs,
+                     args.clock, on_round=lambda r, k: log(f"timed round {r} of {k}" if r else "timing: warm-up done"))
     distribution = None
     if args.fid:
         from .arena_fid import distribution_columns
@@ -216,8 +212,9 @@ def run_arena(args, log=print) -> dict:
                      "orders": args.orders, "thresholds": args.thresholds,
                      "calibration": {"classes": classes, "seeds": cal_seeds}},
         "budget_calls": budget, "total_calls": total_calls, "num_blocks": num_blocks, "kinds": list(kinds),
-        "timing": (f"paired_speedup of one sample's call: {args.timing_pairs} ABBA pairs after a warm-up, no "
-                   f"observers, {args.clock} clock; median of pair ratios (range)" if args.timing_pairs else
+        "timing": (f"paired_speedups of one sample's call: {args.timing_pairs} ABBA pairs per setting after a warm-up, "
+                   f"interleaved round by round, no observers, {args.clock} clock; median of pair ratios (range)"
+                   if args.timing_pairs else
                    "not measured (--timing-pairs 0)"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "device": device, "torch": torch.__version__, "threads": torch.get_num_threads()},

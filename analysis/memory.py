@@ -7,6 +7,7 @@ throughput, per step and per run. `measure_bandwidth` measures the read on the m
 streaming read of the cache's size, next to a plain large copy on the same device).
 """
 
+import itertools
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -112,18 +113,32 @@ class Bandwidth:
                 f"plain copy of {self.copy_bytes / 2**20:.0f} MiB: {self.copy_GBps:.1f} GB/s ({self.device})")  # fmt: skip
 
 
+EVICT_BYTES = 256 * 2**20  # more than any CPU's last-level cache per socket slice or a GPU's L2 (H100: 50 MiB)
+
+
 def _median_seconds(fn, device: torch.device, repeats: int) -> float:
     fn()  # warm-up: first touch of the pages, kernel selection
     return statistics.median(time_call(fn, device) for _ in range(repeats))
 
 
-def _read_seconds(nbytes: int, device: torch.device, repeats: int) -> tuple[float, int]:
-    """Median seconds of one reduction over a buffer of `nbytes`, and the bytes it really holds."""
+def _read_seconds(nbytes: int, device: torch.device, repeats: int, span_bytes: int = EVICT_BYTES) -> tuple[float, int]:
+    """Median seconds of one reduction over a buffer of `nbytes`, and the bytes it really holds.
+
+    The reads rotate over enough copies of the buffer that at least `span_bytes` are read between two reads of the
+    same copy, so no read finds its buffer in the device's caches (a cache of a few MiB would otherwise be timed at
+    cache speed, not memory speed). At most about `span_bytes + 2 * nbytes` are allocated."""
     dtype = torch.float16 if device.type == "cuda" else torch.float32  # no CPU reduces float16 at memory speed
     size = torch.finfo(dtype).bits // 8
-    cache = torch.ones(max(1, nbytes // size), dtype=dtype, device=device)
+    numel = max(1, nbytes // size)
+    buffer_bytes = numel * size
+    # a buffer of span_bytes or more streams itself out of cache; a smaller one rotates with copies that hold span_bytes
+    # (at most 1024 copies: a buffer under span_bytes / 1024 = 256 KiB is a cache's size, not a memory read)
+    copies = 1 if buffer_bytes >= span_bytes else min(1024, 1 + -(-span_bytes // buffer_bytes))
+    buffers = [torch.ones(numel, dtype=dtype, device=device) for _ in range(copies)]
     acc = torch.empty((), dtype=torch.float32, device=device)  # preallocated: the loop allocates nothing
-    return _median_seconds(lambda: torch.sum(cache, 0, dtype=torch.float32, out=acc), device, repeats), cache.numel() * size
+    turn = itertools.cycle(buffers)
+    read = lambda: torch.sum(next(turn), 0, dtype=torch.float32, out=acc)  # noqa: E731
+    return _median_seconds(read, device, repeats), buffer_bytes
 
 
 def measure_bandwidth(nbytes: int, device: str | torch.device = "cpu", repeats: int = 10,
@@ -131,9 +146,10 @@ def measure_bandwidth(nbytes: int, device: str | torch.device = "cpu", repeats: 
     """Measure how fast `device` reads `nbytes` (a reduction over a buffer of that size: the cache's one streaming
     read on a reuse step), next to a plain copy of `copy_bytes` into a preallocated buffer on the same device.
 
-    A reduction is memory-bound, so it runs at the device's read bandwidth when the buffer is larger than its caches
-    (a buffer that fits in cache reads faster, which the large copy shows). Elements are float16 on a GPU and float32
-    on a CPU; bytes are bytes. CUDA events on a GPU, the wall clock on a CPU; median of `repeats` after a warm-up.
+    A reduction is memory-bound, so it runs at the device's read bandwidth; the reads rotate over copies of the
+    buffer so that none is served from the device's caches (`_read_seconds`). Elements are float16 on a GPU and
+    float32 on a CPU; bytes are bytes. CUDA events on a GPU, the wall clock on a CPU; median of `repeats` after a
+    warm-up.
     """
     device = torch.device(device)
     read_s, nbytes = _read_seconds(nbytes, device, repeats)

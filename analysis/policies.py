@@ -59,7 +59,7 @@ class PolicyJob:
     request: Request
     policies: tuple[str, ...]
     interval: int  # the cost: FORA N's computed calls
-    pairs: int = 2
+    pairs: int = 3  # odd: the median of the pair ratios can leave one disturbed pair out
     warmup: int = 1
 
     def sweep_intervals(self) -> list[int]:
@@ -175,9 +175,9 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
     emit(result)
     if job.pairs:
         clock = default_clock(pipe)
-        emit(f"timing {len(chosen)} policies against uncached: {job.pairs} rounds of one pair each")
-        time_entries(pipe, chosen, seed[0], label[0], t, g, job.pairs, clock,
-                     on_round=lambda r, total: emit(f"timed round {r} of {total} (one pair per policy)"))  # fmt: skip
+        emit(f"timing against uncached: {job.pairs} rounds of one pair per policy")
+        time_entries(pipe, chosen, seed[0], label[0], t, g, job.pairs, clock, warmup=job.warmup,
+                     on_round=lambda r, k: emit(f"timed round {r} of {k}" if r else "timing: warm-up done"))
         for entry, row in zip(chosen, result.rows):
             row.update({k: entry.row[k] for k in ("speedup", "speedup_low", "speedup_high", "pairs")}, clock=clock)
         result.timed = True

@@ -79,7 +79,7 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
         raise ValueError("seeds is empty: give at least one seed")
     per_interval = {n: [] for n in intervals}
     images, recorders = {}, {}
-    total = len(seeds) * (1 + len(intervals)) + pairs + 1
+    total = len(seeds) * (1 + len(intervals)) + (1 + pairs) + 1  # observed runs, timing (warm-up, rounds), share
     bar = tqdm(total=total, desc="sweep", disable=progress is not None)
     done = 0
 
@@ -102,7 +102,8 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
             tick(f"seed {seed}: N={n}")
     first = replace(request, seed=seeds[0])
     ratios = timed_speedups(pipe, first, [replace(config, interval=n) for n in intervals], pairs=pairs, warmup=warmup,
-                            clock=clock, on_round=lambda r, k: tick(f"timed round {r} of {k}: one pair per interval"))
+                            clock=clock, on_round=lambda r, k: tick(f"timed round {r} of {k}: one pair per interval"
+                                                                    if r else "timing: warm-up done"))  # fmt: skip
     speeds = dict(zip(intervals, ratios))
     blocks = pipe.transformer.transformer_blocks
     names = [f"transformer_blocks.{i}.{c}" for i in range(num_blocks(pipe)) for c in ("attn1", "attn2", "ff")

@@ -95,11 +95,14 @@ def paired_speedup(pipe, call: Callable[[], object], config, pairs: int = 5, war
 
 def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int = 5, warmup: int = 1,
                     clock: str = "wall", on_round: Callable[[int, int], None] | None = None) -> list[SpeedRatio]:
-    """`paired_speedup` for several configs at once (a sweep), their pairs interleaved: round r times one pair of
-    every config, in turn (the order reversed every other round), so each config's pairs are spread over the whole
-    measurement. A stretch of time in which the machine runs slower (on a shared host the speedup itself moves with
-    the load) then costs every config one pair, which the median leaves out, instead of all the pairs of whichever
-    config was being timed. `on_round(done, total)` is called after each round.
+    """`paired_speedup` for several configs at once (a sweep), their pairs interleaved round by round.
+
+    Round r times one pair of every config in turn, the configs' order reversed every other round, baseline first
+    in even rounds and FORA first in odd ones, so the calls strictly alternate (B F0 B F1 B F2 | F2 B F1 B F0 B ...)
+    and every config has its pairs in ABBA order. Each config's pairs are thus spread over the whole measurement: a
+    slow spell of a shared machine shorter than a round lands in at most one pair of each config, which the median
+    of an odd number of pairs can leave out, instead of in all the pairs of whichever config was being timed.
+    `on_round(done, total)` is called after the warm-up (done = 0) and after each round.
     """
     if pairs < 1:
         raise ValueError(f"pairs={pairs}: must be >= 1")
@@ -120,12 +123,13 @@ def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int 
         run(None)
         for config in configs:
             run(config)
+    if on_round is not None:
+        on_round(0, pairs)
     base = [[] for _ in configs]
     cached = [[] for _ in configs]
     for r in range(pairs):
-        order = range(len(configs)) if r % 2 == 0 else reversed(range(len(configs)))
-        for i in order:
-            if (r + i) % 2 == 0:  # each config's pairs in ABBA order; neighbours in a round in opposite orders
+        for i in range(len(configs)) if r % 2 == 0 else reversed(range(len(configs))):
+            if r % 2 == 0:
                 base[i].append(run(None))
                 cached[i].append(run(configs[i]))
             else:

@@ -26,37 +26,63 @@ def test_paired_speedup_leaves_the_pipeline_as_it_was(dit_pipe):
         paired_speedup(dit_pipe, lambda: None, ForaConfig(), pairs=1, warmup=0)
 
 
-def test_paired_speedups_interleave_configs_and_pair_each_with_a_baseline(dit_pipe):
-    """A sweep's intervals are timed round by round; each config's pairs are ABBA and its ratio uses its own pairs.
-    The call sleeps 40 ms uncached and 40/N ms under FORA N, so the bookkeeping shows in the ratios (sleeps, not
-    the model, so no speed of this machine is asserted)."""
-    import time
+def test_paired_speedups_interleave_configs_and_pair_each_with_a_baseline(dit_pipe, monkeypatch):
+    """A sweep's intervals are timed round by round, the calls alternating baseline / FORA; each config's pairs are
+    ABBA and its ratio, range and medians come from its own pairs. The clock is scripted (the real calls run, their
+    durations are made up): a call under FORA N takes 1/N of the baseline's time times a per-pair error, and every
+    pair runs at its own machine speed, so a baseline paired with another pair's call gives a wrong ratio."""
+    import fora.timing
 
-    seen = []
+    calls = []  # interval of each call, 1 = uncached
 
     def call():
         handle = get_fora_handle(dit_pipe)
-        n = handle.config.interval if handle is not None else 1
-        seen.append(n)
-        time.sleep(0.04 / n)
+        calls.append(handle.config.interval if handle is not None else 1)
 
+    speed = [1.0, 3.0, 0.5, 2.0, 1.5]  # machine speed of pair p (slow spells), per pair index
+    error = {2: [1.0, 1.1, 0.9, 1.0], 4: [0.8, 1.0, 1.2, 1.0], 8: [1.0, 1.0, 1.0, 1.3]}  # per config, per its pair
+
+    def scripted(fn, device, clock="wall"):
+        fn()
+        n, timed = calls[-1], len(calls) - 4  # 4 warm-up calls
+        if timed <= 0:
+            return 1.0
+        p = (timed - 1) // 2  # pair index: two consecutive calls per pair
+        seconds = speed[p % len(speed)] * (1.0 if n == 1 else 1.0 / n)
+        if n != 1:  # the error of this config's own pair (how many of its calls came before)
+            seconds *= error[n][sum(1 for m in calls[4:] if m == n) - 1]
+        return seconds
+
+    monkeypatch.setattr(fora.timing, "time_call", scripted)
     rounds = []
     ratios = paired_speedups(dit_pipe, call, [ForaConfig(interval=n) for n in (2, 4, 8)], pairs=4, clock="wall",
                              on_round=lambda r, total: rounds.append((r, total)))  # fmt: skip
-    assert rounds == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert seen[:4] == [1, 2, 4, 8]  # warm-up: the baseline once, then each config
-    timed = [tuple(seen[4 + 2 * i : 6 + 2 * i]) for i in range((len(seen) - 4) // 2)]
-    assert len(timed) == 3 * 4 and all(sorted(p)[0] == 1 and sorted(p)[1] > 1 for p in timed)  # pairs: one of each
-    per_round = [[max(p) for p in timed[3 * r : 3 * r + 3]] for r in range(4)]
-    assert per_round == [[2, 4, 8], [8, 4, 2], [2, 4, 8], [8, 4, 2]]  # every round times every config
-    for n in (2, 4, 8):  # each config's own pairs alternate baseline-first and FORA-first
-        firsts = [p[0] == 1 for p in timed if max(p) == n]
-        assert firsts in ([True, False, True, False], [False, True, False, True])
-    assert [r.pairs for r in ratios] == [4, 4, 4]
-    assert 1.5 < ratios[0].ratio < ratios[1].ratio < ratios[2].ratio  # each ratio from its own config's calls
+    assert rounds == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]  # after the warm-up, then after each round
+    assert calls[:4] == [1, 2, 4, 8]  # warm-up: the baseline once, then each config
+    assert calls[4:] == [1, 2, 1, 4, 1, 8,  8, 1, 4, 1, 2, 1,  1, 2, 1, 4, 1, 8,  8, 1, 4, 1, 2, 1]  # fmt: skip
+    for n, r in zip((2, 4, 8), ratios):
+        expected = sorted(n / e for e in error[n])
+        assert r.pairs == 4 and r.ratio == pytest.approx((expected[1] + expected[2]) / 2)
+        assert (r.low, r.high) == (pytest.approx(expected[0]), pytest.approx(expected[-1]))
+        assert r.baseline_s > r.fora_s  # medians of the baseline's and FORA's own times, not swapped
     assert get_fora_handle(dit_pipe) is None
     with pytest.raises(ValueError, match="configs is empty"):
         paired_speedups(dit_pipe, call, [])
+
+
+def test_paired_speedups_remove_fora_when_a_call_fails(dit_pipe):
+    """A call that raises under FORA in the middle of a round leaves the pipeline without FORA."""
+    count = []
+
+    def call():
+        count.append(1)
+        handle = get_fora_handle(dit_pipe)
+        if len(count) > 4 and handle is not None and handle.config.interval == 3:  # round 0, second config
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        paired_speedups(dit_pipe, call, [ForaConfig(interval=n) for n in (2, 3, 5)], pairs=3)
+    assert len(count) == 8 and get_fora_handle(dit_pipe) is None
 
 
 def test_cli_time_pairs(tmp_path, capsys):
@@ -80,3 +106,41 @@ def test_clocks():
         time_call(lambda: None, "cpu", clock="gpu")
     with pytest.raises(ValueError, match="only CPU work"):
         time_call(lambda: None, "cuda", clock="cpu")
+
+
+def _count_transformer_calls(pipe):
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls, handle
+
+
+def test_job_step_counts_match_the_calls_a_sweep_and_a_policies_click_make(dit_pipe):
+    """`SweepJob.denoising_steps` and `PolicyJob.denoising_steps` size a request (the step budget, ZeroGPU's
+    duration): counted against the transformer calls really made, and the sweep's progress reaches its total."""
+    from analysis.form import SweepJob
+    from analysis.policies import PolicyJob, run_policies
+    from analysis.sweep import run_sweep
+    from fora.generate import Request
+
+    request = Request(label=1, steps=6, guidance=4.0)
+    calls, handle = _count_transformer_calls(dit_pipe)
+    progress = []
+    try:
+        run_sweep(dit_pipe, request, [1, 2, 3], [0, 1], pairs=2, progress=lambda d, t, m: progress.append((d, t)))
+    finally:
+        handle.remove()
+    job = SweepJob("tiny-dit", request, ForaConfig(), (1, 2, 3), (0, 1), pairs=2)
+    assert len(calls) == job.denoising_steps()  # one transformer call per denoising step (guidance is batched)
+    assert progress[-1][0] == progress[-1][1] and len(progress) == progress[-1][1]
+
+    policy_job = PolicyJob("tiny-dit", Request(label=1, steps=8, guidance=4.0),
+                           ("FORA", "TaylorSeer order 1", "First Block Cache"), 3)  # fmt: skip
+    calls, handle = _count_transformer_calls(dit_pipe)
+    try:
+        run_policies(dit_pipe, policy_job, {}, lambda event: None)
+    finally:
+        handle.remove()
+    budget = policy_job.denoising_steps(0)
+    # an upper bound: each policy's small sweep is counted at the longest of the policies' sweeps
+    assert budget - 3 * 4 * 8 <= len(calls) <= budget
+    assert len(calls) >= 8 * (policy_job.warmup * (1 + 3) + 2 * 3 * policy_job.pairs)  # the timed calls alone
