@@ -186,7 +186,7 @@ def test_sweep_end_to_end(tmp_path):
     # speed comes from the paired timing of every interval, N=1 included (its hook overhead is measured, not assumed)
     for r in result.rows:
         assert r.speed.pairs == 1 and r.speed.low <= r.speed.ratio <= r.speed.high and r.speed.baseline_s > 0
-    assert "1 ABBA pairs per interval, no observers" in result.timing
+    assert "1 ABBA pairs per interval, interleaved, no observers" in result.timing
     paths = write_outputs(result, str(tmp_path), "tiny-dit")
     assert "interval,full_steps,speedup,speedup_low" in open(paths["csv"]).read()
     data = json.load(open(paths["json"]))
