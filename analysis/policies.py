@@ -77,15 +77,19 @@ class PolicyJob:
         return [(n, o) for n, o in self.needed_plans() if plan_key(self.model_key, t, g, n, o) not in plans]
 
     def denoising_steps(self, missing_plans: int = 0) -> int:
-        """Steps this job runs: baseline, each policy (First Block Cache's bisection included), the sweep, the
-        timed calls and, per missing plan, a calibration (its candidates on a few samples)."""
-        t = self.request.steps
-        k = len(self.policies)
-        per_policy = 1 + max(len(self.sweep_intervals()), len(FBCACHE_SWEEP))
-        timed = self.warmup * (1 + k) + 2 * k * self.pairs  # interleaved: one baseline per warm-up, pairs per round
-        fbc = FBCACHE_ITERATIONS if "First Block Cache" in self.policies else 0
+        """Steps this job runs: baseline, each policy (First Block Cache: its bisection) and its small sweep, the
+        timed calls and, per missing plan, a calibration (its candidates on a few samples). Exact, except that a
+        calibrated policy's sweep is counted at every interval (it runs only those whose plans are known)."""
+        t, k = self.request.steps, len(self.policies)
+        runs = 1
+        for name in self.policies:
+            if name == "First Block Cache":
+                runs += FBCACHE_ITERATIONS + len(FBCACHE_SWEEP)
+            else:
+                runs += 1 + len(self.sweep_intervals())
+        runs += self.warmup * (1 + k) + 2 * k * self.pairs  # timed, interleaved: one baseline per warm-up
         calibration = (missing_plans > 0) + missing_plans * 14  # one recording, ~14 candidates each
-        return t * (1 + k * per_policy + timed + fbc + calibration * CALIBRATION_SAMPLES)
+        return t * (runs + calibration * CALIBRATION_SAMPLES)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from fora import ForaConfig
@@ -79,14 +80,16 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
         raise ValueError("seeds is empty: give at least one seed")
     per_interval = {n: [] for n in intervals}
     images, recorders = {}, {}
-    total = len(seeds) * (1 + len(intervals)) + (1 + pairs) + 1  # observed runs, timing (warm-up, rounds), share
+    k = len(intervals)
+    # progress in runs: observed runs, the timed calls (warm-up, then 2k a round), the cached modules' share
+    total = len(seeds) * (1 + k) + warmup * (1 + k) + 2 * k * pairs + 1
     bar = tqdm(total=total, desc="sweep", disable=progress is not None)
     done = 0
 
-    def tick(message):
+    def tick(message, runs: int = 1):
         nonlocal done
-        done += 1
-        bar.update(1)
+        done += runs
+        bar.update(runs)
         if progress:
             progress(done, total, message)
 
@@ -101,9 +104,15 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
                 images[n], recorders[n] = result.images[0], result.similarity
             tick(f"seed {seed}: N={n}")
     first = replace(request, seed=seeds[0])
+
+    def timed_round(r, rounds):
+        if r == 0:
+            tick("timing: warm-up done", warmup * (1 + k))
+        else:
+            tick(f"timed round {r} of {rounds}: one pair per interval", 2 * k)
+
     ratios = timed_speedups(pipe, first, [replace(config, interval=n) for n in intervals], pairs=pairs, warmup=warmup,
-                            clock=clock, on_round=lambda r, k: tick(f"timed round {r} of {k}: one pair per interval"
-                                                                    if r else "timing: warm-up done"))  # fmt: skip
+                            clock=clock, on_round=timed_round)  # fmt: skip
     speeds = dict(zip(intervals, ratios))
     blocks = pipe.transformer.transformer_blocks
     names = [f"transformer_blocks.{i}.{c}" for i in range(num_blocks(pipe)) for c in ("attn1", "attn2", "ff")
@@ -150,8 +159,14 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=["cpu", "wall"], default=None,
                    help="what times the pairs (default: process CPU time on a CPU, robust on a shared machine; wall "
                    "time with device events on a GPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's); 1 gives the steadiest CPU timings on a shared machine")
     p.add_argument("--out", default="out/sweep", help="output folder")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads={args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
     spec = resolve_model(args.model)
     request = Request(label=args.class_label, prompt=args.prompt, steps=args.steps or (spec.default_steps if spec else 30),
                       guidance=args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0))

@@ -71,6 +71,7 @@ class SpeedRatio:
     pairs: int
     baseline_s: float  # median seconds of the uncached call
     fora_s: float  # median seconds of the FORA call
+    ratios: tuple[float, ...] = ()  # every pair's ratio, in the order timed (for noise studies; not in as_dict)
 
     def __str__(self) -> str:
         return f"{self.ratio:.2f}x, {self.low:.2f}-{self.high:.2f} over {self.pairs} pairs"
@@ -97,12 +98,12 @@ def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int 
                     clock: str = "wall", on_round: Callable[[int, int], None] | None = None) -> list[SpeedRatio]:
     """`paired_speedup` for several configs at once (a sweep), their pairs interleaved round by round.
 
-    Round r times one pair of every config in turn, the configs' order reversed every other round, baseline first
-    in even rounds and FORA first in odd ones, so the calls strictly alternate (B F0 B F1 B F2 | F2 B F1 B F0 B ...)
-    and every config has its pairs in ABBA order. Each config's pairs are thus spread over the whole measurement: a
-    slow spell of a shared machine shorter than a round lands in at most one pair of each config, which the median
-    of an odd number of pairs can leave out, instead of in all the pairs of whichever config was being timed.
-    `on_round(done, total)` is called after the warm-up (done = 0) and after each round.
+    Round r times one pair of every config, always in the same order, baseline first in even rounds and FORA first
+    in odd ones (B F0 B F1 B F2 | F0 B F1 B F2 B | ...): every config has its pairs in ABBA order, exactly one round
+    apart. Each config's pairs are thus spread over the whole measurement: a slow spell of a shared machine shorter
+    than a round lands in at most one pair of each config, which the median of an odd number of pairs can leave out,
+    instead of in all the pairs of whichever config was being timed. `on_round(done, total)` is called after the
+    warm-up (done = 0, only when `warmup` > 0) and after each round.
     """
     if pairs < 1:
         raise ValueError(f"pairs={pairs}: must be >= 1")
@@ -123,12 +124,12 @@ def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int 
         run(None)
         for config in configs:
             run(config)
-    if on_round is not None:
+    if on_round is not None and warmup > 0:
         on_round(0, pairs)
     base = [[] for _ in configs]
     cached = [[] for _ in configs]
     for r in range(pairs):
-        for i in range(len(configs)) if r % 2 == 0 else reversed(range(len(configs))):
+        for i in range(len(configs)):
             if r % 2 == 0:
                 base[i].append(run(None))
                 cached[i].append(run(configs[i]))
@@ -141,5 +142,5 @@ def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int 
     for b, f in zip(base, cached):
         ratios = [x / y for x, y in zip(b, f)]
         out.append(SpeedRatio(statistics.median(ratios), min(ratios), max(ratios), pairs, statistics.median(b),
-                              statistics.median(f)))  # fmt: skip
+                              statistics.median(f), tuple(ratios)))  # fmt: skip
     return out

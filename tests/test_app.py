@@ -171,6 +171,14 @@ def test_memory_and_sweep_functions(app):
     fns = {f.fn.__name__: f for f in app.demo.fns.values() if f.fn is not None}
     assert fns["memory"].concurrency_id == fns["generate"].concurrency_id == "gpu"
     assert fns["memory_calculator"].concurrency_id != "gpu"
+    def unavailable(nbytes):
+        raise RuntimeError("CUDA error: out of memory")
+
+    with pytest.MonkeyPatch.context() as mp:  # a failed read leaves the calculator's answer and says why
+        mp.setattr(app, "measure_read_on_gpu", unavailable)
+        failed = app.memory("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5)
+    assert "Could not measure the read on this machine: RuntimeError: CUDA error: out of memory" in failed
+    assert failed.split("**Is HBM")[0] == text.split("**Is HBM")[0]
     deps = app.demo.config["dependencies"]
     calc = next(d for d in deps if d["id"] == next(i for i, f in app.demo.fns.items() if f.fn is app.memory_calculator))
     measured = next(d for d in deps if d["api_name"] == "memory")

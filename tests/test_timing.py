@@ -27,9 +27,9 @@ def test_paired_speedup_leaves_the_pipeline_as_it_was(dit_pipe):
 
 
 def test_paired_speedups_interleave_configs_and_pair_each_with_a_baseline(dit_pipe, monkeypatch):
-    """A sweep's intervals are timed round by round, the calls alternating baseline / FORA; each config's pairs are
-    ABBA and its ratio, range and medians come from its own pairs. The clock is scripted (the real calls run, their
-    durations are made up): a call under FORA N takes 1/N of the baseline's time times a per-pair error, and every
+    """A sweep's intervals are timed round by round, the configs in a fixed order; each config's pairs are ABBA, one
+    round apart, and its ratio, range and medians come from its own pairs. The clock is scripted (the real calls run,
+    their durations are made up): a call under FORA N takes 1/N of the baseline's time times a per-pair error, and every
     pair runs at its own machine speed, so a baseline paired with another pair's call gives a wrong ratio."""
     import fora.timing
 
@@ -59,9 +59,10 @@ def test_paired_speedups_interleave_configs_and_pair_each_with_a_baseline(dit_pi
                              on_round=lambda r, total: rounds.append((r, total)))  # fmt: skip
     assert rounds == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]  # after the warm-up, then after each round
     assert calls[:4] == [1, 2, 4, 8]  # warm-up: the baseline once, then each config
-    assert calls[4:] == [1, 2, 1, 4, 1, 8,  8, 1, 4, 1, 2, 1,  1, 2, 1, 4, 1, 8,  8, 1, 4, 1, 2, 1]  # fmt: skip
+    assert calls[4:] == [1, 2, 1, 4, 1, 8,  2, 1, 4, 1, 8, 1,  1, 2, 1, 4, 1, 8,  2, 1, 4, 1, 8, 1]  # fmt: skip
     for n, r in zip((2, 4, 8), ratios):
         expected = sorted(n / e for e in error[n])
+        assert r.ratios == pytest.approx([n / e for e in error[n]])  # each pair's ratio, in the order timed
         assert r.pairs == 4 and r.ratio == pytest.approx((expected[1] + expected[2]) / 2)
         assert (r.low, r.high) == (pytest.approx(expected[0]), pytest.approx(expected[-1]))
         assert r.baseline_s > r.fora_s  # medians of the baseline's and FORA's own times, not swapped
@@ -114,9 +115,11 @@ def _count_transformer_calls(pipe):
     return calls, handle
 
 
-def test_job_step_counts_match_the_calls_a_sweep_and_a_policies_click_make(dit_pipe):
+def test_job_step_counts_match_the_calls_a_sweep_and_a_policies_click_make(dit_pipe, monkeypatch):
     """`SweepJob.denoising_steps` and `PolicyJob.denoising_steps` size a request (the step budget, ZeroGPU's
     duration): counted against the transformer calls really made, and the sweep's progress reaches its total."""
+    from analysis import policies
+    from analysis.arena import time_entries
     from analysis.form import SweepJob
     from analysis.policies import PolicyJob, run_policies
     from analysis.sweep import run_sweep
@@ -131,16 +134,24 @@ def test_job_step_counts_match_the_calls_a_sweep_and_a_policies_click_make(dit_p
         handle.remove()
     job = SweepJob("tiny-dit", request, ForaConfig(), (1, 2, 3), (0, 1), pairs=2)
     assert len(calls) == job.denoising_steps()  # one transformer call per denoising step (guidance is batched)
-    assert progress[-1][0] == progress[-1][1] and len(progress) == progress[-1][1]
+    # progress counts runs (each seed's N=1 row reuses its baseline: a tick without a run) and ends at its total
+    done = [d for d, _ in progress]
+    assert done == sorted(done) and done[-1] == progress[-1][1] == len(calls) // request.steps + 2
 
     policy_job = PolicyJob("tiny-dit", Request(label=1, steps=8, guidance=4.0),
                            ("FORA", "TaylorSeer order 1", "First Block Cache"), 3)  # fmt: skip
     calls, handle = _count_transformer_calls(dit_pipe)
+    timed = []
+
+    def counted_time_entries(*args, **kwargs):
+        before = len(calls)
+        time_entries(*args, **kwargs)
+        timed.append(len(calls) - before)
+
+    monkeypatch.setattr(policies, "time_entries", counted_time_entries)
     try:
         run_policies(dit_pipe, policy_job, {}, lambda event: None)
     finally:
         handle.remove()
-    budget = policy_job.denoising_steps(0)
-    # an upper bound: each policy's small sweep is counted at the longest of the policies' sweeps
-    assert budget - 3 * 4 * 8 <= len(calls) <= budget
-    assert len(calls) >= 8 * (policy_job.warmup * (1 + 3) + 2 * 3 * policy_job.pairs)  # the timed calls alone
+    assert timed == [8 * (policy_job.warmup * (1 + 3) + 2 * 3 * policy_job.pairs)]  # interleaved timing, exactly
+    assert len(calls) == policy_job.denoising_steps(0)  # no calibrated policy: the count is exact
