@@ -8,7 +8,8 @@ measurements would need to agree within 5% about 19 times in 20 if pairs were in
 a standard error of about 1.25 sd / sqrt(n)): n >= (1.96 * sqrt(2) * 1.25 * sd / 5%)^2. On a shared VM they are not
 (a slow spell moves several pairs in a row and the speedup with them), so the truth lies between the two estimates:
 on this project's VM, two runs of 30 rounds gave 3-7 (robust) and 19-64 (sd) pairs, and two sweeps of 20 pairs
-agreed within 2.1-5.2% per row (`benchmarks.sweep_repeat --cli-pairs 20` is the direct test).
+agreed within 4.2% per row for N = 1..7 and 1.1-6.1% at N = 10 in three repeats (`benchmarks.sweep_repeat
+--cli-pairs 20` is the direct test).
 """
 
 import argparse
