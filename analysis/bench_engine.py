@@ -124,8 +124,8 @@ def speedups(args):
         return
     request = Request(label=207, steps=args.steps, seed=0, guidance=4.0)
     configs = [ForaConfig(interval=n) for n in args.intervals]  # timed together, their pairs interleaved
-    progress = lambda r, k: print(f"(b) timed round {r} of {k}: one pair per interval" if r else "(b) warm-up done",
-                                  flush=True)  # noqa: E731
+    progress = lambda r, k: print(f"(b) timed round {r} of {k}: one pair per interval" if r else  # noqa: E731
+                                  "(b) warm-up done", flush=True)
     ratios = paired_speedups(pipe, lambda: generate(pipe, request), configs, pairs=args.speed_pairs, clock=args.clock,
                              on_round=progress)  # fmt: skip
     for n, r in zip(args.intervals, ratios):

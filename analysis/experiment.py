@@ -72,7 +72,7 @@ def timed_speedup(pipe, request: Request, config: ForaConfig, pairs: int = 3, wa
 
 def timed_speedups(pipe, request: Request, configs: list[ForaConfig], pairs: int = 3, warmup: int = 1,
                    clock: str | None = None, on_round=None) -> list[SpeedRatio]:  # fmt: skip
-    """`timed_speedup` for several configs, their pairs interleaved round by round (`speed.paired_speedups`)."""
+    """`timed_speedup` for several configs, their pairs interleaved round by round (`fora.timing.paired_speedups`)."""
     return paired_speedups(pipe, timed_call(pipe, request), configs, pairs=pairs, warmup=warmup,
                            clock=clock or default_clock(pipe), on_round=on_round)  # fmt: skip
 

@@ -78,8 +78,9 @@ class PolicyJob:
 
     def denoising_steps(self, missing_plans: int = 0) -> int:
         """Steps this job runs: baseline, each policy (First Block Cache: its bisection) and its small sweep, the
-        timed calls and, per missing plan, a calibration (its candidates on a few samples). Exact, except that a
-        calibrated policy's sweep is counted at every interval (it runs only those whose plans are known)."""
+        timed calls and, per missing plan, a calibration (its candidates on a few samples). Exact, except for two
+        upper bounds: a calibrated policy's sweep is counted at every interval (it runs only those whose plans are
+        known) and a calibration at 14 candidates (duplicates are run once)."""
         t, k = self.request.steps, len(self.policies)
         runs = 1
         for name in self.policies:
@@ -87,7 +88,8 @@ class PolicyJob:
                 runs += FBCACHE_ITERATIONS + len(FBCACHE_SWEEP)
             else:
                 runs += 1 + len(self.sweep_intervals())
-        runs += self.warmup * (1 + k) + 2 * k * self.pairs  # timed, interleaved: one baseline per warm-up
+        if self.pairs:  # timed, interleaved: one baseline per warm-up, then a pair per policy and round
+            runs += self.warmup * (1 + k) + 2 * k * self.pairs
         calibration = (missing_plans > 0) + missing_plans * 14  # one recording, ~14 candidates each
         return t * (runs + calibration * CALIBRATION_SAMPLES)
 

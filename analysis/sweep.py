@@ -4,7 +4,8 @@ For every seed the uncached baseline runs once, then FORA at each interval with 
 are the median over seeds (PSNR, SSIM, mean |difference| against the uncached image of the same seed). Speed
 columns come from `speed.paired_speedups` on the first seed: no observers, a warm-up, baseline and FORA timed in
 ABBA pairs, the median of the pair ratios and their range; the intervals' pairs are interleaved round by round, so a
-slow spell of a shared machine costs each interval one pair rather than all the pairs of one interval. Writes
+slow spell of a shared machine shorter than about a round costs each interval at most one pair rather than all the
+pairs of one interval. Writes
 `sweep.csv`, `sweep.json` and `report.html` (see `sweep_report.py`).
 """
 
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
                    help="what times the pairs (default: process CPU time on a CPU, robust on a shared machine; wall "
                    "time with device events on a GPU)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's); 1 gives the steadiest CPU timings on a shared machine")
+                   help="torch threads (default: torch's); the README's CPU measurements used 1")
     p.add_argument("--out", default="out/sweep", help="output folder")
     args = p.parse_args(argv)
     if args.threads is not None:

@@ -5,11 +5,12 @@ Times the embedded model (T=30, one sample with guidance, one torch thread) at a
 of single pairs relative to the median: their standard deviation, and the robust one (1.4826 x the median absolute
 deviation), which the rare far-off pairs that the median ignores do not inflate. From each, the pairs two identical
 measurements would need to agree within 5% about 19 times in 20 if pairs were independent (the median of n pairs has
-a standard error of about 1.25 sd / sqrt(n)): n >= (1.96 * sqrt(2) * 1.25 * sd / 5%)^2. On a shared VM they are not
-(a slow spell moves several pairs in a row and the speedup with them), so the truth lies between the two estimates:
+a standard error of about 1.25 sd / sqrt(n)): n >= (1.96 * sqrt(2) * 1.25 * sd / 5%)^2. The sd overstates what the
+median needs (the few far-off pairs it inflates are the ones the median ignores), the robust one understates it on a
+shared VM, where pairs are not independent (a slow spell moves several pairs in a row, and the speedup with them):
 on this project's VM, two runs of 30 rounds gave 3-7 (robust) and 19-64 (sd) pairs, and two sweeps of 20 pairs
-agreed within 4.2% per row for N = 1..7 and 1.1-6.1% at N = 10 in three repeats (`benchmarks.sweep_repeat
---cli-pairs 20` is the direct test).
+agreed within 1.4% per row for N = 1..7 and 6.1% at N = 10 (with two earlier orders of the pairs: 4.2%, and
+1.1-5.2% at N = 10); `benchmarks.sweep_repeat --cli-pairs 20` is the direct test.
 """
 
 import argparse

@@ -101,7 +101,7 @@ def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int 
     Round r times one pair of every config, always in the same order, baseline first in even rounds and FORA first
     in odd ones (B F0 B F1 B F2 | F0 B F1 B F2 B | ...): every config has its pairs in ABBA order, exactly one round
     apart. Each config's pairs are thus spread over the whole measurement: a slow spell of a shared machine shorter
-    than a round lands in at most one pair of each config, which the median of an odd number of pairs can leave out,
+    than about a round (a round less one pair) lands in at most one pair of each config, which the median of an odd number of pairs can leave out,
     instead of in all the pairs of whichever config was being timed. `on_round(done, total)` is called after the
     warm-up (done = 0, only when `warmup` > 0) and after each round.
     """

@@ -155,3 +155,15 @@ def test_job_step_counts_match_the_calls_a_sweep_and_a_policies_click_make(dit_p
         handle.remove()
     assert timed == [8 * (policy_job.warmup * (1 + 3) + 2 * 3 * policy_job.pairs)]  # interleaved timing, exactly
     assert len(calls) == policy_job.denoising_steps(0)  # no calibrated policy: the count is exact
+
+
+def test_no_warm_up_round_report_without_a_warm_up_and_sweep_threads_checked(dit_pipe):
+    rounds = []
+    paired_speedups(dit_pipe, lambda: None, [ForaConfig(interval=2)], pairs=2, warmup=0,
+                    on_round=lambda r, total: rounds.append(r))  # fmt: skip
+    assert rounds == [1, 2]  # no "warm-up done" report when there was none
+    from analysis.sweep import main as sweep_main
+
+    with pytest.raises(SystemExit) as e:
+        sweep_main(["--threads", "0"])
+    assert e.value.code == 2
