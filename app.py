@@ -461,8 +461,8 @@ def _policies_tab():
                 "fit on the model's own step x step similarity (shared by all blocks; -o1 extrapolates linearly). "
                 "*TaylorSeer* and *First Block Cache* are diffusers' implementations (TaylorSeer at interval N with "
                 "the warm-up that matches the cost, often FORA's own schedule: the arena searches all its settings; "
-                "FBCache's threshold is bisected to the cost). Plan maps are measured: which block really computed attention at "
-                "which step.")  # fmt: skip
+                "FBCache's threshold is bisected to the cost). Plan maps are measured: which block really computed "
+                "attention at which step.")  # fmt: skip
     with gr.Row():
         w = {"chosen": gr.CheckboxGroup(list(POLICIES), value=["FORA", "calibrated-o1", "TaylorSeer order 1"],
                                         label="policies (up to 3)"),

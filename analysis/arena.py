@@ -39,7 +39,7 @@ from fora.loading import ModelLoadError, load_pipeline
 from fora.peers import apply_cache, fbcache, taylorseer, taylorseer_steps
 from fora.timing import paired_speedups
 
-from .calibrate import calibrate, calibration_set, record_grams
+from .calibrate import MAX_STEPS_ORDER1, calibrate, calibration_set, record_grams
 from .compute_map import ComputeMap
 from .quality import psnr, ssim
 
@@ -165,8 +165,8 @@ def run_arena(args, log=print) -> dict:
                          f"(class = seed mod {num_classes}); evaluation must use other classes")  # fmt: skip
     labels = np.array([s % num_classes for s in args.seeds])
     if args.fid and num_classes != NUM_CLASSES:  # checked before the sweep: --fid scores with the emoji classifier
-        raise ValueError(f"--fid scores in the emoji classifier's feature space ({NUM_CLASSES} classes); {args.model} has "
-                         f"{num_classes} classes")  # fmt: skip
+        raise ValueError(f"--fid scores in the emoji classifier's feature space ({NUM_CLASSES} classes); "
+                         f"{args.model} has {num_classes} classes")  # fmt: skip
     classifier = None
     if args.model == "emoji-dit":
         from fora.emoji.classifier import load_or_train_classifier
@@ -265,8 +265,6 @@ def parse_args(argv=None):
         p.error(f"--intervals {bad}: allowed 2..{T - 1} for {T} steps")
     if any(o not in (0, 1, 2) for o in args.orders):
         p.error(f"--orders {args.orders}: allowed 0, 1, 2")
-    from .calibrate import MAX_STEPS_ORDER1
-
     if T > MAX_STEPS_ORDER1:
         p.error(f"--steps {T}: the arena calibrates order-1 plans, allowed T <= {MAX_STEPS_ORDER1}")
     if any(w < 1 for w in args.warmups):

@@ -9,6 +9,7 @@ render seed 3003), exactly as Table 3's: numbers that rank methods on this model
 """
 
 import argparse
+import hashlib
 import json
 import os
 
@@ -43,8 +44,6 @@ def _generate(pipe, entry, labels, seeds, steps: int, guidance: float, batch_siz
 
 
 def _cached_samples(path: str, entry, labels, seeds, steps, guidance, batch_size, pipe) -> np.ndarray:
-    import hashlib
-
     # what made the samples: the method's full config (a plan's steps, a peer's knobs) and the model's weights
     weights = sum(float(p.double().sum()) for p in pipe.transformer.parameters())
     plan = getattr(entry.config, "plan", None)  # a plan's repr omits per-block steps: hash what it runs
@@ -74,7 +73,8 @@ def _columns(real, fake, labels, uncached) -> dict:
     seeds): how far caching moved the distribution, whatever the model's own gap to the renders is."""
     metrics = distribution_metrics(real, fake)
     return {"fid": metrics["fid"], "fid_precision": metrics["precision"], "fid_recall": metrics["recall"],
-            "fid_score": metrics["inception_score"], "fid_class_accuracy": float(np.mean(fake.logits.argmax(1) == labels)),
+            "fid_score": metrics["inception_score"],
+            "fid_class_accuracy": float(np.mean(fake.logits.argmax(1) == labels)),
             "fd_vs_uncached": frechet_distance(uncached.features, fake.features) if uncached is not None else None,
             "fid_samples": len(labels)}  # fmt: skip
 
@@ -82,8 +82,6 @@ def _columns(real, fake, labels, uncached) -> dict:
 def rescore(out: str, reference_samples: int = REFERENCE_SAMPLES) -> list[dict]:
     """Recompute the distribution columns of DIR/arena.json and arena.csv from the stored sample sets (after a change
     of metrics: no sample is generated again). The uncached set must be among them. Returns the rescored rows."""
-    import json
-
     from .arena_report import rewrite_tables
 
     path = os.path.join(out, "arena.json")

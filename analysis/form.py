@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from fora import ForaConfig
 from fora.generate import Request, class_id, is_text_conditional
+from fora.timing import paired_calls
 
 STEPS_RANGE = (2, 100)  # the steps slider's range
 SEED_MAX = 2**31 - 1
@@ -59,8 +60,7 @@ class SweepJob:
     def denoising_steps(self) -> int:
         # per seed the baseline and each cached interval; one more uncached run measures the cached modules' share
         observed = len(self.seeds) * (1 + sum(1 for n in self.intervals if n != 1)) + 1
-        k = len(self.intervals)  # timed together: per warm-up one baseline and each interval, then k pairs a round
-        timed = self.warmup * (1 + k) + 2 * k * self.pairs
+        timed = paired_calls(len(self.intervals), self.pairs, self.warmup)  # timed together, interleaved
         return self.request.steps * (observed + timed)
 
 

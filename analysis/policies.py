@@ -17,6 +17,7 @@ from fora import CachePlan, ForaConfig, full_steps
 from fora.generate import Request, num_classes
 from fora.loading import ASSETS
 from fora.peers import fbcache, taylorseer_at_cost
+from fora.timing import paired_calls
 
 from .arena import Entry, fbcache_at_budget, observe, time_entries
 from .calibrate import calibrate, calibration_set, record_grams
@@ -88,8 +89,8 @@ class PolicyJob:
                 runs += FBCACHE_ITERATIONS + len(FBCACHE_SWEEP)
             else:
                 runs += 1 + len(self.sweep_intervals())
-        if self.pairs:  # timed, interleaved: one baseline per warm-up, then a pair per policy and round
-            runs += self.warmup * (1 + k) + 2 * k * self.pairs
+        if self.pairs:  # timed, interleaved
+            runs += paired_calls(k, self.pairs, self.warmup)
         calibration = (missing_plans > 0) + missing_plans * 14  # one recording, ~14 candidates each
         return t * (runs + calibration * CALIBRATION_SAMPLES)
 

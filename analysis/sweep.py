@@ -5,8 +5,7 @@ are the median over seeds (PSNR, SSIM, mean |difference| against the uncached im
 columns come from `speed.paired_speedups` on the first seed: no observers, a warm-up, baseline and FORA timed in
 ABBA pairs, the median of the pair ratios and their range; the intervals' pairs are interleaved round by round, so a
 slow spell of a shared machine shorter than about a round costs each interval at most one pair rather than all the
-pairs of one interval. Writes
-`sweep.csv`, `sweep.json` and `report.html` (see `sweep_report.py`).
+pairs of one interval. Writes `sweep.csv`, `sweep.json` and `report.html` (see `sweep_report.py`).
 """
 
 import argparse
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from fora import ForaConfig
 from fora.generate import Request
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
+from fora.timing import paired_calls
 
 from .experiment import baseline_config, compare_runs, default_clock, num_blocks, observe_run, timed_speedups
 from .speed import SpeedRatio, cached_module_fraction
@@ -83,7 +83,7 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
     images, recorders = {}, {}
     k = len(intervals)
     # progress in runs: observed runs, the timed calls (warm-up, then 2k a round), the cached modules' share
-    total = len(seeds) * (1 + k) + warmup * (1 + k) + 2 * k * pairs + 1
+    total = len(seeds) * (1 + k) + paired_calls(k, pairs, warmup) + 1
     bar = tqdm(total=total, desc="sweep", disable=progress is not None)
     done = 0
 

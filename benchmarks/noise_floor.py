@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     request = Request(label="cat", steps=args.steps, guidance=3.0)
     configs = [ForaConfig(interval=n) for n in args.intervals]
+
     def progress(r, k):
         if r and r % 10 == 0:
             print(f"round {r} of {k}", flush=True)

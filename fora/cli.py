@@ -19,7 +19,7 @@ def _generate(args) -> int:
     spec = resolve_model(args.model)
     steps = args.steps or (spec.default_steps if spec else 30)
     guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
-    if args.plan is not None:  # a cache plan (e.g. from analysis.calibrate) replaces the fixed interval; its T is the default
+    if args.plan is not None:  # a cache plan (e.g. from analysis.calibrate) replaces the interval; its T: the default
         fixed = {"--interval": args.interval is not None, "--cache-start": args.cache_start != 0,
                  "--cache-end": args.cache_end is not None, "--no-cache-attn": args.no_cache_attn,
                  "--no-cache-cross-attn": args.no_cache_cross_attn, "--no-cache-mlp": args.no_cache_mlp}  # fmt: skip
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate one image with FORA and print the schedule and timings")
     g.add_argument("--model", default="emoji-dit",
                    help=f"model key ({', '.join(MODELS)}), hub id, or pipeline folder (default: emoji-dit)")
-    g.add_argument("--interval", "-N", type=int, default=None, help="cache interval N, 1..steps-1 (1: uncached; default 3)")
+    g.add_argument("--interval", "-N", type=int, default=None,
+                   help="cache interval N, 1..steps-1 (1: uncached; default 3)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's default)")
     g.add_argument("--seed", type=int, default=0, help="noise seed")
     g.add_argument("--class", dest="class_label", default="0",

@@ -94,6 +94,12 @@ def paired_speedup(pipe, call: Callable[[], object], config, pairs: int = 5, war
     return paired_speedups(pipe, call, [config], pairs, warmup, clock)[0]
 
 
+def paired_calls(configs: int, pairs: int, warmup: int = 1) -> int:
+    """Pipeline calls `paired_speedups` makes for `configs` configs: per warm-up one baseline and each config,
+    then per round a baseline and a FORA call for each config."""
+    return warmup * (1 + configs) + 2 * configs * pairs
+
+
 def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int = 5, warmup: int = 1,
                     clock: str = "wall", on_round: Callable[[int, int], None] | None = None) -> list[SpeedRatio]:
     """`paired_speedup` for several configs at once (a sweep), their pairs interleaved round by round.
@@ -101,9 +107,10 @@ def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int 
     Round r times one pair of every config, always in the same order, baseline first in even rounds and FORA first
     in odd ones (B F0 B F1 B F2 | F0 B F1 B F2 B | ...): every config has its pairs in ABBA order, exactly one round
     apart. Each config's pairs are thus spread over the whole measurement: a slow spell of a shared machine shorter
-    than about a round (a round less one pair) lands in at most one pair of each config, which the median of an odd number of pairs can leave out,
-    instead of in all the pairs of whichever config was being timed. `on_round(done, total)` is called after the
-    warm-up (done = 0, only when `warmup` > 0) and after each round.
+    than about a round (a round less one pair) lands in at most one pair of each config, which the median of an odd
+    number of pairs can leave out, instead of in all the pairs of whichever config was being timed.
+    `on_round(done, total)` is called after the warm-up (done = 0, only when `warmup` > 0) and after each round;
+    `paired_calls` counts the calls.
     """
     if pairs < 1:
         raise ValueError(f"pairs={pairs}: must be >= 1")
