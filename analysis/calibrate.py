@@ -245,7 +245,10 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         if os.path.isdir(args.out):
             raise IsADirectoryError(21, "is a folder")
+        existed = os.path.exists(args.out)
         open(args.out, "a").close()
+        if not existed:  # only a check: a run that fails later leaves no empty plan file behind
+            os.remove(args.out)
     except OSError as e:
         p.error(f"--out {args.out}: cannot write there ({e.strerror})")
     try:

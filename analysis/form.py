@@ -25,6 +25,8 @@ STEP_BUDGET = int(os.environ.get("FORA_STEP_BUDGET", "4000"))
 # FORA_COMPARE_PAIRS=0 leaves the Compare tab's speedup unmeasured (hardware where one call takes minutes)
 COMPARE_PAIRS = int(os.environ.get("FORA_COMPARE_PAIRS", "3"))
 SWEEP_PAIRS = int(os.environ.get("FORA_SWEEP_PAIRS", "3"))
+if SWEEP_PAIRS < 1:  # the Sweep tab's speed column is its point: refused at start, not after a sweep's runs
+    raise ValueError(f"FORA_SWEEP_PAIRS={SWEEP_PAIRS}: the Sweep tab times at least 1 pair per interval (default 3)")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class GenerateJob:
     def denoising_steps(self, baseline_cached: bool = False) -> int:
         """Steps this job runs: baseline (unless cached) + FORA run + timed calls (warm-up and pairs, two each)."""
         observed = (0 if baseline_cached else 1) + 1
-        timed = 2 * (self.warmup + self.pairs) if self.pairs else 0
+        timed = paired_calls(1, self.pairs, self.warmup) if self.pairs else 0
         return self.request.steps * (observed + timed)
 
 

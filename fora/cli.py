@@ -19,7 +19,7 @@ def _generate(args) -> int:
     spec = resolve_model(args.model)
     steps = args.steps or (spec.default_steps if spec else 30)
     guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
-    if args.plan is not None:  # a cache plan (e.g. from analysis.calibrate) replaces the interval; its T: the default
+    if args.plan is not None:  # a cache plan (e.g. from analysis.calibrate) replaces the interval; its T is the default
         fixed = {"--interval": args.interval is not None, "--cache-start": args.cache_start != 0,
                  "--cache-end": args.cache_end is not None, "--no-cache-attn": args.no_cache_attn,
                  "--no-cache-cross-attn": args.no_cache_cross_attn, "--no-cache-mlp": args.no_cache_mlp}  # fmt: skip

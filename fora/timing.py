@@ -94,10 +94,10 @@ def paired_speedup(pipe, call: Callable[[], object], config, pairs: int = 5, war
     return paired_speedups(pipe, call, [config], pairs, warmup, clock)[0]
 
 
-def paired_calls(configs: int, pairs: int, warmup: int = 1) -> int:
-    """Pipeline calls `paired_speedups` makes for `configs` configs: per warm-up one baseline and each config,
-    then per round a baseline and a FORA call for each config."""
-    return warmup * (1 + configs) + 2 * configs * pairs
+def paired_calls(num_configs: int, pairs: int, warmup: int = 1) -> int:
+    """Pipeline calls `paired_speedups` makes for `num_configs` configs: per warm-up one baseline and each config,
+    then per round a baseline and a FORA call for each config (`paired_speedup`: `num_configs` = 1)."""
+    return warmup * (1 + num_configs) + 2 * num_configs * pairs
 
 
 def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int = 5, warmup: int = 1,

@@ -295,6 +295,7 @@ def test_calibrate_and_generate_command_lines(tmp_path):
     bad = run("-m", "analysis.calibrate", "--model", str(folder), "--steps", "9", "--match-interval", "9",
               "--out", str(tmp_path / "p2.json"))  # fmt: skip
     assert bad.returncode == 2 and "interval=9 out of range for 9 steps: allowed 1..8" in bad.stderr
+    assert not (tmp_path / "p2.json").exists()  # the early write check leaves no empty plan file behind
 
 
 def test_arena_distribution_columns_on_the_embedded_model(tmp_path):

@@ -7,7 +7,7 @@ from test_loading import save_like_hub
 
 from fora import ForaConfig, apply_fora, get_fora_handle
 from fora.cli import main as cli_main
-from fora.timing import paired_speedup, paired_speedups
+from fora.timing import paired_calls, paired_speedup, paired_speedups
 
 
 def test_paired_speedup_leaves_the_pipeline_as_it_was(dit_pipe):
@@ -59,6 +59,7 @@ def test_paired_speedups_interleave_configs_and_pair_each_with_a_baseline(dit_pi
                              on_round=lambda r, total: rounds.append((r, total)))  # fmt: skip
     assert rounds == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]  # after the warm-up, then after each round
     assert calls[:4] == [1, 2, 4, 8]  # warm-up: the baseline once, then each config
+    assert len(calls) == paired_calls(3, 4)  # the count the step budget and progress bars use
     assert calls[4:] == [1, 2, 1, 4, 1, 8,  2, 1, 4, 1, 8, 1,  1, 2, 1, 4, 1, 8,  2, 1, 4, 1, 8, 1]  # fmt: skip
     for n, r in zip((2, 4, 8), ratios):
         expected = sorted(n / e for e in error[n])
