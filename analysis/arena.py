@@ -44,9 +44,30 @@ from .compute_map import ComputeMap
 from .quality import psnr, ssim
 
 POLICIES = ("uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache")
-COLUMNS = ["policy", "setting", "computed_calls", "computed_fraction", "speedup", "speedup_low", "speedup_high",
-           "pairs", "psnr", "psnr_min", "ssim", "class_accuracy", "interval", "order", "threshold", "fd_vs_uncached",
-           "fid", "fid_precision", "fid_recall", "fid_score", "fid_class_accuracy", "fid_samples"]  # fmt: skip
+COLUMNS = [
+    "policy",
+    "setting",
+    "computed_calls",
+    "computed_fraction",
+    "speedup",
+    "speedup_low",
+    "speedup_high",
+    "pairs",
+    "psnr",
+    "psnr_min",
+    "ssim",
+    "class_accuracy",
+    "interval",
+    "order",
+    "threshold",
+    "fd_vs_uncached",
+    "fid",
+    "fid_precision",
+    "fid_recall",
+    "fid_score",
+    "fid_class_accuracy",
+    "fid_samples",
+]
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; capped so that means stay finite
 
 
@@ -80,23 +101,42 @@ def observe(pipe, entry: Entry, seeds: list[int], labels: list[int], steps: int,
     finally:
         remove(pipe)
     entry.images = np.stack(images)
-    entry.row.update(policy=entry.policy, setting=entry.setting, computed_calls=float(np.mean(calls)),
-                     interval=entry.interval, order=entry.order, threshold=entry.threshold)  # fmt: skip
+    entry.row.update(
+        policy=entry.policy,
+        setting=entry.setting,
+        computed_calls=float(np.mean(calls)),
+        interval=entry.interval,
+        order=entry.order,
+        threshold=entry.threshold,
+    )
 
 
 def score(entry: Entry, reference: np.ndarray, total_calls: int, labels: np.ndarray, classifier) -> None:
     values = [min(psnr(a, b), PSNR_CAP) for a, b in zip(entry.images, reference)]
-    entry.row.update(psnr=float(np.mean(values)), psnr_min=float(np.min(values)),
-                     ssim=float(np.mean([ssim(a, b) for a, b in zip(entry.images, reference)])),
-                     computed_fraction=entry.row["computed_calls"] / total_calls)  # fmt: skip
+    entry.row.update(
+        psnr=float(np.mean(values)),
+        psnr_min=float(np.min(values)),
+        ssim=float(np.mean([ssim(a, b) for a, b in zip(entry.images, reference)])),
+        computed_fraction=entry.row["computed_calls"] / total_calls,
+    )
     if classifier is not None:
         from fora.emoji.classifier import classify
 
         entry.row["class_accuracy"] = float(np.mean(classify(classifier, entry.images) == labels))
 
 
-def time_entries(pipe, entries: list[Entry], seed: int, label: int, steps: int, guidance: float, pairs: int,
-                 clock: str, on_round=None, warmup: int = 1) -> None:  # fmt: skip
+def time_entries(
+    pipe,
+    entries: list[Entry],
+    seed: int,
+    label: int,
+    steps: int,
+    guidance: float,
+    pairs: int,
+    clock: str,
+    on_round=None,
+    warmup: int = 1,
+) -> None:
     """Speedup of each entry against uncached on one sample's call, the entries' pairs interleaved round by round
     (`fora.timing.paired_speedups`), into each entry's row; the uncached entry reads 1.0 (0 pairs)."""
     timed = [e for e in entries if e.config is not None]
@@ -105,9 +145,15 @@ def time_entries(pipe, entries: list[Entry], seed: int, label: int, steps: int, 
             entry.row.update(speedup=1.0, speedup_low=1.0, speedup_high=1.0, pairs=0)
     if not timed:
         return
-    ratios = paired_speedups(pipe, lambda: generate_batch(pipe, [label], [seed], steps, guidance),
-                             [e.config for e in timed], pairs=pairs, warmup=warmup, clock=clock,
-                             on_round=on_round)  # fmt: skip
+    ratios = paired_speedups(
+        pipe,
+        lambda: generate_batch(pipe, [label], [seed], steps, guidance),
+        [e.config for e in timed],
+        pairs=pairs,
+        warmup=warmup,
+        clock=clock,
+        on_round=on_round,
+    )
     for entry, ratio in zip(timed, ratios):
         entry.row.update(speedup=ratio.ratio, speedup_low=ratio.low, speedup_high=ratio.high, pairs=ratio.pairs)
 
@@ -141,8 +187,9 @@ def build_entries(pipe, args, calibration: tuple[list[int], list[int]], log) -> 
         for n in args.intervals:
             for w in args.warmups:
                 if len(taylorseer_steps(args.steps, n, w)) < args.steps:
-                    entries.append(Entry("taylorseer", f"N={n} warmup={w} order={o}", taylorseer(n, o, w),
-                                         interval=n, order=o))  # fmt: skip
+                    entries.append(
+                        Entry("taylorseer", f"N={n} warmup={w} order={o}", taylorseer(n, o, w), interval=n, order=o)
+                    )
     entries += [Entry("fbcache", f"threshold={t:g}", fbcache(t), threshold=t) for t in args.thresholds]
     return entries
 
@@ -161,12 +208,16 @@ def run_arena(args, log=print) -> dict:
         raise ValueError(f"--seeds {overlap} are calibration seeds; evaluation must use other seeds")
     shared = sorted({s for s in args.seeds if s % num_classes in classes})
     if shared:
-        raise ValueError(f"--seeds {shared} ask for calibration classes {sorted({s % num_classes for s in shared})} "
-                         f"(class = seed mod {num_classes}); evaluation must use other classes")  # fmt: skip
+        raise ValueError(
+            f"--seeds {shared} ask for calibration classes {sorted({s % num_classes for s in shared})} "
+            f"(class = seed mod {num_classes}); evaluation must use other classes"
+        )
     labels = np.array([s % num_classes for s in args.seeds])
     if args.fid and num_classes != NUM_CLASSES:  # checked before the sweep: --fid scores with the emoji classifier
-        raise ValueError(f"--fid scores in the emoji classifier's feature space ({NUM_CLASSES} classes); "
-                         f"{args.model} has {num_classes} classes")  # fmt: skip
+        raise ValueError(
+            f"--fid scores in the emoji classifier's feature space ({NUM_CLASSES} classes); "
+            f"{args.model} has {num_classes} classes"
+        )
     classifier = None
     if args.model == "emoji-dit":
         from fora.emoji.classifier import load_or_train_classifier
@@ -189,8 +240,17 @@ def run_arena(args, log=print) -> dict:
         score(entry, reference, total_calls, labels, classifier)
     if args.timing_pairs:
         log(f"timing {len(entries) - 1} settings against uncached, {args.timing_pairs} interleaved rounds")
-        time_entries(pipe, entries, args.seeds[0], int(labels[0]), args.steps, args.guidance, args.timing_pairs,
-                     args.clock, on_round=lambda r, k: log(f"timed round {r} of {k}" if r else "timing: warm-up done"))
+        time_entries(
+            pipe,
+            entries,
+            args.seeds[0],
+            int(labels[0]),
+            args.steps,
+            args.guidance,
+            args.timing_pairs,
+            args.clock,
+            on_round=lambda r, k: log(f"timed round {r} of {k}" if r else "timing: warm-up done"),
+        )
     distribution = None
     if args.fid:
         from .arena_fid import distribution_columns
@@ -199,25 +259,53 @@ def run_arena(args, log=print) -> dict:
         threads = torch.get_num_threads()
         torch.set_num_threads(os.cpu_count() or 1)  # quality only here: every core
         try:
-            distribution = distribution_columns(pipe, budget_entries(entries, budget), args.fid, args.steps,
-                                                args.guidance, args.out, args.fid_reference, log=log)  # fmt: skip
+            distribution = distribution_columns(
+                pipe,
+                budget_entries(entries, budget),
+                args.fid,
+                args.steps,
+                args.guidance,
+                args.out,
+                args.fid_reference,
+                log=log,
+            )
         finally:
             torch.set_num_threads(threads)
-    plans = {e.policy + " " + e.setting: e.config.plan.to_dict() for e in entries
-             if isinstance(e.config, ForaConfig) and e.config.plan is not None}  # fmt: skip
+    plans = {
+        e.policy + " " + e.setting: e.config.plan.to_dict()
+        for e in entries
+        if isinstance(e.config, ForaConfig) and e.config.plan is not None
+    }
     device = str(pipe.device)
     return {
-        "settings": {"model": args.model, "steps": args.steps, "match_interval": args.match_interval,
-                     "seeds": args.seeds, "guidance": args.guidance, "intervals": args.intervals,
-                     "orders": args.orders, "thresholds": args.thresholds,
-                     "calibration": {"classes": classes, "seeds": cal_seeds}},
-        "budget_calls": budget, "total_calls": total_calls, "num_blocks": num_blocks, "kinds": list(kinds),
-        "timing": (f"paired_speedups of one sample's call: {args.timing_pairs} ABBA pairs per setting after a warm-up, "
-                   f"interleaved round by round, no observers, {args.clock} clock; median of pair ratios (range)"
-                   if args.timing_pairs else
-                   "not measured (--timing-pairs 0)"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "device": device, "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "settings": {
+            "model": args.model,
+            "steps": args.steps,
+            "match_interval": args.match_interval,
+            "seeds": args.seeds,
+            "guidance": args.guidance,
+            "intervals": args.intervals,
+            "orders": args.orders,
+            "thresholds": args.thresholds,
+            "calibration": {"classes": classes, "seeds": cal_seeds},
+        },
+        "budget_calls": budget,
+        "total_calls": total_calls,
+        "num_blocks": num_blocks,
+        "kinds": list(kinds),
+        "timing": (
+            f"paired_speedups of one sample's call: {args.timing_pairs} ABBA pairs per setting after a warm-up, "
+            f"interleaved round by round, no observers, {args.clock} clock; median of pair ratios (range)"
+            if args.timing_pairs
+            else "not measured (--timing-pairs 0)"
+        ),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "device": device,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t_start, 1),
         "rows": [e.row for e in entries],
@@ -232,23 +320,46 @@ def parse_args(argv=None):
     p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
     p.add_argument("--steps", type=int, default=30, help="sampling steps T (DDIM)")
     p.add_argument("--match-interval", type=int, default=3, help="FORA N whose cost is the reference budget")
-    p.add_argument("--intervals", type=int, nargs="+", default=None,
-                   help="FORA N (and TaylorSeer N, calibrated budgets) to run (default 2 3 4 5 6 and the match N)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="evaluation seeds (class: seed mod classes)")
+    p.add_argument(
+        "--intervals",
+        type=int,
+        nargs="+",
+        default=None,
+        help="FORA N (and TaylorSeer N, calibrated budgets) to run (default 2 3 4 5 6 and the match N)",
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=list(range(8)), help="evaluation seeds (class: seed mod classes)"
+    )
     p.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2], help="TaylorSeer orders, 0..2")
-    p.add_argument("--warmups", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7],
-                   help="TaylorSeer warm-up steps (diffusers' disable_cache_before_step), >= 1")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.3],
-                   help="First Block Cache thresholds")  # fmt: skip
+    p.add_argument(
+        "--warmups",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3, 4, 5, 6, 7],
+        help="TaylorSeer warm-up steps (diffusers' disable_cache_before_step), >= 1",
+    )
+    p.add_argument(
+        "--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.3], help="First Block Cache thresholds"
+    )
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     p.add_argument("--calibration-samples", type=int, default=8, help="samples the calibrated plans are fit on")
     p.add_argument("--timing-pairs", type=int, default=3, help="ABBA pairs per setting (0: no timing)")
     p.add_argument("--clock", choices=["wall", "cpu"], default=None, help="default: cpu on a CPU, wall on a GPU")
-    p.add_argument("--fid", type=int, default=0, metavar="K",
-                   help="also score each method's best setting at the cost, and uncached, on K class-balanced samples "
-                   "with Table 3's metrics (embedded model; 0: off)")  # fmt: skip
-    p.add_argument("--fid-reference", type=int, default=10_000, metavar="R",
-                   help="fresh emoji renders the distribution metrics compare with (default 10,000, as Table 3)")
+    p.add_argument(
+        "--fid",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also score each method's best setting at the cost, and uncached, on K class-balanced samples "
+        "with Table 3's metrics (embedded model; 0: off)",
+    )
+    p.add_argument(
+        "--fid-reference",
+        type=int,
+        default=10_000,
+        metavar="R",
+        help="fresh emoji renders the distribution metrics compare with (default 10,000, as Table 3)",
+    )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)

@@ -35,8 +35,13 @@ def _generate(pipe, entry, labels, seeds, steps: int, guidance: float, batch_siz
     try:
         for b in range(0, len(seeds), batch):
             generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[b : b + batch]]
-            out = pipe(class_labels=labels[b : b + batch].tolist(), num_inference_steps=steps,
-                       guidance_scale=guidance, generator=generators, output_type="np").images  # fmt: skip
+            out = pipe(
+                class_labels=labels[b : b + batch].tolist(),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generators,
+                output_type="np",
+            ).images
             images.append(to_uint8(out))
     finally:
         remove(pipe)
@@ -47,8 +52,11 @@ def _cached_samples(path: str, entry, labels, seeds, steps, guidance, batch_size
     # what made the samples: the method's full config (a plan's steps, a peer's knobs) and the model's weights
     weights = sum(float(p.double().sum()) for p in pipe.transformer.parameters())
     plan = getattr(entry.config, "plan", None)  # a plan's repr omits per-block steps: hash what it runs
-    config = (json.dumps([plan.num_steps, plan.steps, plan.order], sort_keys=True) if plan is not None
-              else repr(entry.config))  # fmt: skip
+    config = (
+        json.dumps([plan.num_steps, plan.steps, plan.order], sort_keys=True)
+        if plan is not None
+        else repr(entry.config)
+    )
     made_by = hashlib.sha256(f"{config} {type(pipe.transformer).__name__} {weights!r}".encode()).hexdigest()[:16]
     key = f"{entry.policy} {entry.setting} T{steps} g{guidance} seed{FID_SEED} n{len(seeds)} {made_by}"
     if os.path.isfile(path):
@@ -72,11 +80,15 @@ def _columns(real, fake, labels, uncached) -> dict:
     """Table 3's metrics against the renders, and the Frechet distance to the uncached model's own samples (same
     seeds): how far caching moved the distribution, whatever the model's own gap to the renders is."""
     metrics = distribution_metrics(real, fake)
-    return {"fid": metrics["fid"], "fid_precision": metrics["precision"], "fid_recall": metrics["recall"],
-            "fid_score": metrics["inception_score"],
-            "fid_class_accuracy": float(np.mean(fake.logits.argmax(1) == labels)),
-            "fd_vs_uncached": frechet_distance(uncached.features, fake.features) if uncached is not None else None,
-            "fid_samples": len(labels)}  # fmt: skip
+    return {
+        "fid": metrics["fid"],
+        "fid_precision": metrics["precision"],
+        "fid_recall": metrics["recall"],
+        "fid_score": metrics["inception_score"],
+        "fid_class_accuracy": float(np.mean(fake.logits.argmax(1) == labels)),
+        "fd_vs_uncached": frechet_distance(uncached.features, fake.features) if uncached is not None else None,
+        "fid_samples": len(labels),
+    }
 
 
 def rescore(out: str, reference_samples: int = REFERENCE_SAMPLES) -> list[dict]:
@@ -87,8 +99,9 @@ def rescore(out: str, reference_samples: int = REFERENCE_SAMPLES) -> list[dict]:
     path = os.path.join(out, "arena.json")
     data = json.load(open(path))
     extractor = EmojiFeatures()
-    real = reference_features(argparse.Namespace(extractor="emoji", reference_samples=reference_samples, out=out),
-                              extractor)  # fmt: skip
+    real = reference_features(
+        argparse.Namespace(extractor="emoji", reference_samples=reference_samples, out=out), extractor
+    )
     rows = [r for r in data["rows"] if r.get("fid_samples")]
     rows.sort(key=lambda r: r["policy"] != "uncached")
     if not rows or rows[0]["policy"] != "uncached":
@@ -104,15 +117,26 @@ def rescore(out: str, reference_samples: int = REFERENCE_SAMPLES) -> list[dict]:
     return rows
 
 
-def distribution_columns(pipe, entries: list, samples: int, steps: int, guidance: float, out: str,
-                         reference_samples: int = REFERENCE_SAMPLES, batch_size: int = 16, log=print) -> dict:  # fmt: skip
+def distribution_columns(
+    pipe,
+    entries: list,
+    samples: int,
+    steps: int,
+    guidance: float,
+    out: str,
+    reference_samples: int = REFERENCE_SAMPLES,
+    batch_size: int = 16,
+    log=print,
+) -> dict:
     """FD, precision, recall, score and class accuracy of `samples` samples of each entry (`fid_*` columns added to
     the entries' rows). Returns what the report says about them."""
     num_classes = class_count(pipe)
     extractor = EmojiFeatures()
     if num_classes != len(extractor.labels):
-        raise ValueError(f"--fid scores in the emoji classifier's feature space: the model has {num_classes} classes, "
-                         f"the classifier {len(extractor.labels)}")  # fmt: skip
+        raise ValueError(
+            f"--fid scores in the emoji classifier's feature space: the model has {num_classes} classes, "
+            f"the classifier {len(extractor.labels)}"
+        )
     args = argparse.Namespace(extractor="emoji", reference_samples=reference_samples, out=out)
     real = reference_features(args, extractor)
     labels = sample_labels(range(samples), num_classes)
@@ -120,13 +144,18 @@ def distribution_columns(pipe, entries: list, samples: int, steps: int, guidance
     uncached = None
     for entry in entries:
         log(f"distribution set: {entry.policy} {entry.setting} ({samples} samples)")
-        images = _cached_samples(set_path(out, entry.policy, entry.setting), entry, labels, seeds, steps, guidance,
-                                 batch_size, pipe)  # fmt: skip
+        images = _cached_samples(
+            set_path(out, entry.policy, entry.setting), entry, labels, seeds, steps, guidance, batch_size, pipe
+        )
         fake = extractor(images)
         uncached = fake if entry.policy == "uncached" else uncached
         entry.row.update(_columns(real, fake, labels, uncached))
-    return {"samples": samples, "seed": FID_SEED, "reference": f"{len(real.features):,} fresh renders (render seed 3003)",
-            "feature_space": "the emoji classifier's 192 penultimate features (32 logits for score and accuracy)"}
+    return {
+        "samples": samples,
+        "seed": FID_SEED,
+        "reference": f"{len(real.features):,} fresh renders (render seed 3003)",
+        "feature_space": "the emoji classifier's 192 penultimate features (32 logits for score and accuracy)",
+    }
 
 
 if __name__ == "__main__":

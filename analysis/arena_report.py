@@ -15,8 +15,14 @@ from plotly.subplots import make_subplots
 
 from .table_report import _fmt, _png_base64
 
-COLORS = {"uncached": "#444", "fora": "#1f77b4", "calibrated": "#d62728", "calibrated-o1": "#ff7f0e",
-          "taylorseer": "#2ca02c", "fbcache": "#9467bd"}  # fmt: skip
+COLORS = {
+    "uncached": "#444",
+    "fora": "#1f77b4",
+    "calibrated": "#d62728",
+    "calibrated-o1": "#ff7f0e",
+    "taylorseer": "#2ca02c",
+    "fbcache": "#9467bd",
+}
 EQUAL_COST = 0.05  # a setting costing at most 5% over the budget counts as equal cost (cheaper ones count too)
 
 
@@ -53,13 +59,24 @@ def pareto_plot(rows: list[dict], x: str = "speedup", title: str | None = None) 
             name = policy if order is None else f"{policy} order {order}"
             err = None
             if x == "speedup" and all(r.get("speedup_low") is not None for r in g):
-                err = {"type": "data", "symmetric": False, "array": [r["speedup_high"] - r["speedup"] for r in g],
-                       "arrayminus": [r["speedup"] - r["speedup_low"] for r in g]}  # fmt: skip
-            fig.add_trace(go.Scatter(
-                x=[r[x] for r in g], y=[r["psnr"] for r in g], mode="lines+markers", name=name, error_x=err,
-                line={"color": COLORS[policy], "dash": ["solid", "dot", "dash"][order or 0]},
-                text=[f"{r['policy']} {r['setting']}<br>{r['computed_calls']:.0f} calls" for r in g],
-                hovertemplate="%{text}<br>x=%{x:.2f}, PSNR %{y:.2f} dB<extra></extra>"))  # fmt: skip
+                err = {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [r["speedup_high"] - r["speedup"] for r in g],
+                    "arrayminus": [r["speedup"] - r["speedup_low"] for r in g],
+                }
+            fig.add_trace(
+                go.Scatter(
+                    x=[r[x] for r in g],
+                    y=[r["psnr"] for r in g],
+                    mode="lines+markers",
+                    name=name,
+                    error_x=err,
+                    line={"color": COLORS[policy], "dash": ["solid", "dot", "dash"][order or 0]},
+                    text=[f"{r['policy']} {r['setting']}<br>{r['computed_calls']:.0f} calls" for r in g],
+                    hovertemplate="%{text}<br>x=%{x:.2f}, PSNR %{y:.2f} dB<extra></extra>",
+                )
+            )
     front, best = [], -math.inf
     # the front: settings no other beats on both axes (more speed is better; fewer computed calls is better)
     for r in sorted(pts, key=lambda r: (-r[x] if x == "speedup" else r[x], -r["psnr"])):
@@ -67,27 +84,54 @@ def pareto_plot(rows: list[dict], x: str = "speedup", title: str | None = None) 
             front.append(r)
             best = r["psnr"]
     if front:
-        fig.add_trace(go.Scatter(x=[r[x] for r in front], y=[r["psnr"] for r in front], mode="lines", name="Pareto front",
-                                 line={"color": "rgba(0,0,0,0.3)", "dash": "dash", "width": 6}, hoverinfo="skip"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[r[x] for r in front],
+                y=[r["psnr"] for r in front],
+                mode="lines",
+                name="Pareto front",
+                line={"color": "rgba(0,0,0,0.3)", "dash": "dash", "width": 6},
+                hoverinfo="skip",
+            )
+        )
     label = "measured speedup over uncached (x)" if x == "speedup" else "computed attention/MLP calls (fraction)"
-    fig.update_layout(title=title or "Quality against speed (up and right is better)", xaxis_title=label,
-                      yaxis_title="PSNR vs uncached (dB)", height=460, margin={"t": 50, "b": 40})  # fmt: skip
+    fig.update_layout(
+        title=title or "Quality against speed (up and right is better)",
+        xaxis_title=label,
+        yaxis_title="PSNR vs uncached (dB)",
+        height=460,
+        margin={"t": 50, "b": 40},
+    )
     return fig
 
 
 def plan_map_figure(maps: dict[str, np.ndarray], kind: str = "attn", title: str | None = None) -> go.Figure:
     """One block x step map per method: dark where the module computed at that step (measured by `ComputeMap`)."""
     labels = list(maps)
-    fig = make_subplots(rows=len(labels), cols=1, subplot_titles=labels, shared_xaxes=True,
-                        vertical_spacing=0.3 / max(1, len(labels)))  # fmt: skip
+    fig = make_subplots(
+        rows=len(labels), cols=1, subplot_titles=labels, shared_xaxes=True, vertical_spacing=0.3 / max(1, len(labels))
+    )
     for i, label in enumerate(labels, start=1):
         m = np.asarray(maps[label], dtype=float)
-        fig.add_trace(go.Heatmap(z=m, colorscale=[[0, "#eeeeee"], [1, "#1f3b73"]], zmin=0, zmax=1, showscale=False,
-                                 hovertemplate="step %{x}, block %{y}: %{z}<extra></extra>"), row=i, col=1)  # fmt: skip
+        fig.add_trace(
+            go.Heatmap(
+                z=m,
+                colorscale=[[0, "#eeeeee"], [1, "#1f3b73"]],
+                zmin=0,
+                zmax=1,
+                showscale=False,
+                hovertemplate="step %{x}, block %{y}: %{z}<extra></extra>",
+            ),
+            row=i,
+            col=1,
+        )
         fig.update_yaxes(title_text="block", row=i, col=1, autorange="reversed")
     fig.update_xaxes(title_text="step", row=len(labels), col=1)
-    fig.update_layout(title=title or f"Plan maps ({kind}): which block computed at which step",
-                      height=140 + 140 * len(labels), margin={"t": 70, "b": 40})  # fmt: skip
+    fig.update_layout(
+        title=title or f"Plan maps ({kind}): which block computed at which step",
+        height=140 + 140 * len(labels),
+        margin={"t": 70, "b": 40},
+    )
     return fig
 
 
@@ -125,45 +169,71 @@ def _distribution_html(d: dict | None, rows: list[dict]) -> str:
 def _distribution_body(d: dict | None, rows: list[dict]) -> str:
     if not d:
         return "<p>Distribution metrics: not measured (<code>--fid K</code>).</p>"
-    cols = ["policy", "setting", "computed_calls", "fd_vs_uncached", "fid", "fid_precision", "fid_recall", "fid_score",
-            "fid_class_accuracy", "fid_samples"]  # fmt: skip
-    return (f"<h3>Distribution quality ({d['samples']} class-balanced samples each, seeds from {d['seed']})</h3>"
-            f"<p>fd_vs_uncached: Frechet distance to the uncached model's samples of the same seeds (how far caching "
-            f"moved the distribution; 0 is uncached). fid, precision, recall, score, class accuracy: Table 3's "
-            f"metrics in {html.escape(d['feature_space'])}, against {html.escape(d['reference'])}.</p>"
-            + _table(rows, cols))  # fmt: skip
+    cols = [
+        "policy",
+        "setting",
+        "computed_calls",
+        "fd_vs_uncached",
+        "fid",
+        "fid_precision",
+        "fid_recall",
+        "fid_score",
+        "fid_class_accuracy",
+        "fid_samples",
+    ]
+    return (
+        f"<h3>Distribution quality ({d['samples']} class-balanced samples each, seeds from {d['seed']})</h3>"
+        f"<p>fd_vs_uncached: Frechet distance to the uncached model's samples of the same seeds (how far caching "
+        f"moved the distribution; 0 is uncached). fid, precision, recall, score, class accuracy: Table 3's "
+        f"metrics in {html.escape(d['feature_space'])}, against {html.escape(d['reference'])}.</p>"
+        + _table(rows, cols)
+    )
 
 
 def report_html(result: dict) -> str:
     s, rows, entries = result["settings"], result["rows"], result["_entries"]
     budget = result["budget_calls"]
     shown = budget_entries(entries, budget)
-    figs = [pareto_plot(rows), pareto_plot(rows, x="computed_fraction", title="Quality against cost in module calls"),
-            plan_map_figure({f"{e.policy} {e.setting}": e.maps.get("attn") for e in shown[1:]})]  # fmt: skip
+    figs = [
+        pareto_plot(rows),
+        pareto_plot(rows, x="computed_fraction", title="Quality against cost in module calls"),
+        plan_map_figure({f"{e.policy} {e.setting}": e.maps.get("attn") for e in shown[1:]}),
+    ]
     plots = "".join(pio.to_html(f, full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
     grid = image_grid([e.images[:8] for e in shown])
-    cols = ["policy", "setting", "computed_calls", "computed_fraction", "speedup", "speedup_low", "speedup_high",
-            "psnr", "psnr_min", "ssim", "class_accuracy"]  # fmt: skip
+    cols = [
+        "policy",
+        "setting",
+        "computed_calls",
+        "computed_fraction",
+        "speedup",
+        "speedup_low",
+        "speedup_high",
+        "psnr",
+        "psnr_min",
+        "ssim",
+        "class_accuracy",
+    ]
     esc = html.escape
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Caching arena: {esc(s['model'])}</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Caching arena: {esc(s["model"])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1150px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}img{{image-rendering:pixelated}}</style></head><body>
-<h1>FORA, calibrated plans and peers on {esc(s['model'])}</h1>
-<p>{s['steps']} DDIM steps, guidance {s['guidance']}, evaluation seeds {esc(str(s['seeds']))} (class = seed mod classes),
-one sample per call. Calibrated plans were fit on classes {esc(str(s['calibration']['classes']))} with seeds
-{esc(str(s['calibration']['seeds']))}. PSNR/SSIM: final image against the uncached one of the same seed, mean over
+<h1>FORA, calibrated plans and peers on {esc(s["model"])}</h1>
+<p>{s["steps"]} DDIM steps, guidance {s["guidance"]}, evaluation seeds {esc(str(s["seeds"]))} (class = seed mod classes),
+one sample per call. Calibrated plans were fit on classes {esc(str(s["calibration"]["classes"]))} with seeds
+{esc(str(s["calibration"]["seeds"]))}. PSNR/SSIM: final image against the uncached one of the same seed, mean over
 seeds (PSNR capped at 100 dB for identical images). Cost: attention/MLP calls that really ran per call (counted on
-the modules), out of {result['total_calls']}. Speed: {esc(result['timing'])}. Measured on
-{esc(result['machine']['processor'])} ({esc(result['machine']['device'])}, {result['machine']['threads']} thread(s),
-torch {esc(result['machine']['torch'])}), {esc(result['date'])}, {result['seconds']:.0f} s in all.</p>
-<h2>At FORA N={s['match_interval']}'s cost (at most {budget} calls + {EQUAL_COST:.0%})</h2>
+the modules), out of {result["total_calls"]}. Speed: {esc(result["timing"])}. Measured on
+{esc(result["machine"]["processor"])} ({esc(result["machine"]["device"])}, {result["machine"]["threads"]} thread(s),
+torch {esc(result["machine"]["torch"])}), {esc(result["date"])}, {result["seconds"]:.0f} s in all.</p>
+<h2>At FORA N={s["match_interval"]}'s cost (at most {budget} calls + {EQUAL_COST:.0%})</h2>
 {_table(at_budget(rows, budget), cols)}
 {_distribution_html(result.get("distribution"), [e.row for e in shown])}
 <h2>Plots</h2>{plots}
-<h2>The same seeds</h2><p>Columns: {esc(', '.join(f'{e.policy} {e.setting}' for e in shown))}; rows: the first
+<h2>The same seeds</h2><p>Columns: {esc(", ".join(f"{e.policy} {e.setting}" for e in shown))}; rows: the first
 seeds.</p><img src="data:image/png;base64,{_png_base64(grid)}">
 <h2>Every setting</h2>{_table(rows, cols)}
-<p>Command: <code>{esc(result.get('command', ''))}</code></p></body></html>"""
+<p>Command: <code>{esc(result.get("command", ""))}</code></p></body></html>"""
 
 
 def _atomic_text(path: str, text: str) -> None:
@@ -196,8 +266,10 @@ def rewrite_tables(out: str, data: dict) -> None:
     _atomic_text(os.path.join(out, "arena.csv"), _csv(data["rows"]))
     report = os.path.join(out, "report.html")
     if os.path.isfile(report):
-        scored = sorted((r for r in data["rows"] if r.get("fid_samples")),
-                        key=lambda r: (r["policy"] != "uncached", -(r.get("psnr") or 0)))  # fmt: skip
+        scored = sorted(
+            (r for r in data["rows"] if r.get("fid_samples")),
+            key=lambda r: (r["policy"] != "uncached", -(r.get("psnr") or 0)),
+        )
         page = open(report, encoding="utf-8").read()
         start = page.find('<div id="distribution">')
         if start >= 0:

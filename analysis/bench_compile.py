@@ -40,14 +40,18 @@ def graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def measure(pipe, request: Request, config: ForaConfig, mode: str, pairs: int, label: str = "",
-            clock: str = "wall") -> dict:  # fmt: skip
+def measure(
+    pipe, request: Request, config: ForaConfig, mode: str, pairs: int, label: str = "", clock: str = "wall"
+) -> dict:
     """Eager and compiled timings of `pipe` for `request` (compiles `pipe.transformer` in place). Prints as it goes."""
     call = lambda: generate(pipe, request)  # noqa: E731
     ideal = ideal_speedup(request.steps, config.interval, config.window)
     eager = paired_speedup(pipe, call, config, pairs=pairs, clock=clock)
-    print(f"{label}eager: FORA N={config.interval} {eager} (baseline {eager.baseline_s:.3f}s, FORA "
-          f"{eager.fora_s:.3f}s; ideal {ideal:.2f}x)", flush=True)  # fmt: skip
+    print(
+        f"{label}eager: FORA N={config.interval} {eager} (baseline {eager.baseline_s:.3f}s, FORA "
+        f"{eager.fora_s:.3f}s; ideal {ideal:.2f}x)",
+        flush=True,
+    )
     warm = time_call(call, pipe.device)
     torch._dynamo.reset()
     counters.clear()
@@ -58,26 +62,51 @@ def measure(pipe, request: Request, config: ForaConfig, mode: str, pairs: int, l
     first_fora = time_call(call, pipe.device)
     remove_fora(pipe)
     fora_graphs = graphs() - base_graphs
-    print(f"{label}{mode} compile: first call {first:.1f}s without FORA ({base_graphs} graphs), {first_fora:.1f}s "
-          f"with FORA (+{fora_graphs} graphs); a warm eager call takes {warm:.3f}s", flush=True)  # fmt: skip
+    print(
+        f"{label}{mode} compile: first call {first:.1f}s without FORA ({base_graphs} graphs), {first_fora:.1f}s "
+        f"with FORA (+{fora_graphs} graphs); a warm eager call takes {warm:.3f}s",
+        flush=True,
+    )
     try:
         with torch._dynamo.config.patch(error_on_recompile=True):  # a recompilation inside timing raises
             compiled = paired_speedup(pipe, call, config, pairs=pairs, clock=clock)
     except torch._dynamo.exc.RecompileError as e:
         # whole-model graphs guard the blocks' forward objects by identity, and applying FORA again makes new ones
-        print(f"{label}{mode} compiled: applying FORA again recompiles, so the paired timing (which applies and "
-              f"removes FORA around every FORA call) is not measured: {str(e).splitlines()[0]}", flush=True)
-        return {"mode": mode, "interval": config.interval, "eager": eager.as_dict(), "compile_first_call_s": first,
-                "compile_first_fora_call_s": first_fora, "graphs": base_graphs, "fora_graphs": fora_graphs,
-                "recompiles_on_reapply": True}  # fmt: skip
-    print(f"{label}{mode} compiled: FORA N={config.interval} {compiled} (baseline {compiled.baseline_s:.3f}s, FORA "
-          f"{compiled.fora_s:.3f}s; ideal {ideal:.2f}x); compiled/eager without FORA "
-          f"{eager.baseline_s / compiled.baseline_s:.2f}x; compiled FORA over the eager baseline "
-          f"{eager.baseline_s / compiled.fora_s:.2f}x; no recompiles while timing", flush=True)  # fmt: skip
-    return {"mode": mode, "interval": config.interval, "steps": request.steps, "ideal": ideal,
-            "eager": eager.as_dict(), "compiled": compiled.as_dict(), "compile_first_call_s": first,
-            "compile_first_fora_call_s": first_fora, "warm_eager_call_s": warm, "graphs": base_graphs,
-            "fora_graphs": fora_graphs}  # fmt: skip
+        print(
+            f"{label}{mode} compiled: applying FORA again recompiles, so the paired timing (which applies and "
+            f"removes FORA around every FORA call) is not measured: {str(e).splitlines()[0]}",
+            flush=True,
+        )
+        return {
+            "mode": mode,
+            "interval": config.interval,
+            "eager": eager.as_dict(),
+            "compile_first_call_s": first,
+            "compile_first_fora_call_s": first_fora,
+            "graphs": base_graphs,
+            "fora_graphs": fora_graphs,
+            "recompiles_on_reapply": True,
+        }
+    print(
+        f"{label}{mode} compiled: FORA N={config.interval} {compiled} (baseline {compiled.baseline_s:.3f}s, FORA "
+        f"{compiled.fora_s:.3f}s; ideal {ideal:.2f}x); compiled/eager without FORA "
+        f"{eager.baseline_s / compiled.baseline_s:.2f}x; compiled FORA over the eager baseline "
+        f"{eager.baseline_s / compiled.fora_s:.2f}x; no recompiles while timing",
+        flush=True,
+    )
+    return {
+        "mode": mode,
+        "interval": config.interval,
+        "steps": request.steps,
+        "ideal": ideal,
+        "eager": eager.as_dict(),
+        "compiled": compiled.as_dict(),
+        "compile_first_call_s": first,
+        "compile_first_fora_call_s": first_fora,
+        "warm_eager_call_s": warm,
+        "graphs": base_graphs,
+        "fora_graphs": fora_graphs,
+    }
 
 
 def main(argv=None):
@@ -93,11 +122,20 @@ def main(argv=None):
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall time, or process CPU time (CPU)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.clock} clock, DiT-XL/2 width, "
-          f"{args.blocks} blocks, T={args.steps}, batch 2", flush=True)  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.clock} clock, DiT-XL/2 width, "
+        f"{args.blocks} blocks, T={args.steps}, batch 2",
+        flush=True,
+    )
     pipe = dit_xl_width_pipeline(args.blocks, args.device, getattr(torch, args.dtype))
-    measure(pipe, Request(label=207, steps=args.steps, seed=0, guidance=4.0), ForaConfig(interval=args.interval),
-            args.mode, args.pairs, clock=args.clock)  # fmt: skip
+    measure(
+        pipe,
+        Request(label=207, steps=args.steps, seed=0, guidance=4.0),
+        ForaConfig(interval=args.interval),
+        args.mode,
+        args.pairs,
+        clock=args.clock,
+    )
 
 
 if __name__ == "__main__":

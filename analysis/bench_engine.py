@@ -28,7 +28,9 @@ from fora.timing import paired_speedup, paired_speedups, time_call
 
 
 @torch.no_grad()
-def reuse_step_fraction(transformer, config: ForaConfig, repeats: int = 8, runs: int = 3, clock: str = "wall") -> float:
+def reuse_step_fraction(
+    transformer, config: ForaConfig, repeats: int = 8, runs: int = 3, clock: str = "wall"
+) -> float:
     """Time of a transformer call on a reuse step over that of a full step, at batch 2 (what FORA cannot skip).
 
     Each run is `repeats + 2` calls with full steps first and last; the first run warms up. Median over the reuse
@@ -88,10 +90,24 @@ def dit_xl_width_pipeline(blocks: int, device: str = "cpu", dtype: torch.dtype =
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                        num_layers=blocks, sample_size=sample_size, patch_size=2)  # fmt: skip
-    vae = AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8)  # fmt: skip
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=16,
+        attention_head_dim=72,
+        in_channels=4,
+        out_channels=8,
+        num_layers=blocks,
+        sample_size=sample_size,
+        patch_size=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=8,
+    )
     pipe = DiTPipeline(transformer.eval(), vae.eval(), DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
@@ -101,14 +117,22 @@ def overhead(args):
     pipe = small_pipeline(args.device)
     request = Request(label=0, steps=30, seed=0, guidance=3.0)
     for clock in dict.fromkeys([args.clock, "cpu" if torch.device(args.device).type == "cpu" else args.clock]):
-        r = paired_speedup(pipe, lambda: generate(pipe, request), ForaConfig(interval=1), pairs=args.pairs, clock=clock)
-        print(f"(a) overhead at interval=1, 6 blocks x 128, 30 steps, batch 2, {clock} time: no FORA "
-              f"{r.baseline_s * 1e3:.1f} ms, FORA {r.fora_s * 1e3:.1f} ms, overhead {(1 / r.ratio - 1) * 100:+.2f}% "
-              f"(pair range {(1 / r.high - 1) * 100:+.2f}..{(1 / r.low - 1) * 100:+.2f}%, {r.pairs} pairs; "
-              "target <= 1%)", flush=True)  # fmt: skip
+        r = paired_speedup(
+            pipe, lambda: generate(pipe, request), ForaConfig(interval=1), pairs=args.pairs, clock=clock
+        )
+        print(
+            f"(a) overhead at interval=1, 6 blocks x 128, 30 steps, batch 2, {clock} time: no FORA "
+            f"{r.baseline_s * 1e3:.1f} ms, FORA {r.fora_s * 1e3:.1f} ms, overhead {(1 / r.ratio - 1) * 100:+.2f}% "
+            f"(pair range {(1 / r.high - 1) * 100:+.2f}..{(1 / r.low - 1) * 100:+.2f}%, {r.pairs} pairs; "
+            "target <= 1%)",
+            flush=True,
+        )
     share = hook_share_profiled(pipe, request)
-    print(f"(a) the hooks' own Python code, profiled: {share * 100:.2f}% of a FORA call at interval=1 (an upper bound; "
-          "target <= 1%)", flush=True)  # fmt: skip
+    print(
+        f"(a) the hooks' own Python code, profiled: {share * 100:.2f}% of a FORA call at interval=1 (an upper bound; "
+        "target <= 1%)",
+        flush=True,
+    )
 
 
 def speedups(args):
@@ -117,25 +141,39 @@ def speedups(args):
     costs = {}
     for lean in (False, True):
         costs[lean] = reuse_step_fraction(pipe.transformer, ForaConfig(lean_reuse=lean), clock=args.clock)
-        what = "lean (norms/modulation/adaLN rows of cached modules skipped)" if lean else "official (original forward)"
-        print(f"(b) reuse step / full step, {args.blocks} blocks, batch 2, {what}: {costs[lean] * 100:.2f}% "
-              f"(goal < 2.5%)", flush=True)  # fmt: skip
+        what = (
+            "lean (norms/modulation/adaLN rows of cached modules skipped)" if lean else "official (original forward)"
+        )
+        print(
+            f"(b) reuse step / full step, {args.blocks} blocks, batch 2, {what}: {costs[lean] * 100:.2f}% "
+            f"(goal < 2.5%)",
+            flush=True,
+        )
     if args.only == "cost":
         return
     request = Request(label=207, steps=args.steps, seed=0, guidance=4.0)
     configs = [ForaConfig(interval=n) for n in args.intervals]  # timed together, their pairs interleaved
-    progress = lambda r, k: print(f"(b) timed round {r} of {k}: one pair per interval" if r else  # noqa: E731
-                                  "(b) warm-up done", flush=True)
-    ratios = paired_speedups(pipe, lambda: generate(pipe, request), configs, pairs=args.speed_pairs, clock=args.clock,
-                             on_round=progress)  # fmt: skip
+    progress = lambda r, k: print(
+        f"(b) timed round {r} of {k}: one pair per interval"
+        if r
+        # noqa: E731
+        else "(b) warm-up done",
+        flush=True,
+    )
+    ratios = paired_speedups(
+        pipe, lambda: generate(pipe, request), configs, pairs=args.speed_pairs, clock=args.clock, on_round=progress
+    )
     for n, r in zip(args.intervals, ratios):
         ideal = ideal_speedup(args.steps, n)
         full = args.steps / ideal
         reachable = args.steps / (full + (args.steps - full) * costs[True])
-        print(f"(b) N={n}: DiT-XL/2 width, {args.blocks} blocks, T={args.steps}, batch 2: no FORA {r.baseline_s:.2f}s, "
-              f"FORA {r.fora_s:.2f}s, speedup {r}, ideal {ideal:.3f}x, {r.ratio / ideal * 100:.1f}% of ideal "
-              f"(target >= 95%); {r.ratio / reachable * 100:.1f}% of the {reachable:.3f}x that the reuse-step cost "
-              "allows", flush=True)  # fmt: skip
+        print(
+            f"(b) N={n}: DiT-XL/2 width, {args.blocks} blocks, T={args.steps}, batch 2: no FORA {r.baseline_s:.2f}s, "
+            f"FORA {r.fora_s:.2f}s, speedup {r}, ideal {ideal:.3f}x, {r.ratio / ideal * 100:.1f}% of ideal "
+            f"(target >= 95%); {r.ratio / reachable * 100:.1f}% of the {reachable:.3f}x that the reuse-step cost "
+            "allows",
+            flush=True,
+        )
 
 
 def main(argv=None):
@@ -145,17 +183,28 @@ def main(argv=None):
     p.add_argument("--pairs", type=int, default=15, help="ABBA pairs for (a)")
     p.add_argument("--speed-pairs", type=int, default=5, help="ABBA pairs per interval in (b)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                   help="wall time (default), or process CPU time on a CPU (robust when other processes share it)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall time (default), or process CPU time on a CPU (robust when other processes share it)",
+    )
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5])
-    p.add_argument("--only", choices=["a", "b", "cost", "all"], default="all",
-                   help="run only (a), (b), or the reuse-step cost of (b)")
+    p.add_argument(
+        "--only",
+        choices=["a", "b", "cost", "all"],
+        default="all",
+        help="run only (a), (b), or the reuse-step cost of (b)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.clock} clock; speedups: median "
-          "of ABBA pair ratios", flush=True)  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.clock} clock; speedups: median "
+        "of ABBA pair ratios",
+        flush=True,
+    )
     if args.only in ("a", "all"):
         overhead(args)
     if args.only in ("b", "cost", "all"):

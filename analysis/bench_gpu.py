@@ -40,17 +40,39 @@ def dit_xl2_pipeline(resolution: int, device, dtype, blocks: int = 28, tiny_vae:
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                        num_layers=blocks, sample_size=resolution // 8, patch_size=2,
-                                        num_embeds_ada_norm=1000)  # fmt: skip
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=16,
+        attention_head_dim=72,
+        in_channels=4,
+        out_channels=8,
+        num_layers=blocks,
+        sample_size=resolution // 8,
+        patch_size=2,
+        num_embeds_ada_norm=1000,
+    )
     if tiny_vae:
-        vae = AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
-                            down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",))  # fmt: skip
+        vae = AutoencoderKL(
+            block_out_channels=(8,),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",),
+        )
     else:  # stabilityai/sd-vae-ft-ema, the VAE the DiT pipelines ship with
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            layers_per_block=2, norm_num_groups=32, sample_size=resolution,
-                            scaling_factor=0.18215)  # fmt: skip
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            norm_num_groups=32,
+            sample_size=resolution,
+            scaling_factor=0.18215,
+        )
     pipe = DiTPipeline(transformer.eval(), vae.eval(), DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
@@ -80,14 +102,27 @@ def memory_section(args, pipe, resolution: int) -> None:
     bw = measure_bandwidth(measured_bytes, pipe.device)
     line = f"[{resolution}] cache of a real FORA run: {measured_bytes / 2**20:.1f} MiB; {bw}"
     if shape is not None and pipe.dtype == torch.float16:
-        line += (f"; calculator: {cache_bytes(shape) / 2**20:.1f} MiB, "
-                 f"{cache_bytes(shape) / H100_SXM_BANDWIDTH * 1e3:.3f} ms at H100 SXM's 3.35 TB/s")  # fmt: skip
+        line += (
+            f"; calculator: {cache_bytes(shape) / 2**20:.1f} MiB, "
+            f"{cache_bytes(shape) / H100_SXM_BANDWIDTH * 1e3:.3f} ms at H100 SXM's 3.35 TB/s"
+        )
     print(line, flush=True)
-    emit(args.out, {"section": "memory", "resolution": resolution, "cache_bytes": measured_bytes,
-                    "read_s": bw.read_s, "read_GBps": bw.read_GBps, "copy_GBps": bw.copy_GBps})  # fmt: skip
+    emit(
+        args.out,
+        {
+            "section": "memory",
+            "resolution": resolution,
+            "cache_bytes": measured_bytes,
+            "read_s": bw.read_s,
+            "read_GBps": bw.read_GBps,
+            "copy_GBps": bw.copy_GBps,
+        },
+    )
     for lean in (False, True):
         cost = reuse_step_fraction(pipe.transformer, ForaConfig(lean_reuse=lean), repeats=4, runs=2)
-        print(f"[{resolution}] reuse step / full step ({'lean' if lean else 'official'}): {cost * 100:.2f}%", flush=True)
+        print(
+            f"[{resolution}] reuse step / full step ({'lean' if lean else 'official'}): {cost * 100:.2f}%", flush=True
+        )
         emit(args.out, {"section": "reuse_cost", "resolution": resolution, "lean": lean, "fraction": cost})
 
 
@@ -104,12 +139,27 @@ def speed_section(args, pipe, resolution: int, mode: str, vae_s: float) -> None:
             ideal = ideal_speedup(steps, n)
             loop = (r.baseline_s - vae_s) / (r.fora_s - vae_s)
             paper = f"; paper {PAPER_N3_250:.2f}x (loop)" if (n, steps, resolution) == (3, 250, 256) else ""
-            print(f"[{resolution} {mode} {name}-{steps} N={n}] call {r} (baseline {r.baseline_s:.3f}s, FORA "
-                  f"{r.fora_s:.3f}s); loop only {loop:.2f}x; ideal {ideal:.2f}x{paper} "
-                  f"[{time.perf_counter() - t0:.0f}s]", flush=True)  # fmt: skip
-            emit(args.out, {"section": "speed", "resolution": resolution, "mode": mode, "scheduler": name,
-                            "steps": steps, "interval": n, "ideal": ideal, "loop_speedup": loop, "vae_s": vae_s,
-                            **r.as_dict()})  # fmt: skip
+            print(
+                f"[{resolution} {mode} {name}-{steps} N={n}] call {r} (baseline {r.baseline_s:.3f}s, FORA "
+                f"{r.fora_s:.3f}s); loop only {loop:.2f}x; ideal {ideal:.2f}x{paper} "
+                f"[{time.perf_counter() - t0:.0f}s]",
+                flush=True,
+            )
+            emit(
+                args.out,
+                {
+                    "section": "speed",
+                    "resolution": resolution,
+                    "mode": mode,
+                    "scheduler": name,
+                    "steps": steps,
+                    "interval": n,
+                    "ideal": ideal,
+                    "loop_speedup": loop,
+                    "vae_s": vae_s,
+                    **r.as_dict(),
+                },
+            )
 
 
 def main(argv=None):

@@ -120,8 +120,11 @@ def reuse_costs(grams: dict, order: int) -> np.ndarray:
             t = len(d)
             p, a, b = np.meshgrid(np.arange(t), np.arange(t), np.arange(t), indexing="ij")
             c = np.where(a > p, (b - a) / np.maximum(a - p, 1), 0.0)
-            sq = ((d[a] + d[b] - 2 * g[a, b]) + 2 * c * (d[a] - g[a, p] - g[a, b] + g[b, p])
-                  + c**2 * (d[a] + d[p] - 2 * g[a, p]))  # fmt: skip
+            sq = (
+                (d[a] + d[b] - 2 * g[a, b])
+                + 2 * c * (d[a] - g[a, p] - g[a, b] + g[b, p])
+                + c**2 * (d[a] + d[p] - 2 * g[a, p])
+            )
             e = np.sqrt(np.maximum(sq, 0)) / norm_b[b]
             e = np.where(a > p, e, e0[a, b])
         total = e if total is None else total + e
@@ -168,9 +171,17 @@ def best_steps(costs: np.ndarray, num_full: int, exponent: float = 1.0, tilt: fl
     return sorted(set(steps))
 
 
-def calibrate(pipe, num_steps: int, match_interval: int = 3, order: int = 0, guidance: float = 3.0,
-              num_samples: int = 8, seed: int = CALIBRATION_SEED, num_full: int | None = None,
-              recording: tuple | None = None) -> CachePlan:  # fmt: skip
+def calibrate(
+    pipe,
+    num_steps: int,
+    match_interval: int = 3,
+    order: int = 0,
+    guidance: float = 3.0,
+    num_samples: int = 8,
+    seed: int = CALIBRATION_SEED,
+    num_full: int | None = None,
+    recording: tuple | None = None,
+) -> CachePlan:
     """Calibrate a shared schedule for `pipe` at `num_steps` (the module docstring has the algorithm).
 
     The budget is FORA N = `match_interval`'s number of computed steps unless `num_full` gives it. Returns a plan
@@ -181,8 +192,10 @@ def calibrate(pipe, num_steps: int, match_interval: int = 3, order: int = 0, gui
     if order not in (0, 1):
         raise ValueError(f"order={order!r}: calibration searches orders 0 and 1")
     if order == 1 and num_steps > MAX_STEPS_ORDER1:
-        raise ValueError(f"order 1 searches pairs of computed steps (T^3 costs): allowed T <= {MAX_STEPS_ORDER1}, got "
-                         f"{num_steps}; calibrate order 0 for longer schedules")  # fmt: skip
+        raise ValueError(
+            f"order 1 searches pairs of computed steps (T^3 costs): allowed T <= {MAX_STEPS_ORDER1}, got "
+            f"{num_steps}; calibrate order 0 for longer schedules"
+        )
     ForaConfig(interval=match_interval).check_num_steps(num_steps)  # names a bad N or T before anything runs
     fora_steps = full_steps(num_steps, match_interval)
     if num_full is None:
@@ -216,13 +229,21 @@ def calibrate(pipe, num_steps: int, match_interval: int = 3, order: int = 0, gui
         scores[label] = seen[key]
     chosen = max(scores, key=scores.get)
     name = "calibrated" if order == 0 else f"calibrated-o{order}"
-    meta = {"algorithm": "shared steps; DP on mean relative reuse error from step x step Gram matrices; "
-                         "candidates judged by final-image PSNR on calibration samples",  # fmt: skip
-            "model": type(pipe.transformer).__name__, "num_blocks": num_blocks, "guidance": guidance,
-            "calibration_classes": classes, "calibration_seeds": seeds, "match_interval": match_interval,
-            "budget_steps": num_full, "chosen": chosen, "candidate_psnr": scores,
-            "candidate_steps": {k: list(v) for k, v in candidates.items()},
-            "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    meta = {
+        "algorithm": "shared steps; DP on mean relative reuse error from step x step Gram matrices; "
+        "candidates judged by final-image PSNR on calibration samples",
+        "model": type(pipe.transformer).__name__,
+        "num_blocks": num_blocks,
+        "guidance": guidance,
+        "calibration_classes": classes,
+        "calibration_seeds": seeds,
+        "match_interval": match_interval,
+        "budget_steps": num_full,
+        "chosen": chosen,
+        "candidate_psnr": scores,
+        "candidate_steps": {k: list(v) for k, v in candidates.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     return CachePlan.shared(num_steps, candidates[chosen], num_blocks, kinds, order=order, name=name, meta=meta)
 
 
@@ -261,9 +282,11 @@ def main(argv=None) -> int:
     plan.meta["model_key"] = args.model
     plan.save(args.out)
     scores = plan.meta["candidate_psnr"]
-    print(f"{plan.name}: steps {plan.shared_steps} ({plan.computed_calls} computed calls; FORA N={args.match_interval} "
-          f"{scores.get('fora', math.nan):.2f} dB, chosen {plan.meta['chosen']} {scores[plan.meta['chosen']]:.2f} dB "
-          f"on calibration) -> {args.out}")  # fmt: skip
+    print(
+        f"{plan.name}: steps {plan.shared_steps} ({plan.computed_calls} computed calls; FORA N={args.match_interval} "
+        f"{scores.get('fora', math.nan):.2f} dB, chosen {plan.meta['chosen']} {scores[plan.meta['chosen']]:.2f} dB "
+        f"on calibration) -> {args.out}"
+    )
     return 0
 
 

@@ -63,10 +63,11 @@ class EmojiFeatures:
     """Penultimate features and class logits of the emoji classifier; images uint8 N x 32 x 32 x 3."""
 
     def __init__(self, weights: str | None = None, batch_size: int = 512):
+        from safetensors.torch import load_file
+
         from fora.emoji.classes import LABELS
         from fora.emoji.classifier import EmojiClassifier
         from fora.loading import ASSETS
-        from safetensors.torch import load_file
 
         weights = weights or os.path.join(ASSETS, "emoji-classifier.safetensors")
         if not os.path.isfile(weights):
@@ -98,10 +99,17 @@ class InceptionFeatures:
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as e:
-            raise ValueError("--extractor inception needs torch-fidelity and the torchvision that matches your torch "
-                             "(pip install torch-fidelity torchvision)") from e  # fmt: skip
-        self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                                 feature_extractor_weights_path=weights).eval().to(device)  # fmt: skip
+            raise ValueError(
+                "--extractor inception needs torch-fidelity and the torchvision that matches your torch "
+                "(pip install torch-fidelity torchvision)"
+            ) from e
+        self.model = (
+            FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=weights
+            )
+            .eval()
+            .to(device)
+        )
         self.device, self.batch_size = device, batch_size
         self.key = f"inception-v3-{_sha256(weights)}"
         self.labels = None  # 1008 ImageNet-style logits, not a generator's classes
@@ -146,7 +154,9 @@ def inception_score(logits: np.ndarray, splits: int = IS_SPLITS, seed: int = 0) 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
     """Improved precision and recall (k-NN manifolds); use sets of equal size, the radii depend on it."""
     if len(real) <= k or len(fake) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, got {len(real)}, {len(fake)}")
+        raise ValueError(
+            f"precision/recall with k={k} needs more than {k} samples per set, got {len(real)}, {len(fake)}"
+        )
     from prdc import compute_prdc
 
     with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
@@ -160,5 +170,10 @@ def distribution_metrics(real: Features, fake: Features) -> dict:
     n = min(len(real.features), len(fake.features))
     precision, recall = precision_recall(real.features[:n], fake.features[:n])
     score, score_std = inception_score(fake.logits) if fake.logits is not None else (float("nan"), float("nan"))
-    return {"fid": frechet_distance(real.features, fake.features), "inception_score": score,
-            "inception_score_std": score_std, "precision": precision, "recall": recall}  # fmt: skip
+    return {
+        "fid": frechet_distance(real.features, fake.features),
+        "inception_score": score,
+        "inception_score_std": score_std,
+        "precision": precision,
+        "recall": recall,
+    }

@@ -23,8 +23,17 @@ from fora.loading import load_pipeline
 from .quality import psnr, ssim
 
 
-def evaluate(pipe, classifier, per_class: int = 8, steps: int = 30, guidance: float = 3.0,
-             intervals=(2, 3, 5, 7, 10), seed: int = 0, log=print, baseline=None) -> tuple[dict, tuple]:  # fmt: skip
+def evaluate(
+    pipe,
+    classifier,
+    per_class: int = 8,
+    steps: int = 30,
+    guidance: float = 3.0,
+    intervals=(2, 3, 5, 7, 10),
+    seed: int = 0,
+    log=print,
+    baseline=None,
+) -> tuple[dict, tuple]:
     """Class accuracy of generated samples uncached and with FORA; PSNR/SSIM of FORA against uncached.
 
     Returns the result and `(images, seconds)` of the uncached samples; pass that back as `baseline` to add FORA
@@ -41,9 +50,16 @@ def evaluate(pipe, classifier, per_class: int = 8, steps: int = 30, guidance: fl
     base, seconds = baseline if baseline is not None else sample()
     pred = classify(classifier, base)
     per_class_acc = {LABELS[c]: float(np.mean(pred[np.array(labels) == c] == c)) for c in range(NUM_CLASSES)}
-    result = {"steps": steps, "guidance": guidance, "per_class": per_class, "seed": seed,
-              "accuracy": float(np.mean(pred == np.array(labels))), "per_class_accuracy": per_class_acc,
-              "batch_seconds": seconds, "fora": []}  # fmt: skip
+    result = {
+        "steps": steps,
+        "guidance": guidance,
+        "per_class": per_class,
+        "seed": seed,
+        "accuracy": float(np.mean(pred == np.array(labels))),
+        "per_class_accuracy": per_class_acc,
+        "batch_seconds": seconds,
+        "fora": [],
+    }
     log(f"uncached: accuracy {result['accuracy']:.3f} ({len(labels)} samples, {seconds:.1f}s)")
     for n in intervals:
         apply_fora(pipe, ForaConfig(interval=n))
@@ -54,8 +70,13 @@ def evaluate(pipe, classifier, per_class: int = 8, steps: int = 30, guidance: fl
         acc = float(np.mean(classify(classifier, images) == np.array(labels)))
         p = [psnr(a, b) for a, b in zip(images, base)]
         s = [ssim(a, b) for a, b in zip(images, base)]
-        row = {"interval": n, "accuracy": acc, "psnr": float(np.mean(p)), "ssim": float(np.mean(s)),
-               "batch_seconds": secs}  # fmt: skip
+        row = {
+            "interval": n,
+            "accuracy": acc,
+            "psnr": float(np.mean(p)),
+            "ssim": float(np.mean(s)),
+            "batch_seconds": secs,
+        }
         result["fora"].append(row)
         log(f"N={n}: accuracy {acc:.3f}, PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f} ({secs:.1f}s)")
     return result, (base, seconds)
@@ -88,14 +109,23 @@ def main(args):
     for steps, guidance in args.grid:
         r, uncached[(steps, guidance)] = evaluate(pipe, classifier, args.per_class, steps, guidance, intervals=())
         r["single_image_seconds"] = single_image_seconds(pipe, steps, guidance)
-        print(f"steps {steps}, guidance {guidance}: accuracy {r['accuracy']:.3f}, one image {r['single_image_seconds']:.3f}s")
+        print(
+            f"steps {steps}, guidance {guidance}: accuracy {r['accuracy']:.3f}, one image {r['single_image_seconds']:.3f}s"
+        )
         settings.append(r)
     # the default: the most accurate setting that makes one image within the time budget; ties go to fewer steps
     fast = [r for r in settings if r["single_image_seconds"] <= args.budget] or settings
     best = max(fast, key=lambda r: (round(r["accuracy"], 3), -r["steps"]))
     print(f"default: steps {best['steps']}, guidance {best['guidance']}; now FORA at N = {args.intervals}")
-    chosen, _ = evaluate(pipe, classifier, args.per_class, best["steps"], best["guidance"], intervals=args.intervals,
-                         baseline=uncached[(best["steps"], best["guidance"])])  # fmt: skip
+    chosen, _ = evaluate(
+        pipe,
+        classifier,
+        args.per_class,
+        best["steps"],
+        best["guidance"],
+        intervals=args.intervals,
+        baseline=uncached[(best["steps"], best["guidance"])],
+    )
     chosen["single_image_seconds"] = best["single_image_seconds"]
     result["settings"] = [chosen] + [r for r in settings if r is not best]
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -112,11 +142,19 @@ def _pair(text: str) -> tuple[int, float]:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="emoji-dit")
-    p.add_argument("--classifier", default="assets/emoji-classifier.safetensors",
-                   help="classifier weights; trained on held-out renders and saved there when missing")
+    p.add_argument(
+        "--classifier",
+        default="assets/emoji-classifier.safetensors",
+        help="classifier weights; trained on held-out renders and saved there when missing",
+    )
     p.add_argument("--per-class", type=int, default=8)
-    p.add_argument("--grid", type=_pair, nargs="+", default=[(30, 3.0)],
-                   help="steps:guidance settings to evaluate; the best within --budget becomes the default")
+    p.add_argument(
+        "--grid",
+        type=_pair,
+        nargs="+",
+        default=[(30, 3.0)],
+        help="steps:guidance settings to evaluate; the best within --budget becomes the default",
+    )
     p.add_argument("--budget", type=float, default=1.0, help="seconds allowed for one image at the default")
     p.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5, 7, 10])
     p.add_argument("--threads", type=int, default=0)

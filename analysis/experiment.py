@@ -32,7 +32,6 @@ class RunResult:
     similarity: SimilarityRecorder | None
     predictions: list = field(default_factory=list, repr=False)
 
-
     def to_cpu(self) -> "RunResult":
         """Every tensor moved to the CPU, so that the result can cross a process boundary (ZeroGPU) and be kept."""
         self.predictions = [p.cpu() for p in self.predictions]
@@ -41,8 +40,11 @@ class RunResult:
                 if isinstance(value, torch.Tensor):
                     setattr(self.similarity, name, value.cpu())
                 elif isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):
-                    setattr(self.similarity, name, {k: v.cpu() if isinstance(v, torch.Tensor) else v
-                                                    for k, v in value.items()})  # fmt: skip
+                    setattr(
+                        self.similarity,
+                        name,
+                        {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in value.items()},
+                    )
         return self
 
 
@@ -56,29 +58,46 @@ def timed_call(pipe, request: Request):
 
 
 def default_clock(pipe) -> str:
-    """"cpu" (this process' CPU time) for a pipeline on the CPU, where wall time also counts whatever else the shared
+    """ "cpu" (this process' CPU time) for a pipeline on the CPU, where wall time also counts whatever else the shared
     cores run (two identical sweeps differed by up to 38% per row in wall time on this project's machine); "wall"
     (device events) on a GPU."""
     return "cpu" if pipe.device.type == "cpu" else "wall"
 
 
-def timed_speedup(pipe, request: Request, config: ForaConfig, pairs: int = 3, warmup: int = 1,
-                  clock: str | None = None) -> SpeedRatio:  # fmt: skip
+def timed_speedup(
+    pipe, request: Request, config: ForaConfig, pairs: int = 3, warmup: int = 1, clock: str | None = None
+) -> SpeedRatio:
     """Speedup of FORA at `config` for `request`, measured by `paired_speedup` (no observers, warm-up, ABBA pairs),
     with `clock` (default: `default_clock(pipe)`)."""
-    return paired_speedup(pipe, timed_call(pipe, request), config, pairs=pairs, warmup=warmup,
-                          clock=clock or default_clock(pipe))  # fmt: skip
+    return paired_speedup(
+        pipe, timed_call(pipe, request), config, pairs=pairs, warmup=warmup, clock=clock or default_clock(pipe)
+    )
 
 
-def timed_speedups(pipe, request: Request, configs: list[ForaConfig], pairs: int = 3, warmup: int = 1,
-                   clock: str | None = None, on_round=None) -> list[SpeedRatio]:  # fmt: skip
+def timed_speedups(
+    pipe,
+    request: Request,
+    configs: list[ForaConfig],
+    pairs: int = 3,
+    warmup: int = 1,
+    clock: str | None = None,
+    on_round=None,
+) -> list[SpeedRatio]:
     """`timed_speedup` for several configs, their pairs interleaved round by round (`fora.timing.paired_speedups`)."""
-    return paired_speedups(pipe, timed_call(pipe, request), configs, pairs=pairs, warmup=warmup,
-                           clock=clock or default_clock(pipe), on_round=on_round)  # fmt: skip
+    return paired_speedups(
+        pipe,
+        timed_call(pipe, request),
+        configs,
+        pairs=pairs,
+        warmup=warmup,
+        clock=clock or default_clock(pipe),
+        on_round=on_round,
+    )
 
 
-def observe_run(pipe, request: Request, config: ForaConfig, similarity: bool = True, blocks: list[int] | None = None,
-                on_step=None) -> RunResult:  # fmt: skip
+def observe_run(
+    pipe, request: Request, config: ForaConfig, similarity: bool = True, blocks: list[int] | None = None, on_step=None
+) -> RunResult:
     """Generate once with FORA at `config` (interval 1 is the uncached baseline), observing everything.
 
     `on_step(step, num_steps, recorder)` is called after each denoising step, for live progress.
@@ -92,6 +111,7 @@ def observe_run(pipe, request: Request, config: ForaConfig, similarity: bool = T
     predictions = PredictionRecorder(pipe.transformer)
     step_hook = None
     if on_step is not None:
+
         def after_step(module, args, output):  # noqa: E306
             on_step(handle.state.step, handle.state.run.num_steps, recorder)
 
@@ -112,8 +132,17 @@ def observe_run(pipe, request: Request, config: ForaConfig, similarity: bool = T
         run = handle.last_run
         remove_fora(pipe)
     record_s = recorder.seconds if recorder is not None else 0.0
-    return RunResult(request, config, np.asarray(images), call_s - record_s, timer.seconds - record_s, record_s, run,
-                     recorder, predictions.outputs)  # fmt: skip
+    return RunResult(
+        request,
+        config,
+        np.asarray(images),
+        call_s - record_s,
+        timer.seconds - record_s,
+        record_s,
+        run,
+        recorder,
+        predictions.outputs,
+    )
 
 
 @dataclass
@@ -140,18 +169,25 @@ def compare_runs(baseline: RunResult, fora: RunResult) -> Comparison:
     quality = compare_images(fora.images[0], baseline.images[0])
     steps = fora.run.num_steps
     metrics = {
-        "interval": fora.config.interval, "steps": steps, "full_steps": len(fora.run.full_steps),
+        "interval": fora.config.interval,
+        "steps": steps,
+        "full_steps": len(fora.run.full_steps),
         "reuse_steps": len(fora.run.reuse_steps),
-        "ideal_speedup": (ideal_speedup(steps, fora.config.interval, fora.config.window) if fora.config.plan is None
-                          else (fora.run.computed_calls + fora.run.reused_calls) / fora.run.computed_calls),
-        "policy": describe_config(fora.config), "computed_calls": fora.run.computed_calls,
-        "cache_bytes": fora.run.cache_bytes, **quality,
-    }  # fmt: skip
+        "ideal_speedup": (
+            ideal_speedup(steps, fora.config.interval, fora.config.window)
+            if fora.config.plan is None
+            else (fora.run.computed_calls + fora.run.reused_calls) / fora.run.computed_calls
+        ),
+        "policy": describe_config(fora.config),
+        "computed_calls": fora.run.computed_calls,
+        "cache_bytes": fora.run.cache_bytes,
+        **quality,
+    }
     return Comparison(baseline, fora, metrics)
 
 
 def describe_config(config: ForaConfig) -> str:
-    """"FORA N=3", or a plan's name and cost: "calibrated-o1 (132 calls)"."""
+    """ "FORA N=3", or a plan's name and cost: "calibrated-o1 (132 calls)"."""
     if config.plan is None:
         return f"FORA N={config.interval}"
     return f"{config.plan.name} ({config.plan.computed_calls} calls)"

@@ -79,8 +79,10 @@ def integer(name: str, value, lo: int, hi: int) -> int:
 
 def check_budget(steps: int, what: str) -> None:
     if steps > STEP_BUDGET:
-        raise ValueError(f"{what} asks for {steps} denoising steps; one request may run at most {STEP_BUDGET} "
-                         "(fewer steps, seeds or intervals)")  # fmt: skip
+        raise ValueError(
+            f"{what} asks for {steps} denoising steps; one request may run at most {STEP_BUDGET} "
+            "(fewer steps, seeds or intervals)"
+        )
 
 
 def parse_request(pipe, label, prompt, steps, seed, guidance) -> Request:
@@ -122,15 +124,30 @@ def parse_blocks(text: str, num_blocks: int) -> tuple[int, ...] | None:
     return blocks
 
 
-def parse_config(interval, steps: int, num_blocks: int, cache_attn=True, cache_cross_attn=True, cache_mlp=True,
-                 cache_start=0, cache_end=0, blocks="") -> ForaConfig:  # fmt: skip
+def parse_config(
+    interval,
+    steps: int,
+    num_blocks: int,
+    cache_attn=True,
+    cache_cross_attn=True,
+    cache_mlp=True,
+    cache_start=0,
+    cache_end=0,
+    blocks="",
+) -> ForaConfig:
     """The Advanced settings and the interval as a `ForaConfig` checked against `steps`."""
     interval = integer("interval", interval, 1, max(1, steps - 1))
     start = integer("cache_start", cache_start or 0, 0, steps - 1)
     end = integer("cache_end", cache_end, 0, steps) if cache_end not in (None, "") else 0
-    config = ForaConfig(interval=interval, cache_attn=bool(cache_attn), cache_cross_attn=bool(cache_cross_attn),
-                        cache_mlp=bool(cache_mlp), cache_start=start, cache_end=end or None,
-                        blocks=parse_blocks(blocks, num_blocks))  # fmt: skip
+    config = ForaConfig(
+        interval=interval,
+        cache_attn=bool(cache_attn),
+        cache_cross_attn=bool(cache_cross_attn),
+        cache_mlp=bool(cache_mlp),
+        cache_start=start,
+        cache_end=end or None,
+        blocks=parse_blocks(blocks, num_blocks),
+    )
     config.check_num_steps(steps)
     return config
 
@@ -139,27 +156,68 @@ def num_blocks(pipe) -> int:
     return len(pipe.transformer.transformer_blocks)
 
 
-def parse_generate(pipe, model_key: str, label, prompt, steps, interval, seed, guidance, cache_attn=True,
-                   cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="", policy="FORA",
-                   plans: dict | None = None) -> GenerateJob:  # fmt: skip
+def parse_generate(
+    pipe,
+    model_key: str,
+    label,
+    prompt,
+    steps,
+    interval,
+    seed,
+    guidance,
+    cache_attn=True,
+    cache_cross_attn=True,
+    cache_mlp=True,
+    cache_start=0,
+    cache_end=0,
+    blocks="",
+    policy="FORA",
+    plans: dict | None = None,
+) -> GenerateJob:
     """The Compare tab's values as a checked `GenerateJob` (budget included). `policy` "calibrated" or
     "calibrated-o1" runs the known plan (`plans`) at FORA N = `interval`'s cost instead of FORA."""
     request = parse_request(pipe, label, prompt, steps, seed, guidance)
-    config = parse_config(interval, request.steps, num_blocks(pipe), cache_attn, cache_cross_attn, cache_mlp,
-                          cache_start, cache_end, blocks)  # fmt: skip
+    config = parse_config(
+        interval,
+        request.steps,
+        num_blocks(pipe),
+        cache_attn,
+        cache_cross_attn,
+        cache_mlp,
+        cache_start,
+        cache_end,
+        blocks,
+    )
     plan = compare_plan(model_key, request, config.interval, policy or "FORA", plans or {})
     if plan is not None:
         try:
             config = replace(config, plan=plan)
         except ValueError as e:
-            raise ValueError(f"{e} (the Advanced cache settings apply to FORA only: reset them for {policy})") from None
+            raise ValueError(
+                f"{e} (the Advanced cache settings apply to FORA only: reset them for {policy})"
+            ) from None
     job = GenerateJob(model_key, request, config)
     check_budget(job.denoising_steps(), f"this comparison ({request.steps} steps)")
     return job
 
 
-def parse_sweep(pipe, model_key: str, label, prompt, steps, seed, guidance, intervals, num_seeds, cache_attn=True,
-                cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="") -> SweepJob:  # fmt: skip
+def parse_sweep(
+    pipe,
+    model_key: str,
+    label,
+    prompt,
+    steps,
+    seed,
+    guidance,
+    intervals,
+    num_seeds,
+    cache_attn=True,
+    cache_cross_attn=True,
+    cache_mlp=True,
+    cache_start=0,
+    cache_end=0,
+    blocks="",
+) -> SweepJob:
     """The Sweep tab's values (with the seed and the Advanced settings) as a checked `SweepJob`."""
     request = parse_request(pipe, label, prompt, steps, seed, guidance)
     try:
@@ -174,8 +232,9 @@ def parse_sweep(pipe, model_key: str, label, prompt, steps, seed, guidance, inte
     num_seeds = integer("seeds", num_seeds, 1, SWEEP_SEEDS_MAX)
     if request.seed + num_seeds - 1 > SEED_MAX:
         raise ValueError(f"seed={request.seed} with {num_seeds} seeds passes the largest seed {SEED_MAX}")
-    config = parse_config(1, request.steps, num_blocks(pipe), cache_attn, cache_cross_attn, cache_mlp, cache_start,
-                          cache_end, blocks)  # fmt: skip
+    config = parse_config(
+        1, request.steps, num_blocks(pipe), cache_attn, cache_cross_attn, cache_mlp, cache_start, cache_end, blocks
+    )
     for n in chosen:  # each swept interval against the same window
         replace(config, interval=n).check_num_steps(request.steps)
     seeds = tuple(range(request.seed, request.seed + num_seeds))
@@ -200,9 +259,11 @@ def compare_plan(model_key: str, request: Request, interval: int, policy: str, p
         raise ValueError(f"policy {policy!r} runs at FORA N's cost: choose N >= 2 (got N={interval})")
     plan = plans.get(plan_key(model_key, request.steps, request.guidance, interval, policy != "calibrated"))
     if plan is None:
-        raise ValueError(f"no {policy} plan yet for {model_key} at T={request.steps}, guidance {request.guidance}, "
-                         f"N={interval}'s cost: run these settings once in the Policies tab (it calibrates the plan "
-                         "and keeps it)")  # fmt: skip
+        raise ValueError(
+            f"no {policy} plan yet for {model_key} at T={request.steps}, guidance {request.guidance}, "
+            f"N={interval}'s cost: run these settings once in the Policies tab (it calibrates the plan "
+            "and keeps it)"
+        )
     return plan
 
 
@@ -211,8 +272,10 @@ def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, c
     from .policies import MAX_POLICIES, POLICIES, PolicyJob
 
     if is_text_conditional(pipe):
-        raise ValueError(f"the Policies tab runs class-conditional models (emoji-dit, DiT-XL/2); {model_key} is "
-                         "text-to-image (its peers run from Python: fora.peers)")  # fmt: skip
+        raise ValueError(
+            f"the Policies tab runs class-conditional models (emoji-dit, DiT-XL/2); {model_key} is "
+            "text-to-image (its peers run from Python: fora.peers)"
+        )
     request = parse_request(pipe, label, prompt, steps, seed, guidance)
     chosen = list(dict.fromkeys([chosen] if isinstance(chosen, str) else (chosen or [])))
     if not chosen:
@@ -256,8 +319,11 @@ def parse_memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflop
     steps = integer("steps", steps, 2, 1000)
     interval = integer("interval", interval, 1, steps - 1)
     numbers = []
-    for name, value, lo, hi in (("bandwidth TB/s", bandwidth_tbps, 1e-3, 1e3), ("TFLOP/s", tflops, 1e-3, 1e5),
-                                ("utilization", utilization, 0.01, 1.0)):  # fmt: skip
+    for name, value, lo, hi in (
+        ("bandwidth TB/s", bandwidth_tbps, 1e-3, 1e3),
+        ("TFLOP/s", tflops, 1e-3, 1e5),
+        ("utilization", utilization, 0.01, 1.0),
+    ):
         try:
             v = float(value)
         except (TypeError, ValueError):

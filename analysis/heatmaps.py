@@ -33,9 +33,13 @@ def main(argv=None) -> int:
     try:
         pipe = load_pipeline(args.model)
         pipe.set_progress_bar_config(disable=True)
-        request = Request(label=args.class_label, prompt=args.prompt, seed=args.seed,
-                          steps=args.steps or (spec.default_steps if spec else 30),
-                          guidance=args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0))
+        request = Request(
+            label=args.class_label,
+            prompt=args.prompt,
+            seed=args.seed,
+            steps=args.steps or (spec.default_steps if spec else 30),
+            guidance=args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0),
+        )
         blocks = args.blocks or default_blocks(num_blocks(pipe))
         result = observe_run(pipe, request, ForaConfig(interval=args.interval), blocks=blocks)
     except (ValueError, ModelLoadError) as e:
@@ -47,9 +51,11 @@ def main(argv=None) -> int:
     figs += [pairwise_heatmap(rec, b, k) for b in rec.blocks for k in ("attn", "mlp")]
     html = "".join(pio.to_html(f, full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
     with open(args.out, "w") as f:
-        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>{args.model} similarity</title></head>"
-                f"<body style='font-family:sans-serif'><h1>{args.model}: feature similarity across steps "
-                f"(N={args.interval})</h1>{html}</body></html>")  # fmt: skip
+        f.write(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{args.model} similarity</title></head>"
+            f"<body style='font-family:sans-serif'><h1>{args.model}: feature similarity across steps "
+            f"(N={args.interval})</h1>{html}</body></html>"
+        )
     print(f"{result.run.summary()}; recorder held {rec.memory_bytes / 2**20:.1f} MiB; wrote {args.out}")
     return 0
 

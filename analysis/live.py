@@ -21,8 +21,7 @@ from fora import ForaConfig
 from fora.generate import Request, is_text_conditional
 from fora.loading import MODELS, ModelLoadError, load_pipeline  # noqa: F401  (ModelLoadError: the app catches it)
 
-from .experiment import (Comparison, RunResult, baseline_config, compare_runs, default_clock, observe_run,
-                         timed_speedup)
+from .experiment import Comparison, RunResult, baseline_config, compare_runs, default_clock, observe_run, timed_speedup
 from .similarity import default_blocks  # noqa: F401  (the app picks step x step blocks with it)
 from .speed import SpeedRatio
 from .stream import stream_job
@@ -45,10 +44,15 @@ def model_choices() -> list[ModelChoice]:
     for spec in MODELS.values():
         if spec.key == "emoji-dit":
             ok = os.path.isfile(os.path.join(spec.source, "model_index.json"))
-            choices.append(ModelChoice(spec.key, f"{spec.key}: {spec.description}", ok,
-                                       "" if ok else f"weights missing in {spec.source}"))  # fmt: skip
+            choices.append(
+                ModelChoice(
+                    spec.key, f"{spec.key}: {spec.description}", ok, "" if ok else f"weights missing in {spec.source}"
+                )
+            )
         else:
-            reason = "" if hub_ok else "needs a GPU and Hugging Face Hub access (an operator can set FORA_HUB_MODELS=1)"
+            reason = (
+                "" if hub_ok else "needs a GPU and Hugging Face Hub access (an operator can set FORA_HUB_MODELS=1)"
+            )
             choices.append(ModelChoice(spec.key, f"{spec.key}: {spec.description}", hub_ok, reason))
     for extra in filter(None, (s.strip() for s in os.environ.get("FORA_EXTRA_MODELS", "").split(","))):
         choices.append(ModelChoice(extra, f"{extra} (added by the operator)", True, ""))
@@ -176,8 +180,15 @@ class Progress:
     clock: str = ""  # what timed the pairs: "cpu" (process CPU time) or "wall"
 
 
-def stream_comparison(pipe, request: Request, config: ForaConfig, baseline: RunResult | None = None, pairs: int = 3,
-                      warmup: int = 1, min_interval_s: float = 0.5):  # fmt: skip
+def stream_comparison(
+    pipe,
+    request: Request,
+    config: ForaConfig,
+    baseline: RunResult | None = None,
+    pairs: int = 3,
+    warmup: int = 1,
+    min_interval_s: float = 0.5,
+):
     """Yield `Progress` while the baseline (unless given) and the FORA run execute, then time them in pairs
     (`pairs=0`: not timed; the "timed" event comes with `speed=None`).
 

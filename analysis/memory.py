@@ -66,9 +66,16 @@ def replaced_flops(shape: ModelShape, batch: int = 1, guidance: bool = True) -> 
     return rows * shape.blocks * (attn + mlp + cross)
 
 
-def hbm_answer(shape: ModelShape, batch: int = 1, dtype: str = "float16", steps: int = 50, interval: int = 3,
-               bandwidth: float = H100_SXM_BANDWIDTH, flops: float = H100_SXM_BF16_FLOPS,
-               utilization: float = 0.5) -> dict:  # fmt: skip
+def hbm_answer(
+    shape: ModelShape,
+    batch: int = 1,
+    dtype: str = "float16",
+    steps: int = 50,
+    interval: int = 3,
+    bandwidth: float = H100_SXM_BANDWIDTH,
+    flops: float = H100_SXM_BF16_FLOPS,
+    utilization: float = 0.5,
+) -> dict:
     """Read time of the cache against the compute it replaces, per reuse step and per run.
 
     `utilization` is the assumed fraction of peak `flops` that attention/MLP reach (0.5 is typical of large GEMMs);
@@ -81,12 +88,22 @@ def hbm_answer(shape: ModelShape, batch: int = 1, dtype: str = "float16", steps:
     compute_s = replaced_flops(shape, batch) / (flops * utilization)
     reuse_steps = steps - len(full_steps(steps, interval))
     return {
-        **asdict(shape), "batch": batch, "dtype": dtype, "steps": steps, "interval": interval,
-        "cache_bytes": nbytes, "read_ms_per_step": read_s * 1e3, "compute_ms_per_step": compute_s * 1e3,
-        "compute_over_read": compute_s / read_s, "reuse_steps": reuse_steps,
-        "read_ms_per_run": read_s * reuse_steps * 1e3, "saved_ms_per_run": (compute_s - read_s) * reuse_steps * 1e3,
-        "bandwidth_TBps": bandwidth / 1e12, "flops_TFLOPs": flops / 1e12, "utilization": utilization,
-    }  # fmt: skip
+        **asdict(shape),
+        "batch": batch,
+        "dtype": dtype,
+        "steps": steps,
+        "interval": interval,
+        "cache_bytes": nbytes,
+        "read_ms_per_step": read_s * 1e3,
+        "compute_ms_per_step": compute_s * 1e3,
+        "compute_over_read": compute_s / read_s,
+        "reuse_steps": reuse_steps,
+        "read_ms_per_run": read_s * reuse_steps * 1e3,
+        "saved_ms_per_run": (compute_s - read_s) * reuse_steps * 1e3,
+        "bandwidth_TBps": bandwidth / 1e12,
+        "flops_TFLOPs": flops / 1e12,
+        "utilization": utilization,
+    }
 
 
 @dataclass(frozen=True)
@@ -109,8 +126,10 @@ class Bandwidth:
         return 2 * self.copy_bytes / self.copy_s / 1e9
 
     def __str__(self) -> str:
-        return (f"read {self.nbytes / 2**20:.1f} MiB in {self.read_s * 1e3:.3f} ms = {self.read_GBps:.1f} GB/s; "
-                f"plain copy of {self.copy_bytes / 2**20:.0f} MiB: {self.copy_GBps:.1f} GB/s ({self.device})")  # fmt: skip
+        return (
+            f"read {self.nbytes / 2**20:.1f} MiB in {self.read_s * 1e3:.3f} ms = {self.read_GBps:.1f} GB/s; "
+            f"plain copy of {self.copy_bytes / 2**20:.0f} MiB: {self.copy_GBps:.1f} GB/s ({self.device})"
+        )
 
 
 EVICT_BYTES = 256 * 2**20  # more than any CPU's last-level cache per socket slice or a GPU's L2 (H100: 50 MiB)
@@ -141,8 +160,9 @@ def _read_seconds(nbytes: int, device: torch.device, repeats: int, span_bytes: i
     return _median_seconds(read, device, repeats), buffer_bytes
 
 
-def measure_bandwidth(nbytes: int, device: str | torch.device = "cpu", repeats: int = 10,
-                      copy_bytes: int = 256 * 2**20) -> Bandwidth:  # fmt: skip
+def measure_bandwidth(
+    nbytes: int, device: str | torch.device = "cpu", repeats: int = 10, copy_bytes: int = 256 * 2**20
+) -> Bandwidth:
     """Measure how fast `device` reads `nbytes` (a reduction over a buffer of that size: the cache's one streaming
     read on a reuse step), next to a plain copy of `copy_bytes` into a preallocated buffer on the same device.
 
@@ -184,26 +204,42 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"batch {args.batch} (x2 for guidance), {args.dtype}, T={args.steps}, N={args.interval}; "
-          f"{args.bandwidth:g} TB/s, {args.tflops:g} TFLOP/s x {args.utilization:g}")  # fmt: skip
+    print(
+        f"batch {args.batch} (x2 for guidance), {args.dtype}, T={args.steps}, N={args.interval}; "
+        f"{args.bandwidth:g} TB/s, {args.tflops:g} TFLOP/s x {args.utilization:g}"
+    )
     measured = f" {'measured read ms':>16s} {'GB/s':>7s}" if args.measure else ""
-    print(f"{'model':18s} {'cache MiB':>9s} {'read ms/step':>12s} {'compute ms/step':>15s} {'ratio':>6s} "
-          f"{'saved ms/run':>12s}{measured}")  # fmt: skip
+    print(
+        f"{'model':18s} {'cache MiB':>9s} {'read ms/step':>12s} {'compute ms/step':>15s} {'ratio':>6s} "
+        f"{'saved ms/run':>12s}{measured}"
+    )
     for name in args.models:
         shape = MODEL_SHAPES[name]
-        a = hbm_answer(shape, args.batch, args.dtype, args.steps, args.interval, args.bandwidth * 1e12,
-                       args.tflops * 1e12, args.utilization)  # fmt: skip
-        line = (f"{shape.name:18s} {a['cache_bytes'] / 2**20:9.1f} {a['read_ms_per_step']:12.3f} "
-                f"{a['compute_ms_per_step']:15.3f} {a['compute_over_read']:6.0f} {a['saved_ms_per_run']:12.1f}")
+        a = hbm_answer(
+            shape,
+            args.batch,
+            args.dtype,
+            args.steps,
+            args.interval,
+            args.bandwidth * 1e12,
+            args.tflops * 1e12,
+            args.utilization,
+        )
+        line = (
+            f"{shape.name:18s} {a['cache_bytes'] / 2**20:9.1f} {a['read_ms_per_step']:12.3f} "
+            f"{a['compute_ms_per_step']:15.3f} {a['compute_over_read']:6.0f} {a['saved_ms_per_run']:12.1f}"
+        )
         if args.measure:
             read_s = measure_read_seconds(a["cache_bytes"], device)
             line += f" {read_s * 1e3:16.3f} {a['cache_bytes'] / read_s / 1e9:7.1f}"
         print(line)
     if args.measure:
         copy = measure_bandwidth(2**20, device)
-        print(f"measured on {device} with {torch.get_num_threads()} thread(s): one reduction over a buffer of the "
-              f"cache's size, median of 10; for comparison a plain copy of {copy.copy_bytes / 2**20:.0f} MiB on the "
-              f"same device: {copy.copy_GBps:.1f} GB/s (read + write)")  # fmt: skip
+        print(
+            f"measured on {device} with {torch.get_num_threads()} thread(s): one reduction over a buffer of the "
+            f"cache's size, median of 10; for comparison a plain copy of {copy.copy_bytes / 2**20:.0f} MiB on the "
+            f"same device: {copy.copy_GBps:.1f} GB/s (read + write)"
+        )
     return 0
 
 

@@ -28,15 +28,27 @@ def neighbour_heatmap(recorder, kind: str, title: str | None = None) -> go.Figur
     ts = _timestep_labels(recorder.timesteps, steps)
     custom = np.broadcast_to(ts[None, :], z.shape)
     floor = _color_floor(z)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(steps)), y=list(range(blocks)), customdata=custom, colorscale=_SCALE, zmax=1.0, zmin=floor,
-        colorbar=dict(title="cos" if floor is None else "cos<br>(2nd pct.<br>and below:<br>darkest)"),
-        hoverongaps=False,
-        hovertemplate="layer %{y}<br>step %{x} (t=%{customdata})<br>similarity %{z:.4f}<extra></extra>",
-    ))  # fmt: skip
-    fig.update_layout(title=title or f"{KIND_TITLES.get(kind, kind)}: cos to previous computed step",
-                      xaxis_title="sampling step", yaxis_title="layer (block)", height=320 if blocks <= 12 else 400,
-                      margin=dict(l=60, r=20, t=50, b=50))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(steps)),
+            y=list(range(blocks)),
+            customdata=custom,
+            colorscale=_SCALE,
+            zmax=1.0,
+            zmin=floor,
+            colorbar=dict(title="cos" if floor is None else "cos<br>(2nd pct.<br>and below:<br>darkest)"),
+            hoverongaps=False,
+            hovertemplate="layer %{y}<br>step %{x} (t=%{customdata})<br>similarity %{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title or f"{KIND_TITLES.get(kind, kind)}: cos to previous computed step",
+        xaxis_title="sampling step",
+        yaxis_title="layer (block)",
+        height=320 if blocks <= 12 else 400,
+        margin=dict(l=60, r=20, t=50, b=50),
+    )
     return fig
 
 
@@ -46,17 +58,33 @@ def pairwise_heatmap(recorder, block: int, kind: str) -> go.Figure:
     n = z.shape[0]
     ts = _timestep_labels(recorder.timesteps, n)
     custom = np.stack(np.broadcast_arrays(ts[None, :], ts[:, None]), axis=-1)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(n)), y=list(range(n)), customdata=custom, colorscale=_SCALE, zmax=1.0, zmin=_color_floor(z),
-        colorbar=dict(title="cos"), hoverongaps=False,
-        hovertemplate=("step %{y} (t=%{customdata[1]}) vs step %{x} (t=%{customdata[0]})<br>"
-                       "similarity %{z:.4f}<extra>layer " + str(block) + "</extra>"),
-    ))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(n)),
+            y=list(range(n)),
+            customdata=custom,
+            colorscale=_SCALE,
+            zmax=1.0,
+            zmin=_color_floor(z),
+            colorbar=dict(title="cos"),
+            hoverongaps=False,
+            hovertemplate=(
+                "step %{y} (t=%{customdata[1]}) vs step %{x} (t=%{customdata[0]})<br>"
+                "similarity %{z:.4f}<extra>layer " + str(block) + "</extra>"
+            ),
+        )
+    )
     kept = recorder.tokens_kept
     note = f" ({kept[0]} of {kept[1]} tokens)" if kept and kept[0] < kept[1] else ""
-    fig.update_layout(title=f"layer {block} {KIND_TITLES.get(kind, kind)}: step x step similarity{note}",
-                      xaxis_title="step", yaxis_title="step", yaxis_autorange="reversed", height=380,
-                      margin=dict(l=60, r=20, t=50, b=50))  # fmt: skip
+    fig.update_layout(
+        title=f"layer {block} {KIND_TITLES.get(kind, kind)}: step x step similarity{note}",
+        xaxis_title="step",
+        yaxis_title="step",
+        yaxis_autorange="reversed",
+        height=380,
+        margin=dict(l=60, r=20, t=50, b=50),
+    )
     return fig
 
 
@@ -66,27 +94,55 @@ def schedule_strip(num_steps: int, full_steps: list[int], timesteps=None) -> go.
     z = np.array([[1.0 if s in full else 0.0 for s in range(num_steps)]])
     ts = _timestep_labels(timesteps, num_steps)
     text = np.array([["full" if s in full else "reuse" for s in range(num_steps)]], dtype=object)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(num_steps)), y=["step"], text=text, customdata=ts[None, :], showscale=False,
-        colorscale=[[0, "#f4b183"], [0.5, "#f4b183"], [0.5, "#2f5597"], [1, "#2f5597"]], zmin=0, zmax=1,
-        xgap=1 if num_steps <= 60 else 0,  # gaps between 250 cells of 2 px would be all one sees
-        hovertemplate="step %{x} (t=%{customdata}): %{text}<extra></extra>",
-    ))  # fmt: skip
-    fig.update_layout(title=f"schedule: {len(full)} full (blue) / {num_steps - len(full)} reuse (orange) steps",
-                      height=150, margin=dict(l=60, r=20, t=40, b=30), yaxis_showticklabels=False)  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(num_steps)),
+            y=["step"],
+            text=text,
+            customdata=ts[None, :],
+            showscale=False,
+            colorscale=[[0, "#f4b183"], [0.5, "#f4b183"], [0.5, "#2f5597"], [1, "#2f5597"]],
+            zmin=0,
+            zmax=1,
+            xgap=1 if num_steps <= 60 else 0,  # gaps between 250 cells of 2 px would be all one sees
+            hovertemplate="step %{x} (t=%{customdata}): %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"schedule: {len(full)} full (blue) / {num_steps - len(full)} reuse (orange) steps",
+        height=150,
+        margin=dict(l=60, r=20, t=40, b=30),
+        yaxis_showticklabels=False,
+    )
     return fig
 
 
 def step_error_plot(errors: np.ndarray, full_steps: list[int]) -> go.Figure:
     """Relative error of the model prediction per step, cached against uncached; full steps marked."""
     steps = np.arange(len(errors))
-    fig = go.Figure(go.Scatter(x=steps, y=errors, mode="lines+markers", name="relative error",
-                               hovertemplate="step %{x}: %{y:.4f}<extra></extra>"))  # fmt: skip
+    fig = go.Figure(
+        go.Scatter(
+            x=steps,
+            y=errors,
+            mode="lines+markers",
+            name="relative error",
+            hovertemplate="step %{x}: %{y:.4f}<extra></extra>",
+        )
+    )
     full = [s for s in full_steps if s < len(errors)]
-    fig.add_trace(go.Scatter(x=full, y=errors[full], mode="markers", name="full step",
-                             marker=dict(symbol="circle-open", size=10)))  # fmt: skip
-    fig.update_layout(title="prediction error per step (||FORA - baseline|| / ||baseline||)", height=300,
-                      xaxis_title="sampling step", yaxis_title="relative L2 error", margin=dict(l=60, r=20, t=50, b=50))
+    fig.add_trace(
+        go.Scatter(
+            x=full, y=errors[full], mode="markers", name="full step", marker=dict(symbol="circle-open", size=10)
+        )
+    )
+    fig.update_layout(
+        title="prediction error per step (||FORA - baseline|| / ||baseline||)",
+        height=300,
+        xaxis_title="sampling step",
+        yaxis_title="relative L2 error",
+        margin=dict(l=60, r=20, t=50, b=50),
+    )
     return fig
 
 
@@ -96,13 +152,32 @@ def tradeoff_plot(rows: list[dict]) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("PSNR vs speedup", "SSIM vs speedup"))
     for col, metric in ((1, "psnr"), (2, "ssim")):
         y = [r[metric] if np.isfinite(r[metric]) else None for r in rows]
-        fig.add_trace(go.Scatter(
-            x=[r["speedup"] for r in rows], y=y, mode="lines+markers+text", text=[f"N={r['interval']}" for r in rows],
-            textposition="top center", name=f"measured ({metric})", showlegend=col == 1,
-            hovertemplate="N=%{text}<br>speedup %{x:.2f}x<br>" + metric + " %{y:.3f}<extra></extra>",
-        ), row=1, col=col)  # fmt: skip
-        fig.add_trace(go.Scatter(x=[r["ideal_speedup"] for r in rows], y=y, mode="markers", name="ideal T/full",
-                                 marker=dict(symbol="x", color="grey"), showlegend=col == 1), row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=[r["speedup"] for r in rows],
+                y=y,
+                mode="lines+markers+text",
+                text=[f"N={r['interval']}" for r in rows],
+                textposition="top center",
+                name=f"measured ({metric})",
+                showlegend=col == 1,
+                hovertemplate="N=%{text}<br>speedup %{x:.2f}x<br>" + metric + " %{y:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[r["ideal_speedup"] for r in rows],
+                y=y,
+                mode="markers",
+                name="ideal T/full",
+                marker=dict(symbol="x", color="grey"),
+                showlegend=col == 1,
+            ),
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(title_text="speedup over uncached (x)", row=1, col=col)
     fig.update_yaxes(title_text="PSNR vs uncached (dB)", row=1, col=1)
     fig.update_yaxes(title_text="SSIM vs uncached", row=1, col=2)

@@ -119,16 +119,25 @@ def _entry(name: str, t: int, n: int, plans: dict, key) -> Entry:
     if name.startswith("TaylorSeer"):
         order = int(name[-1])
         config = taylorseer_at_cost(t, n, order)  # the warm-up that brings it to FORA N's cost
-        return Entry("taylorseer", f"N={n} warmup={config.disable_cache_before_step} order={order}", config,
-                     interval=n, order=order)  # fmt: skip
+        return Entry(
+            "taylorseer",
+            f"N={n} warmup={config.disable_cache_before_step} order={order}",
+            config,
+            interval=n,
+            order=order,
+        )
     raise ValueError(f"unknown policy {name!r}; allowed: {', '.join(POLICIES)}")
 
 
 def _score(entry: Entry, baseline: np.ndarray, total: int) -> dict:
     image = entry.images[0]
     value = psnr(image, baseline)
-    return {**entry.row, "psnr": min(value, 100.0), "ssim": ssim(image, baseline),
-            "computed_fraction": entry.row["computed_calls"] / total}  # fmt: skip
+    return {
+        **entry.row,
+        "psnr": min(value, 100.0),
+        "ssim": ssim(image, baseline),
+        "computed_fraction": entry.row["computed_calls"] / total,
+    }
 
 
 def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
@@ -165,26 +174,48 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
             observe(pipe, entry, seed, label, t, g)
         chosen.append(entry)
         if name == "First Block Cache":  # its knob is the threshold: a spread around the one at the budget
-            points = [Entry("fbcache", f"threshold={x:.3g}", fbcache(x), threshold=x)
-                      for x in (f * entry.threshold for f in FBCACHE_SWEEP)]  # fmt: skip
+            points = [
+                Entry("fbcache", f"threshold={x:.3g}", fbcache(x), threshold=x)
+                for x in (f * entry.threshold for f in FBCACHE_SWEEP)
+            ]
         else:
             order = {"calibrated": 0, "calibrated-o1": 1}.get(name)
-            points = [_entry(name, t, n, plans, key) for n in job.sweep_intervals()
-                      if order is None or key(n, order) in plans]  # fmt: skip
+            points = [
+                _entry(name, t, n, plans, key)
+                for n in job.sweep_intervals()
+                if order is None or key(n, order) in plans
+            ]
         for point in points:
             emit(f"sweep: {name} {point.setting}")
             observe(pipe, point, seed, label, t, g)
             sweep.append(_score(point, base.images[0], total))
     rows = [_score(e, base.images[0], total) for e in chosen]
-    result = PolicyResult(base.images[0], rows, [e.images[0] for e in chosen],
-                          {f"{e.policy} {e.setting}": e.maps.get("attn") for e in chosen}, sweep + rows, int(total),
-                          budget, new_plans)  # fmt: skip
+    result = PolicyResult(
+        base.images[0],
+        rows,
+        [e.images[0] for e in chosen],
+        {f"{e.policy} {e.setting}": e.maps.get("attn") for e in chosen},
+        sweep + rows,
+        int(total),
+        budget,
+        new_plans,
+    )
     emit(result)
     if job.pairs:
         clock = default_clock(pipe)
         emit(f"timing against uncached: {job.pairs} rounds of one pair per policy")
-        time_entries(pipe, chosen, seed[0], label[0], t, g, job.pairs, clock, warmup=job.warmup,
-                     on_round=lambda r, k: emit(f"timed round {r} of {k}" if r else "timing: warm-up done"))
+        time_entries(
+            pipe,
+            chosen,
+            seed[0],
+            label[0],
+            t,
+            g,
+            job.pairs,
+            clock,
+            warmup=job.warmup,
+            on_round=lambda r, k: emit(f"timed round {r} of {k}" if r else "timing: warm-up done"),
+        )
         for entry, row in zip(chosen, result.rows):
             row.update({k: entry.row[k] for k in ("speedup", "speedup_low", "speedup_high", "pairs")}, clock=clock)
         result.timed = True
@@ -195,4 +226,3 @@ def stream_policies(pipe, job: PolicyJob, plans: dict):
     """`run_policies` in a worker thread: yields progress strings and `PolicyResult`s (None as a heartbeat);
     closing the stream stops the run at the next step."""
     yield from stream_job(pipe.transformer, lambda emit: run_policies(pipe, job, plans, emit), 0.2, heartbeat_s=0.2)
-

@@ -41,8 +41,11 @@ def diff_image(a: np.ndarray, b: np.ndarray, gain: float = 4.0) -> np.ndarray:
 
 
 def compare_images(fora_image: np.ndarray, baseline_image: np.ndarray) -> dict:
-    return {"psnr": psnr(fora_image, baseline_image), "ssim": ssim(fora_image, baseline_image),
-            "mad": mean_abs_diff(fora_image, baseline_image)}  # fmt: skip
+    return {
+        "psnr": psnr(fora_image, baseline_image),
+        "ssim": ssim(fora_image, baseline_image),
+        "mad": mean_abs_diff(fora_image, baseline_image),
+    }
 
 
 class PredictionRecorder:

@@ -78,8 +78,16 @@ def set_sampler(pipe, sampler: str) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
-def generate_samples(pipe, indices: list[int], cell: Cell, base_seed: int, guidance: float, num_classes: int,
-                     batch_size: int, before_batch=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:  # fmt: skip
+def generate_samples(
+    pipe,
+    indices: list[int],
+    cell: Cell,
+    base_seed: int,
+    guidance: float,
+    num_classes: int,
+    batch_size: int,
+    before_batch=None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Images (uint8, n x H x W x 3), labels, seeds and seconds spent generating (pauses left out) of the given
     sample indices for one cell. `before_batch()` runs before each batch and returns the seconds it waited.
 
@@ -103,8 +111,13 @@ def generate_samples(pipe, indices: list[int], cell: Cell, base_seed: int, guida
             batch_seeds = seeds[b : b + batch_size]
             generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in batch_seeds]
             torch.manual_seed(int(batch_seeds[0]))
-            out = pipe(class_labels=labels[b : b + batch_size].tolist(), num_inference_steps=cell.steps,
-                       guidance_scale=guidance, generator=generators, output_type="np").images  # fmt: skip
+            out = pipe(
+                class_labels=labels[b : b + batch_size].tolist(),
+                num_inference_steps=cell.steps,
+                guidance_scale=guidance,
+                generator=generators,
+                output_type="np",
+            ).images
             images.append(to_uint8(out))
     finally:
         if config is not None:
@@ -140,8 +153,18 @@ def write_shard(path: str, images: np.ndarray, labels: np.ndarray, seeds: np.nda
     os.replace(tmp, path)
 
 
-def fill_shard(pipe, out_dir: str, cell: Cell, start: int, end: int, base_seed: int, guidance: float,
-               num_classes: int, batch_size: int, before_batch=None) -> int:  # fmt: skip
+def fill_shard(
+    pipe,
+    out_dir: str,
+    cell: Cell,
+    start: int,
+    end: int,
+    base_seed: int,
+    guidance: float,
+    num_classes: int,
+    batch_size: int,
+    before_batch=None,
+) -> int:
     """Make shard start..end exist; returns how many samples were generated (0 when it was already there).
 
     A shard of an earlier, smaller run (same start, fewer samples) is completed rather than regenerated.
@@ -157,8 +180,9 @@ def fill_shard(pipe, out_dir: str, cell: Cell, start: int, end: int, base_seed: 
                 old = candidate
                 break
     first = start + (len(have["images"]) if have else 0)
-    images, labels, seeds, seconds = generate_samples(pipe, list(range(first, end)), cell, base_seed, guidance,
-                                                      num_classes, batch_size, before_batch)  # fmt: skip
+    images, labels, seeds, seconds = generate_samples(
+        pipe, list(range(first, end)), cell, base_seed, guidance, num_classes, batch_size, before_batch
+    )
     if have:
         images = np.concatenate([have["images"], images])
         labels = np.concatenate([have["labels"], labels])

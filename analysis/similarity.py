@@ -48,8 +48,9 @@ class SimilarityRecorder:
         budget_bytes (`int`, defaults to 384 MiB): memory for the pairwise features of one run.
     """
 
-    def __init__(self, num_blocks: int, kinds=("attn", "mlp"), blocks: list[int] | None = None,
-                 budget_bytes: int = 384 * 2**20):  # fmt: skip
+    def __init__(
+        self, num_blocks: int, kinds=("attn", "mlp"), blocks: list[int] | None = None, budget_bytes: int = 384 * 2**20
+    ):
         self.num_blocks = num_blocks
         self.kinds = tuple(kinds)
         self.blocks = list(blocks) if blocks is not None else default_blocks(num_blocks)

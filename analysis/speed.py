@@ -15,8 +15,17 @@ from fora.timing import SpeedRatio, paired_speedup, paired_speedups, synchronize
 
 _sync = synchronize  # the name other analysis modules import
 
-__all__ = ["LoopTimer", "ModuleTimer", "SpeedRatio", "Timing", "cached_module_fraction", "paired_speedup",
-           "paired_speedups", "time_call", "time_generation"]  # fmt: skip
+__all__ = [
+    "LoopTimer",
+    "ModuleTimer",
+    "SpeedRatio",
+    "Timing",
+    "cached_module_fraction",
+    "paired_speedup",
+    "paired_speedups",
+    "time_call",
+    "time_generation",
+]
 
 
 class LoopTimer:
@@ -25,7 +34,10 @@ class LoopTimer:
     def __init__(self, transformer):
         self.device = next(transformer.parameters()).device
         self.first = self.last = None
-        self._handles = [transformer.register_forward_pre_hook(self._pre), transformer.register_forward_hook(self._post)]
+        self._handles = [
+            transformer.register_forward_pre_hook(self._pre),
+            transformer.register_forward_hook(self._post),
+        ]
 
     def _pre(self, module, args):
         if self.first is None:
@@ -62,7 +74,9 @@ class Timing:
         return statistics.median(self.loop_s)
 
 
-def time_generation(pipe, request: Request, repeats: int = 3, warmup: int = 1, images_out: list | None = None) -> Timing:
+def time_generation(
+    pipe, request: Request, repeats: int = 3, warmup: int = 1, images_out: list | None = None
+) -> Timing:
     """Median timings of `generate(pipe, request)` over `repeats` runs after `warmup` untimed runs."""
     timer = LoopTimer(pipe.transformer)
     timing = Timing()
@@ -96,8 +110,10 @@ class ModuleTimer:
         for name in module_names:
             m = modules[name]
             self._handles += [m.register_forward_pre_hook(self._pre), m.register_forward_hook(self._post_module)]
-        self._handles += [transformer.register_forward_pre_hook(self._pre),
-                          transformer.register_forward_hook(self._post_model)]  # fmt: skip
+        self._handles += [
+            transformer.register_forward_pre_hook(self._pre),
+            transformer.register_forward_hook(self._post_model),
+        ]
 
     def _pre(self, module, args):
         _sync(self.device)

@@ -47,8 +47,9 @@ class Emitter:
         self._events.put(("event", event))
 
 
-def stream_job(transformer, job: Callable[[Emitter], None], min_interval_s: float = 0.5,
-               heartbeat_s: float | None = None) -> Iterator:  # fmt: skip
+def stream_job(
+    transformer, job: Callable[[Emitter], None], min_interval_s: float = 0.5, heartbeat_s: float | None = None
+) -> Iterator:
     """Yield what `job(emit)` emits while it runs in a worker thread; its exceptions are raised here.
 
     Closing the returned generator (or an exception in the consumer) cancels the job at its next denoising step

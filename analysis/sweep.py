@@ -26,8 +26,21 @@ from .experiment import baseline_config, compare_runs, default_clock, num_blocks
 from .speed import SpeedRatio, cached_module_fraction
 from .stream import stream_job
 
-COLUMNS = ["interval", "full_steps", "speedup", "speedup_low", "speedup_high", "pairs", "ideal_speedup", "psnr",
-           "ssim", "mad", "cache_bytes", "baseline_s", "fora_s"]  # fmt: skip
+COLUMNS = [
+    "interval",
+    "full_steps",
+    "speedup",
+    "speedup_low",
+    "speedup_high",
+    "pairs",
+    "ideal_speedup",
+    "psnr",
+    "ssim",
+    "mad",
+    "cache_bytes",
+    "baseline_s",
+    "fora_s",
+]
 
 
 @dataclass
@@ -65,8 +78,17 @@ def _median(values):
     return statistics.median(finite) if finite else float("inf")
 
 
-def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], config: ForaConfig | None = None,
-              pairs: int = 3, warmup: int = 1, progress=None, clock: str | None = None) -> SweepResult:  # fmt: skip
+def run_sweep(
+    pipe,
+    request: Request,
+    intervals: list[int],
+    seeds: list[int],
+    config: ForaConfig | None = None,
+    pairs: int = 3,
+    warmup: int = 1,
+    progress=None,
+    clock: str | None = None,
+) -> SweepResult:
     """Baseline once per seed, then each interval; then each interval timed in pairs on the first seed.
 
     `config` carries the settings every interval shares (modules, window, blocks); `progress(done, total, message)`
@@ -112,34 +134,76 @@ def run_sweep(pipe, request: Request, intervals: list[int], seeds: list[int], co
         else:
             tick(f"timed round {r} of {rounds}: one pair per interval", 2 * k)
 
-    ratios = timed_speedups(pipe, first, [replace(config, interval=n) for n in intervals], pairs=pairs, warmup=warmup,
-                            clock=clock, on_round=timed_round)  # fmt: skip
+    ratios = timed_speedups(
+        pipe,
+        first,
+        [replace(config, interval=n) for n in intervals],
+        pairs=pairs,
+        warmup=warmup,
+        clock=clock,
+        on_round=timed_round,
+    )
     speeds = dict(zip(intervals, ratios))
     blocks = pipe.transformer.transformer_blocks
-    names = [f"transformer_blocks.{i}.{c}" for i in range(num_blocks(pipe)) for c in ("attn1", "attn2", "ff")
-             if getattr(blocks[i], c, None) is not None]  # fmt: skip
+    names = [
+        f"transformer_blocks.{i}.{c}"
+        for i in range(num_blocks(pipe))
+        for c in ("attn1", "attn2", "ff")
+        if getattr(blocks[i], c, None) is not None
+    ]
     fraction = cached_module_fraction(pipe, first, names)
     tick("share of time in the cached modules")
     bar.close()
     rows = []
     for n in intervals:
         ms = per_interval[n]
-        rows.append(SweepRow(n, ms[0]["full_steps"], ms[0]["ideal_speedup"], _median([m["psnr"] for m in ms]),
-                             _median([m["ssim"] for m in ms]), _median([m["mad"] for m in ms]), ms[0]["cache_bytes"],
-                             speeds[n]))  # fmt: skip
-    timing = (f"paired: {warmup} warm-up and {pairs} ABBA pairs per interval, interleaved, no observers, "
-              f"seed {seeds[0]}, {'process CPU time' if clock == 'cpu' else 'wall time'}")
+        rows.append(
+            SweepRow(
+                n,
+                ms[0]["full_steps"],
+                ms[0]["ideal_speedup"],
+                _median([m["psnr"] for m in ms]),
+                _median([m["ssim"] for m in ms]),
+                _median([m["mad"] for m in ms]),
+                ms[0]["cache_bytes"],
+                speeds[n],
+            )
+        )
+    timing = (
+        f"paired: {warmup} warm-up and {pairs} ABBA pairs per interval, interleaved, no observers, "
+        f"seed {seeds[0]}, {'process CPU time' if clock == 'cpu' else 'wall time'}"
+    )
     return SweepResult(first, config, list(seeds), rows, images, recorders, per_interval, fraction, timing)
 
 
-def stream_sweep(pipe, request: Request, intervals, seeds, config: ForaConfig, pairs: int = 3, warmup: int = 1,
-                 clock: str | None = None):  # fmt: skip
+def stream_sweep(
+    pipe,
+    request: Request,
+    intervals,
+    seeds,
+    config: ForaConfig,
+    pairs: int = 3,
+    warmup: int = 1,
+    clock: str | None = None,
+):
     """`run_sweep` in a worker thread: yields `(done, total, message)` after each run, then the `SweepResult`;
     `None` every half second in between. Closing the generator stops the sweep at the next denoising step.
     """
+
     def job(emit):  # noqa: E306
-        emit(run_sweep(pipe, request, intervals, seeds, config, pairs, warmup,
-                       progress=lambda d, t, msg: emit((d, t, msg)), clock=clock))  # fmt: skip
+        emit(
+            run_sweep(
+                pipe,
+                request,
+                intervals,
+                seeds,
+                config,
+                pairs,
+                warmup,
+                progress=lambda d, t, msg: emit((d, t, msg)),
+                clock=clock,
+            )
+        )
 
     yield from stream_job(pipe.transformer, job, min_interval_s=0.0, heartbeat_s=0.5)
 
@@ -157,11 +221,19 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--pairs", type=int, default=5, help="timed baseline/FORA pairs per interval (after a warm-up)")
-    p.add_argument("--clock", choices=["cpu", "wall"], default=None,
-                   help="what times the pairs (default: process CPU time on a CPU, robust on a shared machine; wall "
-                   "time with device events on a GPU)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's); the README's CPU measurements used 1")
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default=None,
+        help="what times the pairs (default: process CPU time on a CPU, robust on a shared machine; wall "
+        "time with device events on a GPU)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's); the README's CPU measurements used 1",
+    )
     p.add_argument("--out", default="out/sweep", help="output folder")
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -169,8 +241,12 @@ def main(argv=None) -> int:
             p.error(f"--threads={args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
     spec = resolve_model(args.model)
-    request = Request(label=args.class_label, prompt=args.prompt, steps=args.steps or (spec.default_steps if spec else 30),
-                      guidance=args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0))
+    request = Request(
+        label=args.class_label,
+        prompt=args.prompt,
+        steps=args.steps or (spec.default_steps if spec else 30),
+        guidance=args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0),
+    )
     try:
         pipe = load_pipeline(args.model, device=args.device)
         pipe.set_progress_bar_config(disable=True)
@@ -182,10 +258,14 @@ def main(argv=None) -> int:
     paths = write_outputs(result, args.out, args.model)
     print(f"{'N':>3} {'full':>4} {'ideal':>6} {'PSNR':>7} {'SSIM':>6} {'cache':>10}  speedup (median, range)")
     for r in result.rows:
-        print(f"{r.interval:>3} {r.full_steps:>4} {r.ideal_speedup:>5.2f}x {r.psnr:>7.2f} {r.ssim:>6.3f} "
-              f"{r.cache_bytes / 2**20:>6.2f} MiB  {r.speed}")  # fmt: skip
-    print(f"share of uncached transformer time in the cached modules: {result.cached_module_fraction:.1%} "
-          f"(speed: {result.timing})")
+        print(
+            f"{r.interval:>3} {r.full_steps:>4} {r.ideal_speedup:>5.2f}x {r.psnr:>7.2f} {r.ssim:>6.3f} "
+            f"{r.cache_bytes / 2**20:>6.2f} MiB  {r.speed}"
+        )
+    print(
+        f"share of uncached transformer time in the cached modules: {result.cached_module_fraction:.1%} "
+        f"(speed: {result.timing})"
+    )
     print(f"sweep took {time.perf_counter() - t0:.1f}s; wrote {', '.join(paths.values())}")
     return 0
 

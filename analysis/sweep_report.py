@@ -47,15 +47,23 @@ def write_outputs(result: SweepResult, out_dir: str, model: str) -> dict:
     """sweep.csv, sweep.json and report.html in `out_dir`; returns their paths by kind."""
     os.makedirs(out_dir, exist_ok=True)
     rows = [r.as_dict() for r in result.rows]
-    paths = {k: os.path.join(out_dir, f) for k, f in (("csv", "sweep.csv"), ("json", "sweep.json"),
-                                                      ("html", "report.html"))}  # fmt: skip
+    paths = {
+        k: os.path.join(out_dir, f) for k, f in (("csv", "sweep.csv"), ("json", "sweep.json"), ("html", "report.html"))
+    }
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"model": model, "request": result.request.__dict__, "config": result.config.__dict__,
-            "seeds": result.seeds, "rows": rows, "cached_module_fraction": result.cached_module_fraction,
-            "timing": result.timing, "per_seed": {str(k): v for k, v in result.per_seed.items()}}  # fmt: skip
+    meta = {
+        "model": model,
+        "request": result.request.__dict__,
+        "config": result.config.__dict__,
+        "seeds": result.seeds,
+        "rows": rows,
+        "cached_module_fraction": result.cached_module_fraction,
+        "timing": result.timing,
+        "per_seed": {str(k): v for k, v in result.per_seed.items()},
+    }
     with open(paths["json"], "w") as f:
         json.dump(_json_safe(meta), f, indent=1, allow_nan=False)
     with open(paths["html"], "w") as f:
@@ -80,14 +88,18 @@ def report_html(result: SweepResult, model: str) -> str:
         figs.append(pairwise_heatmap(base, base.blocks[-1], "attn"))
     for n, rec in recorders.items():
         if n != 1 and rec is not None:
-            figs += [schedule_strip(rec.num_steps, rec.full_steps, rec.timesteps), neighbour_heatmap(rec, "attn",
-                     f"N={n}: attention similarity between consecutive full steps")]  # fmt: skip
+            figs += [
+                schedule_strip(rec.num_steps, rec.full_steps, rec.timesteps),
+                neighbour_heatmap(rec, "attn", f"N={n}: attention similarity between consecutive full steps"),
+            ]
             break
     plots = "".join(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs))
     head = "".join(f"<th>{c}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS) + "</tr>" for r in rows)
-    grid = "".join(f"<figure><img src='{_png_data_uri(images[n], scale)}'><figcaption>N={n}</figcaption></figure>"
-                   for n in sorted(images))  # fmt: skip
+    grid = "".join(
+        f"<figure><img src='{_png_data_uri(images[n], scale)}'><figcaption>N={n}</figcaption></figure>"
+        for n in sorted(images)
+    )
     req, esc = result.request, html.escape
     model = esc(model)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>FORA interval sweep: {model}</title>

@@ -31,7 +31,16 @@ from tqdm.auto import tqdm
 from fora.loading import MODELS, ModelLoadError, load_pipeline, resolve_model
 
 from .distribution import PR_NEIGHBOURS
-from .samples import SAMPLERS, Cell, fill_shard, read_shard, remove_partial_writes, set_sampler, shard_path, shard_ranges
+from .samples import (
+    SAMPLERS,
+    Cell,
+    fill_shard,
+    read_shard,
+    remove_partial_writes,
+    set_sampler,
+    shard_path,
+    shard_ranges,
+)
 
 
 @dataclass(frozen=True)
@@ -50,29 +59,55 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
     p.add_argument("--steps", type=int, nargs="+", default=[20, 50], help="denoising steps T")
     p.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5, 7, 10], help="cache intervals N")
-    p.add_argument("--samples", type=int, nargs="+", default=[1000],
-                   help="samples per cell (>= 4): one value for every T, or one per --steps value")
+    p.add_argument(
+        "--samples",
+        type=int,
+        nargs="+",
+        default=[1000],
+        help="samples per cell (>= 4): one value for every T, or one per --steps value",
+    )
     p.add_argument("--out", required=True, help="output folder (samples, table, report)")
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddim (deterministic) or ddpm")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="base seed; sample i's noise seed derives from (seed, i)")
     p.add_argument("--batch-size", type=int, default=50, help="samples per pipeline call")
-    p.add_argument("--extractor", default=None, choices=("emoji", "inception"),
-                   help="feature space of the metrics (default: emoji for emoji-dit, inception otherwise)")
-    p.add_argument("--inception-weights", default=None, help="Inception-v3 weights file (torch-fidelity's "
-                   "pt_inception-2015-12-05 .pth); required by --extractor inception, never downloaded")
-    p.add_argument("--reference-npz", default=None, help="reference images for --extractor inception: an .npz "
-                   "with uint8 N x H x W x 3 under 'arr_0' or 'images' (e.g. the ADM evaluation batch)")
+    p.add_argument(
+        "--extractor",
+        default=None,
+        choices=("emoji", "inception"),
+        help="feature space of the metrics (default: emoji for emoji-dit, inception otherwise)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        default=None,
+        help="Inception-v3 weights file (torch-fidelity's "
+        "pt_inception-2015-12-05 .pth); required by --extractor inception, never downloaded",
+    )
+    p.add_argument(
+        "--reference-npz",
+        default=None,
+        help="reference images for --extractor inception: an .npz "
+        "with uint8 N x H x W x 3 under 'arr_0' or 'images' (e.g. the ADM evaluation batch)",
+    )
     p.add_argument("--reference-samples", type=int, default=10000, help="emoji reference renders (>= 2)")
     p.add_argument("--timing-pairs", type=int, default=3, help="ABBA pairs per cell for the speedup (0: skip)")
     p.add_argument("--timing-batch", type=int, default=8, help="samples per timed call")
-    p.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="wall time (a quiet machine), or this "
-                   "process's CPU time (CPU only: robust when other jobs share the machine)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="wall time (a quiet machine), or this "
+        "process's CPU time (CPU only: robust when other jobs share the machine)",
+    )
     p.add_argument("--skip-metrics", action="store_true", help="only generate the samples")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / processes)")
     p.add_argument("--device", default=None, help="default: this process's accelerator, else CPU")
-    p.add_argument("--pause-file", default=None, help="while this file exists, generation pauses between batches "
-                   "(and writes PAUSE_FILE + 'd'), so timings can be taken on a quiet machine")
+    p.add_argument(
+        "--pause-file",
+        default=None,
+        help="while this file exists, generation pauses between batches "
+        "(and writes PAUSE_FILE + 'd'), so timings can be taken on a quiet machine",
+    )
     return p.parse_args(argv)
 
 
@@ -81,14 +116,17 @@ def check_args(args) -> None:
     if resolve_model(args.model) is None and not os.path.isdir(args.model) and "/" not in args.model:
         raise ValueError(f"--model {args.model!r}: unknown; known: {', '.join(MODELS)}, a hub id or a pipeline folder")
     if len(args.samples) not in (1, len(args.steps)):
-        raise ValueError(f"--samples {' '.join(map(str, args.samples))}: give one value, or one per --steps value "
-                         f"({len(args.steps)})")  # fmt: skip
+        raise ValueError(
+            f"--samples {' '.join(map(str, args.samples))}: give one value, or one per --steps value "
+            f"({len(args.steps)})"
+        )
     least = PR_NEIGHBOURS + 1  # precision/recall need more samples than neighbours
     for n in args.samples:
         if n < least:
             raise ValueError(f"--samples {n}: allowed >= {least} (precision/recall use {PR_NEIGHBOURS} neighbours)")
-    args.samples_by_steps = dict(zip(args.steps, args.samples * len(args.steps) if len(args.samples) == 1 else
-                                     args.samples))  # fmt: skip
+    args.samples_by_steps = dict(
+        zip(args.steps, args.samples * len(args.steps) if len(args.samples) == 1 else args.samples)
+    )
     if args.batch_size < 1 or args.timing_batch < 1:
         raise ValueError(f"--batch-size {args.batch_size} / --timing-batch {args.timing_batch}: allowed >= 1")
     if args.timing_pairs < 0:
@@ -104,8 +142,9 @@ def check_args(args) -> None:
     if args.extractor == "inception":
         for name, path in (("--inception-weights", args.inception_weights), ("--reference-npz", args.reference_npz)):
             if not path or not os.path.isfile(path):
-                raise ValueError(f"{name} {path!r}: no such file; --extractor inception needs local files and "
-                                 "never downloads them")  # fmt: skip
+                raise ValueError(
+                    f"{name} {path!r}: no such file; --extractor inception needs local files and never downloads them"
+                )
     elif args.reference_samples < PR_NEIGHBOURS + 1:
         raise ValueError(f"--reference-samples {args.reference_samples}: allowed >= {PR_NEIGHBOURS + 1}")
     out = os.path.abspath(args.out)
@@ -131,8 +170,10 @@ def check_folder(out_dir: str, settings: Settings) -> bool:
     with open(path) as f:
         have = json.load(f)
     if have != asdict(settings):
-        raise ValueError(f"--out {out_dir!r} holds samples made with {have}; these settings are "
-                         f"{asdict(settings)}: use another --out")  # fmt: skip
+        raise ValueError(
+            f"--out {out_dir!r} holds samples made with {have}; these settings are "
+            f"{asdict(settings)}: use another --out"
+        )
     return True
 
 
@@ -164,8 +205,12 @@ def _wait_while_paused(pause_file: str | None, rank: int) -> float:
 
 def missing_shards(args, cells: list[Cell]) -> list[tuple[Cell, int, int]]:
     """Every shard not yet written whole (a file that does not hold exactly its samples counts as missing)."""
-    return [(c, s, e) for c in cells for s, e in shard_ranges(args.samples_by_steps[c.steps])
-            if read_shard(shard_path(args.out, c, s, e), s, e, args.seed) is None]  # fmt: skip
+    return [
+        (c, s, e)
+        for c in cells
+        for s, e in shard_ranges(args.samples_by_steps[c.steps])
+        if read_shard(shard_path(args.out, c, s, e), s, e, args.seed) is None
+    ]
 
 
 def lock_folder(out_dir: str):
@@ -177,8 +222,9 @@ def lock_folder(out_dir: str):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise ValueError(f"--out {out_dir!r} is in use by another run of analysis.table; wait for it or use "
-                         "another --out") from None  # fmt: skip
+        raise ValueError(
+            f"--out {out_dir!r} is in use by another run of analysis.table; wait for it or use another --out"
+        ) from None
     return handle
 
 
@@ -186,12 +232,27 @@ def generate_all(pipe, args, todo: list, num_classes: int, rank: int, world: int
     """Fill the missing shards that rank 0 listed; shard j of the list goes to process j % world."""
     mine = todo[rank::world]
     total = sum(e - s for _, s, e in mine)
-    bar = tqdm(total=total, desc=f"samples (process {rank})" if world > 1 else "samples", unit="img", position=rank,
-               disable=total == 0)  # fmt: skip
+    bar = tqdm(
+        total=total,
+        desc=f"samples (process {rank})" if world > 1 else "samples",
+        unit="img",
+        position=rank,
+        disable=total == 0,
+    )
     for cell, start, end in mine:
         bar.set_postfix_str(cell.name)
-        made = fill_shard(pipe, args.out, cell, start, end, args.seed, args.guidance, num_classes, args.batch_size,
-                          before_batch=lambda: _wait_while_paused(args.pause_file, rank))  # fmt: skip
+        made = fill_shard(
+            pipe,
+            args.out,
+            cell,
+            start,
+            end,
+            args.seed,
+            args.guidance,
+            num_classes,
+            args.batch_size,
+            before_batch=lambda: _wait_while_paused(args.pause_file, rank),
+        )
         bar.update(made)
     bar.close()
 
@@ -205,8 +266,18 @@ def prepare_folder(args, settings: "Settings", cells: list[Cell]) -> list:
     args.lock = lock_folder(args.out)
     remove_partial_writes(args.out)
     with open(os.path.join(args.out, "runs.jsonl"), "a") as f:  # every invocation, for the report
-        f.write(json.dumps({"command": args.command, "processes": args.processes, "threads": torch.get_num_threads(),
-                            "device": args.device, "date": _now()}) + "\n")  # fmt: skip
+        f.write(
+            json.dumps(
+                {
+                    "command": args.command,
+                    "processes": args.processes,
+                    "threads": torch.get_num_threads(),
+                    "device": args.device,
+                    "date": _now(),
+                }
+            )
+            + "\n"
+        )
     return missing_shards(args, cells)
 
 
@@ -239,11 +310,17 @@ def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell,
 
             def call():  # noqa: E306
                 g = [torch.Generator().manual_seed(i) for i in range(len(labels))]
-                pipe(class_labels=labels, num_inference_steps=cell.steps, guidance_scale=args.guidance, generator=g,
-                     output_type="np")  # fmt: skip
+                pipe(
+                    class_labels=labels,
+                    num_inference_steps=cell.steps,
+                    guidance_scale=args.guidance,
+                    generator=g,
+                    output_type="np",
+                )
 
-            ratio = paired_speedup(pipe, call, ForaConfig(interval=cell.interval), pairs=args.timing_pairs,
-                                   clock=args.clock)  # fmt: skip
+            ratio = paired_speedup(
+                pipe, call, ForaConfig(interval=cell.interval), pairs=args.timing_pairs, clock=args.clock
+            )
             cache[key] = {**ratio.as_dict(), "text": str(ratio), "batch": args.timing_batch}
             _write_json(path, cache)
             print(f"{cell.name}: {ratio}", flush=True)
@@ -283,16 +360,21 @@ def main(argv=None) -> int:
         print(f"error: --model {args.model!r}: {e}", file=sys.stderr)
         return 2
     if hasattr(pipe, "text_encoder"):
-        print(f"error: --model {args.model!r} is text-conditional; the table needs a class-conditional model "
-              "(a prompt set for text models is not part of this table)", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: --model {args.model!r} is text-conditional; the table needs a class-conditional model "
+            "(a prompt set for text models is not part of this table)",
+            file=sys.stderr,
+        )
         return 2
     pipe.set_progress_bar_config(disable=True)
     set_sampler(pipe, args.sampler)
     num_classes = pipe.transformer.config.num_embeds_ada_norm
     cells = [Cell(t, n) for t in sorted(set(args.steps)) for n in sorted(set(args.intervals))]
     settings = Settings(args.model, args.sampler, float(args.guidance), args.seed, args.extractor)
-    args.command = shlex.join((["torchrun", "--nproc_per_node", str(world)] if world > 1 else ["python"]) +
-                              ["-m", "analysis.table", *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    args.command = shlex.join(
+        (["torchrun", "--nproc_per_node", str(world)] if world > 1 else ["python"])
+        + ["-m", "analysis.table", *(sys.argv[1:] if argv is None else argv)]
+    )
     args.processes, args.num_classes = world, num_classes
     error, todo = None, []
     if state.is_main_process:
@@ -318,8 +400,10 @@ def main(argv=None) -> int:
     rows, notes = table_rows(args, cells, speed, extractor)
     write_outputs(args, settings, rows, notes)
     for r in rows:
-        print(" ".join(f"{c}={r[c]:.4g}" if isinstance(r[c], float) else f"{c}={r[c]}" for c in COLUMNS if c in r),
-              flush=True)  # fmt: skip
+        print(
+            " ".join(f"{c}={r[c]:.4g}" if isinstance(r[c], float) else f"{c}={r[c]}" for c in COLUMNS if c in r),
+            flush=True,
+        )
     print(f"wrote {args.out}/table.csv, table.json, report.html")
     return 0
 

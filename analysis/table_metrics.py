@@ -57,7 +57,6 @@ def reference_features(args, extractor) -> Features:
         with np.load(path) as z:
             return Features(z["features"], z["logits"] if "logits" in z else None)
     if args.extractor == "emoji":
-
         images = _interleaved_renders(per_class, REFERENCE_RENDER_SEED)
     else:
         with np.load(args.reference_npz) as z:
@@ -88,8 +87,12 @@ def _cell_features(extractor, args, cell: Cell, twin: Cell | None):
         if twins is not None:
             psnrs += [psnr(a, b, 255.0) for a, b in zip(shard["images"], next(twins)["images"])]
     has_logits = logits[0] is not None
-    return (Features(np.concatenate(feats), np.concatenate(logits) if has_logits else None), np.concatenate(labels),
-            seconds, psnrs)  # fmt: skip
+    return (
+        Features(np.concatenate(feats), np.concatenate(logits) if has_logits else None),
+        np.concatenate(labels),
+        seconds,
+        psnrs,
+    )
 
 
 def render_floor(args, extractor, real: Features, n: int) -> dict | None:
@@ -126,15 +129,21 @@ def table_rows(args, cells: list[Cell], speed: dict, extractor) -> tuple[list[di
     for cell in cells:
         twin = Cell(cell.steps, 1) if cell.interval > 1 and (cell.steps, 1) in intervals else None
         fake, labels, seconds, psnrs = _cell_features(extractor, args, cell, twin)
-        row = {"steps": cell.steps, "interval": cell.interval, "full_steps": len(full_steps(cell.steps, cell.interval)),
-               "ideal_speedup": ideal_speedup(cell.steps, cell.interval), "samples": len(labels),
-               **distribution_metrics(real, fake)}  # fmt: skip
+        row = {
+            "steps": cell.steps,
+            "interval": cell.interval,
+            "full_steps": len(full_steps(cell.steps, cell.interval)),
+            "ideal_speedup": ideal_speedup(cell.steps, cell.interval),
+            "samples": len(labels),
+            **distribution_metrics(real, fake),
+        }
         if differ:  # FD's bias depends on the sample count: compare across T at one count
             row["fid_common"] = frechet_distance(real.features, fake.features[:common])
         row["class_accuracy"] = float(np.mean(fake.logits.argmax(1) == labels)) if has_classes else float("nan")
         # median over samples of the PSNR against the same seed uncached (inf for N = 1 itself)
-        row["psnr_vs_uncached"] = float(np.median(psnrs)) if psnrs else (float("inf") if cell.interval == 1 else
-                                                                         float("nan"))  # fmt: skip
+        row["psnr_vs_uncached"] = (
+            float(np.median(psnrs)) if psnrs else (float("inf") if cell.interval == 1 else float("nan"))
+        )
         row["generation_process_s"] = seconds  # summed over the processes that made the shards, pauses left out
         timing = speed.get(cell)
         keys = ("speedup", "speedup_low", "speedup_high")

@@ -24,9 +24,26 @@ from PIL import Image
 from .samples import SHARD_SIZE, Cell, read_shard, shard_path
 from .table_metrics import reference_description
 
-COLUMNS = ["steps", "interval", "full_steps", "fid", "inception_score", "precision", "recall", "class_accuracy",
-           "speedup", "speedup_low", "speedup_high", "ideal_speedup", "psnr_vs_uncached", "samples",
-           "samples_per_s", "fid_common", "inception_score_std", "generation_process_s"]  # fmt: skip
+COLUMNS = [
+    "steps",
+    "interval",
+    "full_steps",
+    "fid",
+    "inception_score",
+    "precision",
+    "recall",
+    "class_accuracy",
+    "speedup",
+    "speedup_low",
+    "speedup_high",
+    "ideal_speedup",
+    "psnr_vs_uncached",
+    "samples",
+    "samples_per_s",
+    "fid_common",
+    "inception_score_std",
+    "generation_process_s",
+]
 GRID_PER_CLASS = 2  # samples of each class kept for the grids (sample indices c and c + classes)
 GRID_CLASSES = 6  # classes in the report's grid
 
@@ -56,17 +73,25 @@ def write_outputs(args, settings, rows: list[dict], notes: dict) -> None:
     whole under a temporary name and renamed, so a killed run never leaves a table without its grid."""
     out = args.out
     meta = {
-        "settings": settings.__dict__, "samples_per_cell": _per_cell(args.samples_by_steps),
-        "batch_size": args.batch_size, "reference": reference_description(args), "floor": notes["floor"],
-        "common_samples": notes["common_samples"], "command": args.command, "processes": args.processes,
+        "settings": settings.__dict__,
+        "samples_per_cell": _per_cell(args.samples_by_steps),
+        "batch_size": args.batch_size,
+        "reference": reference_description(args),
+        "floor": notes["floor"],
+        "common_samples": notes["common_samples"],
+        "command": args.command,
+        "processes": args.processes,
         "runs": _runs(out),
-        "timing": (f"paired_speedup: {args.timing_pairs} ABBA pairs of timed calls of {args.timing_batch} samples, "
-                   f"no observers, after a warm-up, {args.clock} clock; median of pair ratios (range)"
-                   if args.timing_pairs else "not measured (--timing-pairs 0)"),
+        "timing": (
+            f"paired_speedup: {args.timing_pairs} ABBA pairs of timed calls of {args.timing_batch} samples, "
+            f"no observers, after a warm-up, {args.clock} clock; median of pair ratios (range)"
+            if args.timing_pairs
+            else "not measured (--timing-pairs 0)"
+        ),
         "machine": machine(args),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "rows": [{k: _finite(v) for k, v in r.items()} for r in rows],
-    }  # fmt: skip
+    }
 
     def write_csv(f):
         text = io.TextIOWrapper(f, newline="")
@@ -78,8 +103,10 @@ def write_outputs(args, settings, rows: list[dict], notes: dict) -> None:
     _atomic(os.path.join(out, "table.csv"), write_csv)
     steps, intervals = sorted({r["steps"] for r in rows}), sorted({r["interval"] for r in rows})
     samples = collect_grid_samples(out, steps, intervals, args.num_classes, args.samples_by_steps, args.seed)
-    _atomic(os.path.join(out, "grid_samples.npz"),
-            lambda f: np.savez_compressed(f, images=samples, steps=steps, intervals=intervals))
+    _atomic(
+        os.path.join(out, "grid_samples.npz"),
+        lambda f: np.savez_compressed(f, images=samples, steps=steps, intervals=intervals),
+    )
     grid = class_grid(samples, list(range(min(GRID_CLASSES, samples.shape[2]))))
     _atomic(os.path.join(out, "grid.png"), lambda f: Image.fromarray(grid).save(f, format="PNG"))
     _atomic(os.path.join(out, "report.html"), lambda f: f.write(report_html(meta, grid).encode()))
@@ -89,10 +116,19 @@ def write_outputs(args, settings, rows: list[dict], notes: dict) -> None:
 def machine(args) -> dict:
     """What the timings ran on: they are only reused on the same machine, device, threads and clock."""
     device = args.device or "cpu"
-    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else (
-        platform.processor() or platform.machine())  # fmt: skip
-    return {"platform": platform.platform(), "processor": name, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": device, "clock": args.clock}  # fmt: skip
+    name = (
+        torch.cuda.get_device_name(torch.device(device))
+        if device.startswith("cuda")
+        else (platform.processor() or platform.machine())
+    )
+    return {
+        "platform": platform.platform(),
+        "processor": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "clock": args.clock,
+    }
 
 
 def _per_cell(samples_by_steps: dict[int, int]) -> int | dict[str, int]:
@@ -115,8 +151,9 @@ def load_table(folder: str) -> dict:
         return json.load(f)
 
 
-def collect_grid_samples(out: str, steps: list[int], intervals: list[int], num_classes: int,
-                         samples_by_steps: dict[int, int], seed: int) -> np.ndarray:  # fmt: skip
+def collect_grid_samples(
+    out: str, steps: list[int], intervals: list[int], num_classes: int, samples_by_steps: dict[int, int], seed: int
+) -> np.ndarray:
     """uint8 [T, N, class, k, H, W, 3]: the first k <= GRID_PER_CLASS samples of each class in every cell (sample
     indices c, c + classes, ...) from the first shard, small enough to commit, so the app can show a class across N
     without the shards. Models with more classes than the first shard holds keep the classes it holds."""
@@ -141,7 +178,10 @@ def class_grid(grid: np.ndarray, class_ids: list[int], scale: int = 3) -> np.nda
     for t in range(grid.shape[0]):
         for c in class_ids:
             for k in range(grid.shape[3]):
-                tiles = [np.pad(grid[t, n, c, k], ((1, 1), (1, 1), (0, 0)), constant_values=255) for n in range(grid.shape[1])]
+                tiles = [
+                    np.pad(grid[t, n, c, k], ((1, 1), (1, 1), (0, 0)), constant_values=255)
+                    for n in range(grid.shape[1])
+                ]
                 rows.append(np.concatenate(tiles, 1))
         rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))  # gap between T blocks
     image = np.concatenate(rows[:-1], 0)
@@ -164,15 +204,28 @@ def fid_heatmap(rows: list[dict], floor: dict | None = None) -> go.Figure:
     steps = sorted({r["steps"] for r in rows})
     intervals = sorted({r["interval"] for r in rows})
     key, note = _fd_key(rows)
-    z = [[next((r[key] for r in rows if r["steps"] == t and r["interval"] == n), None) for n in intervals]
-         for t in steps]  # fmt: skip
-    fig = go.Figure(go.Heatmap(z=z, x=[f"N={n}" for n in intervals], y=[f"T={t}" for t in steps], colorscale="Magma_r",
-                               text=[[f"{v:.2f}" if v is not None else "" for v in row] for row in z],
-                               texttemplate="%{text}", colorbar=dict(title="FD"),
-                               hovertemplate="%{y}, %{x}<br>FD %{z:.3f}<extra></extra>"))  # fmt: skip
+    z = [
+        [next((r[key] for r in rows if r["steps"] == t and r["interval"] == n), None) for n in intervals]
+        for t in steps
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"N={n}" for n in intervals],
+            y=[f"T={t}" for t in steps],
+            colorscale="Magma_r",
+            text=[[f"{v:.2f}" if v is not None else "" for v in row] for row in z],
+            texttemplate="%{text}",
+            colorbar=dict(title="FD"),
+            hovertemplate="%{y}, %{x}<br>FD %{z:.3f}<extra></extra>",
+        )
+    )
     floor_text = f"; real images: {floor['fid']:.2f}" if floor else ""
-    fig.update_layout(title=f"FD{note} (lower is better{floor_text})",
-                      height=140 + 60 * len(steps), margin=dict(l=60, r=20, t=50, b=40))  # fmt: skip
+    fig.update_layout(
+        title=f"FD{note} (lower is better{floor_text})",
+        height=140 + 60 * len(steps),
+        margin=dict(l=60, r=20, t=50, b=40),
+    )
     return fig
 
 
@@ -184,16 +237,27 @@ def fid_speed_plot(rows: list[dict], floor: dict | None = None) -> go.Figure:
         speed = [r["speedup"] for r in rs]
         err_hi = [(r["speedup_high"] - r["speedup"]) if r["speedup"] is not None else None for r in rs]
         err_lo = [(r["speedup"] - r["speedup_low"]) if r["speedup"] is not None else None for r in rs]
-        fig.add_trace(go.Scatter(
-            x=speed, y=[r[key] for r in rs], mode="lines+markers+text", name=f"T={t}",
-            text=[f"N={r['interval']}" for r in rs], textposition="top center",
-            error_x=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True),
-            hovertemplate="N=%{text}<br>speedup %{x:.2f}x<br>FD %{y:.3f}<extra>T=" + str(t) + "</extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=speed,
+                y=[r[key] for r in rs],
+                mode="lines+markers+text",
+                name=f"T={t}",
+                text=[f"N={r['interval']}" for r in rs],
+                textposition="top center",
+                error_x=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True),
+                hovertemplate="N=%{text}<br>speedup %{x:.2f}x<br>FD %{y:.3f}<extra>T=" + str(t) + "</extra>",
+            )
+        )
     if floor:
         fig.add_hline(y=floor["fid"], line_dash="dot", annotation_text=f"real renders ({floor['samples']})")
-    fig.update_layout(title="FD against measured speedup (bars: range over pairs)",
-                      xaxis_title="measured speedup (x)", yaxis_title=f"Frechet distance{note}", height=380,
-                      margin=dict(l=60, r=20, t=50, b=50))  # fmt: skip
+    fig.update_layout(
+        title="FD against measured speedup (bars: range over pairs)",
+        xaxis_title="measured speedup (x)",
+        yaxis_title=f"Frechet distance{note}",
+        height=380,
+        margin=dict(l=60, r=20, t=50, b=50),
+    )
     return fig
 
 
@@ -214,7 +278,9 @@ def _fmt(v, digits=3):
 def table_html(meta: dict) -> str:
     """The paper's layout: one block of rows per T, one row per N, metrics as columns."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in DISPLAY_HEADERS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in display_rows(meta))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in display_rows(meta)
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -223,28 +289,34 @@ def report_html(meta: dict, grid: np.ndarray) -> str:
     s = meta["settings"]
     figs = [fid_heatmap(meta["rows"], meta.get("floor")), fid_speed_plot(meta["rows"], meta.get("floor"))]
     plots = "".join(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs))
-    feature_note = ("Feature space: the project's emoji classifier (192 penultimate features; 32 class logits for the "
-                    "score). These numbers rank settings of this model; they are not comparable with Inception FID."
-                    if s["extractor"] == "emoji" else "Feature space: Inception-v3 (2048 pool features, 1008 logits).")
+    feature_note = (
+        "Feature space: the project's emoji classifier (192 penultimate features; 32 class logits for the "
+        "score). These numbers rank settings of this model; they are not comparable with Inception FID."
+        if s["extractor"] == "emoji"
+        else "Feature space: Inception-v3 (2048 pool features, 1008 logits)."
+    )
     esc = html.escape
-    runs = "".join(f"<br><code>{esc(r['command'])}</code> ({esc(r['date'])}, {esc(str(r['device']))}, "
-                   f"{r['threads']} thread(s) per process)" for r in meta.get("runs", []))  # fmt: skip
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>FORA Table 3: {esc(s['model'])}</title>
+    runs = "".join(
+        f"<br><code>{esc(r['command'])}</code> ({esc(r['date'])}, {esc(str(r['device']))}, "
+        f"{r['threads']} thread(s) per process)"
+        for r in meta.get("runs", [])
+    )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>FORA Table 3: {esc(s["model"])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{image-rendering:pixelated}}</style></head><body>
-<h1>FORA Table 3 on {esc(s['model'])}</h1>
-<p>{esc(s['sampler'].upper())} sampler, guidance {s['guidance']}, {esc(samples_text(meta))} class-balanced samples per
-cell (sample i: class i mod classes, noise seed from (base seed {s['seed']}, i); the same seeds in every cell).
-Reference: {esc(meta.get('reference', '-'))}.
-{esc(feature_note)} Speedup: {esc(meta['timing'])}. Measured on {esc(meta['machine']['processor'])}
-({esc(meta['machine']['device'])}, torch {esc(meta['machine']['torch'])}), {esc(meta['date'])}.</p>
+<h1>FORA Table 3 on {esc(s["model"])}</h1>
+<p>{esc(s["sampler"].upper())} sampler, guidance {s["guidance"]}, {esc(samples_text(meta))} class-balanced samples per
+cell (sample i: class i mod classes, noise seed from (base seed {s["seed"]}, i); the same seeds in every cell).
+Reference: {esc(meta.get("reference", "-"))}.
+{esc(feature_note)} Speedup: {esc(meta["timing"])}. Measured on {esc(meta["machine"]["processor"])}
+({esc(meta["machine"]["device"])}, torch {esc(meta["machine"]["torch"])}), {esc(meta["date"])}.</p>
 <p>Runs into this folder: {runs}</p>
 {table_html(meta)}
 <p>{esc(floor_text(meta))}</p>
 <h2>Plots</h2>{plots}
 <h2>The same samples across N</h2><p>Rows: the first samples of classes 0..{GRID_CLASSES - 1}, one block per T;
 columns: N =
-{', '.join(str(n) for n in sorted({r['interval'] for r in meta['rows']}))}.</p><img src="data:image/png;base64,{_png_base64(grid)}">
+{", ".join(str(n) for n in sorted({r["interval"] for r in meta["rows"]}))}.</p><img src="data:image/png;base64,{_png_base64(grid)}">
 </body></html>"""
 
 
@@ -253,43 +325,83 @@ def floor_text(meta: dict) -> str:
     parts = []
     floor = meta.get("floor")
     if floor:
-        parts.append(f"Real images scored like a generator ({floor['samples']} fresh renders of another seed against "
-                     f"the same reference): FD {floor['fid']:.3f}, precision {floor['precision']:.3f}, recall "
-                     f"{floor['recall']:.3f}, score {floor['inception_score']:.2f}. FD is biased upwards at a finite "
-                     "sample count: this, not 0, is what 'as good as real' reads.")  # fmt: skip
+        parts.append(
+            f"Real images scored like a generator ({floor['samples']} fresh renders of another seed against "
+            f"the same reference): FD {floor['fid']:.3f}, precision {floor['precision']:.3f}, recall "
+            f"{floor['recall']:.3f}, score {floor['inception_score']:.2f}. FD is biased upwards at a finite "
+            "sample count: this, not 0, is what 'as good as real' reads."
+        )
     if meta.get("common_samples"):
-        parts.append(f"Sample counts differ between T: compare FD across T with 'FD at common n' "
-                     f"(the first {meta['common_samples']} samples of every cell).")  # fmt: skip
+        parts.append(
+            f"Sample counts differ between T: compare FD across T with 'FD at common n' "
+            f"(the first {meta['common_samples']} samples of every cell)."
+        )
     return " ".join(parts)
 
 
-DISPLAY_HEADERS = ["T", "N", "full steps", "samples", "FD", "FD at common n", "score", "precision", "recall",
-                   "class acc.", "PSNR vs N=1", "speedup (range)", "ideal", "samples/s"]  # fmt: skip
+DISPLAY_HEADERS = [
+    "T",
+    "N",
+    "full steps",
+    "samples",
+    "FD",
+    "FD at common n",
+    "score",
+    "precision",
+    "recall",
+    "class acc.",
+    "PSNR vs N=1",
+    "speedup (range)",
+    "ideal",
+    "samples/s",
+]
 
 
 def display_rows(meta: dict) -> list[list]:
     """The table as rows of text for a UI, in the order of `DISPLAY_HEADERS`."""
     out = []
     for r in meta["rows"]:
-        speed = (f"{r['speedup']:.2f}x ({r['speedup_low']:.2f}-{r['speedup_high']:.2f})"
-                 if r.get("speedup") is not None else "-")  # fmt: skip
+        speed = (
+            f"{r['speedup']:.2f}x ({r['speedup_low']:.2f}-{r['speedup_high']:.2f})"
+            if r.get("speedup") is not None
+            else "-"
+        )
         psnr = "inf" if r["interval"] == 1 else _fmt(r.get("psnr_vs_uncached"), 1)
-        out.append([r["steps"], r["interval"], r["full_steps"], r["samples"], _fmt(r["fid"]), _fmt(r.get("fid_common")),
-                    _fmt(r["inception_score"], 2), _fmt(r["precision"]), _fmt(r["recall"]),
-                    _fmt(r["class_accuracy"]), psnr, speed, f"{r['ideal_speedup']:.2f}x",
-                    _fmt(r.get("samples_per_s"), 1)])  # fmt: skip
+        out.append(
+            [
+                r["steps"],
+                r["interval"],
+                r["full_steps"],
+                r["samples"],
+                _fmt(r["fid"]),
+                _fmt(r.get("fid_common")),
+                _fmt(r["inception_score"], 2),
+                _fmt(r["precision"]),
+                _fmt(r["recall"]),
+                _fmt(r["class_accuracy"]),
+                psnr,
+                speed,
+                f"{r['ideal_speedup']:.2f}x",
+                _fmt(r.get("samples_per_s"), 1),
+            ]
+        )
     return out
 
 
 def describe(meta: dict) -> str:
     """How the table was made, in Markdown: settings, samples, feature space, timing, machine, command."""
     s = meta["settings"]
-    space = ("the project's emoji classifier (192 penultimate features; its 32 class logits for the score): these "
-             "numbers rank settings of this model and are not comparable with Inception FID"
-             if s["extractor"] == "emoji" else "Inception-v3")  # fmt: skip
-    return (f"**{s['model']}**, {s['sampler'].upper()} sampler, guidance {s['guidance']}, "
-            f"{samples_text(meta)} class-balanced samples per cell, the same seeds in every cell (base seed "
-            f"{s['seed']}). Reference: {meta.get('reference', '-')}. Feature space: {space}. Speedup and samples/s: "
-            f"{meta['timing']}, on {meta['machine']['processor']} ({meta['machine']['device']}, "
-            f"{meta['machine']['threads']} threads, torch {meta['machine']['torch']}), {meta['date']}. "
-            f"{floor_text(meta)}\n\nRegenerate (resumable): `{meta['command']}`")
+    space = (
+        "the project's emoji classifier (192 penultimate features; its 32 class logits for the score): these "
+        "numbers rank settings of this model and are not comparable with Inception FID"
+        if s["extractor"] == "emoji"
+        else "Inception-v3"
+    )
+    return (
+        f"**{s['model']}**, {s['sampler'].upper()} sampler, guidance {s['guidance']}, "
+        f"{samples_text(meta)} class-balanced samples per cell, the same seeds in every cell (base seed "
+        f"{s['seed']}). Reference: {meta.get('reference', '-')}. Feature space: {space}. Speedup and samples/s: "
+        f"{meta['timing']}, on {meta['machine']['processor']} ({meta['machine']['device']}, "
+        f"{meta['machine']['threads']} threads, torch {meta['machine']['torch']}), {meta['date']}. "
+        f"{floor_text(meta)}\n\nRegenerate (resumable): `{meta['command']}`"
+    )

@@ -20,10 +20,17 @@ def main(args):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app.demo.queue(max_size=16, default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
-                                                                    prevent_thread_lock=True, quiet=True)  # fmt: skip
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync"]  # fmt: skip
+    app.demo.queue(max_size=16, default_concurrency_limit=1).launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     fresh, cached = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, args=flags)
@@ -42,8 +49,9 @@ def main(args):
             page.wait_for_timeout(300)  # let the widgets settle before the click
             t0 = time.perf_counter()
             button.click()
-            page.wait_for_function(f"document.body.innerText.includes('images ready: N={n}, seed {s},')",
-                                   timeout=120_000)  # fmt: skip
+            page.wait_for_function(
+                f"document.body.innerText.includes('images ready: N={n}, seed {s},')", timeout=120_000
+            )
             page.wait_for_selector("#fora img", timeout=10_000)
             images = time.perf_counter() - t0
             page.wait_for_function(f"document.body.innerText.includes('done: N={n}, seed {s},')", timeout=120_000)
@@ -56,10 +64,15 @@ def main(args):
         browser.close()
     app.demo.close()
     print(f"click -> images, metrics, heatmaps (embedded model, 30 steps, guidance 3, {args.repeats} repeats, median)")
-    for name, runs, target in (("new seed (baseline + FORA)", fresh, 3.0), ("interval changed (cached baseline)", cached, 1.5)):
+    for name, runs, target in (
+        ("new seed (baseline + FORA)", fresh, 3.0),
+        ("interval changed (cached baseline)", cached, 1.5),
+    ):
         images, done = [r[0] for r in runs], [r[1] for r in runs]
-        print(f"  {name}: images {statistics.median(images):.2f} s (target <= {target:g} s), speedup filled in "
-              f"{statistics.median(done):.2f} s; images all: " + ", ".join(f"{t:.2f}" for t in images))
+        print(
+            f"  {name}: images {statistics.median(images):.2f} s (target <= {target:g} s), speedup filled in "
+            f"{statistics.median(done):.2f} s; images all: " + ", ".join(f"{t:.2f}" for t in images)
+        )
 
 
 if __name__ == "__main__":

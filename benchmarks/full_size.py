@@ -25,10 +25,18 @@ def _vae(sample_size: int):
     from diffusers import AutoencoderKL
 
     # the config of stabilityai/sd-vae-ft-ema (what DiT-XL/2 and PixArt-alpha decode with)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-                         layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=sample_size,
-                         scaling_factor=0.18215).eval()  # fmt: skip
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=sample_size,
+        scaling_factor=0.18215,
+    ).eval()
 
 
 def build_dit(path: str) -> None:
@@ -37,9 +45,18 @@ def build_dit(path: str) -> None:
 
     torch.manual_seed(0)
     # facebook/DiT-XL-2-256 transformer config
-    transformer = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                        num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000,
-                                        norm_type="ada_norm_zero", activation_fn="gelu-approximate").eval()  # fmt: skip
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=16,
+        attention_head_dim=72,
+        in_channels=4,
+        out_channels=8,
+        num_layers=28,
+        sample_size=32,
+        patch_size=2,
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_zero",
+        activation_fn="gelu-approximate",
+    ).eval()
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
     id2label = {i: f"class {i}" for i in range(1000)}
     DiTPipeline(transformer, _vae(256), scheduler, id2label=id2label).save_pretrained(path)
@@ -56,25 +73,58 @@ def build_pixart(path: str) -> None:
     torch.manual_seed(0)
     text_dim = 64  # a small T5 stands in for T5-XXL (4096 wide): the caption projection is its only consumer
     # PixArt-alpha/PixArt-XL-2-512x512 transformer config, except caption_channels
-    transformer = PixArtTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                           num_layers=28, sample_size=64, patch_size=2, caption_channels=text_dim,
-                                           cross_attention_dim=1152, norm_type="ada_norm_single",
-                                           num_embeds_ada_norm=1000, activation_fn="gelu-approximate",
-                                           attention_bias=True, norm_elementwise_affine=False, norm_eps=1e-6).eval()  # fmt: skip
-    text = T5EncoderModel(T5Config(vocab_size=32, d_model=text_dim, d_ff=128, d_kv=16, num_layers=2, num_heads=4,
-                                   pad_token_id=0, eos_token_id=1)).eval()  # fmt: skip
-    PixArtAlphaPipeline(tokenizer=make_tokenizer(), text_encoder=text, vae=_vae(512), transformer=transformer,
-                        scheduler=DPMSolverMultistepScheduler()).save_pretrained(path)  # fmt: skip
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=16,
+        attention_head_dim=72,
+        in_channels=4,
+        out_channels=8,
+        num_layers=28,
+        sample_size=64,
+        patch_size=2,
+        caption_channels=text_dim,
+        cross_attention_dim=1152,
+        norm_type="ada_norm_single",
+        num_embeds_ada_norm=1000,
+        activation_fn="gelu-approximate",
+        attention_bias=True,
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    ).eval()
+    text = T5EncoderModel(
+        T5Config(
+            vocab_size=32,
+            d_model=text_dim,
+            d_ff=128,
+            d_kv=16,
+            num_layers=2,
+            num_heads=4,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    ).eval()
+    PixArtAlphaPipeline(
+        tokenizer=make_tokenizer(),
+        text_encoder=text,
+        vae=_vae(512),
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    ).save_pretrained(path)
 
 
-MODELS = {"dit-xl-2-256": (build_dit, ["--class", "207"]),
-          "pixart-alpha-512": (build_pixart, ["--prompt", "an astronaut riding a horse on the moon"])}  # fmt: skip
+MODELS = {
+    "dit-xl-2-256": (build_dit, ["--class", "207"]),
+    "pixart-alpha-512": (build_pixart, ["--prompt", "an astronaut riding a horse on the moon"]),
+}
 
 
 def measured(cmd: list[str], env: dict | None = None) -> dict:
     """Run `cmd` in a fresh process: wall seconds, peak resident memory (GiB), exit code, the last output lines."""
-    wrapper = [sys.executable, "-c", "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-               "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"]  # fmt: skip
+    wrapper = [
+        sys.executable,
+        "-c",
+        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)",
+    ]
     t0 = time.perf_counter()
     out = subprocess.run(wrapper + cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
     wall = time.perf_counter() - t0
@@ -110,8 +160,21 @@ print(json.dumps({"load_s": round(load_s, 1), "images_s": round(times["images re
 def run_cli(out: str, steps: int) -> dict:
     res = {}
     for key, (_, cond) in MODELS.items():
-        cmd = [sys.executable, "-m", "fora", "generate", "--model", os.path.join(out, key), "--steps", str(steps),
-               "--interval", "2", *cond, "--out", os.path.join(out, f"{key}.png")]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "fora",
+            "generate",
+            "--model",
+            os.path.join(out, key),
+            "--steps",
+            str(steps),
+            "--interval",
+            "2",
+            *cond,
+            "--out",
+            os.path.join(out, f"{key}.png"),
+        ]
         res[key] = measured(cmd, {"OMP_NUM_THREADS": "2"})
         print(key, "fora generate:", json.dumps(res[key]), flush=True)
     return res
@@ -138,7 +201,10 @@ def recorder_bound() -> dict:
     from fora.observers import Observation, RunEvent
 
     res = {}
-    for key, tokens, kinds in (("dit-xl-2-256", 256, ("attn", "mlp")), ("pixart-alpha-512", 1024, ("attn", "cross_attn", "mlp"))):
+    for key, tokens, kinds in (
+        ("dit-xl-2-256", 256, ("attn", "mlp")),
+        ("pixart-alpha-512", 1024, ("attn", "cross_attn", "mlp")),
+    ):
         rec = SimilarityRecorder(28, kinds=kinds)
         rec.on_run_start(RunEvent(250, tuple(range(250))))
         x = torch.zeros(2, tokens, 1152)

@@ -28,7 +28,9 @@ def synthetic_recorder(num_blocks: int = 28, steps: int = 250, interval: int = 1
         t = 999.0 * (1 - step / steps)
         for block in range(num_blocks):
             for kind in ("attn", "mlp"):
-                drift = 0.02 + 0.4 * (t / 1000) ** 2 * (1 + block / num_blocks)  # early steps and deep layers move more
+                drift = 0.02 + 0.4 * (t / 1000) ** 2 * (
+                    1 + block / num_blocks
+                )  # early steps and deep layers move more
                 state[(block, kind)] = state[(block, kind)] + drift * torch.randn(2, tokens, width, generator=g)
                 if step in full:
                     rec(Observation(block, kind, step, steps, t, state[(block, kind)]))

@@ -50,15 +50,18 @@ def main(argv=None) -> int:
         if r and r % 10 == 0:
             print(f"round {r} of {k}", flush=True)
 
-    ratios = paired_speedups(pipe, lambda: generate(pipe, request), configs, pairs=args.rounds, clock=args.clock,
-                             on_round=progress)
+    ratios = paired_speedups(
+        pipe, lambda: generate(pipe, request), configs, pairs=args.rounds, clock=args.clock, on_round=progress
+    )
     print(f"emoji-dit T={args.steps}, {args.threads} thread(s), {args.clock} clock, {args.rounds} interleaved pairs")
     for n, r in zip(args.intervals, ratios):
         sd = statistics.stdev(r.ratios) / r.ratio
         robust = 1.4826 * statistics.median(abs(x - r.ratio) for x in r.ratios) / r.ratio
-        print(f"  N={n:>2}: median {r.ratio:.3f}x (range {r.low:.3f}-{r.high:.3f}); one pair's sd {sd:.1%}, robust "
-              f"{robust:.1%}; pairs for two runs to agree within 5% if pairs were independent: "
-              f"{pairs_needed(robust)} (robust) to {pairs_needed(sd)} (sd)")
+        print(
+            f"  N={n:>2}: median {r.ratio:.3f}x (range {r.low:.3f}-{r.high:.3f}); one pair's sd {sd:.1%}, robust "
+            f"{robust:.1%}; pairs for two runs to agree within 5% if pairs were independent: "
+            f"{pairs_needed(robust)} (robust) to {pairs_needed(sd)} (sd)"
+        )
     return 0
 
 

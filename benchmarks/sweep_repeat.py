@@ -26,8 +26,11 @@ def _report(name: str, runs: list[list[dict]]) -> None:
             flags.append("N=1 off 1.00 by > 0.03")
         if row["interval"] > 1 and any(s > row["ideal_speedup"] for s in speeds):  # N=1: the +-0.03 rule
             flags.append("above ideal")
-        print(f"  N={row['interval']:>2}: " + ", ".join(f"{s:.3f}x" for s in speeds)
-              + f"  spread {spread:.1%}  ideal {row['ideal_speedup']:.2f}x  {'; '.join(flags) or 'ok'}")
+        print(
+            f"  N={row['interval']:>2}: "
+            + ", ".join(f"{s:.3f}x" for s in speeds)
+            + f"  spread {spread:.1%}  ideal {row['ideal_speedup']:.2f}x  {'; '.join(flags) or 'ok'}"
+        )
 
 
 def app_runs(args) -> list[list[dict]]:
@@ -38,13 +41,29 @@ def app_runs(args) -> list[list[dict]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app.demo.queue(max_size=16, default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
-                                                                    prevent_thread_lock=True, quiet=True)  # fmt: skip
+    app.demo.queue(max_size=16, default_concurrency_limit=1).launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
     runs = []
     for _ in range(args.runs):
-        out = client.predict("emoji-dit", args.label, "", args.steps, 0, 3.0, [str(n) for n in args.intervals],
-                             args.seeds, True, True, True, 0, 0, "", api_name="/sweep")  # fmt: skip
+        out = client.predict(
+            "emoji-dit",
+            args.label,
+            "",
+            args.steps,
+            0,
+            3.0,
+            [str(n) for n in args.intervals],
+            args.seeds,
+            True,
+            True,
+            True,
+            0,
+            0,
+            "",
+            api_name="/sweep",
+        )
         paths = [f["path"] if isinstance(f, dict) else f for f in out[3]]
         runs.append(json.load(open(next(p for p in paths if p.endswith(".json"))))["rows"])
     app.demo.close()
@@ -52,18 +71,22 @@ def app_runs(args) -> list[list[dict]]:
 
 
 def cli_runs(args) -> list[list[dict]]:
+    import torch
+
     from analysis.sweep import run_sweep
     from fora.loading import load_pipeline
-
-    import torch
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("emoji-dit", device="cpu")
     pipe.set_progress_bar_config(disable=True)
     request = Request(label=args.label, steps=args.steps, guidance=3.0)
-    return [[r.as_dict() for r in run_sweep(pipe, request, args.intervals, list(range(args.seeds)),
-                                            pairs=args.cli_pairs).rows]
-            for _ in range(args.runs)]
+    return [
+        [
+            r.as_dict()
+            for r in run_sweep(pipe, request, args.intervals, list(range(args.seeds)), pairs=args.cli_pairs).rows
+        ]
+        for _ in range(args.runs)
+    ]
 
 
 def main(argv=None) -> int:

@@ -1,14 +1,25 @@
 """FORA (Fast-Forward Caching) for diffusion transformers, as hooks on Hugging Face diffusers models."""
 
 from .cache import ForaConfig, ForaHandle, ForaRun, apply_fora, get_fora_handle, remove_fora
-from .plan import CachePlan
 from .observers import Observation, RunEvent
+from .plan import CachePlan
 from .schedule import full_steps, ideal_speedup, is_full_step
 
 __all__ = [
-    "ForaConfig", "ForaHandle", "ForaRun", "apply_fora", "get_fora_handle", "remove_fora",
-    "CachePlan", "Observation", "RunEvent", "full_steps", "ideal_speedup", "is_full_step", "load_pipeline",
-]  # fmt: skip
+    "ForaConfig",
+    "ForaHandle",
+    "ForaRun",
+    "apply_fora",
+    "get_fora_handle",
+    "remove_fora",
+    "CachePlan",
+    "Observation",
+    "RunEvent",
+    "full_steps",
+    "ideal_speedup",
+    "is_full_step",
+    "load_pipeline",
+]
 
 
 def __getattr__(name):

@@ -117,8 +117,9 @@ def block_step_forward(
         x = x * (1 + mod[_SCALE_MSA]) + mod[_SHIFT_MSA]
         if not zero:
             x = x.squeeze(1)  # as diffusers' block does for ada_norm_single (a no-op unless the sequence has length 1)
-        attn_out = computed["attn"] = block.attn1(x, encoder_hidden_states=None, attention_mask=attention_mask,
-                                                  **cross_attention_kwargs)  # fmt: skip
+        attn_out = computed["attn"] = block.attn1(
+            x, encoder_hidden_states=None, attention_mask=attention_mask, **cross_attention_kwargs
+        )
     hidden_states = _gated_residual(mod[_GATE_MSA], attn_out, hidden_states)
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
@@ -127,9 +128,12 @@ def block_step_forward(
         cross_out = cached.get("cross_attn")
         if cross_out is None:
             x = block.norm2(hidden_states) if zero else hidden_states  # PixArt applies no norm before attn2
-            cross_out = computed["cross_attn"] = block.attn2(x, encoder_hidden_states=encoder_hidden_states,
-                                                             attention_mask=encoder_attention_mask,
-                                                             **cross_attention_kwargs)  # fmt: skip
+            cross_out = computed["cross_attn"] = block.attn2(
+                x,
+                encoder_hidden_states=encoder_hidden_states,
+                attention_mask=encoder_attention_mask,
+                **cross_attention_kwargs,
+            )
         hidden_states = cross_out + hidden_states
 
     mlp_out = cached.get("mlp")

@@ -89,8 +89,14 @@ class ForaConfig:
                 raise ValueError(f"plan={self.plan!r}: must be a CachePlan or the path of a plan JSON file")
             self.plan = CachePlan.load(self.plan)
         if self.plan is not None:
-            fixed = {"cache_attn": True, "cache_cross_attn": True, "cache_mlp": True, "cache_start": 0, "cache_end": None,
-                     "blocks": None}  # fmt: skip
+            fixed = {
+                "cache_attn": True,
+                "cache_cross_attn": True,
+                "cache_mlp": True,
+                "cache_start": 0,
+                "cache_end": None,
+                "blocks": None,
+            }
             changed = [k for k, v in fixed.items() if getattr(self, k) != v]
             if changed:
                 raise ValueError(f"plan and {', '.join(changed)} cannot be combined: the plan says what is cached")
@@ -99,7 +105,9 @@ class ForaConfig:
         if not isinstance(self.cache_start, int) or self.cache_start < 0:
             raise ValueError(f"cache_start={self.cache_start!r}: must be an integer >= 0")
         if self.cache_end is not None and (not isinstance(self.cache_end, int) or self.cache_end <= self.cache_start):
-            raise ValueError(f"cache_end={self.cache_end!r}: must be None or an integer > cache_start={self.cache_start}")
+            raise ValueError(
+                f"cache_end={self.cache_end!r}: must be None or an integer > cache_start={self.cache_start}"
+            )
         if self.blocks is not None:
             self.blocks = tuple(self.blocks)
             if not self.blocks or any(not isinstance(b, int) or b < 0 for b in self.blocks):
@@ -128,7 +136,9 @@ class ForaConfig:
             self.plan.check_num_steps(num_steps)
             return
         if self.interval > 1 and self.interval > num_steps - 1:
-            raise ValueError(f"interval={self.interval} out of range for {num_steps} steps: allowed 1..{num_steps - 1}")
+            raise ValueError(
+                f"interval={self.interval} out of range for {num_steps} steps: allowed 1..{num_steps - 1}"
+            )
 
 
 @dataclass
@@ -160,9 +170,11 @@ class ForaRun:
         return [_first_value(t) for t in self.raw_timesteps]
 
     def summary(self) -> str:
-        return (f"{self.num_steps} steps, {len(self.full_steps)} full / {len(self.reuse_steps)} reuse; "
-                f"module calls computed {self.computed_calls}, reused {self.reused_calls}; "
-                f"cache {self.cache_bytes / 2**20:.2f} MiB")  # fmt: skip
+        return (
+            f"{self.num_steps} steps, {len(self.full_steps)} full / {len(self.reuse_steps)} reuse; "
+            f"module calls computed {self.computed_calls}, reused {self.reused_calls}; "
+            f"cache {self.cache_bytes / 2**20:.2f} MiB"
+        )
 
 
 class _CacheSlot:
@@ -191,7 +203,7 @@ class _CacheSlot:
         for j in range(min(self.order, len(self.diffs))):
             new.append((new[j] - self.diffs[j]) / (step - self.diff_steps[-1 - j]))
         self.diffs = new
-        self.diff_steps = (self.diff_steps + [step])[-(self.order + 1):]
+        self.diff_steps = (self.diff_steps + [step])[-(self.order + 1) :]
 
     def value(self, step: int) -> torch.Tensor:
         if not self.order or len(self.diffs) < 2:
@@ -523,7 +535,9 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
     pipeline = model if hasattr(model, "transformer") and isinstance(model.transformer, torch.nn.Module) else None
     transformer = pipeline.transformer if pipeline is not None else model
     if not isinstance(transformer, torch.nn.Module):
-        raise TypeError(f"apply_fora needs a diffusers pipeline with .transformer or a torch module, got {type(model)}")
+        raise TypeError(
+            f"apply_fora needs a diffusers pipeline with .transformer or a torch module, got {type(model)}"
+        )
     if getattr(transformer, "_fora_handle", None) is not None:
         raise ValueError("FORA is already applied to this model; call remove_fora() before applying it again")
     if getattr(transformer, "_peer_handle", None) is not None:
@@ -551,7 +565,9 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
                     use = kind in config.plan.steps
                 targets.append((_CacheSlot(f"{name}.{child}", index, kind, use), module))
     if not targets:
-        raise ValueError(f"no transformer blocks matched block_regex={config.block_regex!r} in {type(transformer).__name__}")
+        raise ValueError(
+            f"no transformer blocks matched block_regex={config.block_regex!r} in {type(transformer).__name__}"
+        )
     if config.blocks is not None:
         found = {slot.block for slot, _ in targets}
         missing = sorted(set(config.blocks) - found)
@@ -566,8 +582,9 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         plan.check_model(len(indices), {slot.kind for slot, _ in targets})
         for slot, _ in targets:
             slot.order = plan.order if slot.enabled else 0
-        handle._plan_reused = [sum(not plan.computes(slot.kind, slot.block, s) for slot, _ in targets)
-                               for s in range(plan.num_steps)]  # fmt: skip
+        handle._plan_reused = [
+            sum(not plan.computes(slot.kind, slot.block, s) for slot, _ in targets) for s in range(plan.num_steps)
+        ]
 
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_ForaRunHook(handle), _FORA_HOOK)
     by_block = {}

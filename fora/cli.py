@@ -19,19 +19,31 @@ def _generate(args) -> int:
     spec = resolve_model(args.model)
     steps = args.steps or (spec.default_steps if spec else 30)
     guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
-    if args.plan is not None:  # a cache plan (e.g. from analysis.calibrate) replaces the interval; its T is the default
-        fixed = {"--interval": args.interval is not None, "--cache-start": args.cache_start != 0,
-                 "--cache-end": args.cache_end is not None, "--no-cache-attn": args.no_cache_attn,
-                 "--no-cache-cross-attn": args.no_cache_cross_attn, "--no-cache-mlp": args.no_cache_mlp}  # fmt: skip
+    if (
+        args.plan is not None
+    ):  # a cache plan (e.g. from analysis.calibrate) replaces the interval; its T is the default
+        fixed = {
+            "--interval": args.interval is not None,
+            "--cache-start": args.cache_start != 0,
+            "--cache-end": args.cache_end is not None,
+            "--no-cache-attn": args.no_cache_attn,
+            "--no-cache-cross-attn": args.no_cache_cross_attn,
+            "--no-cache-mlp": args.no_cache_mlp,
+        }
         given = [k for k, v in fixed.items() if v]
         if given:
             raise ValueError(f"--plan and {', '.join(given)} cannot be combined: the plan says what is cached")
         config = ForaConfig(plan=args.plan)
         steps = config.plan.num_steps if args.steps is None else args.steps
     else:
-        config = ForaConfig(interval=3 if args.interval is None else args.interval, cache_attn=not args.no_cache_attn,
-                            cache_cross_attn=not args.no_cache_cross_attn, cache_mlp=not args.no_cache_mlp,
-                            cache_start=args.cache_start, cache_end=args.cache_end)  # fmt: skip
+        config = ForaConfig(
+            interval=3 if args.interval is None else args.interval,
+            cache_attn=not args.no_cache_attn,
+            cache_cross_attn=not args.no_cache_cross_attn,
+            cache_mlp=not args.no_cache_mlp,
+            cache_start=args.cache_start,
+            cache_end=args.cache_end,
+        )
     config.check_num_steps(steps)
     if args.time_pairs < 0:
         raise ValueError(f"--time-pairs={args.time_pairs}: must be >= 0")
@@ -57,14 +69,18 @@ def _generate(args) -> int:
         print(f"plan {config.plan.name!r} (order {config.plan.order}): {run.summary()}")
         shared = config.plan.shared_steps
         print(f"computed steps: {shared if shared is not None else 'per block (see the plan file)'}")
-    print(f"pipeline call: {seconds:.3f}s (one call, cold: not a speed figure; --time-pairs K measures one); "
-          f"ideal speedup {what} = {ideal:.2f}x")  # fmt: skip
+    print(
+        f"pipeline call: {seconds:.3f}s (one call, cold: not a speed figure; --time-pairs K measures one); "
+        f"ideal speedup {what} = {ideal:.2f}x"
+    )
     if args.time_pairs:
         remove_fora(pipe)
         pipe.set_progress_bar_config(disable=True)  # the bar's own output is not the model's time
         ratio = paired_speedup(pipe, lambda: generate(pipe, request), config, pairs=args.time_pairs)
-        print(f"speedup {ratio} (baseline {ratio.baseline_s:.3f}s, FORA {ratio.fora_s:.3f}s; median of ABBA pairs "
-              f"after a warm-up, no observers); ideal {ideal:.2f}x")  # fmt: skip
+        print(
+            f"speedup {ratio} (baseline {ratio.baseline_s:.3f}s, FORA {ratio.fora_s:.3f}s; median of ABBA pairs "
+            f"after a warm-up, no observers); ideal {ideal:.2f}x"
+        )
     image = Image.fromarray(to_uint8(images)[0])
     if args.upscale > 1:
         image = image.resize((image.width * args.upscale, image.height * args.upscale), Image.Resampling.NEAREST)
@@ -75,7 +91,9 @@ def _generate(args) -> int:
 
 def _models(args) -> int:
     for spec in MODELS.values():
-        print(f"{spec.key:20s} {spec.conditioning:5s} steps={spec.default_steps:<3d} {spec.description}  [{spec.source}]")
+        print(
+            f"{spec.key:20s} {spec.conditioning:5s} steps={spec.default_steps:<3d} {spec.description}  [{spec.source}]"
+        )
     return 0
 
 
@@ -83,29 +101,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fora", description="FORA static caching for diffusion transformers.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate one image with FORA and print the schedule and timings")
-    g.add_argument("--model", default="emoji-dit",
-                   help=f"model key ({', '.join(MODELS)}), hub id, or pipeline folder (default: emoji-dit)")
-    g.add_argument("--interval", "-N", type=int, default=None,
-                   help="cache interval N, 1..steps-1 (1: uncached; default 3)")
+    g.add_argument(
+        "--model",
+        default="emoji-dit",
+        help=f"model key ({', '.join(MODELS)}), hub id, or pipeline folder (default: emoji-dit)",
+    )
+    g.add_argument(
+        "--interval", "-N", type=int, default=None, help="cache interval N, 1..steps-1 (1: uncached; default 3)"
+    )
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's default)")
     g.add_argument("--seed", type=int, default=0, help="noise seed")
-    g.add_argument("--class", dest="class_label", default="0",
-                   help="class id or label name for class-conditional models (e.g. 'cat' or 207)")
+    g.add_argument(
+        "--class",
+        dest="class_label",
+        default="0",
+        help="class id or label name for class-conditional models (e.g. 'cat' or 207)",
+    )
     g.add_argument("--prompt", default=None, help="prompt for text-conditional models (PixArt-alpha)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1: off)")
-    g.add_argument("--plan", default=None, metavar="PLAN.json",
-                   help="run a cache plan (python -m analysis.calibrate writes one) instead of the fixed interval")
+    g.add_argument(
+        "--plan",
+        default=None,
+        metavar="PLAN.json",
+        help="run a cache plan (python -m analysis.calibrate writes one) instead of the fixed interval",
+    )
     g.add_argument("--cache-start", type=int, default=0, help="first step at which reuse is allowed")
     g.add_argument("--cache-end", type=int, default=None, help="steps from this one on always recompute")
     g.add_argument("--no-cache-attn", action="store_true", help="recompute self-attention every step")
     g.add_argument("--no-cache-cross-attn", action="store_true", help="recompute cross-attention every step")
     g.add_argument("--no-cache-mlp", action="store_true", help="recompute the MLP every step")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="weights dtype (auto: float16 for hub models on CUDA, else float32)")
-    g.add_argument("--time-pairs", type=int, default=0, metavar="K",
-                   help="also measure the speedup over the uncached model: K ABBA pairs after a warm-up, median and "
-                   "range of the pair ratios (default 0: off)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights dtype (auto: float16 for hub models on CUDA, else float32)",
+    )
+    g.add_argument(
+        "--time-pairs",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also measure the speedup over the uncached model: K ABBA pairs after a warm-up, median and "
+        "range of the pair ratios (default 0: off)",
+    )
     g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale of the saved image")
     g.add_argument("--out", default="out.png", help="output PNG path")
     g.set_defaults(fn=_generate)

@@ -36,7 +36,9 @@ def class_id(pipe, label: int | str) -> int:
         labels = getattr(pipe, "labels", {}) or {}
         if label not in labels:
             examples = ", ".join(list(labels)[:8])
-            raise ValueError(f"unknown class {label!r}; give a class id 0..{num - 1} or a label name (e.g. {examples})")
+            raise ValueError(
+                f"unknown class {label!r}; give a class id 0..{num - 1} or a label name (e.g. {examples})"
+            )
         return int(labels[label])
     cid = int(label)
     if not 0 <= cid < num:
@@ -53,13 +55,25 @@ def generate(pipe, request: Request, output_type: str = "np"):
         extra = {k: v for k, v in (("height", request.height), ("width", request.width)) if v is not None}
         if extra:  # an explicit size is used as given, not snapped to the model's aspect-ratio bins
             extra["use_resolution_binning"] = False
-        return pipe(prompt=request.prompt, num_images_per_prompt=request.batch, num_inference_steps=request.steps,
-                    guidance_scale=request.guidance, generator=generator, output_type=output_type, **extra).images  # fmt: skip
+        return pipe(
+            prompt=request.prompt,
+            num_images_per_prompt=request.batch,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            generator=generator,
+            output_type=output_type,
+            **extra,
+        ).images
     if request.label is None:
         raise ValueError("label is missing: a class-conditional model needs a class id or name")
     labels = [class_id(pipe, request.label)] * request.batch
-    return pipe(class_labels=labels, num_inference_steps=request.steps, guidance_scale=request.guidance,
-                generator=generator, output_type=output_type).images  # fmt: skip
+    return pipe(
+        class_labels=labels,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        generator=generator,
+        output_type=output_type,
+    ).images
 
 
 def to_uint8(images) -> np.ndarray:
@@ -76,5 +90,10 @@ def generate_batch(pipe, labels, seeds, steps: int, guidance: float) -> np.ndarr
         raise ValueError(f"labels ({len(labels)}) and seeds ({len(seeds)}) must be equally many, at least one")
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     torch.manual_seed(int(seeds[0]))  # pipelines whose sampler draws from the global generator stay reproducible
-    return pipe(class_labels=[class_id(pipe, label) for label in labels], num_inference_steps=steps,
-                guidance_scale=guidance, generator=generators, output_type="np").images  # fmt: skip
+    return pipe(
+        class_labels=[class_id(pipe, label) for label in labels],
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generators,
+        output_type="np",
+    ).images

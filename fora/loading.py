@@ -30,16 +30,34 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in [
-        ModelSpec("emoji-dit", os.path.join(ASSETS, "emoji-dit"), "class", EMOJI_STEPS, EMOJI_GUIDANCE,
-                  "embedded 32x32 pixel-space DiT, 32 emoji classes, trained by this project (CPU, offline)"),
+        ModelSpec(
+            "emoji-dit",
+            os.path.join(ASSETS, "emoji-dit"),
+            "class",
+            EMOJI_STEPS,
+            EMOJI_GUIDANCE,
+            "embedded 32x32 pixel-space DiT, 32 emoji classes, trained by this project (CPU, offline)",
+        ),
         ModelSpec("dit-xl-2-256", "facebook/DiT-XL-2-256", "class", 50, 4.0, "DiT-XL/2, ImageNet 256x256"),
         ModelSpec("dit-xl-2-512", "facebook/DiT-XL-2-512", "class", 50, 4.0, "DiT-XL/2, ImageNet 512x512"),
-        ModelSpec("pixart-alpha-512", "PixArt-alpha/PixArt-XL-2-512x512", "text", 20, 4.5,
-                  "PixArt-alpha XL/2, text-to-image 512x512"),
-        ModelSpec("pixart-alpha-1024", "PixArt-alpha/PixArt-XL-2-1024-MS", "text", 20, 4.5,
-                  "PixArt-alpha XL/2, text-to-image 1024x1024"),
+        ModelSpec(
+            "pixart-alpha-512",
+            "PixArt-alpha/PixArt-XL-2-512x512",
+            "text",
+            20,
+            4.5,
+            "PixArt-alpha XL/2, text-to-image 512x512",
+        ),
+        ModelSpec(
+            "pixart-alpha-1024",
+            "PixArt-alpha/PixArt-XL-2-1024-MS",
+            "text",
+            20,
+            4.5,
+            "PixArt-alpha XL/2, text-to-image 1024x1024",
+        ),
     ]
-}  # fmt: skip
+}
 _BY_SOURCE = {spec.source: spec for spec in MODELS.values()}
 
 
@@ -61,7 +79,11 @@ def _pipeline_class(name: str):
 
     from .emoji.pipeline import EmojiDiTPipeline
 
-    classes = {"EmojiDiTPipeline": EmojiDiTPipeline, "DiTPipeline": DiTPipeline, "PixArtAlphaPipeline": PixArtAlphaPipeline}
+    classes = {
+        "EmojiDiTPipeline": EmojiDiTPipeline,
+        "DiTPipeline": DiTPipeline,
+        "PixArtAlphaPipeline": PixArtAlphaPipeline,
+    }
     if name not in classes:
         raise ModelLoadError(f"pipeline class {name!r} is not supported; supported: {', '.join(classes)}")
     return classes[name]
@@ -71,8 +93,12 @@ def _hub_class(source: str) -> str:
     return "PixArtAlphaPipeline" if "pixart" in source.lower() else "DiTPipeline"
 
 
-def load_pipeline(model_id: str = "emoji-dit", device: str | None = None, dtype: torch.dtype | None = None,
-                  local_files_only: bool | None = None):  # fmt: skip
+def load_pipeline(
+    model_id: str = "emoji-dit",
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+):
     r"""
     Load a diffusers pipeline by project key, hub id or local folder (one written by `save_pretrained`).
 

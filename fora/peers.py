@@ -56,8 +56,13 @@ def taylorseer(interval: int = 3, order: int = 1, warmup: int = 1) -> TaylorSeer
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
         raise ValueError(f"TaylorSeer warmup={warmup!r}: must be an integer >= 1 (step 0 has nothing to predict from)")
     # factors in the model's dtype (None keeps it): diffusers' default bfloat16 would add its own error to the peer
-    return TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=order,
-                                 taylor_factors_dtype=None, cache_identifiers=list(_TAYLORSEER_MODULES))  # fmt: skip
+    return TaylorSeerCacheConfig(
+        cache_interval=interval,
+        disable_cache_before_step=warmup,
+        max_order=order,
+        taylor_factors_dtype=None,
+        cache_identifiers=list(_TAYLORSEER_MODULES),
+    )
 
 
 def taylorseer_steps(num_steps: int, interval: int, warmup: int = 1) -> list[int]:
@@ -71,7 +76,9 @@ def taylorseer_at_cost(num_steps: int, interval: int, order: int = 1) -> TaylorS
     from .schedule import full_steps
 
     target = len(full_steps(num_steps, interval))
-    warmup = min(range(1, interval + 1), key=lambda w: (abs(len(taylorseer_steps(num_steps, interval, w)) - target), w))
+    warmup = min(
+        range(1, interval + 1), key=lambda w: (abs(len(taylorseer_steps(num_steps, interval, w)) - target), w)
+    )
     return taylorseer(interval, order, warmup)
 
 
@@ -165,8 +172,12 @@ def apply_peer(pipe, config: TaylorSeerCacheConfig | FirstBlockCacheConfig) -> P
         apply_first_block_cache(transformer, config)
     else:
         raise TypeError(f"apply_peer takes a TaylorSeerCacheConfig or FirstBlockCacheConfig, got {type(config)}")
-    hooked = sum(name in getattr(m, "_diffusers_hook", None).hooks for m in transformer.modules()
-                 if getattr(m, "_diffusers_hook", None) is not None for name in _DIFFUSERS_HOOKS)  # fmt: skip
+    hooked = sum(
+        name in getattr(m, "_diffusers_hook", None).hooks
+        for m in transformer.modules()
+        if getattr(m, "_diffusers_hook", None) is not None
+        for name in _DIFFUSERS_HOOKS
+    )
     if not hooked:
         raise ValueError(f"{handle.name} found no module to hook in {type(transformer).__name__}")
     registry = HookRegistry.check_if_exists_or_initialize(transformer)

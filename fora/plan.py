@@ -70,8 +70,9 @@ class CachePlan:
                 raise ValueError(f"plan steps[{kind!r}] has {len(per_block)} blocks, other kinds have {num_blocks}")
             rows = []
             for b, steps in enumerate(per_block):
-                if not isinstance(steps, (list, tuple)) or any(isinstance(x, bool) or not isinstance(x, int)
-                                                                for x in steps):  # fmt: skip
+                if not isinstance(steps, (list, tuple)) or any(
+                    isinstance(x, bool) or not isinstance(x, int) for x in steps
+                ):
                     raise ValueError(f"plan steps[{kind!r}][{b}] must be a list of integer steps, got {steps!r}")
                 steps = list(steps)
                 bad = [s for s in steps if not 0 <= s < self.num_steps]
@@ -93,10 +94,13 @@ class CachePlan:
         return cls(num_steps, {k: [list(steps) for _ in range(num_blocks)] for k in kinds}, **kw)
 
     @classmethod
-    def fora(cls, num_steps: int, interval: int, num_blocks: int, kinds=("attn", "mlp"), order: int = 0) -> "CachePlan":
+    def fora(
+        cls, num_steps: int, interval: int, num_blocks: int, kinds=("attn", "mlp"), order: int = 0
+    ) -> "CachePlan":
         """FORA's static schedule at `interval` as a plan (for budgets and as the reference to beat)."""
-        return cls.shared(num_steps, fora_full_steps(num_steps, interval), num_blocks, kinds, order=order,
-                          name=f"fora N={interval}")  # fmt: skip
+        return cls.shared(
+            num_steps, fora_full_steps(num_steps, interval), num_blocks, kinds, order=order, name=f"fora N={interval}"
+        )
 
     # -- reading --------------------------------------------------------------------------------------------------
     @property
@@ -134,31 +138,45 @@ class CachePlan:
             raise ValueError(f"plan {self.name!r} is for {self.num_blocks} blocks, the model has {num_blocks}")
         kinds = [k for k in KINDS if k in kinds]
         if list(self.kinds) != kinds:
-            raise ValueError(f"plan {self.name!r} names the kinds {list(self.kinds)}, the model has {kinds}: name "
-                             "every kind (list every step for a kind that should always compute)")  # fmt: skip
+            raise ValueError(
+                f"plan {self.name!r} names the kinds {list(self.kinds)}, the model has {kinds}: name "
+                "every kind (list every step for a kind that should always compute)"
+            )
 
     def check_num_steps(self, num_steps: int) -> None:
         if num_steps != self.num_steps:
-            raise ValueError(f"plan {self.name!r} is for {self.num_steps} steps, the run has {num_steps}; "
-                             "calibrate a plan for this number of steps")  # fmt: skip
+            raise ValueError(
+                f"plan {self.name!r} is for {self.num_steps} steps, the run has {num_steps}; "
+                "calibrate a plan for this number of steps"
+            )
 
     # -- files ----------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": "fora-plan/1", "name": self.name, "num_steps": self.num_steps, "order": self.order,
-                "computed_calls": self.computed_calls, "steps": self.steps, "meta": self.meta}  # fmt: skip
+        return {
+            "format": "fora-plan/1",
+            "name": self.name,
+            "num_steps": self.num_steps,
+            "order": self.order,
+            "computed_calls": self.computed_calls,
+            "steps": self.steps,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "CachePlan":
         if not isinstance(data, dict) or data.get("format") != "fora-plan/1":
             raise ValueError("not a FORA cache plan (expected a JSON object with format 'fora-plan/1')")
         try:
-            plan = cls(data["num_steps"], data["steps"], data.get("order", 0), data.get("name", "plan"),
-                       data.get("meta", {}))  # fmt: skip
+            plan = cls(
+                data["num_steps"], data["steps"], data.get("order", 0), data.get("name", "plan"), data.get("meta", {})
+            )
         except KeyError as e:
             raise ValueError(f"cache plan is missing {e.args[0]!r}") from None
         if data.get("computed_calls", plan.computed_calls) != plan.computed_calls:
-            raise ValueError(f"cache plan says computed_calls={data['computed_calls']}, its steps count "
-                             f"{plan.computed_calls}: the file was edited inconsistently")  # fmt: skip
+            raise ValueError(
+                f"cache plan says computed_calls={data['computed_calls']}, its steps count "
+                f"{plan.computed_calls}: the file was edited inconsistently"
+            )
         return plan
 
     def save(self, path) -> Path:
@@ -183,8 +201,10 @@ class CachePlan:
     def __repr__(self):
         shared = self.shared_steps
         where = f"steps={shared}" if shared is not None else "per-block steps"
-        return (f"CachePlan(name={self.name!r}, num_steps={self.num_steps}, blocks={self.num_blocks}, "
-                f"kinds={self.kinds}, order={self.order}, computed_calls={self.computed_calls}, {where})")  # fmt: skip
+        return (
+            f"CachePlan(name={self.name!r}, num_steps={self.num_steps}, blocks={self.num_blocks}, "
+            f"kinds={self.kinds}, order={self.order}, computed_calls={self.computed_calls}, {where})"
+        )
 
 
 def extrapolation_weights(step: int, history_steps: list[int]) -> list[float]:

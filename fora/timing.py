@@ -77,12 +77,19 @@ class SpeedRatio:
         return f"{self.ratio:.2f}x, {self.low:.2f}-{self.high:.2f} over {self.pairs} pairs"
 
     def as_dict(self) -> dict:
-        return {"speedup": self.ratio, "speedup_low": self.low, "speedup_high": self.high, "pairs": self.pairs,
-                "baseline_s": self.baseline_s, "fora_s": self.fora_s}  # fmt: skip
+        return {
+            "speedup": self.ratio,
+            "speedup_low": self.low,
+            "speedup_high": self.high,
+            "pairs": self.pairs,
+            "baseline_s": self.baseline_s,
+            "fora_s": self.fora_s,
+        }
 
 
-def paired_speedup(pipe, call: Callable[[], object], config, pairs: int = 5, warmup: int = 1,
-                   clock: str = "wall") -> SpeedRatio:  # fmt: skip
+def paired_speedup(
+    pipe, call: Callable[[], object], config, pairs: int = 5, warmup: int = 1, clock: str = "wall"
+) -> SpeedRatio:
     """Speedup of FORA at `config` over the pipeline without FORA, timed the same way everywhere in this project.
     `config` may also be a peer's config (`fora.peers`): every method is timed alike.
 
@@ -100,8 +107,15 @@ def paired_calls(num_configs: int, pairs: int, warmup: int = 1) -> int:
     return warmup * (1 + num_configs) + 2 * num_configs * pairs
 
 
-def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int = 5, warmup: int = 1,
-                    clock: str = "wall", on_round: Callable[[int, int], None] | None = None) -> list[SpeedRatio]:
+def paired_speedups(
+    pipe,
+    call: Callable[[], object],
+    configs: list,
+    pairs: int = 5,
+    warmup: int = 1,
+    clock: str = "wall",
+    on_round: Callable[[int, int], None] | None = None,
+) -> list[SpeedRatio]:
     """`paired_speedup` for several configs at once (a sweep), their pairs interleaved round by round.
 
     Round r times one pair of every config, always in the same order, baseline first in even rounds and FORA first
@@ -148,6 +162,15 @@ def paired_speedups(pipe, call: Callable[[], object], configs: list, pairs: int 
     out = []
     for b, f in zip(base, cached):
         ratios = [x / y for x, y in zip(b, f)]
-        out.append(SpeedRatio(statistics.median(ratios), min(ratios), max(ratios), pairs, statistics.median(b),
-                              statistics.median(f), tuple(ratios)))  # fmt: skip
+        out.append(
+            SpeedRatio(
+                statistics.median(ratios),
+                min(ratios),
+                max(ratios),
+                pairs,
+                statistics.median(b),
+                statistics.median(f),
+                tuple(ratios),
+            )
+        )
     return out

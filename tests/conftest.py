@@ -14,14 +14,27 @@ def make_dit_pipeline(num_layers: int = 3, sample_size: int = 8, seed: int = 0):
 
     torch.manual_seed(seed)
     transformer = DiTTransformer2DModel(
-        sample_size=sample_size, num_layers=num_layers, patch_size=2, attention_head_dim=8, num_attention_heads=2,
-        in_channels=4, out_channels=8, num_embeds_ada_norm=1000,  # DiTPipeline's null class is id 1000
-    )  # fmt: skip
+        sample_size=sample_size,
+        num_layers=num_layers,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,
+        num_embeds_ada_norm=1000,  # DiTPipeline's null class is id 1000
+    )
     vae = AutoencoderKL(
-        block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8,
-    )  # fmt: skip
-    pipe = DiTPipeline(transformer.eval(), vae.eval(), DDIMScheduler(), id2label={1: "goldfish", 2: "shark, great white"})
+        block_out_channels=(8,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    pipe = DiTPipeline(
+        transformer.eval(), vae.eval(), DDIMScheduler(), id2label={1: "goldfish", 2: "shark, great white"}
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -44,19 +57,51 @@ def make_pixart_pipeline(num_layers: int = 2, seed: int = 0):
 
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(
-        sample_size=8, num_layers=num_layers, patch_size=2, attention_head_dim=8, num_attention_heads=3,
-        caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
-        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-        norm_elementwise_affine=False, norm_eps=1e-6,
-    )  # fmt: skip
+        sample_size=8,
+        num_layers=num_layers,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
     vae = AutoencoderKL(
-        block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8,
-    )  # fmt: skip
-    text_encoder = T5EncoderModel(T5Config(vocab_size=32, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-                                           relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))  # fmt: skip
-    pipe = PixArtAlphaPipeline(tokenizer=make_tokenizer(), text_encoder=text_encoder.eval(), vae=vae.eval(),
-                               transformer=transformer.eval(), scheduler=DDIMScheduler())  # fmt: skip
+        block_out_channels=(8,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=32,
+            d_model=32,
+            d_ff=37,
+            d_kv=8,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    pipe = PixArtAlphaPipeline(
+        tokenizer=make_tokenizer(),
+        text_encoder=text_encoder.eval(),
+        vae=vae.eval(),
+        transformer=transformer.eval(),
+        scheduler=DDIMScheduler(),
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -73,11 +118,22 @@ def pixart_pipe():
 
 def run_dit(pipe, steps: int = 10, labels=(1, 2), seed: int = 0, guidance: float = 4.0):
     g = torch.Generator().manual_seed(seed)
-    return pipe(class_labels=list(labels), num_inference_steps=steps, guidance_scale=guidance, generator=g,
-                output_type="np").images  # fmt: skip
+    return pipe(
+        class_labels=list(labels), num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np"
+    ).images
 
 
 def run_pixart(pipe, steps: int = 6, prompt="a photo of a cat", seed: int = 0, **kw):
     g = torch.Generator().manual_seed(seed)
-    return pipe(prompt=prompt, num_inference_steps=steps, generator=g, output_type="np", height=16, width=16,
-                use_resolution_binning=False, clean_caption=False, max_sequence_length=8, **kw).images  # fmt: skip
+    return pipe(
+        prompt=prompt,
+        num_inference_steps=steps,
+        generator=g,
+        output_type="np",
+        height=16,
+        width=16,
+        use_resolution_binning=False,
+        clean_caption=False,
+        max_sequence_length=8,
+        **kw,
+    ).images

@@ -89,8 +89,12 @@ def test_similarity_recorder_matches_exact(interval):
             assert np.isnan(full.neighbour[kind][block, reuse]).all()
             assert np.isnan(full.neighbour[kind][block, 0])
         for block in (0, 3):
-            want = np.array([[cosine(exact.outputs[(block, kind, s)], exact.outputs[(block, kind, t)])
-                              for t in steps] for s in steps])  # fmt: skip
+            want = np.array(
+                [
+                    [cosine(exact.outputs[(block, kind, s)], exact.outputs[(block, kind, t)]) for t in steps]
+                    for s in steps
+                ]
+            )
             got_full = full.pairwise(block, kind)[np.ix_(steps, steps)]
             got_sub = sub.pairwise(block, kind)[np.ix_(steps, steps)]
             np.testing.assert_allclose(got_full, want, atol=2e-3)
@@ -159,8 +163,12 @@ def test_observe_and_compare_on_dit():
     # identical request, identical results: nothing leaks between runs
     again = observe_run(pipe, request, ForaConfig(interval=3))
     assert np.array_equal(again.images, comp.fora.images)
-    for fig in (neighbour_heatmap(comp.baseline.similarity, "attn"), pairwise_heatmap(comp.baseline.similarity, 0, "mlp"),
-                schedule_strip(10, comp.fora.run.full_steps), step_error_plot(errors, comp.fora.run.full_steps)):
+    for fig in (
+        neighbour_heatmap(comp.baseline.similarity, "attn"),
+        pairwise_heatmap(comp.baseline.similarity, 0, "mlp"),
+        schedule_strip(10, comp.fora.run.full_steps),
+        step_error_plot(errors, comp.fora.run.full_steps),
+    ):
         assert fig.to_dict()["data"]
 
 
@@ -206,7 +214,10 @@ def test_sweep_honours_the_shared_settings():
     no_mlp = run_sweep(pipe, request, [2], seeds=[0], config=ForaConfig(cache_mlp=False), pairs=1)
     both = run_sweep(pipe, request, [2], seeds=[0], pairs=1)
     # 3 blocks x batch 2 x 16 tokens x 16 wide x 4 bytes per cached module: attention only, then attention and MLP
-    assert no_mlp.rows[0].cache_bytes == 3 * 2 * 16 * 16 * 4 and both.rows[0].cache_bytes == 2 * no_mlp.rows[0].cache_bytes
+    assert (
+        no_mlp.rows[0].cache_bytes == 3 * 2 * 16 * 16 * 4
+        and both.rows[0].cache_bytes == 2 * no_mlp.rows[0].cache_bytes
+    )
     assert no_mlp.config.cache_mlp is False
 
 
@@ -240,8 +251,25 @@ def test_report_escapes_user_input():
 def test_sweep_cli(tmp_path, capsys):
     pipe = make_dit_pipeline()
     pipe.save_pretrained(tmp_path / "dit")
-    rc = sweep_main(["--model", str(tmp_path / "dit"), "--intervals", "1", "3", "--steps", "6", "--seeds", "0",
-                     "--class", "1", "--pairs", "1", "--out", str(tmp_path / "out")])  # fmt: skip
+    rc = sweep_main(
+        [
+            "--model",
+            str(tmp_path / "dit"),
+            "--intervals",
+            "1",
+            "3",
+            "--steps",
+            "6",
+            "--seeds",
+            "0",
+            "--class",
+            "1",
+            "--pairs",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "out" / "report.html").exists()
     out = capsys.readouterr().out
     assert "over 1 pairs" in out and "paired: 1 warm-up and 1 ABBA pairs" in out

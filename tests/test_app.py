@@ -37,9 +37,22 @@ def app(tiny_model_dir):
 
 
 def run_generate(app, model="emoji-dit", label="cat", steps=12, interval=3, seed=0, **kw):
-    args = dict(model_key=model, label=label, prompt="", steps=steps, interval=interval, seed=seed, guidance=3.0,
-                cache_attn=True, cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="",
-                block_choice="")  # fmt: skip
+    args = dict(
+        model_key=model,
+        label=label,
+        prompt="",
+        steps=steps,
+        interval=interval,
+        seed=seed,
+        guidance=3.0,
+        cache_attn=True,
+        cache_cross_attn=True,
+        cache_mlp=True,
+        cache_start=0,
+        cache_end=0,
+        blocks="",
+        block_choice="",
+    )
     args.update(kw)
     return list(app.generate(**args))
 
@@ -61,8 +74,9 @@ def test_generate_on_embedded_model(app):
     # images and maps come first, the measured speedup fills in afterwards
     first_images = next(i for i, o in enumerate(outs) if o[1] is not app.SKIP)
     timed = next(i for i, o in enumerate(outs) if o[9] is not app.SKIP and o[9].startswith("done"))
-    assert first_images < timed and dict(outs[first_images][3])["speedup, measured (baseline / FORA, median of pairs)"] \
-        .startswith("measuring")  # fmt: skip
+    assert first_images < timed and dict(outs[first_images][3])[
+        "speedup, measured (baseline / FORA, median of pairs)"
+    ].startswith("measuring")
     base, fora, diff, metrics, heat_attn, heat_mlp, pairwise, strip, err, status, token = shown(app, outs)
     assert base.shape == fora.shape == diff.shape and base.shape[0] >= 256
     table = dict(metrics)
@@ -144,7 +158,9 @@ def test_step_budget_bounds_a_sweep(app):
 
     from analysis import form
 
-    with pytest.raises(gr.Error, match=rf"asks for \d+ denoising steps; one request may run at most {form.STEP_BUDGET}"):
+    with pytest.raises(
+        gr.Error, match=rf"asks for \d+ denoising steps; one request may run at most {form.STEP_BUDGET}"
+    ):
         list(app.sweep("emoji-dit", "rocket", "", 100, 0, 3.0, [str(n) for n in form.SWEEP_INTERVALS], 8))
     from fora import ForaConfig
     from fora.generate import Request
@@ -171,6 +187,7 @@ def test_memory_and_sweep_functions(app):
     fns = {f.fn.__name__: f for f in app.demo.fns.values() if f.fn is not None}
     assert fns["memory"].concurrency_id == fns["generate"].concurrency_id == "gpu"
     assert fns["memory_calculator"].concurrency_id != "gpu"
+
     def unavailable(nbytes):
         raise RuntimeError("CUDA error: out of memory")
 
@@ -180,13 +197,17 @@ def test_memory_and_sweep_functions(app):
     assert "Could not measure the read on this machine: RuntimeError: CUDA error: out of memory" in failed
     assert failed.split("**Is HBM")[0] == text.split("**Is HBM")[0]
     deps = app.demo.config["dependencies"]
-    calc = next(d for d in deps if d["id"] == next(i for i, f in app.demo.fns.items() if f.fn is app.memory_calculator))
+    calc = next(
+        d for d in deps if d["id"] == next(i for i, f in app.demo.fns.items() if f.fn is app.memory_calculator)
+    )
     measured = next(d for d in deps if d["api_name"] == "memory")
     assert measured["trigger_after"] == calc["id"] and measured["trigger_only_on_success"]
-    for bad, message in ((("dit-xl-2-256", 0, "float16", 50, 3, 3.35, 989, 0.5), "batch=0 out of range"),
-                         (("dit-xl-2-256", 1, "int8", 50, 3, 3.35, 989, 0.5), "dtype='int8'"),
-                         (("dit-xl-2-256", 1, "float16", 50, 50, 3.35, 989, 0.5), "interval=50 out of range"),
-                         (("dit-xl-2-256", 1, "float16", 50, 3, None, 989, 0.5), "bandwidth TB/s=None is not a number")):
+    for bad, message in (
+        (("dit-xl-2-256", 0, "float16", 50, 3, 3.35, 989, 0.5), "batch=0 out of range"),
+        (("dit-xl-2-256", 1, "int8", 50, 3, 3.35, 989, 0.5), "dtype='int8'"),
+        (("dit-xl-2-256", 1, "float16", 50, 50, 3.35, 989, 0.5), "interval=50 out of range"),
+        (("dit-xl-2-256", 1, "float16", 50, 3, None, 989, 0.5), "bandwidth TB/s=None is not a number"),
+    ):
         with pytest.raises(gr.Error, match=re.escape(message)):
             app.memory(*bad)
     plot, gallery, table, files, status = list(app.sweep("emoji-dit", "rocket", "", 10, 0, 3.0, ["1", "3"], 1))[-1]
@@ -262,8 +283,9 @@ def test_two_requests_contend_for_the_model_lock(app):
     b.join(120)
     assert order.index("B") > len(order) - order[::-1].index("A") - 1  # all of A's updates came before any of B's
     for name, seed, interval in (("A", 31, 2), ("B", 32, 4)):
-        alone = shown(app, list(app.generate("emoji-dit", "fox", "", 20, interval, seed, 3.0, True, True, True, 0, 0,
-                                             "", "")))  # fmt: skip
+        alone = shown(
+            app, list(app.generate("emoji-dit", "fox", "", 20, interval, seed, 3.0, True, True, True, 0, 0, "", ""))
+        )
         assert np.array_equal(results[name][1], alone[1])
         assert dict(results[name][3])["PSNR vs baseline"] == dict(alone[3])["PSNR vs baseline"]
 
@@ -288,9 +310,22 @@ def test_server_with_gradio_client(server):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    args = dict(model_key="emoji-dit", label="fox", prompt="", steps=10, interval=3, seed=3, guidance=3.0,
-                cache_attn=True, cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="",
-                block_choice="5")  # fmt: skip
+    args = dict(
+        model_key="emoji-dit",
+        label="fox",
+        prompt="",
+        steps=10,
+        interval=3,
+        seed=3,
+        guidance=3.0,
+        cache_attn=True,
+        cache_cross_attn=True,
+        cache_mlp=True,
+        cache_start=0,
+        cache_end=0,
+        blocks="",
+        block_choice="5",
+    )
     job = client.submit(*args.values(), api_name="/generate")
     final = job.result()  # the last update: the measured speedup (images were sent before it)
     assert final[9].startswith("done: N=3") and "over 3 pairs" in final[9]
@@ -313,8 +348,9 @@ def test_cancel_through_the_server_stops_the_run_and_frees_the_lock(server):
     hook = pipe.transformer.register_forward_hook(lambda *a: steps_run.append(1))
     try:
         client = Client(server, verbose=False)
-        job = client.submit("emoji-dit", "fox", "", 100, 2, 777, 3.0, True, True, True, 0, 0, "", "5",
-                            api_name="/generate")  # fmt: skip
+        job = client.submit(
+            "emoji-dit", "fox", "", 100, 2, 777, 3.0, True, True, True, 0, 0, "", "5", api_name="/generate"
+        )
         deadline = time.monotonic() + 120
         while not (lock.locked() and len(steps_run) > 5) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -342,9 +378,17 @@ def test_in_headless_browser(server):
 
     os.makedirs(ARTIFACTS, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium() or "/usr/bin/chromium", args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])  # fmt: skip
+        browser = p.chromium.launch(
+            executable_path=_chromium() or "/usr/bin/chromium",
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1500, "height": 1700})
         page.goto(server, wait_until="domcontentloaded")  # the page keeps a live connection: never network-idle
         number = page.locator("input[type=number][aria-label='number input for cache interval N (1 = uncached)']")
@@ -392,8 +436,10 @@ def test_user_leaving_the_page_stops_the_run(server):
     hook = pipe.transformer.register_forward_hook(lambda *a: steps_run.append(1))
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=_chromium() or "/usr/bin/chromium",
-                                        args=["--headless", "--no-sandbox", "--disable-gpu"])  # fmt: skip
+            browser = p.chromium.launch(
+                executable_path=_chromium() or "/usr/bin/chromium",
+                args=["--headless", "--no-sandbox", "--disable-gpu"],
+            )
             page = browser.new_page(viewport={"width": 1500, "height": 1700})
             page.goto(server, wait_until="domcontentloaded")
             steps = page.locator("input[type=number][aria-label='number input for steps T']")
@@ -420,8 +466,10 @@ def test_user_leaving_the_page_stops_the_run(server):
 
 def test_import_loads_no_model():
     """`import app` builds the UI but loads no model: they load lazily on first use."""
-    code = ("import app; from analysis import live; import fora.loading as L; "
-            "assert not live._models, live._models; print('blocks', len(app.demo.blocks))")  # fmt: skip
+    code = (
+        "import app; from analysis import live; import fora.loading as L; "
+        "assert not live._models, live._models; print('blocks', len(app.demo.blocks))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "blocks" in out.stdout
@@ -442,7 +490,11 @@ def test_policies_side_by_side_then_the_plan_in_compare(app):
     gallery, table, maps, pareto, status = shown(app, outs)
     assert status.startswith("done: speedups measured")
     assert [caption.split(":")[0] for _, caption in gallery] == [
-        "uncached", "fora N=3", "calibrated-o1 budget of N=3", "taylorseer N=3 warmup=1 order=1"]  # fmt: skip
+        "uncached",
+        "fora N=3",
+        "calibrated-o1 budget of N=3",
+        "taylorseer N=3 warmup=1 order=1",
+    ]
     calls = [row[1] for row in table]
     assert calls[0] == calls[1] == calls[2]  # FORA N's cost exactly (measured on the modules), TaylorSeer too
     assert all("over 3 pairs" in row[4] for row in table)

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import make_dit_pipeline, make_pixart_pipeline, run_dit, run_pixart
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fora import ForaConfig, apply_fora, full_steps, get_fora_handle, remove_fora
 
@@ -257,18 +257,31 @@ def test_pixart_resolution_change():
     apply_fora(pipe, ForaConfig(interval=3))
     run_pixart(pipe, steps=7)
     g = torch.Generator().manual_seed(0)
-    kw = dict(num_inference_steps=7, generator=g, output_type="np", use_resolution_binning=False, clean_caption=False,
-              max_sequence_length=8)  # fmt: skip
+    kw = dict(
+        num_inference_steps=7,
+        generator=g,
+        output_type="np",
+        use_resolution_binning=False,
+        clean_caption=False,
+        max_sequence_length=8,
+    )
     out = pipe(prompt="a red dog", height=24, width=24, **kw).images
     fresh = make_pixart_pipeline()
     apply_fora(fresh, ForaConfig(interval=3))
-    ref = fresh(prompt="a red dog", height=24, width=24, **{**kw, "generator": torch.Generator().manual_seed(0)}).images
+    ref = fresh(
+        prompt="a red dog", height=24, width=24, **{**kw, "generator": torch.Generator().manual_seed(0)}
+    ).images
     assert out.shape == (1, 24, 24, 3)
     assert torch.equal(torch.from_numpy(out), torch.from_numpy(ref))
 
 
-CACHE_COMBOS = [dict(cache_attn=a, cache_cross_attn=c, cache_mlp=m) for a in (True, False) for c in (True, False)
-                for m in (True, False) if a or c or m]  # fmt: skip
+CACHE_COMBOS = [
+    dict(cache_attn=a, cache_cross_attn=c, cache_mlp=m)
+    for a in (True, False)
+    for c in (True, False)
+    for m in (True, False)
+    if a or c or m
+]
 
 
 def lean_and_plain(make, run, config):
@@ -282,7 +295,10 @@ def lean_and_plain(make, run, config):
     assert not any(hasattr(b, "_diffusers_hook") for b in pipe.transformer.transformer_blocks)
     plain = run(pipe)
     assert (lean_run.computed_calls, lean_run.reused_calls, lean_run.cache_bytes) == (
-        handle.last_run.computed_calls, handle.last_run.reused_calls, handle.last_run.cache_bytes)  # fmt: skip
+        handle.last_run.computed_calls,
+        handle.last_run.reused_calls,
+        handle.last_run.cache_bytes,
+    )
     return torch.from_numpy(lean), torch.from_numpy(plain)
 
 
@@ -390,6 +406,7 @@ def test_reset_stateful_hooks_resets_fora():
 
 def count_host_reads(fn) -> int:
     """Calls of `aten._local_scalar_dense`, the op behind `float(tensor)` / `.item()`: a host wait on a GPU."""
+
     class Reads(TorchDispatchMode):
         n = 0
 

@@ -16,7 +16,9 @@ try:
     HAVE_FONT = True
 except FileNotFoundError:
     HAVE_FONT = False
-needs_font = pytest.mark.skipif(not HAVE_FONT and not os.environ.get("CI"), reason="apt-get install fonts-noto-color-emoji")
+needs_font = pytest.mark.skipif(
+    not HAVE_FONT and not os.environ.get("CI"), reason="apt-get install fonts-noto-color-emoji"
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +79,26 @@ def test_training_runs_and_resumes(tmp_path):
     from fora.emoji.train import main, parse_args
 
     out, state = tmp_path / "model", tmp_path / "state.pt"
-    common = ["--out", str(out), "--state", str(state), "--per-class", "2", "--layers", "1", "--width", "32",
-              "--heads", "2", "--batch-size", "4", "--warmup", "2", "--threads", "1"]  # fmt: skip
+    common = [
+        "--out",
+        str(out),
+        "--state",
+        str(state),
+        "--per-class",
+        "2",
+        "--layers",
+        "1",
+        "--width",
+        "32",
+        "--heads",
+        "2",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "2",
+        "--threads",
+        "1",
+    ]
     main(parse_args(common + ["--steps", "3"]))
     log = json.loads((out / "training_log.json").read_text())
     assert log["total_steps"] == 3 and (out / "samples.png").exists() and (out / "transformer").is_dir()
@@ -91,9 +111,10 @@ def test_training_runs_and_resumes(tmp_path):
 
 @needs_font
 def test_shipped_classifier_recognises_fresh_renders():
+    from safetensors.torch import load_file
+
     from fora.emoji.classifier import EmojiClassifier, classify
     from fora.emoji.render import render_dataset
-    from safetensors.torch import load_file
 
     model = EmojiClassifier()
     model.load_state_dict(load_file("assets/emoji-classifier.safetensors"))

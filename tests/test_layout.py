@@ -26,8 +26,9 @@ def sources(package: str) -> list[str]:
     return sorted(out)
 
 
-@pytest.mark.parametrize("package, forbidden", [("fora", {"analysis", "app", "benchmarks"}),
-                                                ("analysis", {"app", "benchmarks"})])  # fmt: skip
+@pytest.mark.parametrize(
+    "package, forbidden", [("fora", {"analysis", "app", "benchmarks"}), ("analysis", {"app", "benchmarks"})]
+)
 def test_imports_run_one_way(package, forbidden):
     bad = {os.path.relpath(p, ROOT): sorted(imported_packages(p) & forbidden) for p in sources(package)}
     assert not {p: b for p, b in bad.items() if b}

@@ -65,8 +65,21 @@ def test_bad_model_names(tmp_path):
 def test_cli_generate_on_saved_pipeline(tmp_path, capsys):
     save_like_hub(make_dit_pipeline(), tmp_path / "dit")
     out = tmp_path / "x.png"
-    rc = cli_main(["generate", "--model", str(tmp_path / "dit"), "--class", "goldfish", "--steps", "8",
-                   "--interval", "3", "--out", str(out)])  # fmt: skip
+    rc = cli_main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path / "dit"),
+            "--class",
+            "goldfish",
+            "--steps",
+            "8",
+            "--interval",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and out.exists()
     assert "8 steps, 4 full / 4 reuse" in text and "full steps: [0, 1, 4, 7]" in text

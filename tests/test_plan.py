@@ -111,7 +111,9 @@ def test_extrapolating_plan_computes_foras_calls_and_resets_between_calls(dit_pi
 
 
 def test_plan_json_round_trip_and_path_in_config(tmp_path, dit_pipe):
-    plan = CachePlan(10, {"attn": [[0, 4, 8]] * 3, "mlp": [[0, 5]] * 3}, order=1, name="calibrated", meta={"seeds": [1]})
+    plan = CachePlan(
+        10, {"attn": [[0, 4, 8]] * 3, "mlp": [[0, 5]] * 3}, order=1, name="calibrated", meta={"seeds": [1]}
+    )
     path = plan.save(tmp_path / "plan.json")
     loaded = CachePlan.load(path)
     assert loaded == plan and json.loads(path.read_text())["computed_calls"] == 15

@@ -117,9 +117,12 @@ def test_one_cache_at_a_time_and_bad_knobs(dit_pipe):
     with pytest.raises(ValueError, match="already applied"):
         apply_peer(dit_pipe, fbcache())
     remove_peer(dit_pipe)
-    for make, message in ((lambda: taylorseer(order=3), "order=3: allowed 0..2"),
-                          (lambda: taylorseer(interval=0), "interval=0"), (lambda: taylorseer(warmup=0), "warmup=0"),
-                          (lambda: fbcache(-0.1), "threshold=-0.1")):  # fmt: skip
+    for make, message in (
+        (lambda: taylorseer(order=3), "order=3: allowed 0..2"),
+        (lambda: taylorseer(interval=0), "interval=0"),
+        (lambda: taylorseer(warmup=0), "warmup=0"),
+        (lambda: fbcache(-0.1), "threshold=-0.1"),
+    ):
         with pytest.raises(ValueError, match=message):
             make()
 
@@ -220,9 +223,39 @@ def arena_out(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dit")
     make_dit_pipeline().save_pretrained(folder)
     out = tmp_path_factory.mktemp("arena")
-    cmd = [sys.executable, "-m", "analysis.arena", "--model", str(folder), "--steps", "8", "--match-interval", "2",
-           "--intervals", "2", "3", "--seeds", "0", "1", "--orders", "0", "1", "--warmups", "1", "2", "--thresholds", "0.2",
-           "--calibration-samples", "2", "--timing-pairs", "1", "--guidance", "4", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "analysis.arena",
+        "--model",
+        str(folder),
+        "--steps",
+        "8",
+        "--match-interval",
+        "2",
+        "--intervals",
+        "2",
+        "3",
+        "--seeds",
+        "0",
+        "1",
+        "--orders",
+        "0",
+        "1",
+        "--warmups",
+        "1",
+        "2",
+        "--thresholds",
+        "0.2",
+        "--calibration-samples",
+        "2",
+        "--timing-pairs",
+        "1",
+        "--guidance",
+        "4",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return out
@@ -252,8 +285,12 @@ def test_arena_writes_every_policy_at_measured_cost(arena_out):
     html = (arena_out / "report.html").read_text()
     assert "Pareto front" in html and "Plan maps" in html and "data:image/png;base64," in html
     plans = sorted(p.name for p in (arena_out / "plans").iterdir())
-    assert plans == ["calibrated-T8-N2-g4.json", "calibrated-T8-N3-g4.json", "calibrated-o1-T8-N2-g4.json",
-                     "calibrated-o1-T8-N3-g4.json"]  # fmt: skip
+    assert plans == [
+        "calibrated-T8-N2-g4.json",
+        "calibrated-T8-N3-g4.json",
+        "calibrated-o1-T8-N2-g4.json",
+        "calibrated-o1-T8-N3-g4.json",
+    ]
     assert CachePlan.load(arena_out / "plans" / "calibrated-T8-N3-g4.json").computed_calls == fora["N=3"]
 
 
@@ -269,8 +306,12 @@ def test_arena_writes_every_policy_at_measured_cost(arena_out):
     ],
 )
 def test_arena_bad_input_is_named(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "analysis.arena", "--out", str(tmp_path / "o"), *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.arena", "--out", str(tmp_path / "o"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert __import__("re").search(message, proc.stderr), proc.stderr
 
@@ -280,20 +321,55 @@ def test_calibrate_and_generate_command_lines(tmp_path):
     make_dit_pipeline().save_pretrained(folder)
     plan_path = tmp_path / "plan.json"
     run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, timeout=300)  # noqa: E731
-    cal = run("-m", "analysis.calibrate", "--model", str(folder), "--steps", "9", "--match-interval", "3",
-              "--samples", "2", "--guidance", "4", "--out", str(plan_path))  # fmt: skip
+    cal = run(
+        "-m",
+        "analysis.calibrate",
+        "--model",
+        str(folder),
+        "--steps",
+        "9",
+        "--match-interval",
+        "3",
+        "--samples",
+        "2",
+        "--guidance",
+        "4",
+        "--out",
+        str(plan_path),
+    )
     assert cal.returncode == 0, cal.stderr
     plan = CachePlan.load(plan_path)
     assert plan.num_steps == 9 and plan.computed_calls == len(full_steps(9, 3)) * 3 * 2
     assert plan.meta["calibration_seeds"] and plan.meta["chosen"] in plan.meta["candidate_psnr"]
-    gen = run("-m", "fora", "generate", "--model", str(folder), "--plan", str(plan_path), "--class", "1",
-              "--out", str(tmp_path / "x.png"))  # fmt: skip
+    gen = run(
+        "-m",
+        "fora",
+        "generate",
+        "--model",
+        str(folder),
+        "--plan",
+        str(plan_path),
+        "--class",
+        "1",
+        "--out",
+        str(tmp_path / "x.png"),
+    )
     assert gen.returncode == 0, gen.stderr
     assert f"module calls computed {plan.computed_calls}," in gen.stdout
     bad = run("-m", "fora", "generate", "--model", str(folder), "--plan", str(plan_path), "--steps", "12")
     assert bad.returncode == 2 and "is for 9 steps, the run has 12" in bad.stderr
-    bad = run("-m", "analysis.calibrate", "--model", str(folder), "--steps", "9", "--match-interval", "9",
-              "--out", str(tmp_path / "p2.json"))  # fmt: skip
+    bad = run(
+        "-m",
+        "analysis.calibrate",
+        "--model",
+        str(folder),
+        "--steps",
+        "9",
+        "--match-interval",
+        "9",
+        "--out",
+        str(tmp_path / "p2.json"),
+    )
     assert bad.returncode == 2 and "interval=9 out of range for 9 steps: allowed 1..8" in bad.stderr
     assert not (tmp_path / "p2.json").exists()  # the early write check leaves no empty plan file behind
 
@@ -301,9 +377,36 @@ def test_calibrate_and_generate_command_lines(tmp_path):
 def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
     """--fid scores each method's best setting at the cost and the uncached model with Table 3's metrics; a rerun
     reuses the sample sets."""
-    cmd = [sys.executable, "-m", "analysis.arena", "--steps", "4", "--match-interval", "2", "--intervals", "2",
-           "--seeds", "0", "1", "--orders", "1", "--warmups", "1", "--thresholds", "0.3", "--calibration-samples", "1",
-           "--timing-pairs", "0", "--fid", "64", "--fid-reference", "320", "--out", str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "analysis.arena",
+        "--steps",
+        "4",
+        "--match-interval",
+        "2",
+        "--intervals",
+        "2",
+        "--seeds",
+        "0",
+        "1",
+        "--orders",
+        "1",
+        "--warmups",
+        "1",
+        "--thresholds",
+        "0.3",
+        "--calibration-samples",
+        "1",
+        "--timing-pairs",
+        "0",
+        "--fid",
+        "64",
+        "--fid-reference",
+        "320",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "arena.json").read_text())
@@ -336,9 +439,18 @@ def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
 def test_pareto_front_keeps_only_undominated_settings():
     from analysis.arena_report import pareto_plot
 
-    rows = [{"policy": "fora", "setting": f"N={i}", "computed_calls": c, "computed_fraction": c / 100, "speedup": s,
-             "psnr": q, "order": None} for i, (c, s, q) in enumerate([(50, 2.0, 20), (50, 1.9, 25), (30, 3.0, 18),
-                                                                        (40, 2.5, 17), (80, 1.2, 40)])]  # fmt: skip
+    rows = [
+        {
+            "policy": "fora",
+            "setting": f"N={i}",
+            "computed_calls": c,
+            "computed_fraction": c / 100,
+            "speedup": s,
+            "psnr": q,
+            "order": None,
+        }
+        for i, (c, s, q) in enumerate([(50, 2.0, 20), (50, 1.9, 25), (30, 3.0, 18), (40, 2.5, 17), (80, 1.2, 40)])
+    ]
     by_cost = next(t for t in pareto_plot(rows, x="computed_fraction").data if t.name == "Pareto front")
     assert list(zip(by_cost.x, by_cost.y)) == [(0.3, 18), (0.5, 25), (0.8, 40)]  # (0.4, 17) and (0.5, 20) dominated
     by_speed = next(t for t in pareto_plot(rows).data if t.name == "Pareto front")

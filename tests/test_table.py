@@ -80,9 +80,17 @@ def tiny_model(tmp_path_factory):
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(
-        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, in_channels=3,
-        out_channels=3, num_embeds_ada_norm=4, norm_type="ada_norm_zero", norm_elementwise_affine=False,
-    )  # fmt: skip
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=3,
+        out_channels=3,
+        num_embeds_ada_norm=4,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+    )
     scheduler = DDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing")
     path = str(tmp_path_factory.mktemp("tiny-emoji"))
     EmojiDiTPipeline(transformer.eval(), scheduler, id2label={i: f"c{i}" for i in range(4)}).save_pretrained(path)
@@ -90,11 +98,41 @@ def tiny_model(tmp_path_factory):
 
 
 def _table(model, out, *extra, samples=130, torchrun=False):
-    args = ["--model", model, "--steps", "4", "--intervals", "1", "3", "--samples", str(samples), "--out", str(out),
-            "--batch-size", "16", "--reference-samples", "64", "--timing-pairs", "0", "--threads", "1", *extra]  # fmt: skip
+    args = [
+        "--model",
+        model,
+        "--steps",
+        "4",
+        "--intervals",
+        "1",
+        "3",
+        "--samples",
+        str(samples),
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--reference-samples",
+        "64",
+        "--timing-pairs",
+        "0",
+        "--threads",
+        "1",
+        *extra,
+    ]
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-               "-m", "analysis.table", *args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "analysis.table",
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", "analysis.table", *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -179,8 +217,14 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny_model, one_process, 
 def test_bad_input_is_named_and_writes_nothing(tiny_model, tmp_path, extra, message):
     out = tmp_path / "bad"
     args = ["--model", tiny_model, "--steps", "4", "--intervals", "1", "2", "--samples", "20", "--out", str(out)]
-    done = subprocess.run([sys.executable, "-m", "analysis.table", *args, *extra], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis.table", *args, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 2
     assert message in done.stderr
     assert not out.exists()
@@ -259,8 +303,10 @@ def test_frechet_distance_in_the_emoji_feature_space_grows_with_damage():
     reference = extract(render_dataset(10, seed=3003)[0]).features
     images = render_dataset(10, seed=4004)[0].astype(np.float64)
     noise = np.random.default_rng(0).normal(size=images.shape)
-    fds = [frechet_distance(reference, extract(np.clip(images + s * noise, 0, 255).astype(np.uint8)).features)
-           for s in (0, 16, 48)]  # fmt: skip
+    fds = [
+        frechet_distance(reference, extract(np.clip(images + s * noise, 0, 255).astype(np.uint8)).features)
+        for s in (0, 16, 48)
+    ]
     assert fds[0] < fds[1] < fds[2]
 
 

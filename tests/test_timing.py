@@ -55,12 +55,18 @@ def test_paired_speedups_interleave_configs_and_pair_each_with_a_baseline(dit_pi
 
     monkeypatch.setattr(fora.timing, "time_call", scripted)
     rounds = []
-    ratios = paired_speedups(dit_pipe, call, [ForaConfig(interval=n) for n in (2, 4, 8)], pairs=4, clock="wall",
-                             on_round=lambda r, total: rounds.append((r, total)))  # fmt: skip
+    ratios = paired_speedups(
+        dit_pipe,
+        call,
+        [ForaConfig(interval=n) for n in (2, 4, 8)],
+        pairs=4,
+        clock="wall",
+        on_round=lambda r, total: rounds.append((r, total)),
+    )
     assert rounds == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]  # after the warm-up, then after each round
     assert calls[:4] == [1, 2, 4, 8]  # warm-up: the baseline once, then each config
     assert len(calls) == paired_calls(3, 4)  # the count the step budget and progress bars use
-    assert calls[4:] == [1, 2, 1, 4, 1, 8,  2, 1, 4, 1, 8, 1,  1, 2, 1, 4, 1, 8,  2, 1, 4, 1, 8, 1]  # fmt: skip
+    assert calls[4:] == [1, 2, 1, 4, 1, 8, 2, 1, 4, 1, 8, 1, 1, 2, 1, 4, 1, 8, 2, 1, 4, 1, 8, 1]
     for n, r in zip((2, 4, 8), ratios):
         expected = sorted(n / e for e in error[n])
         assert r.ratios == pytest.approx([n / e for e in error[n]])  # each pair's ratio, in the order timed
@@ -89,8 +95,19 @@ def test_paired_speedups_remove_fora_when_a_call_fails(dit_pipe):
 
 def test_cli_time_pairs(tmp_path, capsys):
     save_like_hub(make_dit_pipeline(), tmp_path / "dit")
-    args = ["generate", "--model", str(tmp_path / "dit"), "--class", "goldfish", "--steps", "6", "--interval", "2",
-            "--out", str(tmp_path / "x.png")]  # fmt: skip
+    args = [
+        "generate",
+        "--model",
+        str(tmp_path / "dit"),
+        "--class",
+        "goldfish",
+        "--steps",
+        "6",
+        "--interval",
+        "2",
+        "--out",
+        str(tmp_path / "x.png"),
+    ]
     assert cli_main(args) == 0
     text = capsys.readouterr().out
     assert "one call, cold: not a speed figure" in text and "over 2 pairs" not in text
@@ -139,8 +156,9 @@ def test_job_step_counts_match_the_calls_a_sweep_and_a_policies_click_make(dit_p
     done = [d for d, _ in progress]
     assert done == sorted(done) and done[-1] == progress[-1][1] == len(calls) // request.steps + 2
 
-    policy_job = PolicyJob("tiny-dit", Request(label=1, steps=8, guidance=4.0),
-                           ("FORA", "TaylorSeer order 1", "First Block Cache"), 3)  # fmt: skip
+    policy_job = PolicyJob(
+        "tiny-dit", Request(label=1, steps=8, guidance=4.0), ("FORA", "TaylorSeer order 1", "First Block Cache"), 3
+    )
     calls, handle = _count_transformer_calls(dit_pipe)
     timed = []
 
@@ -160,8 +178,9 @@ def test_job_step_counts_match_the_calls_a_sweep_and_a_policies_click_make(dit_p
 
 def test_no_warm_up_round_report_without_a_warm_up_and_sweep_threads_checked(dit_pipe):
     rounds = []
-    paired_speedups(dit_pipe, lambda: None, [ForaConfig(interval=2)], pairs=2, warmup=0,
-                    on_round=lambda r, total: rounds.append(r))  # fmt: skip
+    paired_speedups(
+        dit_pipe, lambda: None, [ForaConfig(interval=2)], pairs=2, warmup=0, on_round=lambda r, total: rounds.append(r)
+    )
     assert rounds == [1, 2]  # no "warm-up done" report when there was none
     from analysis.sweep import main as sweep_main
 

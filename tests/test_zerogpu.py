@@ -25,9 +25,22 @@ def zapp():
 
 
 def _generate(zapp, steps=8, interval=3, seed=4242, **kw):
-    args = dict(model_key="emoji-dit", label="cat", prompt="", steps=steps, interval=interval, seed=seed, guidance=3.0,
-                cache_attn=True, cache_cross_attn=True, cache_mlp=True, cache_start=0, cache_end=0, blocks="",
-                block_choice="")  # fmt: skip
+    args = dict(
+        model_key="emoji-dit",
+        label="cat",
+        prompt="",
+        steps=steps,
+        interval=interval,
+        seed=seed,
+        guidance=3.0,
+        cache_attn=True,
+        cache_cross_attn=True,
+        cache_mlp=True,
+        cache_start=0,
+        cache_end=0,
+        blocks="",
+        block_choice="",
+    )
     args.update(kw)
     return zapp.generate(**args)
 
@@ -39,13 +52,16 @@ def test_generate_redraw_and_baseline_cache_survive_the_fork(zapp):
     outs = list(_generate(zapp))
     call = zerogpu.calls[before]
     assert call.name == "compare_on_gpu" and call.pid != os.getpid() and call.exitcode == 0 and call.items > 0
-    job = form.GenerateJob("emoji-dit", form.parse_request(live.loaded("emoji-dit"), "cat", "", 8, 4242, 3.0),
-                           form.parse_config(3, 8, 6))  # fmt: skip
+    job = form.GenerateJob(
+        "emoji-dit", form.parse_request(live.loaded("emoji-dit"), "cat", "", 8, 4242, 3.0), form.parse_config(3, 8, 6)
+    )
     assert call.duration == zapp.gpu_seconds(job.denoising_steps())  # duration from the work asked for
     assert "emoji-dit" in live._models  # loaded once, in the main process
     token = outs[-1][-1] if outs[-1][-1] is not zapp.SKIP else next(o[-1] for o in outs if isinstance(o[-1], str))
     assert live.RESULTS.get(token) is not None  # kept in the main process, not in the child
-    assert "speedup" in outs[-1][9] and "x, " in dict(outs[-1][3])["speedup, measured (baseline / FORA, median of pairs)"]
+    assert (
+        "speedup" in outs[-1][9] and "x, " in dict(outs[-1][3])["speedup, measured (baseline / FORA, median of pairs)"]
+    )
     # the redraws read the main process' copy
     assert zapp.redraw_pairwise(token, "0", "mlp").to_dict()["data"]
     assert zapp.redraw_heatmaps(token, "uncached baseline")[0].to_dict()["data"]
@@ -108,8 +124,9 @@ def test_policies_through_the_fork_hand_their_plans_to_the_main_process(zapp):
     assert call.name == "policies_on_gpu" and call.pid != os.getpid() and call.exitcode == 0
     assert key in live.known_plans()  # learned in the main process from what the child returned
     assert outs[-1][-1].startswith("done")
-    job = form.parse_policies(live.loaded("emoji-dit"), "emoji-dit", "cat", "", 7, 11, 3.0, ["calibrated", "FORA"], 2,
-                              live.known_plans())  # fmt: skip
+    job = form.parse_policies(
+        live.loaded("emoji-dit"), "emoji-dit", "cat", "", 7, 11, 3.0, ["calibrated", "FORA"], 2, live.known_plans()
+    )
     assert job.needed_plans() == [(2, 0)]  # the chosen cost's (the sweep shows the known plans only)
     assert job.missing_plans(live.known_plans()) == []  # all calibrated in the child, all kept here
     assert call.duration == zapp.gpu_seconds(job.denoising_steps(len(job.needed_plans())))

@@ -9,7 +9,6 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-
 # Sampling defaults, chosen from measurements (assets/emoji-dit/README.md): accuracy against CPU time.
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE = 3.0
@@ -110,7 +109,9 @@ class EmojiDiTPipeline(DiffusionPipeline):
         latents = latents * self.scheduler.init_noise_sigma
         # stochastic samplers (DDPM) draw their per-step noise from the same generator(s), so a per-sample list of
         # generators fixes every sample's whole trajectory whatever else is in the batch
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        step_kwargs = (
+            {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        )
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = torch.cat([latents, latents]) if use_guidance else latents
             model_input = self.scheduler.scale_model_input(model_input, t)

@@ -29,9 +29,15 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", pre
 
 def build_transformer(layers: int = 6, width: int = 128, heads: int = 4, patch: int = 2) -> DiTTransformer2DModel:
     return DiTTransformer2DModel(
-        num_attention_heads=heads, attention_head_dim=width // heads, in_channels=3, out_channels=3,
-        num_layers=layers, sample_size=32, patch_size=patch, num_embeds_ada_norm=NUM_CLASSES,
-    )  # fmt: skip
+        num_attention_heads=heads,
+        attention_head_dim=width // heads,
+        in_channels=3,
+        out_channels=3,
+        num_layers=layers,
+        sample_size=32,
+        patch_size=patch,
+        num_embeds_ada_norm=NUM_CLASSES,
+    )
 
 
 def build_pipeline(transformer: DiTTransformer2DModel) -> EmojiDiTPipeline:
@@ -53,8 +59,13 @@ def vpred_loss(model, x0, labels, alphas_cumprod, generator, snr_gamma: float = 
 
 
 @torch.no_grad()
-def sample_grid(pipe: EmojiDiTPipeline, path: str, per_class: int = 4, steps: int = DEFAULT_STEPS,
-                guidance: float = DEFAULT_GUIDANCE):
+def sample_grid(
+    pipe: EmojiDiTPipeline,
+    path: str,
+    per_class: int = 4,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+):
     """A grid with one row of `per_class` samples for each class, classes in id order, 4 classes per row."""
     from PIL import Image
 
@@ -113,12 +124,15 @@ def main(args):
         pipe.save_pretrained(args.out, safe_serialization=True)
         session.update(end_step=step, seconds=round(time.time() - start, 1))
         log["total_steps"] = step
-        log["total_seconds"] = round(sum(s.get("seconds", 0) for s in log["sessions"] if s is not session)
-                                     + session["seconds"], 1)  # fmt: skip
+        log["total_seconds"] = round(
+            sum(s.get("seconds", 0) for s in log["sessions"] if s is not session) + session["seconds"], 1
+        )
         json.dump(log, open(log_path, "w"), indent=1)
         os.makedirs(os.path.dirname(args.state) or ".", exist_ok=True)
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step},
-                   args.state + ".tmp")  # fmt: skip
+        torch.save(
+            {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step},
+            args.state + ".tmp",
+        )
         os.replace(args.state + ".tmp", args.state)
 
     log["sessions"].append(session)
