@@ -18,14 +18,13 @@ import uuid
 import gradio as gr
 import torch
 
-from analysis import form, live
-from analysis.arena_report import pareto_plot, plan_map_figure
+from analysis.arena.policies import POLICIES, PolicyResult
+from analysis.arena.report import pareto_plot, plan_map_figure
 from analysis.memory import MODEL_SHAPES, Bandwidth, hbm_answer, measure_bandwidth
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot, tradeoff_plot
-from analysis.policies import POLICIES, PolicyResult, stream_policies
-from analysis.sweep import SweepResult, stream_sweep
-from analysis.sweep_report import write_outputs
-from analysis.table_report import (
+from analysis.sweep import SweepResult
+from analysis.sweep.report import write_outputs
+from analysis.table.report import (
     DISPLAY_HEADERS,
     class_grid,
     describe,
@@ -35,9 +34,11 @@ from analysis.table_report import (
     load_grid_samples,
     load_table,
 )
-from fora.emoji.classes import LABELS
-from fora.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from fora.loading import ASSETS, MODELS
+from models.emoji.classes import LABELS
+from models.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from ui import form, live
+from ui.stream import stream_policies, stream_sweep
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator everywhere else
     import spaces

@@ -14,13 +14,12 @@ import time
 import numpy as np
 import torch
 
+from analysis.metrics.quality import psnr, ssim
 from fora import ForaConfig, apply_fora, remove_fora
-from fora.emoji.classes import LABELS, NUM_CLASSES
-from fora.emoji.classifier import CLASSIFIER_TEST_SEED, _to_tensor, accuracy, classify, load_or_train_classifier
-from fora.emoji.render import render_dataset
 from fora.loading import load_pipeline
-
-from .quality import psnr, ssim
+from models.emoji.classes import LABELS, NUM_CLASSES
+from models.emoji.classifier import CLASSIFIER_TEST_SEED, _to_tensor, accuracy, classify, load_or_train_classifier
+from models.emoji.render import render_dataset
 
 
 def evaluate(

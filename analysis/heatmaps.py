@@ -8,13 +8,12 @@ import argparse
 
 import plotly.io as pio
 
+from analysis.comparison import num_blocks, observe_run
+from analysis.metrics.similarity import default_blocks
+from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip
 from fora import ForaConfig
 from fora.generate import Request
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
-
-from .experiment import num_blocks, observe_run
-from .plots import neighbour_heatmap, pairwise_heatmap, schedule_strip
-from .similarity import default_blocks
 
 
 def main(argv=None) -> int:

@@ -138,7 +138,7 @@ def measured(cmd: list[str], env: dict | None = None) -> dict:
 APP_RUN = """
 import json, sys, time
 import app
-from analysis import live
+from ui import live
 key, steps, interval, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 label, prompt = (extra[1], "") if extra[0] == "--class" else ("", extra[1])
 t0 = time.perf_counter()
@@ -197,7 +197,7 @@ def recorder_bound() -> dict:
     """The similarity recorder for DiT-XL/2 at 256 and PixArt-alpha at 512, 28 layers, 250 steps, batch 2."""
     import torch
 
-    from analysis.similarity import SimilarityRecorder
+    from analysis.metrics.similarity import SimilarityRecorder
     from fora.observers import Observation, RunEvent
 
     res = {}

@@ -12,8 +12,8 @@ import numpy as np
 import plotly.io as pio
 import torch
 
+from analysis.metrics.similarity import SimilarityRecorder
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip
-from analysis.similarity import SimilarityRecorder
 from fora.observers import Observation, RunEvent
 from fora.schedule import full_steps
 

@@ -73,7 +73,7 @@ def app_runs(args) -> list[list[dict]]:
 def cli_runs(args) -> list[list[dict]]:
     import torch
 
-    from analysis.sweep import run_sweep
+    from analysis.sweep.experiment import run_sweep
     from fora.loading import load_pipeline
 
     torch.set_num_threads(args.threads)
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the CLI-path runs (the app uses 1)")
     args = p.parse_args(argv)
     if args.only != "cli":
-        from analysis.form import SWEEP_PAIRS
+        from ui.form import SWEEP_PAIRS
 
         _report(f"app Sweep tab ({SWEEP_PAIRS} pairs per interval)", app_runs(args))
     if args.only != "app":

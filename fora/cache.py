@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from .block import ALL_CHUNKS, block_step_forward, needed_chunks, supports_lean_reuse
+from .lean_reuse import ALL_CHUNKS, block_step_forward, needed_chunks, supports_lean_reuse
 from .observers import Observation, RunEvent
 from .plan import CachePlan, extrapolation_weights
 from .schedule import full_steps
@@ -62,7 +62,7 @@ class ForaConfig:
             `re.fullmatch` pattern over `named_modules()` that finds the transformer blocks; group 1 is the index.
         lean_reuse (`bool`, defaults to `True`):
             On reuse steps of DiT/PixArt blocks, skip the norms, modulation and adaLN rows that only cached modules
-            read (same output; `fora.block`). `False` runs each block's original forward with the cached module
+            read (same output; `fora.lean_reuse`). `False` runs each block's original forward with the cached module
             outputs, as the official code does: slower reuse steps, and a compiled block then traces one graph per
             block (the hooked modules are guarded by identity).
         plan (`CachePlan` or path, *optional*):
@@ -438,7 +438,7 @@ class _ForaRunHook(ModelHook):
 
 
 class _ForaModuleHook(ModelHook):
-    """On one attention or MLP module of a block that `fora.block` does not cover: compute and cache on full steps,
+    """On one attention or MLP module of a block that `fora.lean_reuse` does not cover: compute and cache on full steps,
     return the cache on reuse steps (the block's own forward still computes the module's input)."""
 
     def __init__(self, handle: ForaHandle, slot: _CacheSlot, reuse_steps: frozenset[int] | None = None):

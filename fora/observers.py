@@ -2,7 +2,7 @@
 
 An observer is any callable taking an `Observation`. It runs inside the forward pass, so it must not modify
 `output` and should reduce it right away (a norm, a projection, a similarity with the previous step) instead of
-keeping it: a DiT-XL/2 run of 250 steps produces ~16 GB of raw features. `analysis.similarity` builds on this.
+keeping it: a DiT-XL/2 run of 250 steps produces ~16 GB of raw features. `analysis.metrics.similarity` builds on this.
 """
 
 from dataclasses import dataclass

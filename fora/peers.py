@@ -98,7 +98,7 @@ def fbcache(threshold: float = 0.1) -> FirstBlockCacheConfig:
 @dataclass
 class PeerRun:
     """What happened in one run of a peer: its length and the steps done (module counts come from
-    `analysis.compute_map`, which sees what really ran whatever the method)."""
+    `analysis.metrics.compute_map`, which sees what really ran whatever the method)."""
 
     num_steps: int
     steps_done: int = 0

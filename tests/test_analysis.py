@@ -8,14 +8,14 @@ import pytest
 import torch
 from conftest import make_dit_pipeline, make_pixart_pipeline
 
-from analysis.experiment import compare, observe_run
+from analysis.comparison import compare, observe_run
 from analysis.memory import MODEL_SHAPES, cache_bytes, hbm_answer, measure_read_seconds
+from analysis.metrics.quality import compare_images, diff_image, mean_abs_diff, prediction_error, psnr, ssim
+from analysis.metrics.similarity import SimilarityRecorder, cosine, default_blocks
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot, tradeoff_plot
-from analysis.quality import compare_images, diff_image, mean_abs_diff, prediction_error, psnr, ssim
-from analysis.similarity import SimilarityRecorder, cosine, default_blocks
-from analysis.sweep import main as sweep_main
-from analysis.sweep import run_sweep
-from analysis.sweep_report import report_html, write_outputs
+from analysis.sweep.__main__ import main as sweep_main
+from analysis.sweep.experiment import run_sweep
+from analysis.sweep.report import report_html, write_outputs
 from fora import ForaConfig, apply_fora, full_steps, remove_fora
 from fora.generate import Request
 
@@ -223,7 +223,7 @@ def test_sweep_honours_the_shared_settings():
 
 def test_timed_call_gives_the_observed_images():
     """The speedup is timed on the same call the images come from: same images, with or without observers."""
-    from analysis.experiment import timed_call
+    from analysis.comparison import timed_call
 
     pipe = make_dit_pipeline()
     request = Request(label=2, steps=8, seed=3, guidance=4.0)

@@ -68,7 +68,7 @@ def shown(app, outs) -> list:
 
 
 def test_generate_on_embedded_model(app):
-    from analysis import live
+    from ui import live
 
     outs = run_generate(app, steps=12, interval=3, seed=7)
     # images and maps come first, the measured speedup fills in afterwards
@@ -103,7 +103,7 @@ def test_generate_on_embedded_model(app):
 
 def test_class_names_map_to_their_ids(app, tiny_model_dir):
     """The tiny model's classes are ids 1 and 2 (not 0 and 1): a name must give its id, not its position."""
-    from analysis import form, live
+    from ui import form, live
 
     pipe, _ = live.get_model(tiny_model_dir)
     assert form.parse_request(pipe, "goldfish", "", 8, 0, 3.0).label == 1
@@ -144,7 +144,7 @@ def test_hub_model_offline_says_so(app, monkeypatch):
     """An operator lists the hub models, but the machine is offline: loading fails with the reason, at request time."""
     import gradio as gr
 
-    from analysis import live
+    from ui import live
 
     monkeypatch.setenv("FORA_HUB_MODELS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -156,7 +156,7 @@ def test_hub_model_offline_says_so(app, monkeypatch):
 def test_step_budget_bounds_a_sweep(app):
     import gradio as gr
 
-    from analysis import form
+    from ui import form
 
     with pytest.raises(
         gr.Error, match=rf"asks for \d+ denoising steps; one request may run at most {form.STEP_BUDGET}"
@@ -229,7 +229,7 @@ def test_sweep_uses_the_chosen_seed_and_advanced_settings(app):
 
 
 def live_cache_bytes(app, blocks: int, modules: int) -> int:
-    from analysis import live
+    from ui import live
 
     pipe = live.loaded("emoji-dit")
     t = pipe.transformer
@@ -239,7 +239,7 @@ def live_cache_bytes(app, blocks: int, modules: int) -> int:
 
 
 def test_baseline_cache_is_bounded(app):
-    from analysis import live
+    from ui import live
 
     for seed in range(100, 100 + live.BASELINES.size + 3):
         run_generate(app, steps=4, interval=2, seed=seed)
@@ -258,7 +258,7 @@ def test_two_requests_contend_for_the_model_lock(app):
     alone: runs never interleave on the shared pipeline."""
     import threading
 
-    from analysis import live
+    from ui import live
 
     _, lock = live.get_model("emoji-dit")
     order, results = [], {}
@@ -341,7 +341,7 @@ def test_cancel_through_the_server_stops_the_run_and_frees_the_lock(server):
 
     from gradio_client import Client
 
-    from analysis import live
+    from ui import live
 
     pipe, lock = live.get_model("emoji-dit")
     steps_run = []
@@ -429,7 +429,7 @@ def test_user_leaving_the_page_stops_the_run(server):
 
     from playwright.sync_api import sync_playwright
 
-    from analysis import live
+    from ui import live
 
     pipe, lock = live.get_model("emoji-dit")
     steps_run = []
@@ -481,8 +481,8 @@ def run_policies(app, chosen, steps=10, interval=3, seed=5, label="cat", model="
 
 def test_policies_side_by_side_then_the_plan_in_compare(app):
     """Policies: images, equal cost, measured maps; the plan it calibrated is kept and runs in the Compare tab."""
-    from analysis import live
-    from analysis.policies import plan_key
+    from analysis.arena.policies import plan_key
+    from ui import live
 
     with pytest.raises(Exception, match="no calibrated-o1 plan yet for emoji-dit at T=10"):
         run_generate(app, steps=10, interval=3, policy="calibrated-o1")

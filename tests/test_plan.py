@@ -56,7 +56,7 @@ def test_per_block_plan_honours_its_budget_exactly(dit_pipe, lean):
 
 def test_lean_and_plain_paths_agree_on_a_per_block_plan(dit_pipe):
     plan = CachePlan(8, {"attn": [[0, 2, 5], [0, 4], [0, 1, 7]], "mlp": [[0, 3], [0, 6, 7], [0, 5]]}, order=1)
-    from analysis.compute_map import ComputeMap
+    from analysis.metrics.compute_map import ComputeMap
 
     base = run_dit(dit_pipe, steps=8)
     outs = []
@@ -94,7 +94,7 @@ def test_extrapolation_weights_and_slot_arithmetic():
 def test_extrapolating_plan_computes_foras_calls_and_resets_between_calls(dit_pipe):
     """Order 1 on FORA's schedule: the same modules compute at the same steps as FORA, only reuse steps differ; no
     state (divided differences) survives a call."""
-    from analysis.compute_map import ComputeMap
+    from analysis.metrics.compute_map import ComputeMap
 
     apply_fora(dit_pipe, ForaConfig(interval=3))
     with ComputeMap(dit_pipe.transformer) as fora_map:

@@ -13,8 +13,8 @@ import torch
 from conftest import make_dit_pipeline, run_dit, run_pixart
 from diffusers.hooks import apply_first_block_cache, apply_taylorseer_cache
 
-from analysis.calibrate import best_steps, calibrate, reuse_costs
-from analysis.compute_map import ComputeMap
+from analysis.calibrate.fit import best_steps, calibrate, reuse_costs
+from analysis.metrics.compute_map import ComputeMap
 from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
 from fora.peers import apply_peer, fbcache, remove_peer, taylorseer, taylorseer_at_cost, taylorseer_steps
 
@@ -189,8 +189,8 @@ def test_calibrated_plan_meets_foras_budget_exactly_and_is_not_worse_on_calibrat
     scores = plan.meta["candidate_psnr"]
     assert plan.name == ("calibrated" if order == 0 else "calibrated-o1")
     # the judge's score of FORA's schedule is the PSNR of FORA's own images on the calibration samples, recomputed
-    from analysis.calibrate import calibration_set
-    from analysis.quality import psnr
+    from analysis.calibrate.fit import calibration_set
+    from analysis.metrics.quality import psnr
     from fora.generate import generate_batch
 
     classes, seeds = calibration_set(1000, 2)
@@ -425,7 +425,7 @@ def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "samples").iterdir()} == stamp  # reused, not redone
     assert json.loads((tmp_path / "arena.json").read_text())["rows"][0]["fid"] == data["rows"][0]["fid"]
-    from analysis.arena_fid import rescore
+    from analysis.arena.rescore import rescore
 
     rescored = {(r["policy"], r["setting"]): r for r in rescore(str(tmp_path), reference_samples=320)}
     assert rescored.keys() == scored.keys()
@@ -437,7 +437,7 @@ def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
 
 
 def test_pareto_front_keeps_only_undominated_settings():
-    from analysis.arena_report import pareto_plot
+    from analysis.arena.report import pareto_plot
 
     rows = [
         {

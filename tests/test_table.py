@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import linalg
 
-from analysis.distribution import frechet_distance, inception_score, precision_recall
+from analysis.metrics.distribution import frechet_distance, inception_score, precision_recall
 from analysis.samples import SHARD_SIZE, sample_labels, sample_seed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +76,7 @@ def tiny_model(tmp_path_factory):
     """A tiny random emoji-style DiT pipeline, saved and loaded like any pipeline folder."""
     from diffusers import DDIMScheduler, DiTTransformer2DModel
 
-    from fora.emoji.pipeline import EmojiDiTPipeline
+    from models.emoji.pipeline import EmojiDiTPipeline
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(
@@ -245,7 +245,7 @@ def test_the_app_shows_a_table_folder(one_process, monkeypatch):
     import gradio as gr
 
     import app
-    from analysis.table_report import DISPLAY_HEADERS, display_rows, load_table
+    from analysis.table.report import DISPLAY_HEADERS, display_rows, load_table
 
     monkeypatch.setattr(app, "TABLE3_DIR", str(one_process))
     rows = display_rows(load_table(str(one_process)))
@@ -277,7 +277,8 @@ def test_a_dit_pipeline_folder_with_ddpm(tmp_path):
 
 
 def test_samples_per_cell_can_differ_by_steps(tmp_path):
-    from analysis.table import check_args, parse_args
+    from analysis.table.__main__ import parse_args
+    from analysis.table.experiment import check_args
 
     args = parse_args(["--steps", "20", "50", "--samples", "1000", "500", "--out", str(tmp_path / "t")])
     check_args(args)
@@ -296,8 +297,8 @@ def test_score_is_deterministic_and_leaves_the_global_generator_alone():
 
 
 def test_frechet_distance_in_the_emoji_feature_space_grows_with_damage():
-    from analysis.distribution import EmojiFeatures
-    from fora.emoji.render import render_dataset
+    from analysis.metrics.distribution import EmojiFeatures
+    from models.emoji.render import render_dataset
 
     extract = EmojiFeatures()
     reference = extract(render_dataset(10, seed=3003)[0]).features
@@ -323,7 +324,7 @@ def test_ddpm_samples_do_not_depend_on_the_batch_size(tiny_model, tmp_path):
 
 
 def test_a_corrupt_shard_is_made_again_and_a_busy_folder_is_refused(tiny_model, one_process, tmp_path):
-    from analysis.table import lock_folder
+    from analysis.table.experiment import lock_folder
 
     copy = tmp_path / "copy"
     shutil.copytree(one_process, copy)

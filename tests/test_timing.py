@@ -136,12 +136,12 @@ def _count_transformer_calls(pipe):
 def test_job_step_counts_match_the_calls_a_sweep_and_a_policies_click_make(dit_pipe, monkeypatch):
     """`SweepJob.denoising_steps` and `PolicyJob.denoising_steps` size a request (the step budget, ZeroGPU's
     duration): counted against the transformer calls really made, and the sweep's progress reaches its total."""
-    from analysis import policies
-    from analysis.arena import time_entries
-    from analysis.form import SweepJob
-    from analysis.policies import PolicyJob, run_policies
-    from analysis.sweep import run_sweep
+    from analysis.arena import policies
+    from analysis.arena.experiment import time_entries
+    from analysis.arena.policies import PolicyJob, run_policies
+    from analysis.sweep.experiment import run_sweep
     from fora.generate import Request
+    from ui.form import SweepJob
 
     request = Request(label=1, steps=6, guidance=4.0)
     calls, handle = _count_transformer_calls(dit_pipe)
@@ -182,7 +182,7 @@ def test_no_warm_up_round_report_without_a_warm_up_and_sweep_threads_checked(dit
         dit_pipe, lambda: None, [ForaConfig(interval=2)], pairs=2, warmup=0, on_round=lambda r, total: rounds.append(r)
     )
     assert rounds == [1, 2]  # no "warm-up done" report when there was none
-    from analysis.sweep import main as sweep_main
+    from analysis.sweep.__main__ import main as sweep_main
 
     with pytest.raises(SystemExit) as e:
         sweep_main(["--threads", "0"])

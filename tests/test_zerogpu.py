@@ -46,7 +46,7 @@ def _generate(zapp, steps=8, interval=3, seed=4242, **kw):
 
 
 def test_generate_redraw_and_baseline_cache_survive_the_fork(zapp):
-    from analysis import form, live
+    from ui import form, live
 
     before = len(zerogpu.calls)
     outs = list(_generate(zapp))
@@ -91,7 +91,7 @@ def test_memory_tab_touches_cuda_only_in_a_gpu_function(zapp):
 
 
 def test_closing_the_generator_stops_the_worker_and_frees_the_lock(zapp):
-    from analysis import live
+    from ui import live
 
     stream = _generate(zapp, steps=100, interval=2, seed=9191)
     first = next(stream)  # the worker runs (the first partial maps came back)
@@ -114,8 +114,8 @@ def test_bad_input_is_answered_in_the_main_process(zapp):
 def test_policies_through_the_fork_hand_their_plans_to_the_main_process(zapp):
     """A plan calibrated in the GPU worker is returned and kept by the main process, so the next request (and the
     Compare tab) finds it; the duration counts the calibration only when a plan is missing."""
-    from analysis import form, live
-    from analysis.policies import plan_key
+    from analysis.arena.policies import plan_key
+    from ui import form, live
 
     key = plan_key("emoji-dit", 7, 3.0, 2, 0)
     assert key not in live.known_plans()

@@ -13,17 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.arena.experiment import Entry, fbcache_at_budget, observe, time_entries
+from analysis.calibrate.fit import calibrate, calibration_set, record_grams
+from analysis.comparison import default_clock
+from analysis.metrics.quality import psnr, ssim
 from fora import CachePlan, ForaConfig, full_steps
 from fora.generate import Request, num_classes
 from fora.loading import ASSETS
 from fora.peers import fbcache, taylorseer_at_cost
 from fora.timing import paired_calls
-
-from .arena import Entry, fbcache_at_budget, observe, time_entries
-from .calibrate import calibrate, calibration_set, record_grams
-from .experiment import default_clock
-from .quality import psnr, ssim
-from .stream import stream_job
 
 POLICIES = ("FORA", "calibrated", "calibrated-o1", "TaylorSeer order 1", "TaylorSeer order 2", "First Block Cache")
 MAX_POLICIES = 3
@@ -220,9 +218,3 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
             row.update({k: entry.row[k] for k in ("speedup", "speedup_low", "speedup_high", "pairs")}, clock=clock)
         result.timed = True
         emit(result)
-
-
-def stream_policies(pipe, job: PolicyJob, plans: dict):
-    """`run_policies` in a worker thread: yields progress strings and `PolicyResult`s (None as a heartbeat);
-    closing the stream stops the run at the next step."""
-    yield from stream_job(pipe.transformer, lambda emit: run_policies(pipe, job, plans, emit), 0.2, heartbeat_s=0.2)

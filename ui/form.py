@@ -249,7 +249,7 @@ COMPARE_POLICIES = ("FORA", "calibrated", "calibrated-o1")  # the Compare tab's 
 
 def compare_plan(model_key: str, request: Request, interval: int, policy: str, plans: dict):
     """The calibrated plan the Compare tab runs at FORA N = `interval`'s cost, from the known `plans`."""
-    from .policies import plan_key
+    from analysis.arena.policies import plan_key
 
     if policy not in COMPARE_POLICIES:
         raise ValueError(f"policy={policy!r}; allowed: {', '.join(COMPARE_POLICIES)}")
@@ -269,7 +269,7 @@ def compare_plan(model_key: str, request: Request, interval: int, policy: str, p
 
 def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, chosen, interval, plans: dict):
     """The Policies tab's values as a checked `PolicyJob` (budget included, counting plans still to calibrate)."""
-    from .policies import MAX_POLICIES, POLICIES, PolicyJob
+    from analysis.arena.policies import MAX_POLICIES, POLICIES, PolicyJob
 
     if is_text_conditional(pipe):
         raise ValueError(
@@ -309,7 +309,7 @@ class MemoryQuery:
 
 def parse_memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization) -> MemoryQuery:
     """The Memory tab's values as a `MemoryQuery`, or `ValueError` naming the bad value and the allowed range."""
-    from .memory import DTYPE_BYTES, MODEL_SHAPES
+    from analysis.memory import DTYPE_BYTES, MODEL_SHAPES
 
     if shape_key not in MODEL_SHAPES:
         raise ValueError(f"unknown model {shape_key!r}; allowed: {', '.join(MODEL_SHAPES)}")

@@ -13,7 +13,9 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from .table_report import _fmt, _png_base64
+from analysis.arena.experiment import COLUMNS, EQUAL_COST, at_budget, budget_entries
+from analysis.report_files import finite, png_base64, write_text_atomic
+from analysis.table.report import _fmt
 
 COLORS = {
     "uncached": "#444",
@@ -23,23 +25,6 @@ COLORS = {
     "taylorseer": "#2ca02c",
     "fbcache": "#9467bd",
 }
-EQUAL_COST = 0.05  # a setting costing at most 5% over the budget counts as equal cost (cheaper ones count too)
-
-
-def _finite(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def at_budget(rows: list[dict], budget: float) -> list[dict]:
-    """Each method's best setting (highest PSNR) costing at most `budget` (+ `EQUAL_COST`): a cheaper setting that
-    scores higher is not dropped."""
-    best = {}
-    for r in rows:
-        if r["policy"] == "uncached" or r["computed_calls"] > (1 + EQUAL_COST) * budget:
-            continue
-        if r["policy"] not in best or r["psnr"] > best[r["policy"]]["psnr"]:
-            best[r["policy"]] = r
-    return sorted(best.values(), key=lambda r: -r["psnr"])
 
 
 def pareto_plot(rows: list[dict], x: str = "speedup", title: str | None = None) -> go.Figure:
@@ -153,13 +138,6 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def budget_entries(entries: list, budget: float) -> list:
-    """The entries shown side by side: uncached, then each method's best setting at the budget."""
-    best = {id(r) for r in at_budget([e.row for e in entries], budget)}
-    chosen = [e for e in entries if id(e.row) in best]
-    return [entries[0]] + sorted(chosen, key=lambda e: -e.row["psnr"])
-
-
 def _distribution_html(d: dict | None, rows: list[dict]) -> str:
     """The report's distribution section (`rows`: the scored settings, uncached first), in a div that
     `rewrite_tables` can replace after a rescore."""
@@ -231,16 +209,9 @@ torch {esc(result["machine"]["torch"])}), {esc(result["date"])}, {result["second
 {_distribution_html(result.get("distribution"), [e.row for e in shown])}
 <h2>Plots</h2>{plots}
 <h2>The same seeds</h2><p>Columns: {esc(", ".join(f"{e.policy} {e.setting}" for e in shown))}; rows: the first
-seeds.</p><img src="data:image/png;base64,{_png_base64(grid)}">
+seeds.</p><img src="data:image/png;base64,{png_base64(grid)}">
 <h2>Every setting</h2>{_table(rows, cols)}
 <p>Command: <code>{esc(result.get("command", ""))}</code></p></body></html>"""
-
-
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def plan_filename(plan: dict) -> str:
@@ -255,15 +226,15 @@ def write_plans(out: str, plans: dict) -> list[str]:
     paths = []
     for plan in plans.values():
         paths.append(os.path.join(folder, plan_filename(plan)))
-        _atomic_text(paths[-1], json.dumps(plan, indent=1) + "\n")
+        write_text_atomic(paths[-1], json.dumps(plan, indent=1) + "\n")
     return paths
 
 
 def rewrite_tables(out: str, data: dict) -> None:
     """arena.csv, arena.json and report.html's distribution section again from `data` (an arena.json's content),
-    e.g. after `arena_fid.rescore`."""
-    data["rows"] = [{k: _finite(v) for k, v in r.items()} for r in data["rows"]]  # as write_outputs does
-    _atomic_text(os.path.join(out, "arena.csv"), _csv(data["rows"]))
+    e.g. after a rescore (`rescore.py`)."""
+    data["rows"] = [{k: finite(v) for k, v in r.items()} for r in data["rows"]]  # as write_outputs does
+    write_text_atomic(os.path.join(out, "arena.csv"), _csv(data["rows"]))
     report = os.path.join(out, "report.html")
     if os.path.isfile(report):
         scored = sorted(
@@ -279,13 +250,12 @@ def rewrite_tables(out: str, data: dict) -> None:
             end = page.index("</table>", start) + len("</table>") if start >= 0 else -1
         if start >= 0:
             section = _distribution_html(data.get("distribution"), scored)
-            _atomic_text(report, page[:start] + section + page[end:])
+            write_text_atomic(report, page[:start] + section + page[end:])
     data["at_budget"] = at_budget(data["rows"], data["budget_calls"])
-    _atomic_text(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")
+    write_text_atomic(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")
 
 
 def _csv(rows: list[dict]) -> str:
-    from .arena import COLUMNS
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
@@ -296,10 +266,10 @@ def _csv(rows: list[dict]) -> str:
 
 def write_outputs(out: str, result: dict) -> None:
     """arena.csv, report.html, the plans (DIR/plans) and, last, arena.json, each written whole and renamed."""
-    _atomic_text(os.path.join(out, "arena.csv"), _csv(result["rows"]))
-    _atomic_text(os.path.join(out, "report.html"), report_html(result))
+    write_text_atomic(os.path.join(out, "arena.csv"), _csv(result["rows"]))
+    write_text_atomic(os.path.join(out, "report.html"), report_html(result))
     write_plans(out, result["plans"])
     data = {k: v for k, v in result.items() if not k.startswith("_")}
-    data["rows"] = [{k: _finite(v) for k, v in r.items()} for r in data["rows"]]
+    data["rows"] = [{k: finite(v) for k, v in r.items()} for r in data["rows"]]
     data["at_budget"] = at_budget(data["rows"], result["budget_calls"])
-    _atomic_text(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")
+    write_text_atomic(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")

@@ -11,13 +11,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from analysis.metrics.quality import PredictionRecorder, compare_images, diff_image, prediction_error
+from analysis.metrics.similarity import SimilarityRecorder
+from analysis.speed import LoopTimer, SpeedRatio, _sync, paired_speedup, paired_speedups
 from fora import ForaConfig, ForaRun, apply_fora, get_fora_handle, remove_fora
 from fora.generate import Request, generate
 from fora.schedule import ideal_speedup
-
-from .quality import PredictionRecorder, compare_images, diff_image, prediction_error
-from .similarity import SimilarityRecorder
-from .speed import LoopTimer, SpeedRatio, _sync, paired_speedup, paired_speedups
 
 
 @dataclass

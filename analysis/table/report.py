@@ -6,23 +6,21 @@ the report and the app's Table 3 tab draw from `table.json` (so the app needs on
 - Image grid: the same samples (same seed, same class) at every N, one block of rows per T.
 """
 
-import base64
 import csv
 import datetime
 import html
 import io
 import json
 import os
-import platform
 
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
-import torch
 from PIL import Image
 
-from .samples import SHARD_SIZE, Cell, read_shard, shard_path
-from .table_metrics import reference_description
+from analysis.report_files import finite, machine, png_base64, write_atomic
+from analysis.samples import SHARD_SIZE, Cell, read_shard, shard_path
+from analysis.table.metrics import reference_description
 
 COLUMNS = [
     "steps",
@@ -46,18 +44,6 @@ COLUMNS = [
 ]
 GRID_PER_CLASS = 2  # samples of each class kept for the grids (sample indices c and c + classes)
 GRID_CLASSES = 6  # classes in the report's grid
-
-
-def _finite(v):
-    return None if isinstance(v, float) and not np.isfinite(v) else v
-
-
-def _atomic(path: str, write) -> None:
-    """`write(f)` into a binary file under a temporary name, closed, then renamed to `path`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def _runs(out: str) -> list[dict]:
@@ -88,9 +74,9 @@ def write_outputs(args, settings, rows: list[dict], notes: dict) -> None:
             if args.timing_pairs
             else "not measured (--timing-pairs 0)"
         ),
-        "machine": machine(args),
+        "machine": machine(args.device, args.clock),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "rows": [{k: _finite(v) for k, v in r.items()} for r in rows],
+        "rows": [{k: finite(v) for k, v in r.items()} for r in rows],
     }
 
     def write_csv(f):
@@ -100,35 +86,17 @@ def write_outputs(args, settings, rows: list[dict], notes: dict) -> None:
         writer.writerows(rows)
         text.detach()
 
-    _atomic(os.path.join(out, "table.csv"), write_csv)
+    write_atomic(os.path.join(out, "table.csv"), write_csv)
     steps, intervals = sorted({r["steps"] for r in rows}), sorted({r["interval"] for r in rows})
     samples = collect_grid_samples(out, steps, intervals, args.num_classes, args.samples_by_steps, args.seed)
-    _atomic(
+    write_atomic(
         os.path.join(out, "grid_samples.npz"),
         lambda f: np.savez_compressed(f, images=samples, steps=steps, intervals=intervals),
     )
     grid = class_grid(samples, list(range(min(GRID_CLASSES, samples.shape[2]))))
-    _atomic(os.path.join(out, "grid.png"), lambda f: Image.fromarray(grid).save(f, format="PNG"))
-    _atomic(os.path.join(out, "report.html"), lambda f: f.write(report_html(meta, grid).encode()))
-    _atomic(os.path.join(out, "table.json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
-
-
-def machine(args) -> dict:
-    """What the timings ran on: they are only reused on the same machine, device, threads and clock."""
-    device = args.device or "cpu"
-    name = (
-        torch.cuda.get_device_name(torch.device(device))
-        if device.startswith("cuda")
-        else (platform.processor() or platform.machine())
-    )
-    return {
-        "platform": platform.platform(),
-        "processor": name,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": device,
-        "clock": args.clock,
-    }
+    write_atomic(os.path.join(out, "grid.png"), lambda f: Image.fromarray(grid).save(f, format="PNG"))
+    write_atomic(os.path.join(out, "report.html"), lambda f: f.write(report_html(meta, grid).encode()))
+    write_atomic(os.path.join(out, "table.json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def _per_cell(samples_by_steps: dict[int, int]) -> int | dict[str, int]:
@@ -261,12 +229,6 @@ def fid_speed_plot(rows: list[dict], floor: dict | None = None) -> go.Figure:
     return fig
 
 
-def _png_base64(image: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _fmt(v, digits=3):
     if v is None:
         return "-"
@@ -316,7 +278,7 @@ Reference: {esc(meta.get("reference", "-"))}.
 <h2>Plots</h2>{plots}
 <h2>The same samples across N</h2><p>Rows: the first samples of classes 0..{GRID_CLASSES - 1}, one block per T;
 columns: N =
-{", ".join(str(n) for n in sorted({r["interval"] for r in meta["rows"]}))}.</p><img src="data:image/png;base64,{_png_base64(grid)}">
+{", ".join(str(n) for n in sorted({r["interval"] for r in meta["rows"]}))}.</p><img src="data:image/png;base64,{png_base64(grid)}">
 </body></html>"""
 
 

@@ -17,14 +17,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from analysis.comparison import (
+    Comparison,
+    RunResult,
+    baseline_config,
+    compare_runs,
+    default_clock,
+    observe_run,
+    timed_speedup,
+)
+from analysis.metrics.similarity import default_blocks  # noqa: F401  (the app picks step x step blocks with it)
+from analysis.speed import SpeedRatio
 from fora import ForaConfig
 from fora.generate import Request, is_text_conditional
 from fora.loading import MODELS, ModelLoadError, load_pipeline  # noqa: F401  (ModelLoadError: the app catches it)
-
-from .experiment import Comparison, RunResult, baseline_config, compare_runs, default_clock, observe_run, timed_speedup
-from .similarity import default_blocks  # noqa: F401  (the app picks step x step blocks with it)
-from .speed import SpeedRatio
-from .stream import stream_job
+from ui.stream import stream_job
 
 
 @dataclass(frozen=True)
@@ -235,7 +242,7 @@ def known_plans() -> dict:
     """Calibrated plans by `policies.plan_key`: those shipped with the embedded model and those calibrated here."""
     global _shipped_plans
     if _shipped_plans is None:
-        from .policies import shipped_plans
+        from analysis.arena.policies import shipped_plans
 
         try:
             _shipped_plans = shipped_plans()

@@ -1,4 +1,4 @@
-"""Benchmark of the FORA engine itself: `python -m analysis.bench_engine [--device cuda]`.
+"""Benchmark of the FORA engine itself: `python -m benchmarks.bench_engine [--device cuda]`.
 
 (a) overhead of the hooks at interval=1 against no FORA, on a small model (6 blocks, width 128, 30 steps): target
     <= 1%. On a shared machine the pair ratios of two ~1 s calls scatter by more than 1%, so the share of the call
@@ -77,7 +77,7 @@ def hook_share_profiled(pipe, request: Request) -> float:
 
 
 def small_pipeline(device: str = "cpu"):
-    from fora.emoji.train import build_pipeline, build_transformer
+    from models.emoji.train import build_pipeline, build_transformer
 
     torch.manual_seed(0)
     pipe = build_pipeline(build_transformer(layers=6, width=128, heads=4, patch=2).eval())

@@ -1,4 +1,4 @@
-"""FORA on the full-size DiT-XL/2, prepared for a GPU session: `python -m analysis.bench_gpu --out gpu.jsonl`.
+"""FORA on the full-size DiT-XL/2, prepared for a GPU session: `python -m benchmarks.bench_gpu --out gpu.jsonl`.
 
 The DiT-XL/2 architecture (28 blocks, hidden 1152, 16 heads of 72, patch 2) with random weights (timing does not
 depend on the weights) and the VAE of `facebook/DiT-XL-2-*` (sd-vae-ft-ema's architecture, random weights), float16,
@@ -12,7 +12,7 @@ batch 2 (one image with classifier-free guidance), at 256 and 512. For each reso
 
 Results print as they come (a timeout keeps what was printed) and append to `--out` as JSON lines. On an H100 the
 default plan takes about 8-10 minutes; cut it with --resolutions/--schedulers/--intervals/--modes/--pairs.
-Smoke test on a CPU: `python -m analysis.bench_gpu --device cpu --dtype float32 --blocks 2 --tiny-vae
+Smoke test on a CPU: `python -m benchmarks.bench_gpu --device cpu --dtype float32 --blocks 2 --tiny-vae
 --ddpm-steps 6 --ddim-steps 4 --intervals 3 --pairs 1 --resolutions 256`.
 """
 
@@ -23,13 +23,12 @@ import time
 
 import torch
 
+from analysis.memory import H100_SXM_BANDWIDTH, MODEL_SHAPES, cache_bytes, measure_bandwidth
+from benchmarks.bench_compile import compile_transformer
+from benchmarks.bench_engine import reuse_step_fraction
 from fora import ForaConfig, apply_fora, ideal_speedup, remove_fora
 from fora.generate import Request, generate
 from fora.timing import paired_speedup, time_call
-
-from .bench_compile import compile_transformer
-from .bench_engine import reuse_step_fraction
-from .memory import H100_SXM_BANDWIDTH, MODEL_SHAPES, cache_bytes, measure_bandwidth
 
 PAPER_N3_250 = 2.80  # FORA paper, DiT-XL/2 256, 250 DDPM steps, N=3 (sampling loop only)
 SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler"}

@@ -14,13 +14,10 @@ processes are joined with accelerate's `PartialState` (gloo on CPU, NCCL on GPUs
 --num_processes 2` starts only one process on a CPU-only machine, so use torchrun there.
 """
 
-import argparse
 import contextlib
 import datetime
 import json
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -28,19 +25,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fora.loading import MODELS, ModelLoadError, load_pipeline, resolve_model
-
-from .distribution import PR_NEIGHBOURS
-from .samples import (
-    SAMPLERS,
+from analysis.metrics.distribution import PR_NEIGHBOURS
+from analysis.samples import (
     Cell,
     fill_shard,
     read_shard,
     remove_partial_writes,
-    set_sampler,
     shard_path,
     shard_ranges,
 )
+from fora.loading import MODELS, resolve_model
 
 
 @dataclass(frozen=True)
@@ -52,63 +46,6 @@ class Settings:
     guidance: float
     seed: int
     extractor: str
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
-    p.add_argument("--steps", type=int, nargs="+", default=[20, 50], help="denoising steps T")
-    p.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5, 7, 10], help="cache intervals N")
-    p.add_argument(
-        "--samples",
-        type=int,
-        nargs="+",
-        default=[1000],
-        help="samples per cell (>= 4): one value for every T, or one per --steps value",
-    )
-    p.add_argument("--out", required=True, help="output folder (samples, table, report)")
-    p.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddim (deterministic) or ddpm")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; sample i's noise seed derives from (seed, i)")
-    p.add_argument("--batch-size", type=int, default=50, help="samples per pipeline call")
-    p.add_argument(
-        "--extractor",
-        default=None,
-        choices=("emoji", "inception"),
-        help="feature space of the metrics (default: emoji for emoji-dit, inception otherwise)",
-    )
-    p.add_argument(
-        "--inception-weights",
-        default=None,
-        help="Inception-v3 weights file (torch-fidelity's "
-        "pt_inception-2015-12-05 .pth); required by --extractor inception, never downloaded",
-    )
-    p.add_argument(
-        "--reference-npz",
-        default=None,
-        help="reference images for --extractor inception: an .npz "
-        "with uint8 N x H x W x 3 under 'arr_0' or 'images' (e.g. the ADM evaluation batch)",
-    )
-    p.add_argument("--reference-samples", type=int, default=10000, help="emoji reference renders (>= 2)")
-    p.add_argument("--timing-pairs", type=int, default=3, help="ABBA pairs per cell for the speedup (0: skip)")
-    p.add_argument("--timing-batch", type=int, default=8, help="samples per timed call")
-    p.add_argument(
-        "--clock",
-        default="wall",
-        choices=("wall", "cpu"),
-        help="wall time (a quiet machine), or this "
-        "process's CPU time (CPU only: robust when other jobs share the machine)",
-    )
-    p.add_argument("--skip-metrics", action="store_true", help="only generate the samples")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / processes)")
-    p.add_argument("--device", default=None, help="default: this process's accelerator, else CPU")
-    p.add_argument(
-        "--pause-file",
-        default=None,
-        help="while this file exists, generation pauses between batches "
-        "(and writes PAUSE_FILE + 'd'), so timings can be taken on a quiet machine",
-    )
-    return p.parse_args(argv)
 
 
 def check_args(args) -> None:
@@ -287,18 +224,19 @@ def _now() -> str:
 
 def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell, dict]:
     """Speedup of each cell against its uncached twin, measured in timed pairs (cached in DIR/timing.json)."""
+    from analysis.speed import paired_speedup
     from fora import ForaConfig
-
-    from .speed import paired_speedup
 
     path = os.path.join(args.out, "timing.json")
     cache = {}
     if os.path.isfile(path):
         with open(path) as f:
             cache = json.load(f)
-    from .table_report import machine
+    from analysis.report_files import machine
 
-    where = machine(args)  # timings are reused only from the same machine, device, threads and clock
+    where = machine(
+        args.device, args.clock
+    )  # timings are reused only from the same machine, device, threads and clock
     where = f"{where['processor']}_{where['device']}_t{where['threads']}_{where['clock']}"
     result = {}
     for cell in cells:
@@ -326,87 +264,3 @@ def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell,
             print(f"{cell.name}: {ratio}", flush=True)
         result[cell] = cache[key]
     return result
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        check_args(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-
-    from .table_metrics import make_extractor
-
-    # on a machine without CUDA, PartialState() ignores torchrun's processes; cpu=True joins them with gloo
-    state = PartialState(cpu=not torch.cuda.is_available() or (args.device or "").startswith("cpu"))
-    rank, world = state.process_index, state.num_processes
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    spec = resolve_model(args.model)
-    args.guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
-    args.extractor = args.extractor or default_extractor(args.model)
-    if args.extractor == "inception":
-        try:
-            check_args(args)  # the default extractor needs its files too
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    try:
-        args.device = args.device or str(state.device)  # this process's GPU under torchrun, else CPU
-        pipe = load_pipeline(args.model, device=args.device)
-    except ModelLoadError as e:
-        print(f"error: --model {args.model!r}: {e}", file=sys.stderr)
-        return 2
-    if hasattr(pipe, "text_encoder"):
-        print(
-            f"error: --model {args.model!r} is text-conditional; the table needs a class-conditional model "
-            "(a prompt set for text models is not part of this table)",
-            file=sys.stderr,
-        )
-        return 2
-    pipe.set_progress_bar_config(disable=True)
-    set_sampler(pipe, args.sampler)
-    num_classes = pipe.transformer.config.num_embeds_ada_norm
-    cells = [Cell(t, n) for t in sorted(set(args.steps)) for n in sorted(set(args.intervals))]
-    settings = Settings(args.model, args.sampler, float(args.guidance), args.seed, args.extractor)
-    args.command = shlex.join(
-        (["torchrun", "--nproc_per_node", str(world)] if world > 1 else ["python"])
-        + ["-m", "analysis.table", *(sys.argv[1:] if argv is None else argv)]
-    )
-    args.processes, args.num_classes = world, num_classes
-    error, todo = None, []
-    if state.is_main_process:
-        try:
-            extractor = None if args.skip_metrics else make_extractor(args)  # a missing package fails here, not later
-            todo = prepare_folder(args, settings, cells)
-        except ValueError as e:
-            error = str(e)
-    error, todo = broadcast_object_list([error, todo], from_process=0)
-    if error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    t0 = time.perf_counter()
-    generate_all(pipe, args, todo, num_classes, rank, world)
-    state.wait_for_everyone()
-    if not state.is_main_process or args.skip_metrics:
-        return 0
-    print(f"samples ready ({time.perf_counter() - t0:.0f}s); computing metrics", flush=True)
-    from .table_metrics import table_rows
-    from .table_report import COLUMNS, write_outputs
-
-    speed = measure_speed(pipe, args, cells, num_classes) if args.timing_pairs else {}
-    rows, notes = table_rows(args, cells, speed, extractor)
-    write_outputs(args, settings, rows, notes)
-    for r in rows:
-        print(
-            " ".join(f"{c}={r[c]:.4g}" if isinstance(r[c], float) else f"{c}={r[c]}" for c in COLUMNS if c in r),
-            flush=True,
-        )
-    print(f"wrote {args.out}/table.csv, table.json, report.html")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""FORA with torch.compile: `python -m analysis.bench_compile [--device cuda] [--mode regional|whole]`.
+"""FORA with torch.compile: `python -m benchmarks.bench_compile [--device cuda] [--mode regional|whole]`.
 
 On the DiT-XL/2 block width (hidden 1152, 16 heads, patch 2, 32x32 latent, batch 2 for guidance, random weights,
 `--blocks` blocks), it measures:
@@ -18,11 +18,10 @@ import argparse
 import torch
 from torch._dynamo.utils import counters
 
+from benchmarks.bench_engine import dit_xl_width_pipeline
 from fora import ForaConfig, apply_fora, ideal_speedup, remove_fora
 from fora.generate import Request, generate
 from fora.timing import paired_speedup, time_call
-
-from .bench_engine import dit_xl_width_pipeline
 
 
 def compile_transformer(transformer, mode: str = "regional", **compile_kwargs) -> None:

@@ -1,6 +1,6 @@
 """The emoji classifier: a small CNN trained on held-out renders (a data seed the diffusion model never saw), never
 on generated images. It judges whether generated samples show the class asked for, and its penultimate features
-and class probabilities are the offline feature space of the distribution metrics (`analysis/distribution.py`).
+and class probabilities are the offline feature space of the distribution metrics (`analysis/metrics/distribution.py`).
 """
 
 import os

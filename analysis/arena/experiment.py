@@ -16,32 +16,29 @@ Methods: `uncached`; `fora` at each N of `--intervals`; `calibrated` and `calibr
 calibrated on its own classes and seeds) at each FORA N's budget; `taylorseer` (diffusers', orders `--orders` x every
 N of `--intervals` x warm-up `--warmups`: both of its knobs); `fbcache` (diffusers', each `--thresholds`, plus the threshold found by bisection
 whose cost is closest to FORA N = `--match-interval`'s). Writes DIR/arena.csv, DIR/arena.json and DIR/report.html.
-`--fid K` adds distribution columns (`analysis.arena_fid`) for each method's best setting at the cost.
+`--fid K` adds distribution columns (`fid.py`) for each method's best setting at the cost.
 """
 
-import argparse
 import datetime
-import math
 import os
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from analysis.arena.fid import distribution_columns
+from analysis.calibrate.fit import calibrate, calibration_set, record_grams
+from analysis.metrics.compute_map import ComputeMap
+from analysis.metrics.quality import psnr, ssim
+from analysis.report_files import machine
 from fora import ForaConfig, full_steps
-from fora.emoji.classes import NUM_CLASSES
 from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
-from fora.loading import ModelLoadError, load_pipeline
+from fora.loading import load_pipeline
 from fora.peers import apply_cache, fbcache, taylorseer, taylorseer_steps
 from fora.timing import paired_speedups
-
-from .calibrate import MAX_STEPS_ORDER1, calibrate, calibration_set, record_grams
-from .compute_map import ComputeMap
-from .quality import psnr, ssim
+from models.emoji.classes import NUM_CLASSES
 
 POLICIES = ("uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache")
 COLUMNS = [
@@ -69,6 +66,28 @@ COLUMNS = [
     "fid_samples",
 ]
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; capped so that means stay finite
+
+
+EQUAL_COST = 0.05  # a setting costing at most 5% over the budget counts as equal cost (cheaper ones count too)
+
+
+def at_budget(rows: list[dict], budget: float) -> list[dict]:
+    """Each method's best setting (highest PSNR) costing at most `budget` (+ `EQUAL_COST`): a cheaper setting that
+    scores higher is not dropped."""
+    best = {}
+    for r in rows:
+        if r["policy"] == "uncached" or r["computed_calls"] > (1 + EQUAL_COST) * budget:
+            continue
+        if r["policy"] not in best or r["psnr"] > best[r["policy"]]["psnr"]:
+            best[r["policy"]] = r
+    return sorted(best.values(), key=lambda r: -r["psnr"])
+
+
+def budget_entries(entries: list, budget: float) -> list:
+    """The entries shown side by side: uncached, then each method's best setting at the budget."""
+    best = {id(r) for r in at_budget([e.row for e in entries], budget)}
+    chosen = [e for e in entries if id(e.row) in best]
+    return [entries[0]] + sorted(chosen, key=lambda e: -e.row["psnr"])
 
 
 @dataclass
@@ -120,7 +139,7 @@ def score(entry: Entry, reference: np.ndarray, total_calls: int, labels: np.ndar
         computed_fraction=entry.row["computed_calls"] / total_calls,
     )
     if classifier is not None:
-        from fora.emoji.classifier import classify
+        from models.emoji.classifier import classify
 
         entry.row["class_accuracy"] = float(np.mean(classify(classifier, entry.images) == labels))
 
@@ -220,7 +239,7 @@ def run_arena(args, log=print) -> dict:
         )
     classifier = None
     if args.model == "emoji-dit":
-        from fora.emoji.classifier import load_or_train_classifier
+        from models.emoji.classifier import load_or_train_classifier
 
         classifier, _ = load_or_train_classifier(os.path.join("assets", "emoji-classifier.safetensors"))
     with ComputeMap(pipe.transformer) as probe:
@@ -253,9 +272,6 @@ def run_arena(args, log=print) -> dict:
         )
     distribution = None
     if args.fid:
-        from .arena_fid import distribution_columns
-        from .arena_report import budget_entries
-
         threads = torch.get_num_threads()
         torch.set_num_threads(os.cpu_count() or 1)  # quality only here: every core
         try:
@@ -299,13 +315,7 @@ def run_arena(args, log=print) -> dict:
             if args.timing_pairs
             else "not measured (--timing-pairs 0)"
         ),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "device": device,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine(device, args.clock),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t_start, 1),
         "rows": [e.row for e in entries],
@@ -313,116 +323,3 @@ def run_arena(args, log=print) -> dict:
         "plans": plans,
         "_entries": entries,  # dropped when written: images and maps for the report
     }
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m analysis.arena", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
-    p.add_argument("--steps", type=int, default=30, help="sampling steps T (DDIM)")
-    p.add_argument("--match-interval", type=int, default=3, help="FORA N whose cost is the reference budget")
-    p.add_argument(
-        "--intervals",
-        type=int,
-        nargs="+",
-        default=None,
-        help="FORA N (and TaylorSeer N, calibrated budgets) to run (default 2 3 4 5 6 and the match N)",
-    )
-    p.add_argument(
-        "--seeds", type=int, nargs="+", default=list(range(8)), help="evaluation seeds (class: seed mod classes)"
-    )
-    p.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2], help="TaylorSeer orders, 0..2")
-    p.add_argument(
-        "--warmups",
-        type=int,
-        nargs="+",
-        default=[1, 2, 3, 4, 5, 6, 7],
-        help="TaylorSeer warm-up steps (diffusers' disable_cache_before_step), >= 1",
-    )
-    p.add_argument(
-        "--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.3], help="First Block Cache thresholds"
-    )
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
-    p.add_argument("--calibration-samples", type=int, default=8, help="samples the calibrated plans are fit on")
-    p.add_argument("--timing-pairs", type=int, default=3, help="ABBA pairs per setting (0: no timing)")
-    p.add_argument("--clock", choices=["wall", "cpu"], default=None, help="default: cpu on a CPU, wall on a GPU")
-    p.add_argument(
-        "--fid",
-        type=int,
-        default=0,
-        metavar="K",
-        help="also score each method's best setting at the cost, and uncached, on K class-balanced samples "
-        "with Table 3's metrics (embedded model; 0: off)",
-    )
-    p.add_argument(
-        "--fid-reference",
-        type=int,
-        default=10_000,
-        metavar="R",
-        help="fresh emoji renders the distribution metrics compare with (default 10,000, as Table 3)",
-    )
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--out", required=True, help="output folder")
-    args = p.parse_args(argv)
-    T = args.steps
-    if T < 4:
-        p.error(f"--steps {T}: must be >= 4")
-    if not math.isfinite(args.guidance) or args.guidance < 1:
-        p.error(f"--guidance {args.guidance}: must be a number >= 1")
-    if not 2 <= args.match_interval <= T - 1:
-        p.error(f"--match-interval {args.match_interval}: allowed 2..{T - 1} for {T} steps")
-    args.intervals = sorted(set(args.intervals or [n for n in (2, 3, 4, 5, 6) if n <= T - 1]) | {args.match_interval})
-    bad = [n for n in args.intervals if not 2 <= n <= T - 1]
-    if bad:
-        p.error(f"--intervals {bad}: allowed 2..{T - 1} for {T} steps")
-    if any(o not in (0, 1, 2) for o in args.orders):
-        p.error(f"--orders {args.orders}: allowed 0, 1, 2")
-    if T > MAX_STEPS_ORDER1:
-        p.error(f"--steps {T}: the arena calibrates order-1 plans, allowed T <= {MAX_STEPS_ORDER1}")
-    if any(w < 1 for w in args.warmups):
-        p.error(f"--warmups {args.warmups}: must be >= 1 (step 0 has nothing to predict from)")
-    if any(not t >= 0 for t in args.thresholds):
-        p.error(f"--thresholds {args.thresholds}: must be >= 0")
-    if not args.seeds or any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-        p.error(f"--seeds {args.seeds}: give distinct seeds >= 0")
-    if args.calibration_samples < 1:
-        p.error(f"--calibration-samples {args.calibration_samples}: must be >= 1")
-    if args.fid and args.fid < 64:
-        p.error(f"--fid {args.fid}: give 0 (off) or at least 64 samples")
-    if args.fid and args.fid_reference < args.fid:
-        p.error(f"--fid-reference {args.fid_reference}: needs at least --fid {args.fid} renders")
-    if args.timing_pairs < 0:
-        p.error(f"--timing-pairs {args.timing_pairs}: must be >= 0")
-    if args.clock == "cpu" and args.device and args.device.startswith("cuda"):
-        p.error("--clock cpu times CPU work only; use --clock wall on a GPU")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        probe = os.path.join(args.out, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        p.error(f"--out {args.out}: cannot write there ({e.strerror})")
-    return args
-
-
-def main(argv=None) -> int:
-    from .arena_report import write_outputs
-
-    args = parse_args(argv)
-    if args.clock is None:
-        args.clock = "cpu" if not (args.device or "").startswith("cuda") and not torch.cuda.is_available() else "wall"
-    if args.clock == "cpu":
-        torch.set_num_threads(1)  # the CPU clock then counts the calling thread's work alone (fora.timing)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    try:
-        result = run_arena(args, log)
-    except (ValueError, ModelLoadError, RuntimeError) as e:  # RuntimeError: e.g. a device torch does not know
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    result["command"] = "python -m analysis.arena " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_outputs(args.out, result)
-    log(f"wrote {args.out}/arena.csv, arena.json, report.html in {result['seconds']:.0f}s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,43 +4,17 @@ Everything user-given (model name, prompt, class) is HTML-escaped: the app serve
 prompt must never become markup or script.
 """
 
-import base64
 import csv
 import html
-import io
 import json
 import os
 
-import numpy as np
 import plotly.io as pio
-from PIL import Image
 
+from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, tradeoff_plot
+from analysis.report_files import json_safe, png_base64
+from analysis.sweep.experiment import COLUMNS, SweepResult
 from fora.generate import to_uint8
-
-from .plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, tradeoff_plot
-from .sweep import COLUMNS, SweepResult
-
-
-def _png_data_uri(image: np.ndarray, scale: int) -> str:
-    im = Image.fromarray(to_uint8(image))
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _json_safe(v):
-    """inf/NaN (PSNR of identical images) become null: JSON has no such numbers."""
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        return float(v) if np.isfinite(v) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
 
 
 def write_outputs(result: SweepResult, out_dir: str, model: str) -> dict:
@@ -65,7 +39,7 @@ def write_outputs(result: SweepResult, out_dir: str, model: str) -> dict:
         "per_seed": {str(k): v for k, v in result.per_seed.items()},
     }
     with open(paths["json"], "w") as f:
-        json.dump(_json_safe(meta), f, indent=1, allow_nan=False)
+        json.dump(json_safe(meta), f, indent=1, allow_nan=False)
     with open(paths["html"], "w") as f:
         f.write(report_html(result, model))
     return paths
@@ -97,7 +71,7 @@ def report_html(result: SweepResult, model: str) -> str:
     head = "".join(f"<th>{c}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS) + "</tr>" for r in rows)
     grid = "".join(
-        f"<figure><img src='{_png_data_uri(images[n], scale)}'><figcaption>N={n}</figcaption></figure>"
+        f"<figure><img src='data:image/png;base64,{png_base64(to_uint8(images[n]), scale)}'><figcaption>N={n}</figcaption></figure>"
         for n in sorted(images)
     )
     req, esc = result.request, html.escape

@@ -11,6 +11,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from analysis.arena.policies import PolicyJob, run_policies
+from analysis.sweep import run_sweep
+from fora import ForaConfig
+from fora.generate import Request
+
 
 class Cancelled(Exception):
     """Raised inside the pipeline call when the stream was closed: the run stops at the next denoising step."""
@@ -88,3 +93,41 @@ def stream_job(
     finally:
         cancel.set()
         thread.join()
+
+
+def stream_sweep(
+    pipe,
+    request: Request,
+    intervals,
+    seeds,
+    config: ForaConfig,
+    pairs: int = 3,
+    warmup: int = 1,
+    clock: str | None = None,
+):
+    """`run_sweep` in a worker thread: yields `(done, total, message)` after each run, then the `SweepResult`;
+    `None` every half second in between. Closing the generator stops the sweep at the next denoising step.
+    """
+
+    def job(emit):  # noqa: E306
+        emit(
+            run_sweep(
+                pipe,
+                request,
+                intervals,
+                seeds,
+                config,
+                pairs,
+                warmup,
+                progress=lambda d, t, msg: emit((d, t, msg)),
+                clock=clock,
+            )
+        )
+
+    yield from stream_job(pipe.transformer, job, min_interval_s=0.0, heartbeat_s=0.5)
+
+
+def stream_policies(pipe, job: PolicyJob, plans: dict):
+    """`run_policies` in a worker thread: yields progress strings and `PolicyResult`s (None as a heartbeat);
+    closing the stream stops the run at the next step."""
+    yield from stream_job(pipe.transformer, lambda emit: run_policies(pipe, job, plans, emit), 0.2, heartbeat_s=0.2)

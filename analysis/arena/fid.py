@@ -1,5 +1,5 @@
 """The arena's distribution columns (`--fid K`): each method's best setting at FORA N's cost, and the uncached model,
-over K class-balanced samples, scored with Table 3's metrics (`analysis.distribution`).
+over K class-balanced samples, scored with Table 3's metrics (`analysis.metrics.distribution`).
 
 Sample i has class i mod classes and the noise seed `samples.sample_seed(FID_SEED, i)`, the same in every set.
 Static methods (uncached, FORA, plans, TaylorSeer) run in batches; First Block Cache one sample per call, since it
@@ -16,13 +16,12 @@ import os
 import numpy as np
 import torch
 
+from analysis.metrics.distribution import EmojiFeatures, distribution_metrics, frechet_distance
+from analysis.samples import sample_labels, sample_seed
+from analysis.table.metrics import reference_features
 from fora.generate import num_classes as class_count
 from fora.generate import to_uint8
 from fora.peers import apply_cache
-
-from .distribution import EmojiFeatures, distribution_metrics, frechet_distance
-from .samples import sample_labels, sample_seed
-from .table_metrics import reference_features
 
 FID_SEED = 7007  # sample seeds of the distribution sets: unlike the evaluation seeds 0.., far from calibration's
 REFERENCE_SAMPLES = 10_000
@@ -91,11 +90,10 @@ def _columns(real, fake, labels, uncached) -> dict:
     }
 
 
-def rescore(out: str, reference_samples: int = REFERENCE_SAMPLES) -> list[dict]:
-    """Recompute the distribution columns of DIR/arena.json and arena.csv from the stored sample sets (after a change
-    of metrics: no sample is generated again). The uncached set must be among them. Returns the rescored rows."""
-    from .arena_report import rewrite_tables
-
+def rescore_rows(out: str, reference_samples: int = REFERENCE_SAMPLES) -> tuple[dict, list[dict]]:
+    """The distribution columns of DIR/arena.json recomputed from the stored sample sets (after a change of metrics:
+    no sample is generated again); the uncached set must be among them. Returns the updated arena data and the
+    rescored rows (the same dicts); `rescore.py` writes them back."""
     path = os.path.join(out, "arena.json")
     data = json.load(open(path))
     extractor = EmojiFeatures()
@@ -113,8 +111,7 @@ def rescore(out: str, reference_samples: int = REFERENCE_SAMPLES) -> list[dict]:
         fake = extractor(images)
         uncached = fake if row["policy"] == "uncached" else uncached
         row.update(_columns(real, fake, labels, uncached))
-    rewrite_tables(out, data)
-    return rows
+    return data, rows
 
 
 def distribution_columns(
@@ -156,10 +153,3 @@ def distribution_columns(
         "reference": f"{len(real.features):,} fresh renders (render seed 3003)",
         "feature_space": "the emoji classifier's 192 penultimate features (32 logits for score and accuracy)",
     }
-
-
-if __name__ == "__main__":
-    import sys
-
-    for row in rescore(sys.argv[1]):
-        print(f"{row['policy']} {row['setting']}: FD {row['fid']:.2f}, FD vs uncached {row['fd_vs_uncached']:.3f}")

@@ -1,0 +1,72 @@
+"""What the experiments' reports share: PNG data for HTML pages, atomic file writes, JSON-safe numbers and the
+description of the machine that timed a run."""
+
+import base64
+import io
+import os
+import platform
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def png_base64(image: np.ndarray, scale: int = 1) -> str:
+    """A uint8 H x W x 3 image as base64 PNG (for `<img src="data:image/png;base64,...">`), enlarged `scale` times
+    without smoothing, so that a 32 x 32 sample stays sharp."""
+    im = Image.fromarray(image)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_atomic(path: str, write) -> None:
+    """`write(f)` into a binary file under a temporary name, closed, then renamed to `path`: a reader never sees a
+    half-written file, and a killed run leaves the previous one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """`text` to `path` as `write_atomic` does (UTF-8, newlines as given)."""
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def finite(v):
+    """A float that JSON can hold: inf and NaN (the PSNR of identical images) become None."""
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    return v
+
+
+def json_safe(v):
+    """`finite` through dicts, lists and numpy scalars."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.integer):
+        return int(v)
+    return finite(v)
+
+
+def machine(device: str | None, clock: str | None = None) -> dict:
+    """What a timing ran on; timings are comparable only on the same machine, device, threads and clock."""
+    device = device or "cpu"
+    name = (
+        torch.cuda.get_device_name(torch.device(device))
+        if device.startswith("cuda")
+        else (platform.processor() or platform.machine())
+    )
+    return {
+        "platform": platform.platform(),
+        "processor": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "clock": clock,
+    }

@@ -1,0 +1,78 @@
+"""Interval sweep from the command line: `python -m analysis.sweep --intervals 1 2 3 5` (see `experiment.py`)."""
+
+import argparse
+import time
+
+import torch
+
+from analysis.sweep.experiment import __doc__ as SWEEP_DOC
+from analysis.sweep.experiment import run_sweep
+from analysis.sweep.report import write_outputs
+from fora.generate import Request
+from fora.loading import ModelLoadError, load_pipeline, resolve_model
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.sweep", description=SWEEP_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="emoji-dit", help="model key, hub id or pipeline folder")
+    p.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5, 7, 10], help="cache intervals N")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--class", dest="class_label", default="0", help="class id or name (class-conditional models)")
+    p.add_argument("--prompt", default=None, help="prompt (text-conditional models)")
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--pairs", type=int, default=5, help="timed baseline/FORA pairs per interval (after a warm-up)")
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default=None,
+        help="what times the pairs (default: process CPU time on a CPU, robust on a shared machine; wall "
+        "time with device events on a GPU)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's); the README's CPU measurements used 1",
+    )
+    p.add_argument("--out", default="out/sweep", help="output folder")
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads={args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
+    spec = resolve_model(args.model)
+    request = Request(
+        label=args.class_label,
+        prompt=args.prompt,
+        steps=args.steps or (spec.default_steps if spec else 30),
+        guidance=args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0),
+    )
+    try:
+        pipe = load_pipeline(args.model, device=args.device)
+        pipe.set_progress_bar_config(disable=True)
+        t0 = time.perf_counter()
+        result = run_sweep(pipe, request, args.intervals, args.seeds, pairs=args.pairs, clock=args.clock)
+    except (ValueError, ModelLoadError) as e:
+        print(f"error: {e}")
+        return 2
+    paths = write_outputs(result, args.out, args.model)
+    print(f"{'N':>3} {'full':>4} {'ideal':>6} {'PSNR':>7} {'SSIM':>6} {'cache':>10}  speedup (median, range)")
+    for r in result.rows:
+        print(
+            f"{r.interval:>3} {r.full_steps:>4} {r.ideal_speedup:>5.2f}x {r.psnr:>7.2f} {r.ssim:>6.3f} "
+            f"{r.cache_bytes / 2**20:>6.2f} MiB  {r.speed}"
+        )
+    print(
+        f"share of uncached transformer time in the cached modules: {result.cached_module_fraction:.1%} "
+        f"(speed: {result.timing})"
+    )
+    print(f"sweep took {time.perf_counter() - t0:.1f}s; wrote {', '.join(paths.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
