@@ -57,13 +57,21 @@ def reuse_step_fraction(
 
 def hook_share_profiled(pipe, request: Request) -> float:
     """Share of a FORA call's time (interval 1) spent in the hooks' own Python code, from `cProfile`: the functions
-    of `fora/cache.py`, diffusers' hook registry and the `torch.compiler.disable` wrappers. Counted rather than timed
-    against a baseline, so other processes on the machine barely move it; the profiler slows Python code more than
-    tensor work, so it is an upper bound."""
+    of `fora/` (hooks, run bookkeeping, slots), diffusers' hook registry and the `torch.compiler.disable` wrappers.
+    Counted rather than timed against a baseline, so other processes on the machine barely move it; the profiler
+    slows Python code more than tensor work, so it is an upper bound."""
     import cProfile
     import pstats
 
-    hook_files = ("fora/cache.py", "diffusers/hooks/hooks.py", "torch/_dynamo/eval_frame.py")
+    hook_files = (
+        "fora/hooks.py",
+        "fora/apply.py",
+        "fora/runs.py",
+        "fora/slots.py",
+        "fora/config.py",
+        "diffusers/hooks/hooks.py",
+        "torch/_dynamo/eval_frame.py",
+    )
     apply_fora(pipe, ForaConfig(interval=1))
     try:
         generate(pipe, request)

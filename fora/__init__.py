@@ -1,6 +1,7 @@
 """FORA (Fast-Forward Caching) for diffusion transformers, as hooks on Hugging Face diffusers models."""
 
-from .cache import ForaConfig, ForaHandle, ForaRun, apply_fora, get_fora_handle, remove_fora
+from .apply import ForaHandle, apply_fora, get_fora_handle, remove_fora
+from .config import ForaConfig, ForaRun
 from .observers import Observation, RunEvent
 from .plan import CachePlan
 from .schedule import full_steps, ideal_speedup, is_full_step

@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from .cache import ForaConfig, apply_fora, remove_fora
+from .apply import apply_fora, remove_fora
+from .config import ForaConfig
 from .generate import Request, generate, is_text_conditional, to_uint8
 from .loading import MODELS, ModelLoadError, load_pipeline, resolve_model
 from .schedule import ideal_speedup

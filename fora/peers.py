@@ -1,4 +1,4 @@
-"""FORA's peers, run on the same pipelines: diffusers' own TaylorSeer and First Block Cache, made correct on DiT/PixArt.
+"""FORA's peers on the same pipelines: diffusers' own TaylorSeer and First Block Cache, made correct on DiT/PixArt.
 
 - TaylorSeer (Liu et al., arXiv 2503.06923): on a reuse step a module's output is the Taylor expansion of its past
   computed outputs (finite differences in steps), of order 0 (reuse, like FORA), 1 or 2. Knobs: the refresh
@@ -20,7 +20,6 @@ each call and resets the stateful hooks whenever the scheduler's timesteps are s
 TaylorSeer gets patterns for `attn1`/`attn2`/`ff`.
 """
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +32,8 @@ from diffusers.hooks import (
     apply_taylorseer_cache,
 )
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+from .runs import RunTracker
 
 _PEER_RUN_HOOK = "fora_peer_run"
 _DIFFUSERS_HOOKS = ("taylorseer_cache", "fbc_leader_block_hook", "fbc_block_hook")
@@ -110,8 +111,7 @@ class PeerHandle:
     def __init__(self, pipeline, config):
         self.config = config
         self.last_run: PeerRun | None = None
-        self._pipeline = weakref.ref(pipeline)
-        self._timesteps_seen = None
+        self.runs = RunTracker(pipeline)  # a run is one pipeline call
 
     @property
     def name(self) -> str:
@@ -131,18 +131,17 @@ class _PeerRunHook(ModelHook):
 
     def pre_forward(self, module, *args, **kwargs):
         handle = self.handle
-        timesteps = handle._pipeline().scheduler.timesteps
-        run = handle.last_run
-        if timesteps is not handle._timesteps_seen or run is None or run.steps_done >= run.num_steps:
-            handle._timesteps_seen = timesteps
+        new_run = handle.runs.begin_call(None)
+        if new_run is not None:
             HookRegistry.check_if_exists_or_initialize(module).reset_stateful_hooks(recurse=True)
-            handle.last_run = PeerRun(len(timesteps))
+            handle.last_run = PeerRun(new_run)
         _set_cache_context(module, CacheContext("cond"))
         return args, kwargs
 
     def post_forward(self, module, output):
         _set_cache_context(module, None)
-        self.handle.last_run.steps_done += 1
+        self.handle.runs.end_call()
+        self.handle.last_run.steps_done = self.handle.runs.steps_done
         return output
 
 
@@ -191,7 +190,8 @@ def apply_peer(pipe, config: TaylorSeerCacheConfig | FirstBlockCacheConfig) -> P
 def apply_cache(pipe, config):
     """Apply FORA (a `ForaConfig`, plans included), a peer (a diffusers TaylorSeer/FBCache config) or nothing
     (`None`); returns the function that removes it again."""
-    from .cache import ForaConfig, apply_fora, remove_fora
+    from .apply import apply_fora, remove_fora
+    from .config import ForaConfig
 
     if config is None:
         return lambda p: None

@@ -75,9 +75,9 @@ def test_extrapolation_weights_and_slot_arithmetic():
     # Newton through (2, y2), (5, y5): at step 6 the line gives y5 + (6 - 5) * (y5 - y2) / 3
     assert extrapolation_weights(6, [2, 5]) == [1.0, 1.0]
     assert extrapolation_weights(7, [1, 2, 5]) == [1.0, 2.0, 2.0 * 5.0]
-    from fora.cache import _CacheSlot
+    from fora.slots import CacheSlot
 
-    slot = _CacheSlot("b.attn1", 0, "attn", True)
+    slot = CacheSlot("b.attn1", 0, "attn", True)
     slot.order = 2
     f = lambda s: 3.0 + 2.0 * s - 0.5 * s * s  # noqa: E731  a parabola is reproduced exactly at order 2
     for s in (0, 2, 5):

@@ -1,0 +1,268 @@
+"""Apply and remove FORA: `apply_fora` finds the transformer's blocks and their attention/MLP children, sets up the
+cache slots and registers the hooks (`fora.hooks`); `ForaHandle` is what it returns, and it keeps the record of each
+run (`ForaRun`), counted step by step with the run bookkeeping of `fora.runs`.
+
+Reuse steps multiply fresh adaLN gates with the stale, pre-gate outputs, exactly as the official code does.
+"""
+
+import re
+
+import torch
+from diffusers.hooks import HookRegistry
+
+from .config import ForaConfig, ForaRun
+from .hooks import FORA_BLOCK_HOOK, FORA_HOOK, FORA_MODULE_HOOK, ForaBlockHook, ForaModuleHook, ForaRunHook
+from .lean_reuse import ALL_CHUNKS, needed_chunks, supports_lean_reuse
+from .observers import RunEvent
+from .plan import CachePlan
+from .runs import ForaState, RunTracker
+from .schedule import full_steps
+from .slots import CacheSlot
+
+MODULE_KINDS = {"attn1": "attn", "attn2": "cross_attn", "ff": "mlp"}  # the block children FORA caches, by kind
+
+
+def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = None) -> "ForaHandle":
+    r"""
+    Apply the FORA cache to a diffusers pipeline (anything with `.transformer`) or to a bare transformer.
+
+    With a pipeline, each call is a run whose length is read from the scheduler; no reset is needed between calls.
+    With a bare transformer (a hand-written sampling loop), pass `num_steps`: every `num_steps` consecutive
+    forward calls form a run, or call `handle.start_run(T)` before each loop. Applying twice raises `ValueError`;
+    call `remove_fora` first.
+
+    Example:
+
+    >>> from fora import ForaConfig, apply_fora, remove_fora
+    >>> handle = apply_fora(pipe, ForaConfig(interval=3))
+    >>> image = pipe(class_labels=[207], num_inference_steps=50).images[0]
+    >>> handle.last_run.full_steps[:4]
+    [0, 1, 4, 7]
+    >>> remove_fora(pipe)
+    """
+    config = config or ForaConfig()
+    pipeline = model if hasattr(model, "transformer") and isinstance(model.transformer, torch.nn.Module) else None
+    transformer = pipeline.transformer if pipeline is not None else model
+    if not isinstance(transformer, torch.nn.Module):
+        raise TypeError(
+            f"apply_fora needs a diffusers pipeline with .transformer or a torch module, got {type(model)}"
+        )
+    if getattr(transformer, "_fora_handle", None) is not None:
+        raise ValueError("FORA is already applied to this model; call remove_fora() before applying it again")
+    if getattr(transformer, "_peer_handle", None) is not None:
+        raise ValueError("a peer cache is already applied to this model; call fora.peers.remove_peer() first")
+    if pipeline is None and num_steps is not None:
+        config.check_num_steps(num_steps)
+
+    handle = ForaHandle(transformer, config, pipeline=pipeline, num_steps=num_steps)
+    block_re = re.compile(config.block_regex)
+    enabled = {"attn": config.cache_attn, "cross_attn": config.cache_cross_attn, "mlp": config.cache_mlp}
+    targets, blocks = [], []
+    for name, block in transformer.named_modules():
+        match = block_re.fullmatch(name)
+        if match is None:
+            continue
+        index = int(match.group(1))
+        if getattr(block, "_chunk_size", None) is not None:
+            raise ValueError(f"block {name} uses feed-forward chunking, which FORA cannot cache; disable it first")
+        blocks.append((name, block))
+        for child, kind in MODULE_KINDS.items():
+            module = getattr(block, child, None)
+            if isinstance(module, torch.nn.Module):
+                use = enabled[kind] and (config.blocks is None or index in config.blocks)
+                if config.plan is not None:
+                    use = kind in config.plan.steps
+                targets.append((CacheSlot(f"{name}.{child}", index, kind, use), module))
+    if not targets:
+        raise ValueError(
+            f"no transformer blocks matched block_regex={config.block_regex!r} in {type(transformer).__name__}"
+        )
+    if config.blocks is not None:
+        found = {slot.block for slot, _ in targets}
+        missing = sorted(set(config.blocks) - found)
+        if missing:
+            raise ValueError(f"blocks={list(config.blocks)}: no block {missing}; allowed 0..{max(found)}")
+
+    plan = config.plan
+    if plan is not None:
+        indices = sorted({slot.block for slot, _ in targets})
+        if indices != list(range(len(indices))):
+            raise ValueError(f"a plan needs blocks numbered 0..B-1; {type(transformer).__name__} has {indices}")
+        plan.check_model(len(indices), {slot.kind for slot, _ in targets})
+        for slot, _ in targets:
+            slot.order = plan.order if slot.enabled else 0
+        handle._plan_reused = [
+            sum(not plan.computes(slot.kind, slot.block, s) for slot, _ in targets) for s in range(plan.num_steps)
+        ]
+
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(ForaRunHook(handle), FORA_HOOK)
+    by_block = {}
+    for slot, module in targets:
+        by_block.setdefault(slot.key.rsplit(".", 1)[0], []).append((slot, module))
+        handle.state.slots.append(slot)
+        handle.modules.append((slot.key, slot.block, slot.kind))
+    handle._num_cached = sum(slot.enabled for slot in handle.state.slots)
+    for name, block in blocks:
+        hooked = by_block.get(name, [])
+        if config.lean_reuse and supports_lean_reuse(block):
+            slots = {slot.kind: slot for slot, _ in hooked}
+            hook = ForaBlockHook(handle, slots, _plan_steps(plan, slots) if plan is not None else None)
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, FORA_BLOCK_HOOK)
+            continue
+        for slot, module in hooked:  # any other block: hooks on the modules themselves
+            reuse = None
+            if plan is not None:
+                reuse = frozenset(s for s in range(plan.num_steps) if not plan.computes(slot.kind, slot.block, s))
+            hook = ForaModuleHook(handle, slot, reuse)
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, FORA_MODULE_HOOK)
+    _invalidate_registry_caches(transformer)
+    transformer._fora_handle = handle
+    return handle
+
+
+class ForaHandle:
+    r"""
+    Returned by `apply_fora`: the config, the record of the most recent run and the observers.
+
+    Attributes:
+        config (`ForaConfig`): the active configuration.
+        last_run (`ForaRun` or `None`): the most recent (or current) run.
+        observers (`list`): callables receiving every computed `Observation`; objects may also define
+            `on_run_start(RunEvent)` and `on_run_end(RunEvent)`.
+    """
+
+    def __init__(self, transformer, config: ForaConfig, pipeline=None, num_steps: int | None = None):
+        self.transformer = transformer
+        self.config = config
+        self.state = ForaState()
+        self.runs = RunTracker(pipeline, num_steps, check_num_steps=config.check_num_steps)
+        self.observers: list = []
+        self.modules: list[tuple[str, int, str]] = []  # (module name, block index, kind)
+        self._num_cached = 0
+        self._plan_reused: list[int] = []  # with a plan: the number of module calls reused at each step
+
+    @property
+    def num_steps(self) -> int | None:
+        return self.runs.num_steps
+
+    @property
+    def last_run(self) -> ForaRun | None:
+        return self.state.run
+
+    def add_observer(self, observer) -> None:
+        self.observers.append(observer)
+
+    def remove_observer(self, observer) -> None:
+        self.observers.remove(observer)
+
+    def start_run(self, num_steps: int | None = None) -> ForaRun:
+        """Begin a new run of `num_steps` transformer calls (default: the `num_steps` given to `apply_fora`).
+
+        Pipelines need not call this: a new run starts whenever the scheduler's timesteps are set anew. In a
+        hand-written loop a run started here lasts exactly `num_steps` calls, whatever timesteps they pass.
+        """
+        return self._start_run(self.runs.start(num_steps))
+
+    def reset(self) -> None:
+        """Forget the current run and its cache; the next call starts a new run."""
+        self.state.reset()
+        self.runs.reset()
+
+    def _start_run(self, num_steps: int) -> ForaRun:
+        plan = self.config.plan
+        if plan is None:
+            full = full_steps(num_steps, self.config.interval, self.config.window)
+        else:  # the run's full steps: those at which every module computes
+            full = [s for s in range(num_steps) if all(plan.computes(k, b, s) for _, b, k in self.modules)]
+        self.state.reset(num_steps, full)
+        self.state.caching = self.config.caches
+        for obs in self.observers:
+            if hasattr(obs, "on_run_start"):
+                obs.on_run_start(RunEvent(num_steps, tuple(self.state.run.full_steps)))
+        return self.state.run
+
+    @torch.compiler.disable
+    def _begin_step(self, timestep) -> None:
+        state = self.state
+        new_run = self.runs.begin_call(timestep)
+        if new_run is not None:
+            self._start_run(new_run)
+        state.step = self.runs.step
+        state.is_full_step = state.step in state.full_set
+        state.timestep_input = timestep  # kept as passed (a tensor shares its storage like any view); read lazily
+        state._timestep = None
+        state.run.raw_timesteps.append(state.timestep_input)
+
+    @torch.compiler.disable
+    def _end_step(self) -> None:
+        state = self.state
+        run = state.run
+        self.runs.end_call()
+        run.steps_done = self.runs.steps_done
+        # counted here, not in the module hooks, so that compiled blocks do no bookkeeping: each hooked module
+        # runs once per step, and on a reuse step the cached ones are answered from the cache
+        total, cached = len(state.slots), self._num_cached
+        if self.config.plan is not None:
+            reused = self._plan_reused[state.step]
+            run.computed_calls += total - reused
+            run.reused_calls += reused
+            run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
+        elif state.is_full_step:
+            run.computed_calls += total
+            if state.caching:
+                run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
+        else:
+            run.computed_calls += total - cached
+            run.reused_calls += cached
+        if run.complete:
+            for slot in state.slots:  # the run is over: free the cache (and extrapolation terms), keep the record
+                slot.clear()
+            for obs in self.observers:
+                if hasattr(obs, "on_run_end"):
+                    obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))
+
+    def __repr__(self):
+        return f"ForaHandle(config={self.config!r}, modules={len(self.modules)}, state={self.state!r})"
+
+
+def _plan_steps(plan: CachePlan, slots: dict[str, CacheSlot]) -> list[tuple]:
+    """For each step of `plan`: the kinds this block reuses and the adaLN chunks its step reads."""
+    out = []
+    for step in range(plan.num_steps):
+        kinds = tuple(k for k, slot in slots.items() if slot.enabled and not plan.computes(k, slot.block, step))
+        out.append((kinds, needed_chunks("attn" in kinds, "mlp" in kinds) if kinds else ALL_CHUNKS))
+    return out
+
+
+def get_fora_handle(model) -> ForaHandle | None:
+    """The handle of FORA applied to a pipeline or transformer, or `None`."""
+    transformer = getattr(model, "transformer", model)
+    return getattr(transformer, "_fora_handle", None)
+
+
+def remove_fora(model) -> None:
+    """Remove FORA from a pipeline or transformer: its forward passes are exactly the original ones again."""
+    transformer = getattr(model, "transformer", model)
+    handle = getattr(transformer, "_fora_handle", None)
+    if handle is None:
+        return
+    for module in [transformer] + [m for m in transformer.modules() if m is not transformer]:
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        for name in (FORA_HOOK, FORA_BLOCK_HOOK, FORA_MODULE_HOOK):
+            registry.remove_hook(name, recurse=False)
+        if not registry.hooks:  # leave no trace: drop the registry and the instance-level forward
+            del module._diffusers_hook
+            module.__dict__.pop("forward", None)
+    handle.state.reset()
+    transformer._fora_handle = None
+    del transformer._fora_handle
+    _invalidate_registry_caches(transformer)
+
+
+def _invalidate_registry_caches(transformer) -> None:
+    """Registries cache the list of their children's registries; adding or removing FORA's hooks changes it."""
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None and hasattr(registry, "invalidate_child_registries_cache"):
+        registry.invalidate_child_registries_cache()

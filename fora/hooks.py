@@ -1,0 +1,114 @@
+"""FORA's three diffusers hooks. One `ForaRunHook` on the transformer: a forward call is one step, and the handle's
+run bookkeeping decides `is_full_step`. One `ForaModuleHook` per cached module (blocks `fora.lean_reuse` does not
+cover): computes and stores on full steps, returns the cache on reuse steps, hands computed outputs to observers.
+One `ForaBlockHook` per DiT/PixArt block: runs a reuse step without the norms and adaLN rows that only cached modules
+read. Observers are called outside `torch.compile` (`torch.compiler.disable`); what a compiled block traces is one
+boolean and the cached tensors, so it has one graph per kind of step.
+"""
+
+import torch
+from diffusers.hooks import ModelHook
+
+from .lean_reuse import ALL_CHUNKS, block_step_forward, needed_chunks
+from .observers import Observation
+from .slots import CacheSlot
+
+FORA_HOOK = "fora"
+FORA_BLOCK_HOOK = "fora_block"
+FORA_MODULE_HOOK = "fora_module"
+
+
+class ForaRunHook(ModelHook):
+    """On the transformer (`handle`: its `ForaHandle`): one forward call is one sampling step. Stateful:
+    `reset_stateful_hooks()` resets it."""
+
+    _is_stateful = True
+
+    def __init__(self, handle):
+        super().__init__()
+        self.handle = handle
+
+    def pre_forward(self, module, *args, **kwargs):
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        self.handle._begin_step(timestep)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.handle._end_step()
+        return output
+
+    def reset_state(self, module):
+        self.handle.reset()
+        return module
+
+
+class ForaModuleHook(ModelHook):
+    """On one attention or MLP module of a block that `fora.lean_reuse` does not cover: compute and cache on full
+    steps, return the cache on reuse steps (the block's own forward still computes the module's input)."""
+
+    def __init__(self, handle, slot: CacheSlot, reuse_steps: frozenset[int] | None = None):
+        super().__init__()
+        self.handle, self.state, self.slot = handle, handle.state, slot
+        self.reuse_steps = reuse_steps  # with a plan: the steps at which this module reuses
+
+    def new_forward(self, module, *args, **kwargs):
+        state, slot = self.state, self.slot
+        if self.reuse_steps is not None:
+            if state.step in self.reuse_steps:
+                return slot.value(state.step)
+        elif slot.enabled and not state.is_full_step:
+            return slot.output
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if slot.enabled and state.caching:
+            slot.store(state.step, output)
+        if self.handle.observers:
+            self._notify(output)
+        return output
+
+    @torch.compiler.disable
+    def _notify(self, output: torch.Tensor) -> None:
+        state, slot = self.state, self.slot
+        for obs in self.handle.observers:
+            obs(Observation(slot.block, slot.kind, state.step, state.run.num_steps, state.timestep, output))
+
+
+class ForaBlockHook(ModelHook):
+    """On a DiT/PixArt block: runs every step through `block_step_forward`, which on a reuse step skips the cached
+    modules together with the norms and adaLN rows that only they read, and returns what the modules computed.
+    Replaces the module hooks inside the block, so a compiled block traces no per-block hook objects."""
+
+    def __init__(self, handle, slots: dict[str, CacheSlot], plan_steps: list[tuple] | None = None):
+        super().__init__()
+        self.handle, self.state, self.slots = handle, handle.state, slots
+        self.cached_kinds = tuple(kind for kind, slot in slots.items() if slot.enabled)
+        self.reuse_chunks = needed_chunks("attn" in self.cached_kinds, "mlp" in self.cached_kinds)
+        # with a plan: for each step, the kinds this block reuses and the adaLN chunks it then reads
+        self.plan_steps = plan_steps
+
+    def new_forward(self, block, *args, **kwargs):
+        state = self.state
+        if not state.caching and not self.handle.observers:  # interval 1, unobserved: nothing to keep or show
+            return self.fn_ref.original_forward(*args, **kwargs)
+        if self.plan_steps is not None:
+            kinds, chunks = self.plan_steps[state.step]
+            cached = {kind: self.slots[kind].value(state.step) for kind in kinds}
+        else:
+            reuse = self.cached_kinds and not state.is_full_step
+            cached = {kind: self.slots[kind].output for kind in self.cached_kinds} if reuse else {}
+            chunks = self.reuse_chunks if reuse else ALL_CHUNKS
+        output, computed = block_step_forward(block, cached, chunks, *args, **kwargs)
+        if state.caching:
+            for kind in self.cached_kinds:
+                if kind in computed:
+                    self.slots[kind].store(state.step, computed[kind])
+        if self.handle.observers:
+            self._notify(computed)
+        return output
+
+    @torch.compiler.disable
+    def _notify(self, computed: dict[str, torch.Tensor]) -> None:
+        state = self.state
+        for kind, output in computed.items():
+            slot = self.slots[kind]
+            for obs in self.handle.observers:
+                obs(Observation(slot.block, kind, state.step, state.run.num_steps, state.timestep, output))

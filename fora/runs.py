@@ -1,0 +1,157 @@
+"""Run bookkeeping: where one sampling loop (a *run*) ends and the next begins, and the state the hooks share in it.
+
+A cache is only correct within one run: the step counter, the schedule and the cached outputs all start afresh with
+each sampling loop. `RunTracker` finds those boundaries call by call, for FORA and for the peer caches alike;
+`ForaState` is what FORA's hooks read during a run (the step, whether it recomputes, the cache slots).
+"""
+
+import logging
+import weakref
+from collections.abc import Callable
+
+import torch
+
+from .config import ForaRun, first_value
+from .slots import CacheSlot
+
+logger = logging.getLogger(__name__)
+
+
+class RunTracker:
+    r"""
+    Counts the transformer calls of each run and says when a call starts a new one. One forward call is one step.
+
+    - With a pipeline (anything with `.scheduler`): every pipeline call sets the scheduler's timesteps anew, so a
+      call that sees a timesteps tensor other than the last one starts a run of `len(timesteps)` steps; so does the
+      first call after a complete run.
+    - With a bare transformer (a hand-written loop) of `num_steps` steps: a run starts on the first call and after
+      a complete run, and also when a new loop begins before the last one finished, which shows in the timestep:
+      sampling timesteps go down (or repeat, for second-order samplers), so a timestep above the previous one means a
+      new loop, and so does the first timestep again right after a run's first step, which no scheduler repeats.
+      This reads the timestep on the host (free for a number or a CPU tensor, one wait per step on a GPU).
+    - `start(num_steps)`: a run of exactly `num_steps` calls, whatever timesteps they pass; nothing is read.
+
+    Args:
+        pipeline (*optional*): the pipeline whose scheduler delimits runs (held weakly).
+        num_steps (`int`, *optional*): a bare transformer's run length.
+        check_num_steps (`Callable[[int], None]`, *optional*): called with a new run's length before it starts; its
+            `ValueError` refuses the run (and the call) and leaves the tracker as it was.
+
+    Attributes:
+        run_steps (`int`): steps of the current run (0: none yet).
+        step (`int`): 0-based index of the current call in its run (-1 before the first).
+        steps_done (`int`): calls of the current run that have finished.
+    """
+
+    def __init__(self, pipeline=None, num_steps: int | None = None, check_num_steps: Callable[[int], None] = None):
+        self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
+        self.num_steps = num_steps
+        self._check = check_num_steps
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current run; the next call starts a new one."""
+        self.run_steps, self.step, self.steps_done = 0, -1, 0
+        self._timesteps_seen = None
+        self._last_timestep: float | None = None  # bare transformer: the previous call's timestep
+        self._explicit = False  # the current run was started by start(): the caller delimits it
+
+    @property
+    def ongoing(self) -> bool:
+        return self.run_steps > 0 and self.steps_done < self.run_steps
+
+    def start(self, num_steps: int | None = None) -> int:
+        """Begin a run of exactly `num_steps` calls (default: the `num_steps` given at construction)."""
+        num_steps = self._begin_run(num_steps)
+        self._explicit = True
+        return num_steps
+
+    def begin_call(self, timestep) -> int | None:
+        """Before each transformer call: the length of the run this call starts, or `None` when it continues one."""
+        new = None
+        pipe = self._pipeline() if self._pipeline is not None else None
+        if pipe is not None:
+            timesteps = pipe.scheduler.timesteps
+            if timesteps is not self._timesteps_seen or not self.ongoing:
+                new = self._begin_run(len(timesteps))
+                self._timesteps_seen = timesteps
+        else:
+            ongoing = self.ongoing
+            t = None if ongoing and self._explicit else first_value(timestep)
+            restarted = ongoing and not self._explicit and self._is_restart(t)
+            if restarted:
+                logger.info("FORA: a new sampling loop began before the last run finished; starting a new run")
+            if not ongoing or restarted:
+                new = self._begin_run(None)
+            self._last_timestep = t
+        self.step += 1
+        if self.step >= self.run_steps:
+            raise RuntimeError(
+                f"the transformer was called {self.step + 1} times in a run of {self.run_steps} steps; FORA expects "
+                "one call per scheduler step (for a hand-written loop call handle.start_run(num_steps) first)"
+            )
+        return new
+
+    def end_call(self) -> bool:
+        """After each transformer call; returns whether the run is now complete."""
+        self.steps_done = self.step + 1
+        return self.steps_done == self.run_steps
+
+    def _begin_run(self, num_steps: int | None) -> int:
+        num_steps = num_steps or self.num_steps
+        if not num_steps:
+            raise ValueError("num_steps is unknown: pass num_steps to apply_fora(transformer, ...) or start_run()")
+        if self._check is not None:
+            self._check(num_steps)
+        self.run_steps, self.step, self.steps_done = num_steps, -1, 0
+        self._explicit = False
+        return num_steps
+
+    def _is_restart(self, t: float | None) -> bool:
+        previous = self._last_timestep
+        if t is None or previous is None:
+            return False
+        return t > previous or (t == previous and self.steps_done == 1)
+
+    def __repr__(self):
+        return f"RunTracker(step={self.step}, run_steps={self.run_steps}, steps_done={self.steps_done})"
+
+
+class ForaState:
+    """Per-run state shared by all hooks of one transformer: step counter, schedule and the cached outputs."""
+
+    def __init__(self):
+        self.slots: list[CacheSlot] = []  # one per hooked module, fixed at apply time
+        self.reset()
+
+    def reset(self, num_steps: int = 0, full: list[int] | None = None):
+        self.run = ForaRun(num_steps, full or []) if num_steps else None
+        self.full_set = frozenset(self.run.full_steps) if self.run else frozenset()
+        self.step = -1
+        self.is_full_step = True
+        self.timestep_input = None  # the timestep argument of this step, as passed
+        self._timestep: float | None = None
+        self.caching = False  # interval 1: nothing is ever reused, so nothing is kept
+        for slot in self.slots:
+            slot.clear()
+
+    @property
+    def timestep(self) -> float | None:
+        """This step's timestep as a float. Reading a device tensor waits for the device: only observers ask."""
+        if self._timestep is None and self.timestep_input is not None:
+            self._timestep = first_value(self.timestep_input)
+        return self._timestep
+
+    @property
+    def cache(self) -> dict[str, torch.Tensor]:
+        """The cached outputs held now, by module name."""
+        return {s.key: s.output for s in self.slots if s.output is not None}
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(s.nbytes for s in self.slots)
+
+    def __repr__(self):
+        cache = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in list(self.cache.items())[:4])
+        more = f", ... ({len(self.cache)} tensors)" if len(self.cache) > 4 else ""
+        return f"ForaState(step={self.step}, run={self.run!r}, cache={{{cache}{more}}})"

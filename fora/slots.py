@@ -1,0 +1,54 @@
+"""The cache itself: one `CacheSlot` per cached module, holding its last computed output (and, for plans of order
+k > 0, the divided differences that extrapolate it)."""
+
+import torch
+
+from .plan import extrapolation_weights
+
+
+class CacheSlot:
+    """The stored output of one cached module. One object per module, read as an attribute, so that compiled
+    blocks see a tensor input of the same kind in every block rather than a per-block dictionary key.
+
+    With a plan of order k > 0 it also keeps the divided differences of the last k + 1 computed outputs
+    (`fora.plan`), and a reuse step reads `value(step)`, the Newton extrapolation, instead of `output`."""
+
+    def __init__(self, key: str, block: int, kind: str, enabled: bool):
+        self.key, self.block, self.kind, self.enabled = key, block, kind, enabled
+        self.output: torch.Tensor | None = None
+        self.order = 0
+        self.diffs: list[torch.Tensor] = []  # d_0 = output, d_1, d_2: divided differences ending at the last step
+        self.diff_steps: list[int] = []  # the computed steps they span, oldest first
+
+    def clear(self) -> None:
+        self.output, self.diffs, self.diff_steps = None, [], []
+
+    def store(self, step: int, output: torch.Tensor) -> None:
+        self.output = output
+        if not self.order:
+            return
+        # differences in float32 at least: half precision would lose the small changes they are made of
+        new = [output if output.dtype == torch.float64 else output.float()]
+        for j in range(min(self.order, len(self.diffs))):
+            new.append((new[j] - self.diffs[j]) / (step - self.diff_steps[-1 - j]))
+        self.diffs = new
+        self.diff_steps = (self.diff_steps + [step])[-(self.order + 1) :]
+
+    def value(self, step: int) -> torch.Tensor:
+        if not self.order or len(self.diffs) < 2:
+            return self.output
+        out = self.diffs[0]
+        for w, d in zip(extrapolation_weights(step, self.diff_steps)[1:], self.diffs[1:]):
+            out = out + w * d
+        return out.to(self.output.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        held = self.diffs[1:] + ([self.output] if self.output is not None else [])
+        if self.diffs and self.diffs[0] is not self.output:
+            held.append(self.diffs[0])  # a float32 copy of a half-precision output
+        return sum(_nbytes(t) for t in held)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()

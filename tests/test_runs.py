@@ -1,0 +1,119 @@
+"""The run bookkeeping on its own (`fora.runs.RunTracker`): where a sampling loop ends and the next begins, with a
+real diffusers scheduler delimiting pipeline runs and hand-written loops delimited by their timesteps."""
+
+import pytest
+from diffusers import DDIMScheduler
+
+from fora.runs import RunTracker
+
+
+class Pipe:
+    """What the tracker reads of a pipeline: its scheduler (a real one)."""
+
+    def __init__(self):
+        self.scheduler = DDIMScheduler(num_train_timesteps=1000)
+
+
+def run_calls(tracker, timesteps) -> list:
+    """One begin/end per timestep; returns what begin_call said (a new run's length or None) for each call."""
+    said = []
+    for t in timesteps:
+        said.append(tracker.begin_call(t))
+        tracker.end_call()
+    return said
+
+
+def test_a_pipeline_call_is_a_run_read_from_its_scheduler():
+    pipe = Pipe()
+    tracker = RunTracker(pipe)
+    pipe.scheduler.set_timesteps(4)
+    assert run_calls(tracker, pipe.scheduler.timesteps) == [4, None, None, None]
+    assert tracker.steps_done == tracker.run_steps == 4 and not tracker.ongoing
+    pipe.scheduler.set_timesteps(3)  # the next pipeline call: another length
+    assert run_calls(tracker, pipe.scheduler.timesteps) == [3, None, None]
+    pipe.scheduler.set_timesteps(3)  # same length, new tensor: a new run
+    assert tracker.begin_call(None) == 3 and tracker.step == 0
+
+
+def test_a_pipeline_call_interrupted_midway_does_not_leak_into_the_next():
+    pipe = Pipe()
+    tracker = RunTracker(pipe)
+    pipe.scheduler.set_timesteps(5)
+    assert run_calls(tracker, pipe.scheduler.timesteps[:2]) == [5, None]  # e.g. cancelled after two steps
+    pipe.scheduler.set_timesteps(5)
+    assert run_calls(tracker, pipe.scheduler.timesteps) == [5, None, None, None, None]
+    assert tracker.steps_done == 5
+
+
+def test_a_complete_run_with_the_same_timesteps_starts_again():
+    """A pipeline whose scheduler keeps the same timesteps tensor for two calls still gets two runs."""
+    pipe = Pipe()
+    tracker = RunTracker(pipe)
+    pipe.scheduler.set_timesteps(2)
+    assert run_calls(tracker, pipe.scheduler.timesteps) == [2, None]
+    assert run_calls(tracker, pipe.scheduler.timesteps) == [2, None]
+
+
+def test_bare_loop_runs_of_num_steps_and_restarts_seen_in_the_timestep():
+    tracker = RunTracker(num_steps=4)
+    assert run_calls(tracker, [900, 700, 500, 300]) == [4, None, None, None]
+    assert run_calls(tracker, [900, 700]) == [4, None]  # after a complete run: a new one
+    assert run_calls(tracker, [900]) == [4]  # the timestep went up before the run finished: a new loop
+    assert run_calls(tracker, [900]) == [4]  # the first timestep again right after a first step: a new loop
+    assert run_calls(tracker, [700, 700]) == [None, None]  # repeated later (second-order samplers): same run
+    assert tracker.steps_done == 3
+
+
+def test_a_new_loop_that_starts_lower_is_read_as_a_continuation():
+    """The documented limit: a loop that begins at or below where the last stopped cannot be told apart."""
+    tracker = RunTracker(num_steps=4)
+    assert run_calls(tracker, [900, 700, 500]) == [4, None, None]
+    assert run_calls(tracker, [400]) == [None]  # an img2img loop of lower strength: continues the run
+    assert not tracker.ongoing
+
+
+def test_start_delimits_a_run_by_count_and_reads_no_timestep():
+    tracker = RunTracker(num_steps=10)
+    assert tracker.start(3) == 3
+    assert run_calls(tracker, [100, 900, 950]) == [None, None, None]  # rising timesteps: no restart
+    assert not tracker.ongoing
+    tracker.start(2)
+    run_calls(tracker, [1, 2])
+    assert tracker.begin_call(3) == 10  # after the explicit run, the default length again
+
+
+def test_a_run_called_too_often_is_refused_with_its_length():
+    tracker = RunTracker()
+    tracker.start(2)
+    tracker.begin_call(None)
+    tracker.begin_call(None)  # no end_call: a caller that never finishes its calls
+    with pytest.raises(RuntimeError, match="called 3 times in a run of 2 steps"):
+        tracker.begin_call(None)
+
+
+def test_unknown_length_and_refused_lengths_leave_the_tracker_as_it_was():
+    with pytest.raises(ValueError, match="num_steps is unknown"):
+        RunTracker().begin_call(500)
+
+    def at_most_3(n):
+        if n > 3:
+            raise ValueError(f"{n} steps: at most 3")
+
+    pipe = Pipe()
+    tracker = RunTracker(pipe, check_num_steps=at_most_3)
+    pipe.scheduler.set_timesteps(5)
+    with pytest.raises(ValueError, match="5 steps: at most 3"):
+        tracker.begin_call(None)
+    assert tracker.run_steps == 0 and tracker.step == -1
+    with pytest.raises(ValueError):  # still refused: nothing half-started
+        tracker.begin_call(None)
+    pipe.scheduler.set_timesteps(3)
+    assert run_calls(tracker, pipe.scheduler.timesteps) == [3, None, None]
+
+
+def test_reset_forgets_the_run():
+    tracker = RunTracker(num_steps=3)
+    run_calls(tracker, [900, 600])
+    tracker.reset()
+    assert (tracker.run_steps, tracker.step, tracker.steps_done) == (0, -1, 0)
+    assert run_calls(tracker, [300]) == [3]  # a lower timestep would have continued the old run; reset starts anew
