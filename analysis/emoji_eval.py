@@ -108,9 +108,8 @@ def main(args):
     for steps, guidance in args.grid:
         r, uncached[(steps, guidance)] = evaluate(pipe, classifier, args.per_class, steps, guidance, intervals=())
         r["single_image_seconds"] = single_image_seconds(pipe, steps, guidance)
-        print(
-            f"steps {steps}, guidance {guidance}: accuracy {r['accuracy']:.3f}, one image {r['single_image_seconds']:.3f}s"
-        )
+        seconds = r["single_image_seconds"]
+        print(f"steps {steps}, guidance {guidance}: accuracy {r['accuracy']:.3f}, one image {seconds:.3f}s")
         settings.append(r)
     # the default: the most accurate setting that makes one image within the time budget; ties go to fewer steps
     fast = [r for r in settings if r["single_image_seconds"] <= args.budget] or settings

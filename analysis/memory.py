@@ -150,7 +150,7 @@ def _read_seconds(nbytes: int, device: torch.device, repeats: int, span_bytes: i
     size = torch.finfo(dtype).bits // 8
     numel = max(1, nbytes // size)
     buffer_bytes = numel * size
-    # a buffer of span_bytes or more streams itself out of cache; a smaller one rotates with copies that hold span_bytes
+    # a buffer of span_bytes or more streams itself out of cache; a smaller one rotates with copies holding span_bytes
     # (at most 1024 copies: a buffer under span_bytes / 1024 = 256 KiB is a cache's size, not a memory read)
     copies = 1 if buffer_bytes >= span_bytes else min(1024, 1 + -(-span_bytes // buffer_bytes))
     buffers = [torch.ones(numel, dtype=dtype, device=device) for _ in range(copies)]

@@ -29,8 +29,8 @@ def test_paired_speedup_leaves_the_pipeline_as_it_was(dit_pipe):
 def test_paired_speedups_interleave_configs_and_pair_each_with_a_baseline(dit_pipe, monkeypatch):
     """A sweep's intervals are timed round by round, the configs in a fixed order; each config's pairs are ABBA, one
     round apart, and its ratio, range and medians come from its own pairs. The clock is scripted (the real calls run,
-    their durations are made up): a call under FORA N takes 1/N of the baseline's time times a per-pair error, and every
-    pair runs at its own machine speed, so a baseline paired with another pair's call gives a wrong ratio."""
+    their durations are made up): a call under FORA N takes 1/N of the baseline's time times a per-pair error, and
+    every pair runs at its own machine speed, so a baseline paired with another pair's call gives a wrong ratio."""
     import fora.timing
 
     calls = []  # interval of each call, 1 = uncached

@@ -14,9 +14,10 @@ sample per call (First Block Cache decides from the batch, so batching would cou
 
 Methods: `uncached`; `fora` at each N of `--intervals`; `calibrated` and `calibrated-o1` (`analysis.calibrate`,
 calibrated on its own classes and seeds) at each FORA N's budget; `taylorseer` (diffusers', orders `--orders` x every
-N of `--intervals` x warm-up `--warmups`: both of its knobs); `fbcache` (diffusers', each `--thresholds`, plus the threshold found by bisection
-whose cost is closest to FORA N = `--match-interval`'s). Writes DIR/arena.csv, DIR/arena.json and DIR/report.html.
-`--fid K` adds distribution columns (`fid.py`) for each method's best setting at the cost.
+N of `--intervals` x warm-up `--warmups`: both of its knobs); `fbcache` (diffusers', each `--thresholds`, plus the
+threshold found by bisection whose cost is closest to FORA N = `--match-interval`'s). Writes DIR/arena.csv,
+DIR/arena.json and DIR/report.html. `--fid K` adds distribution columns (`fid.py`) for each method's best setting
+at the cost.
 """
 
 import datetime

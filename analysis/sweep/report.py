@@ -71,7 +71,8 @@ def report_html(result: SweepResult, model: str) -> str:
     head = "".join(f"<th>{c}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS) + "</tr>" for r in rows)
     grid = "".join(
-        f"<figure><img src='data:image/png;base64,{png_base64(to_uint8(images[n]), scale)}'><figcaption>N={n}</figcaption></figure>"
+        f"<figure><img src='data:image/png;base64,{png_base64(to_uint8(images[n]), scale)}'>"
+        f"<figcaption>N={n}</figcaption></figure>"
         for n in sorted(images)
     )
     req, esc = result.request, html.escape

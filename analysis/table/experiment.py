@@ -127,7 +127,7 @@ def default_extractor(model: str) -> str:
 
 
 def _wait_while_paused(pause_file: str | None, rank: int) -> float:
-    """Block while `pause_file` exists, with a marker `PAUSE_FILE.paused-RANK` meanwhile; returns the seconds waited."""
+    """Block while `pause_file` exists, with a marker `PAUSE_FILE.paused-RANK` meanwhile; returns seconds waited."""
     if not pause_file or not os.path.exists(pause_file):
         return 0.0
     t0 = time.perf_counter()

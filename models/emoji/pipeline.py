@@ -1,4 +1,4 @@
-"""`EmojiDiTPipeline`: class-conditional sampling of the embedded pixel-space DiT, called like diffusers' DiTPipeline."""
+"""`EmojiDiTPipeline`: class-conditional sampling of the embedded pixel-space DiT, called as diffusers' DiTPipeline."""
 
 import inspect
 
