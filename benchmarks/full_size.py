@@ -137,21 +137,24 @@ def measured(cmd: list[str], env: dict | None = None) -> dict:
 
 APP_RUN = """
 import json, sys, time
-import app
-from ui import live
+import app  # the app's launch settings (FORA_TORCH_THREADS) and its page
+from ui import registry, store
+from ui.layout import build_layout
 key, steps, interval, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 label, prompt = (extra[1], "") if extra[0] == "--class" else ("", extra[1])
+compare = build_layout().compare
 t0 = time.perf_counter()
-pipe, _ = live.get_model(key)
+pipe, _ = registry.get_model(key)
 load_s = time.perf_counter() - t0
-times, outs = {}, []
-for out in app.generate(key, label, prompt, steps, interval, 0, 4.0, True, True, True, 0, 0, "", ""):
-    if out[9] is not app.SKIP:
-        times.setdefault(out[9].split(":")[0], time.perf_counter() - t0 - load_s)
-    outs.append(out)
-comp = live.RESULTS.get(next(o[10] for o in outs if isinstance(o[10], str)))
+times, status, token = {}, None, None
+for out in compare.generate(key, label, prompt, steps, interval, 0, 4.0, True, True, True, 0, 0, "", ""):
+    if compare.status in out:
+        status = out[compare.status]
+        times.setdefault(status.split(":")[0], time.perf_counter() - t0 - load_s)
+    token = out.get(compare.last, token)
+comp = store.RESULTS.get(token)
 print(json.dumps({"load_s": round(load_s, 1), "images_s": round(times["images ready"], 1),
-                  "done_s": round(times["done"], 1), "status": outs[-1][9],
+                  "done_s": round(times["done"], 1), "status": status,
                   "recorder_mib": round(comp.baseline.similarity.memory_bytes / 2**20, 1),
                   "tokens_kept": comp.baseline.similarity.tokens_kept}))
 """

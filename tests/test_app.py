@@ -1,5 +1,5 @@
-"""The app: its functions on the embedded model and a tiny random model, the real server through gradio_client,
-and the page in a real headless browser."""
+"""The app: its handlers on the embedded model and a tiny random model, the real server through gradio_client,
+and the page in a real headless browser. Handlers return `{component: value}`: the tests read them by component."""
 
 import json
 import os
@@ -36,7 +36,15 @@ def app(tiny_model_dir):
         yield app_module
 
 
-def run_generate(app, model="emoji-dit", label="cat", steps=12, interval=3, seed=0, **kw):
+@pytest.fixture(scope="module")
+def layout(app):
+    """The page built as app.py builds it, with its tabs: their widgets, and handlers that run as the server's do."""
+    from ui.layout import build_layout
+
+    return build_layout()
+
+
+def run_generate(layout, model="emoji-dit", label="cat", steps=12, interval=3, seed=0, **kw):
     args = dict(
         model_key=model,
         label=label,
@@ -54,63 +62,70 @@ def run_generate(app, model="emoji-dit", label="cat", steps=12, interval=3, seed
         block_choice="",
     )
     args.update(kw)
-    return list(app.generate(**args))
+    return list(layout.compare.generate(**args))
 
 
-def shown(app, outs) -> list:
-    """What the page shows after all updates: the last value of each output that was not skipped."""
-    final = [None] * len(outs[0])
+def shown(outs: list[dict]) -> dict:
+    """What the page shows after all updates: per component, the last value sent (a heartbeat, `gr.skip()`, sends
+    none)."""
+    import gradio as gr
+
+    final = {}
     for out in outs:
-        for i, v in enumerate(out):
-            if v is not app.SKIP:
-                final[i] = v
+        if out != gr.skip():
+            final.update(out)
     return final
 
 
-def test_generate_on_embedded_model(app):
-    from ui import live
+def test_generate_on_embedded_model(layout):
+    from ui import store
+    from ui.tabs import compare as compare_tab
 
-    outs = run_generate(app, steps=12, interval=3, seed=7)
+    c = layout.compare
+    outs = run_generate(layout, steps=12, interval=3, seed=7)
     # images and maps come first, the measured speedup fills in afterwards
-    first_images = next(i for i, o in enumerate(outs) if o[1] is not app.SKIP)
-    timed = next(i for i, o in enumerate(outs) if o[9] is not app.SKIP and o[9].startswith("done"))
-    assert first_images < timed and dict(outs[first_images][3])[
+    first_images = next(i for i, o in enumerate(outs) if c.fora_img in o)
+    timed = next(i for i, o in enumerate(outs) if o.get(c.status, "").startswith("done"))
+    assert first_images < timed and dict(outs[first_images][c.metrics])[
         "speedup, measured (baseline / FORA, median of pairs)"
     ].startswith("measuring")
-    base, fora, diff, metrics, heat_attn, heat_mlp, pairwise, strip, err, status, token = shown(app, outs)
+    final = shown(outs)
+    base, fora, diff = final[c.base_img], final[c.fora_img], final[c.diff_img]
+    heat_attn, status, token = final[c.heat_attn], final[c.status], final[c.last]
     assert base.shape == fora.shape == diff.shape and base.shape[0] >= 256
-    table = dict(metrics)
+    table = dict(final[c.metrics])
     assert table["full / reuse steps"] == "5 / 7" and "dB" in table["PSNR vs baseline"]
     assert table["speedup, measured (baseline / FORA, median of pairs)"].endswith("over 3 pairs (process CPU time)")
     assert heat_attn.to_dict()["data"][0]["z"] is not None and status.startswith("done: N=3, seed 7")
     # the plots redraw from the server-side result the session's token names
-    assert app.redraw_pairwise(token, "0", "mlp").to_dict()["data"]
-    base_attn, _ = app.redraw_heatmaps(token, "uncached baseline")
+    assert compare_tab.redraw_pairwise(token, "0", "mlp").to_dict()["data"]
+    base_attn = c.redraw_heatmaps(token, "uncached baseline")[c.heat_attn]
     assert not np.isnan(np.asarray(base_attn.data[0].z, dtype=float)[:, 1:]).any()
     import gradio as gr
 
     with pytest.raises(gr.Error, match="generate first"):
-        app.redraw_pairwise("no-such-token", "0", "mlp")
+        compare_tab.redraw_pairwise("no-such-token", "0", "mlp")
     # only the interval changes: the baseline comes from the cache, with the very same image
-    hits = live.BASELINES.hits
-    again = shown(app, run_generate(app, steps=12, interval=2, seed=7))
-    assert live.BASELINES.hits == hits + 1
-    assert np.array_equal(again[0], base) and dict(again[3])["baseline run"] == "cached from an earlier request"
+    hits = store.BASELINES.hits
+    again = shown(run_generate(layout, steps=12, interval=2, seed=7))
+    assert store.BASELINES.hits == hits + 1
+    assert np.array_equal(again[c.base_img], base)
+    assert dict(again[c.metrics])["baseline run"] == "cached from an earlier request"
     # interval 1 reproduces the baseline exactly
-    same = shown(app, run_generate(app, steps=12, interval=1, seed=7))
-    assert np.array_equal(same[1], base) and dict(same[3])["PSNR vs baseline"] == "inf (identical)"
+    same = shown(run_generate(layout, steps=12, interval=1, seed=7))
+    assert np.array_equal(same[c.fora_img], base) and dict(same[c.metrics])["PSNR vs baseline"] == "inf (identical)"
 
 
-def test_class_names_map_to_their_ids(app, tiny_model_dir):
+def test_class_names_map_to_their_ids(layout, tiny_model_dir):
     """The tiny model's classes are ids 1 and 2 (not 0 and 1): a name must give its id, not its position."""
-    from ui import form, live
+    from ui import form, registry
 
-    pipe, _ = live.get_model(tiny_model_dir)
+    pipe, _ = registry.get_model(tiny_model_dir)
     assert form.parse_request(pipe, "goldfish", "", 8, 0, 3.0).label == 1
     assert form.parse_request(pipe, "great white shark", "", 8, 0, 3.0).label == 2
     assert form.parse_request(pipe, "2", "", 8, 0, 3.0).label == 2
-    outs = shown(app, run_generate(app, model=tiny_model_dir, label="goldfish", steps=8, interval=2))
-    assert dict(outs[3])["full / reuse steps"] == "5 / 3"
+    outs = shown(run_generate(layout, model=tiny_model_dir, label="goldfish", steps=8, interval=2))
+    assert dict(outs[layout.compare.metrics])["full / reuse steps"] == "5 / 3"
 
 
 @pytest.mark.parametrize(
@@ -131,29 +146,29 @@ def test_class_names_map_to_their_ids(app, tiny_model_dir):
         ({"cache_start": 40}, "cache_start=40 out of range: allowed integers 0..11"),
     ],
 )
-def test_bad_inputs_give_clear_errors(app, kw, message, monkeypatch):
+def test_bad_inputs_give_clear_errors(layout, kw, message, monkeypatch):
     import gradio as gr
 
     monkeypatch.delenv("FORA_HUB_MODELS", raising=False)
     with pytest.raises(gr.Error) as err:
-        run_generate(app, **kw)
+        run_generate(layout, **kw)
     assert message in str(err.value.message)
 
 
-def test_hub_model_offline_says_so(app, monkeypatch):
+def test_hub_model_offline_says_so(layout, monkeypatch):
     """An operator lists the hub models, but the machine is offline: loading fails with the reason, at request time."""
     import gradio as gr
 
-    from ui import live
+    from ui import registry
 
     monkeypatch.setenv("FORA_HUB_MODELS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert "dit-xl-2-256" not in live._models
+    assert "dit-xl-2-256" not in registry._models
     with pytest.raises(gr.Error, match="could not load 'facebook/DiT-XL-2-256' from the Hugging Face Hub"):
-        run_generate(app, model="dit-xl-2-256", label="1")
+        run_generate(layout, model="dit-xl-2-256", label="1")
 
 
-def test_step_budget_bounds_a_sweep(app):
+def test_step_budget_bounds_a_sweep(layout):
     import gradio as gr
 
     from ui import form
@@ -161,7 +176,7 @@ def test_step_budget_bounds_a_sweep(app):
     with pytest.raises(
         gr.Error, match=rf"asks for \d+ denoising steps; one request may run at most {form.STEP_BUDGET}"
     ):
-        list(app.sweep("emoji-dit", "rocket", "", 100, 0, 3.0, [str(n) for n in form.SWEEP_INTERVALS], 8))
+        list(layout.sweep.sweep("emoji-dit", "rocket", "", 100, 0, 3.0, [str(n) for n in form.SWEEP_INTERVALS], 8))
     from fora import ForaConfig
     from fora.generate import Request
 
@@ -174,14 +189,17 @@ def test_step_budget_bounds_a_sweep(app):
     assert job.denoising_steps() == 10 * (2 * 2 + 1 + (1 + 2) + 3 * 2 * 2)
 
 
-def test_memory_and_sweep_functions(app):
+def test_memory_and_sweep_functions(app, layout):
     import gradio as gr
 
-    text = app.memory("pixart-alpha-1024", 1, "float16", 20, 2, 3.35, 989, 0.5)
+    from ui import gpu
+    from ui.tabs import memory as memory_tab
+
+    text = memory_tab.memory("pixart-alpha-1024", 1, "float16", 20, 2, 3.35, 989, 0.5)
     assert "1512.0 MiB" in text and "Is HBM fast enough? yes" in text
-    text = app.memory("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5)
+    text = memory_tab.memory("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5)
     assert re.search(r"reading 63\.0 MiB took [\d.]+ ms, [\d.]+ GB/s; a plain copy of 256 MiB", text)
-    early = app.memory_calculator("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5)
+    early = memory_tab.memory_calculator("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5)
     assert "Measuring the read on this machine" in early and early.split("**Is HBM")[0] == text.split("**Is HBM")[0]
     # the click answers with the calculator at once; the measured read follows, queued with the generations
     fns = {f.fn.__name__: f for f in app.demo.fns.values() if f.fn is not None}
@@ -192,13 +210,13 @@ def test_memory_and_sweep_functions(app):
         raise RuntimeError("CUDA error: out of memory")
 
     with pytest.MonkeyPatch.context() as mp:  # a failed read leaves the calculator's answer and says why
-        mp.setattr(app, "measure_read_on_gpu", unavailable)
-        failed = app.memory("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5)
+        mp.setattr(gpu, "measure_read_on_gpu", unavailable)
+        failed = memory_tab.memory("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5)
     assert "Could not measure the read on this machine: RuntimeError: CUDA error: out of memory" in failed
     assert failed.split("**Is HBM")[0] == text.split("**Is HBM")[0]
     deps = app.demo.config["dependencies"]
     calc = next(
-        d for d in deps if d["id"] == next(i for i, f in app.demo.fns.items() if f.fn is app.memory_calculator)
+        d for d in deps if d["id"] == next(i for i, f in app.demo.fns.items() if f.fn is memory_tab.memory_calculator)
     )
     measured = next(d for d in deps if d["api_name"] == "memory")
     assert measured["trigger_after"] == calc["id"] and measured["trigger_only_on_success"]
@@ -209,69 +227,74 @@ def test_memory_and_sweep_functions(app):
         (("dit-xl-2-256", 1, "float16", 50, 3, None, 989, 0.5), "bandwidth TB/s=None is not a number"),
     ):
         with pytest.raises(gr.Error, match=re.escape(message)):
-            app.memory(*bad)
-    plot, gallery, table, files, status = list(app.sweep("emoji-dit", "rocket", "", 10, 0, 3.0, ["1", "3"], 1))[-1]
+            memory_tab.memory(*bad)
+    sw = layout.sweep
+    final = list(sw.sweep("emoji-dit", "rocket", "", 10, 0, 3.0, ["1", "3"], 1))[-1]
+    table, gallery, files = final[sw.table], final[sw.gallery], final[sw.files]
     assert [row[0] for row in table] == [1, 3] and len(gallery) == 2 and "over 3 pairs" in table[1][2]
     assert {os.path.basename(f) for f in files} == {"sweep.csv", "sweep.json", "report.html"}
+    assert final[sw.plot].to_dict()["data"] and final[sw.status].startswith("done: ")
 
     with pytest.raises(gr.Error, match=r"intervals \[12\] out of range for 10 steps"):
-        list(app.sweep("emoji-dit", "rocket", "", 10, 0, 3.0, ["12"], 1))
+        list(sw.sweep("emoji-dit", "rocket", "", 10, 0, 3.0, ["12"], 1))
 
 
-def test_sweep_uses_the_chosen_seed_and_advanced_settings(app):
+def test_sweep_uses_the_chosen_seed_and_advanced_settings(layout):
     """The Sweep tab runs what the left column says: its seed and Advanced settings, not seed 0 and defaults."""
-    outs = list(app.sweep("emoji-dit", "rocket", "", 8, 21, 3.0, ["2"], 2, cache_mlp=False, blocks="0,1"))
-    meta = json.load(open(next(f for f in outs[-1][3] if f.endswith(".json"))))
+    sw = layout.sweep
+    outs = list(sw.sweep("emoji-dit", "rocket", "", 8, 21, 3.0, ["2"], 2, cache_mlp=False, blocks="0,1"))
+    meta = json.load(open(next(f for f in outs[-1][sw.files] if f.endswith(".json"))))
     assert meta["seeds"] == [21, 22] and meta["request"]["seed"] == 21
     assert meta["config"]["cache_mlp"] is False and meta["config"]["blocks"] == [0, 1]
     # 2 blocks x attention only x batch 2 (guidance)
-    assert meta["rows"][0]["cache_bytes"] == live_cache_bytes(app, blocks=2, modules=1)
+    assert meta["rows"][0]["cache_bytes"] == live_cache_bytes(blocks=2, modules=1)
 
 
-def live_cache_bytes(app, blocks: int, modules: int) -> int:
-    from ui import live
+def live_cache_bytes(blocks: int, modules: int) -> int:
+    from ui import registry
 
-    pipe = live.loaded("emoji-dit")
+    pipe = registry.loaded("emoji-dit")
     t = pipe.transformer
     tokens = (t.config.sample_size // t.config.patch_size) ** 2
     width = t.config.num_attention_heads * t.config.attention_head_dim
     return blocks * modules * 2 * tokens * width * 4
 
 
-def test_baseline_cache_is_bounded(app):
-    from ui import live
+def test_baseline_cache_is_bounded(layout):
+    from ui import store
 
-    for seed in range(100, 100 + live.BASELINES.size + 3):
-        run_generate(app, steps=4, interval=2, seed=seed)
-    assert len(live.BASELINES) == live.BASELINES.size
-    assert len(live.RESULTS) <= live.RESULTS.size and live.RESULTS.nbytes <= live.RESULTS.max_bytes
-    comparison = next(iter(live.RESULTS._items.values()))[0]
-    assert live.result_bytes(comparison) > 0
-    small = live.BoundedCache(size=100, max_bytes=1)  # the byte bound evicts all but the newest entry
+    for seed in range(100, 100 + store.BASELINES.size + 3):
+        run_generate(layout, steps=4, interval=2, seed=seed)
+    assert len(store.BASELINES) == store.BASELINES.size
+    assert len(store.RESULTS) <= store.RESULTS.size and store.RESULTS.nbytes <= store.RESULTS.max_bytes
+    comparison = next(iter(store.RESULTS._items.values()))[0]
+    assert store.result_bytes(comparison) > 0
+    small = store.BoundedCache(size=100, max_bytes=1)  # the byte bound evicts all but the newest entry
     for i in range(3):
         small.put(i, comparison)
     assert len(small) == 1 and small.get(2) is comparison
 
 
-def test_two_requests_contend_for_the_model_lock(app):
+def test_two_requests_contend_for_the_model_lock(layout):
     """A second request that arrives while the first holds the model lock waits for it, then gives what it gives
     alone: runs never interleave on the shared pipeline."""
     import threading
 
-    from ui import live
+    from ui import registry
 
-    _, lock = live.get_model("emoji-dit")
+    c = layout.compare
+    _, lock = registry.get_model("emoji-dit")
     order, results = [], {}
     first_running = threading.Event()
 
     def request(name, seed, interval):
         outs = []
-        for out in app.generate("emoji-dit", "fox", "", 20, interval, seed, 3.0, True, True, True, 0, 0, "", ""):
+        for out in c.generate("emoji-dit", "fox", "", 20, interval, seed, 3.0, True, True, True, 0, 0, "", ""):
             order.append(name)
             if name == "A":
                 first_running.set()
             outs.append(out)
-        results[name] = shown(app, outs)
+        results[name] = shown(outs)
 
     a = threading.Thread(target=request, args=("A", 31, 2))
     a.start()
@@ -283,11 +306,10 @@ def test_two_requests_contend_for_the_model_lock(app):
     b.join(120)
     assert order.index("B") > len(order) - order[::-1].index("A") - 1  # all of A's updates came before any of B's
     for name, seed, interval in (("A", 31, 2), ("B", 32, 4)):
-        alone = shown(
-            app, list(app.generate("emoji-dit", "fox", "", 20, interval, seed, 3.0, True, True, True, 0, 0, "", ""))
-        )
-        assert np.array_equal(results[name][1], alone[1])
-        assert dict(results[name][3])["PSNR vs baseline"] == dict(alone[3])["PSNR vs baseline"]
+        args = ("emoji-dit", "fox", "", 20, interval, seed, 3.0, True, True, True, 0, 0, "", "")
+        alone = shown(list(c.generate(*args)))
+        assert np.array_equal(results[name][c.fora_img], alone[c.fora_img])
+        assert dict(results[name][c.metrics])["PSNR vs baseline"] == dict(alone[c.metrics])["PSNR vs baseline"]
 
 
 def _free_port() -> int:
@@ -328,6 +350,7 @@ def test_server_with_gradio_client(server):
     )
     job = client.submit(*args.values(), api_name="/generate")
     final = job.result()  # the last update: the measured speedup (images were sent before it)
+    # the client sees the endpoint's outputs in their API order: 9 is the status line, 0 and 1 the two images
     assert final[9].startswith("done: N=3") and "over 3 pairs" in final[9]
     images = next(out for out in job.outputs() if isinstance(out[1], str))  # skipped outputs come as update dicts
     assert os.path.exists(images[0]) and os.path.exists(images[1])
@@ -341,9 +364,9 @@ def test_cancel_through_the_server_stops_the_run_and_frees_the_lock(server):
 
     from gradio_client import Client
 
-    from ui import live
+    from ui import registry
 
-    pipe, lock = live.get_model("emoji-dit")
+    pipe, lock = registry.get_model("emoji-dit")
     steps_run = []
     hook = pipe.transformer.register_forward_hook(lambda *a: steps_run.append(1))
     try:
@@ -429,9 +452,9 @@ def test_user_leaving_the_page_stops_the_run(server):
 
     from playwright.sync_api import sync_playwright
 
-    from ui import live
+    from ui import registry
 
-    pipe, lock = live.get_model("emoji-dit")
+    pipe, lock = registry.get_model("emoji-dit")
     steps_run = []
     hook = pipe.transformer.register_forward_hook(lambda *a: steps_run.append(1))
     try:
@@ -467,28 +490,30 @@ def test_user_leaving_the_page_stops_the_run(server):
 def test_import_loads_no_model():
     """`import app` builds the UI but loads no model: they load lazily on first use."""
     code = (
-        "import app; from analysis import live; import fora.loading as L; "
-        "assert not live._models, live._models; print('blocks', len(app.demo.blocks))"
+        "import app; from ui import registry; "
+        "assert not registry._models, registry._models; print('blocks', len(app.demo.blocks))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "blocks" in out.stdout
 
 
-def run_policies(app, chosen, steps=10, interval=3, seed=5, label="cat", model="emoji-dit"):
-    return list(app.policies(model, label, "", steps, seed, 3.0, chosen, interval))
+def run_policies(layout, chosen, steps=10, interval=3, seed=5, label="cat", model="emoji-dit"):
+    return list(layout.policies.policies(model, label, "", steps, seed, 3.0, chosen, interval))
 
 
-def test_policies_side_by_side_then_the_plan_in_compare(app):
+def test_policies_side_by_side_then_the_plan_in_compare(layout):
     """Policies: images, equal cost, measured maps; the plan it calibrated is kept and runs in the Compare tab."""
     from analysis.arena.policies import plan_key
-    from ui import live
+    from ui import store
 
     with pytest.raises(Exception, match="no calibrated-o1 plan yet for emoji-dit at T=10"):
-        run_generate(app, steps=10, interval=3, policy="calibrated-o1")
-    outs = run_policies(app, ["FORA", "calibrated-o1", "TaylorSeer order 1"])
-    gallery, table, maps, pareto, status = shown(app, outs)
-    assert status.startswith("done: speedups measured")
+        run_generate(layout, steps=10, interval=3, policy="calibrated-o1")
+    outs = run_policies(layout, ["FORA", "calibrated-o1", "TaylorSeer order 1"])
+    p = layout.policies
+    final = shown(outs)
+    gallery, table, maps, pareto = final[p.gallery], final[p.table], final[p.maps], final[p.pareto]
+    assert final[p.status].startswith("done: speedups measured")
     assert [caption.split(":")[0] for _, caption in gallery] == [
         "uncached",
         "fora N=3",
@@ -499,13 +524,14 @@ def test_policies_side_by_side_then_the_plan_in_compare(app):
     assert calls[0] == calls[1] == calls[2]  # FORA N's cost exactly (measured on the modules), TaylorSeer too
     assert all("over 3 pairs" in row[4] for row in table)
     assert len(maps.to_dict()["data"]) == 3 and pareto.to_dict()["data"]
-    assert plan_key("emoji-dit", 10, 3.0, 3, 1) in live.known_plans()
-    compare = shown(app, run_generate(app, steps=10, interval=3, policy="calibrated-o1"))
-    metrics = dict(compare[3])
+    assert plan_key("emoji-dit", 10, 3.0, 3, 1) in store.known_plans()
+    c = layout.compare
+    compare = shown(run_generate(layout, steps=10, interval=3, policy="calibrated-o1"))
+    metrics = dict(compare[c.metrics])
     assert metrics["policy"].startswith("calibrated-o1 (")
-    assert compare[9].startswith("done: calibrated-o1 at N=3's cost")
+    assert compare[c.status].startswith("done: calibrated-o1 at N=3's cost")
     with pytest.raises(Exception, match="Advanced cache settings apply to FORA only"):
-        run_generate(app, steps=10, interval=3, policy="calibrated-o1", cache_mlp=False)
+        run_generate(layout, steps=10, interval=3, policy="calibrated-o1", cache_mlp=False)
 
 
 @pytest.mark.parametrize(
@@ -519,7 +545,7 @@ def test_policies_side_by_side_then_the_plan_in_compare(app):
         ({"chosen": ["FORA"], "seed": -1}, "seed=-1 out of range"),
     ],
 )
-def test_policies_bad_inputs(app, kw, message):
+def test_policies_bad_inputs(layout, kw, message):
     args = {"chosen": ["FORA"], "steps": 10, "interval": 3, "seed": 0, **kw}
     with pytest.raises(Exception, match=message):
-        run_policies(app, **args)
+        run_policies(layout, **args)

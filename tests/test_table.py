@@ -244,20 +244,21 @@ def test_unwritable_out_and_a_folder_of_other_settings_are_refused(tiny_model, o
 def test_the_app_shows_a_table_folder(one_process, monkeypatch):
     import gradio as gr
 
-    import app
     from analysis.table.report import DISPLAY_HEADERS, display_rows, load_table
+    from ui.layout import build_demo
+    from ui.tabs import table3
 
-    monkeypatch.setattr(app, "TABLE3_DIR", str(one_process))
+    monkeypatch.setattr(table3, "TABLE3_DIR", str(one_process))
     rows = display_rows(load_table(str(one_process)))
     assert [r[:4] for r in rows] == [[4, 1, 4, 130], [4, 3, 2, 130]]
     assert rows[0][DISPLAY_HEADERS.index("PSNR vs N=1")] == "inf"
-    app.build_demo()  # the tab itself, built from this folder
-    image = app.table3_grid("cat")  # class 0: two samples at each of N = 1, 3
+    build_demo()  # the tab itself, built from this folder
+    image = table3.table3_grid("cat")  # class 0: two samples at each of N = 1, 3
     assert image.shape == (3 * 2 * 10, 3 * 2 * 10, 3) and image.dtype == np.uint8
     with pytest.raises(gr.Error, match="unknown class 'nope'; allowed: cat, dog"):
-        app.table3_grid("nope")
+        table3.table3_grid("nope")
     with pytest.raises(gr.Error, match="no samples of class 'pizza'"):  # the tiny model has 4 classes
-        app.table3_grid("pizza")
+        table3.table3_grid("pizza")
 
 
 def test_a_dit_pipeline_folder_with_ddpm(tmp_path):
@@ -340,8 +341,9 @@ def test_a_corrupt_shard_is_made_again_and_a_busy_folder_is_refused(tiny_model, 
 
 
 def test_the_app_starts_with_a_broken_table(tmp_path, monkeypatch):
-    import app
+    from ui.layout import build_demo
+    from ui.tabs import table3
 
     (tmp_path / "table.json").write_text("{ cut short")
-    monkeypatch.setattr(app, "TABLE3_DIR", str(tmp_path))
-    app.build_demo()  # the Table 3 tab says the table is unreadable; the other tabs work
+    monkeypatch.setattr(table3, "TABLE3_DIR", str(tmp_path))
+    build_demo()  # the Table 3 tab says the table is unreadable; the other tabs work

@@ -10,7 +10,7 @@ evaluated in the parent. Whatever the function writes to module state stays in t
 Stricter than ZeroGPU in one way: every call forks a fresh child, where ZeroGPU may reuse an idle worker, so a
 state that only seems to survive because the same worker served two calls cannot pass here.
 
-Use: put this module in `sys.modules["spaces"]` before importing the app (see tests/test_zerogpu.py).
+Use: put this module in `sys.modules["spaces"]` before importing `ui/gpu.py` (see tests/test_zerogpu.py).
 """
 
 import functools

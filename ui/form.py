@@ -1,7 +1,7 @@
 """The app's form, parsed in one place: raw widget values in, a checked `GenerateJob` or `SweepJob` out.
 
 Every check raises `ValueError` naming the bad value and the allowed range. The limits here are the ones the
-widgets show (`app.py` builds its sliders from them), and every request is bounded by one budget of denoising
+widgets show (the tabs build their sliders from them), and every request is bounded by one budget of denoising
 steps, the sweep included, so that no single click can hold the model for minutes.
 """
 

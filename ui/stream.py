@@ -1,17 +1,32 @@
-"""Run a job on a pipeline in a worker thread and stream its events; closing the stream stops it at the next step.
+"""The app's three GPU jobs as streams: each runs in a worker thread and yields its events; closing the stream stops
+it at the next denoising step.
 
 The app's handlers are generators: Gradio closes them when the user leaves, the job is cancelled (`job.cancel()`
 from gradio_client, the Stop button) or, on ZeroGPU, when the main process stops the worker. `stream_job` turns that
 close into a cancel flag that a forward pre-hook on the transformer checks before every denoising step, then waits
 for the worker to finish, so the pipeline (and the lock around it) is free again when the close returns.
+`stream_comparison` (the Compare tab), `stream_sweep` and `stream_policies` are the jobs the GPU functions run.
 """
 
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
 
 from analysis.arena.policies import PolicyJob, run_policies
+from analysis.comparison import (
+    Comparison,
+    RunResult,
+    baseline_config,
+    compare_runs,
+    default_clock,
+    observe_run,
+    timed_speedup,
+)
+from analysis.speed import SpeedRatio
 from analysis.sweep import run_sweep
 from fora import ForaConfig
 from fora.generate import Request
@@ -93,6 +108,73 @@ def stream_job(
     finally:
         cancel.set()
         thread.join()
+
+
+@dataclass
+class MapsSnapshot:
+    """The layer x step maps of a running recorder, copied: small enough to stream to the page every half second."""
+
+    neighbour: dict
+    timesteps: np.ndarray
+    num_steps: int
+
+    @classmethod
+    def of(cls, recorder) -> "MapsSnapshot":
+        return cls({k: v.copy() for k, v in recorder.neighbour.items()}, recorder.timesteps.copy(), recorder.num_steps)
+
+
+@dataclass
+class Progress:
+    """One event of a streamed comparison. `phase`: "baseline" or "fora" while they run (`maps` set), "baseline
+    done" (`baseline` set), "compared" (`comparison` set: images and maps final), "timed" (`speed` set)."""
+
+    phase: str
+    step: int = 0  # steps done in this phase
+    num_steps: int = 0
+    maps: MapsSnapshot | None = None
+    baseline: RunResult | None = None
+    comparison: Comparison | None = None
+    speed: SpeedRatio | None = None
+    clock: str = ""  # what timed the pairs: "cpu" (process CPU time) or "wall"
+
+
+def stream_comparison(
+    pipe,
+    request: Request,
+    config: ForaConfig,
+    baseline: RunResult | None = None,
+    pairs: int = 3,
+    warmup: int = 1,
+    min_interval_s: float = 0.5,
+):
+    """Yield `Progress` while the baseline (unless given) and the FORA run execute, then time them in pairs
+    (`pairs=0`: not timed; the "timed" event comes with `speed=None`).
+
+    Runs in a worker thread (`stream_job`): closing the generator stops the work at the next denoising step;
+    `None` comes as a heartbeat when nothing else did for `min_interval_s`.
+    Everything yielded is on the CPU and picklable, so this can run in a forked ZeroGPU worker; the caller keeps
+    what later requests need (the baseline, the comparison) in its own process.
+    """
+    config.check_num_steps(request.steps)
+
+    def job(emit):
+        def observe(phase):
+            def report(step, num_steps, rec):
+                emit(Progress(phase, step + 1, num_steps, MapsSnapshot.of(rec)), often=True)
+
+            return report
+
+        base = baseline
+        if base is None:
+            base = observe_run(pipe, request, baseline_config(config), on_step=observe("baseline")).to_cpu()
+            emit(Progress("baseline done", request.steps, request.steps, baseline=base))
+        fora = observe_run(pipe, request, config, on_step=observe("fora")).to_cpu()
+        emit(Progress("compared", request.steps, request.steps, baseline=base, comparison=compare_runs(base, fora)))
+        clock = default_clock(pipe)
+        speed = timed_speedup(pipe, request, config, pairs=pairs, warmup=warmup, clock=clock) if pairs else None
+        emit(Progress("timed", speed=speed, clock=clock))
+
+    yield from stream_job(pipe.transformer, job, min_interval_s, heartbeat_s=max(min_interval_s, 0.1))
 
 
 def stream_sweep(

@@ -1,0 +1,104 @@
+"""The settings column every tab reads (model, class or prompt, steps, N, seed, guidance, the Advanced cache
+settings, Generate and Stop), and its handlers: a model's classes, steps and blocks fill in when it is chosen."""
+
+import time
+
+import gradio as gr
+
+from analysis.metrics.similarity import default_blocks
+from fora.loading import MODELS, ModelLoadError
+from models.emoji.classes import LABELS
+from models.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from ui import form, registry
+
+
+class Settings:
+    """The column's widgets, built where this is constructed (inside a `gr.Blocks`)."""
+
+    def __init__(self):
+        choices = [
+            (c.label if c.available else f"{c.label} (unavailable: {c.reason})", c.key)
+            for c in registry.model_choices()
+        ]
+        self.model = gr.Dropdown(choices, value=registry.DEFAULT_MODEL, label="model")
+        self.label = gr.Dropdown(LABELS, value="cat", label="class", allow_custom_value=False)
+        self.prompt = gr.Textbox(label="prompt", visible=False, placeholder="an astronaut riding a horse")
+        self.steps = gr.Slider(form.STEPS_RANGE[0], form.STEPS_RANGE[1], value=DEFAULT_STEPS, step=1, label="steps T")
+        self.interval = gr.Slider(1, DEFAULT_STEPS - 1, value=3, step=1, label="cache interval N (1 = uncached)")
+        with gr.Row():
+            # any number is accepted here: form.parse_request checks the range, with a clear message
+            self.seed = gr.Number(0, label="seed", precision=0)
+            self.randomize = gr.Button("🎲 random seed", size="sm")
+        self.guidance = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="guidance scale")
+        with gr.Accordion("Advanced (Compare and Sweep)", open=False):
+            self.cache_attn = gr.Checkbox(True, label="cache self-attention")
+            self.cache_cross = gr.Checkbox(True, label="cache cross-attention (PixArt)")
+            self.cache_mlp = gr.Checkbox(True, label="cache MLP")
+            self.cache_start = gr.Number(0, label="cache_start: first step allowed to reuse", precision=0)
+            self.cache_end = gr.Number(0, label="cache_end: steps from here on recompute (0 = none)", precision=0)
+            self.blocks = gr.Textbox("", label="blocks that cache (e.g. 0,2,5; empty = all)")
+            self.policy = gr.Radio(
+                list(form.COMPARE_POLICIES),
+                value="FORA",
+                label="Compare: policy at N's cost (calibrated plans: see the Policies tab)",
+            )
+        with gr.Row():
+            self.run = gr.Button("Generate", variant="primary")
+            self.stop = gr.Button("Stop", variant="stop")
+        self.status = gr.Markdown("")
+        gr.Examples(
+            [["cat", 30, 3, 0], ["rocket", 30, 5, 1], ["rainbow", 50, 10, 2], ["ghost", 30, 2, 3]],
+            [self.label, self.steps, self.interval, self.seed],
+            label="try (class, steps, N, seed)",
+        )
+        self.block_choice: gr.Dropdown | None = None  # the Compare tab's block list, which follows the model
+
+    @property
+    def advanced(self) -> list[gr.components.Component]:
+        """The Advanced settings, in the order the Compare and Sweep handlers take them."""
+        return [self.cache_attn, self.cache_cross, self.cache_mlp, self.cache_start, self.cache_end, self.blocks]
+
+    def wire(self, block_choice: gr.Dropdown) -> None:
+        """The column's own events; a model change also refills `block_choice` (the Compare tab's)."""
+        self.block_choice = block_choice
+        self.model.change(
+            self.on_model_change, self.model, [self.label, self.prompt, self.steps, block_choice], api_name=False
+        )
+        self.steps.change(on_steps_change, [self.steps, self.interval], self.interval, api_name=False)
+        self.randomize.click(random_seed, None, self.seed, api_name=False)
+
+    def on_model_change(self, model_key):
+        """The chosen model's classes (or the prompt box for a text model), default steps and recorded blocks."""
+        try:
+            pipe, _ = registry.get_model(model_key)
+        except (ValueError, ModelLoadError) as e:
+            gr.Warning(str(e))
+            return gr.skip()
+        labels = registry.labels_of(pipe)
+        spec = MODELS.get(model_key)
+        steps = spec.default_steps if spec else 30
+        blocks = [str(b) for b in default_blocks(form.num_blocks(pipe))]
+        if labels:
+            label, prompt = gr.update(choices=labels, value=labels[0], visible=True), gr.update(visible=False)
+        else:
+            label, prompt = gr.update(visible=False), gr.update(visible=True)
+        return {
+            self.label: label,
+            self.prompt: prompt,
+            self.steps: gr.update(value=steps),
+            self.block_choice: gr.update(choices=blocks, value=blocks[-1]),
+        }
+
+
+def on_steps_change(steps, interval):
+    """N's slider ends at T - 1: a new T moves its end, and N with it when N no longer fits."""
+    try:
+        steps = int(steps)
+    except (TypeError, ValueError):
+        return gr.skip()
+    top = max(1, steps - 1)
+    return gr.update(maximum=top, value=min(int(interval or 1), top))
+
+
+def random_seed() -> int:
+    return int(time.time_ns() % form.SEED_MAX)

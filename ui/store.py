@@ -1,0 +1,87 @@
+"""What the server keeps between requests, each bounded: uncached baselines, finished comparisons (the plots redraw
+from them) and the cache plans the Policies tab calibrated, next to those shipped with the embedded model.
+
+Kept in the main process only: on ZeroGPU a GPU function returns what belongs here and the handler puts it here.
+"""
+
+import logging
+import threading
+from collections import OrderedDict
+
+
+def result_bytes(result) -> int:
+    """Memory a kept `RunResult` or `Comparison` holds: similarity features, per-step predictions, images."""
+    runs = [result.baseline, result.fora] if hasattr(result, "fora") else [result]
+    total = 0
+    for run in runs:
+        total += run.images.nbytes + sum(p.numel() * p.element_size() for p in run.predictions)
+        total += run.similarity.memory_bytes if run.similarity is not None else 0
+    return total
+
+
+class BoundedCache:
+    """Thread-safe LRU bounded by entry count and by bytes: what the server keeps between requests."""
+
+    def __init__(self, size: int = 8, max_bytes: int = 512 * 2**20):
+        self.size, self.max_bytes = size, max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key):
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+            return item[0] if item is not None else None
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = (value, result_bytes(value))
+            self._items.move_to_end(key)
+            while len(self._items) > 1 and (len(self._items) > self.size or self.nbytes > self.max_bytes):
+                self._items.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b for _, b in self._items.values())
+
+    def __len__(self):
+        return len(self._items)
+
+
+BASELINES = BoundedCache(size=8)  # uncached runs by (model, request): changing only N reuses them
+RESULTS = BoundedCache(size=16)  # finished comparisons by token, for redrawing plots; sessions hold only the token
+
+_PLANS_MAX = 64
+_learned_plans: OrderedDict = OrderedDict()  # plans calibrated by the Policies tab, newest last
+_shipped_plans: dict | None = None
+_plans_lock = threading.Lock()
+
+
+def known_plans() -> dict:
+    """Calibrated plans by `policies.plan_key`: those shipped with the embedded model and those calibrated here."""
+    global _shipped_plans
+    if _shipped_plans is None:
+        from analysis.arena.policies import shipped_plans
+
+        try:
+            _shipped_plans = shipped_plans()
+        except (OSError, ValueError, KeyError) as e:  # a broken file must not take the app down: calibrate instead
+            logging.getLogger(__name__).warning("shipped cache plans not loaded (%s); they will be calibrated", e)
+            _shipped_plans = {}
+    with _plans_lock:
+        return {**_shipped_plans, **_learned_plans}
+
+
+def learn_plans(plans: dict) -> None:
+    """Keep plans a run calibrated (in the main process: a ZeroGPU worker returns them), the newest 64."""
+    with _plans_lock:
+        for key, plan in plans.items():
+            _learned_plans[key] = plan
+            _learned_plans.move_to_end(key)
+        while len(_learned_plans) > _PLANS_MAX:
+            _learned_plans.popitem(last=False)

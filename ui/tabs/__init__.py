@@ -1,0 +1,1 @@
+"""One module per tab of the app: its widgets (a class built inside its `gr.Tab`), its events and handlers."""

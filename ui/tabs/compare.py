@@ -1,0 +1,270 @@
+"""The Compare tab: one seed uncached and with FORA (or a calibrated plan at N's cost), their images, metrics and
+layer x step maps streamed while they run, then the measured speedup; the plots redraw from the kept result."""
+
+import uuid
+
+import gradio as gr
+
+from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot
+from fora.loading import ModelLoadError
+from ui import form, gpu, registry, store
+from ui.display import upscale, user_error
+from ui.settings import Settings
+
+
+def _metrics_rows(
+    comp, cached_baseline: bool, speed=None, pairs: int = form.COMPARE_PAIRS, measuring: bool = True, clock: str = ""
+) -> list[list]:
+    """The metrics table of a comparison; the speedup rows say "measuring" until the timed pairs are in."""
+    m = comp.metrics
+    what_ran = m["policy"] + ("" if m["policy"].startswith("FORA") else ", shared schedule")
+    if speed is not None:
+        what = {"cpu": " (process CPU time)", "wall": " (wall time)"}.get(clock, "")
+        timed, calls = f"{speed}{what}", f"{speed.baseline_s * 1e3:.0f} ms / {speed.fora_s * 1e3:.0f} ms"
+    elif measuring and pairs:
+        timed, calls = f"measuring: 1 warm-up + {pairs} pairs of calls without observers...", "..."
+    else:
+        timed = calls = "not measured (FORA_COMPARE_PAIRS=0)"
+    return [
+        ["speedup, measured (baseline / FORA, median of pairs)", timed],
+        ["policy", what_ran],
+        [
+            "speedup, ideal (all calls / computed calls)" if m["policy"][:4] != "FORA" else "speedup, ideal T / full",
+            f"{m['ideal_speedup']:.2f}x",
+        ],
+        ["call time, baseline / FORA (median)", calls],
+        ["full / reuse steps", f"{m['full_steps']} / {m['reuse_steps']}"],
+        ["PSNR vs baseline", "inf (identical)" if m["psnr"] == float("inf") else f"{m['psnr']:.2f} dB"],
+        ["SSIM vs baseline", f"{m['ssim']:.4f}"],
+        ["mean |difference|", f"{m['mad']:.4f}"],
+        ["cache memory", f"{m['cache_bytes'] / 2**20:.2f} MiB"],
+        ["baseline run", "cached from an earlier request" if cached_baseline else "run for this request"],
+    ]
+
+
+def _heatmaps(comp, source):
+    """The self-attention and MLP layer x step maps of the FORA run or of the uncached baseline."""
+    run = comp.baseline if source == "uncached baseline" else comp.fora
+    prefix = "uncached" if run is comp.baseline else comp.metrics["policy"]
+    return (
+        neighbour_heatmap(run.similarity, "attn", f"{prefix}: self-attention, cos to previous computed step"),
+        neighbour_heatmap(run.similarity, "mlp", f"{prefix}: MLP, cos to previous computed step"),
+    )
+
+
+def _pairwise(comp, block, kind):
+    """The step x step map of the uncached run at `block` (the last recorded one if that has none)."""
+    rec = comp.baseline.similarity
+    block = int(block) if block not in (None, "") else rec.blocks[-1]
+    block = block if block in rec.blocks else rec.blocks[-1]
+    return pairwise_heatmap(rec, block, kind if kind in rec.kinds else "attn")
+
+
+def _last_result(token):
+    """The comparison the session's token names, kept in the server (`store.RESULTS`)."""
+    comp = store.RESULTS.get(token) if token else None
+    if comp is None:
+        raise gr.Error(
+            "generate first: the plots are redrawn from your last run (kept for the 16 most recent runs)",
+            print_exception=False,
+        )
+    return comp
+
+
+def redraw_pairwise(token, block, kind):
+    """The step x step map for another block or module of the session's last comparison."""
+    rec = _last_result(token).baseline.similarity
+    block = int(block)
+    if block not in rec.blocks:
+        raise gr.Error(f"block {block} has no step x step map; recorded blocks: {rec.blocks}", print_exception=False)
+    if kind not in rec.kinds:
+        raise gr.Error(f"kind {kind!r} not recorded; recorded: {', '.join(rec.kinds)}", print_exception=False)
+    return pairwise_heatmap(rec, block, kind)
+
+
+class CompareTab:
+    """The tab's widgets, built where this is constructed (inside a `gr.Tab`), and the handlers that fill them."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.status = settings.status  # the status line under Generate, in the settings column
+        with gr.Row():
+            self.base_img = gr.Image(label="uncached baseline", height=256, format="png", elem_id="baseline")
+            self.fora_img = gr.Image(label="FORA", height=256, format="png", elem_id="fora")
+            self.diff_img = gr.Image(label="|difference| x4", height=256, format="png", elem_id="diff")
+        self.metrics = gr.Dataframe(headers=["metric", "value"], label="metrics", interactive=False)
+        self.strip = gr.Plot(label="schedule")
+        self.heat_source = gr.Radio(
+            ["FORA run", "uncached baseline"],
+            value="FORA run",
+            label="layer x step maps from (FORA: blank columns are reuse steps)",
+        )
+        with gr.Row():
+            self.heat_attn = gr.Plot(label="self-attention: layer x step", elem_id="heat-attn")
+            self.heat_mlp = gr.Plot(label="MLP: layer x step", elem_id="heat-mlp")
+        with gr.Row():
+            self.block_choice = gr.Dropdown(["0", "2", "3", "5"], value="5", label="block for step x step")
+            self.kind_choice = gr.Dropdown(["attn", "mlp", "cross_attn"], value="attn", label="module")
+        self.pairwise = gr.Plot(label="step x step (uncached run)")
+        self.err = gr.Plot(label="error per step")
+        self.last: gr.State | None = None  # made by `wire`
+
+    def wire(self) -> gr.events.Dependency:
+        """Generate (`/generate`, queued with the other GPU events) and the redraws; returns Generate's event."""
+        # the token of this session's last comparison; the comparison stays in the server. Made here, after the
+        # tabs, so the page's components keep their ids (the API names unlabelled outputs by id)
+        self.last = gr.State(None)
+        s = self.settings
+        generated = s.run.click(
+            self.generate,
+            [
+                s.model,
+                s.label,
+                s.prompt,
+                s.steps,
+                s.interval,
+                s.seed,
+                s.guidance,
+                *s.advanced,
+                self.block_choice,
+                self.heat_source,
+                self.kind_choice,
+                s.policy,
+            ],
+            [
+                self.base_img,
+                self.fora_img,
+                self.diff_img,
+                self.metrics,
+                self.heat_attn,
+                self.heat_mlp,
+                self.pairwise,
+                self.strip,
+                self.err,
+                self.status,
+                self.last,
+            ],
+            api_name="generate",
+            concurrency_limit=1,
+            concurrency_id="gpu",
+        )
+        self.heat_source.change(
+            self.redraw_heatmaps, [self.last, self.heat_source], [self.heat_attn, self.heat_mlp], api_name=False
+        )
+        for widget in (self.block_choice, self.kind_choice):
+            widget.change(
+                redraw_pairwise, [self.last, self.block_choice, self.kind_choice], self.pairwise, api_name=False
+            )
+        return generated
+
+    def generate(
+        self,
+        model_key,
+        label,
+        prompt,
+        steps,
+        interval,
+        seed,
+        guidance,
+        cache_attn,
+        cache_cross_attn,
+        cache_mlp,
+        cache_start,
+        cache_end,
+        blocks,
+        block_choice,
+        heat_source="FORA run",
+        pair_kind="attn",
+        policy="FORA",
+        progress=gr.Progress(),
+    ):
+        """Baseline and FORA image with the same seed and their heatmaps first, the measured speedup when timed."""
+        try:
+            pipe, lock = registry.get_model(model_key)  # in the main process: a forked GPU worker inherits it
+            job = form.parse_generate(
+                pipe,
+                model_key,
+                label,
+                prompt,
+                steps,
+                interval,
+                seed,
+                guidance,
+                cache_attn,
+                cache_cross_attn,
+                cache_mlp,
+                cache_start,
+                cache_end,
+                blocks,
+                policy,
+                store.known_plans(),
+            )
+        except (ValueError, ModelLoadError) as e:
+            raise user_error(e) from None
+        key = (model_key, job.request)
+        cached = store.BASELINES.get(key)
+        comp = None
+        plan = job.config.plan
+        done = f"{plan.name} at N={job.config.interval}'s cost" if plan else f"N={job.config.interval}"
+        done += f", seed {job.request.seed}"
+        try:
+            with lock:  # taken here, never in the worker: a lock held by another thread at fork time stays held there
+                stream = gpu.compare_on_gpu(job, cached)
+                try:
+                    for p in stream:
+                        if p is None:  # heartbeat: lets a cancel close this generator while the pairs are timed
+                            yield gr.skip()
+                        elif p.phase in ("baseline", "fora"):
+                            progress((p.step, p.num_steps), desc=f"{p.phase}: step {p.step}/{p.num_steps}")
+                            yield {
+                                self.heat_attn: neighbour_heatmap(p.maps, "attn", f"{p.phase}: self-attention"),
+                                self.heat_mlp: neighbour_heatmap(p.maps, "mlp", f"{p.phase}: MLP"),
+                                self.status: f"running the {p.phase}: step {p.step} of {p.num_steps}",
+                            }
+                        elif p.phase == "baseline done":
+                            store.BASELINES.put(key, p.baseline)
+                            yield {self.base_img: upscale(p.baseline.images[0])}
+                        elif p.phase == "compared":
+                            comp, token = p.comparison, uuid.uuid4().hex
+                            store.RESULTS.put(token, comp)
+                            run = comp.fora.run
+                            heat_attn, heat_mlp = _heatmaps(comp, heat_source)
+                            strip = schedule_strip(run.num_steps, run.full_steps, comp.fora.similarity.timesteps)
+                            yield {
+                                self.base_img: upscale(comp.baseline.images[0]),
+                                self.fora_img: upscale(comp.fora.images[0]),
+                                self.diff_img: upscale(comp.diff_image()),
+                                self.metrics: _metrics_rows(comp, cached is not None, pairs=job.pairs),
+                                self.heat_attn: heat_attn,
+                                self.heat_mlp: heat_mlp,
+                                self.pairwise: _pairwise(comp, block_choice, pair_kind),
+                                self.strip: strip,
+                                self.err: step_error_plot(comp.step_error, run.full_steps),
+                                self.status: f"images ready: {done}, {len(run.full_steps)} full steps of "
+                                f"{run.num_steps}; timing the speedup...",
+                                self.last: token,
+                            }
+                        elif p.phase == "timed":
+                            comp.speed = p.speed
+                            yield {
+                                self.metrics: _metrics_rows(
+                                    comp, cached is not None, p.speed, measuring=False, clock=p.clock
+                                ),
+                                self.status: f"done: {done}, {len(comp.fora.run.full_steps)} full steps of "
+                                f"{job.request.steps}; speedup {p.speed or 'not measured'}",
+                            }
+                finally:
+                    stream.close()  # cancelled or failed: stop the run at its next step before the lock is released
+        except (ValueError, ModelLoadError) as e:
+            raise user_error(e) from None
+        except gr.Error:
+            raise
+        except Exception as e:  # e.g. out of memory: say what failed, never show a stack trace
+            raise gr.Error(f"generation failed: {type(e).__name__}: {e}", print_exception=True) from None
+
+    def redraw_heatmaps(self, token, source):
+        """The layer x step maps of the session's last comparison, from its FORA run or its uncached baseline."""
+        if not token:
+            return gr.skip()
+        heat_attn, heat_mlp = _heatmaps(_last_result(token), source)
+        return {self.heat_attn: heat_attn, self.heat_mlp: heat_mlp}
