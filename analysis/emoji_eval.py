@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from analysis.metrics.quality import psnr, ssim
+from embedded.emoji.classes import LABELS, NUM_CLASSES
+from embedded.emoji.classifier import CLASSIFIER_TEST_SEED, _to_tensor, accuracy, classify, load_or_train_classifier
+from embedded.emoji.render import render_dataset
 from fora import ForaConfig, apply_fora, remove_fora
 from fora.loading import load_pipeline
-from models.emoji.classes import LABELS, NUM_CLASSES
-from models.emoji.classifier import CLASSIFIER_TEST_SEED, _to_tensor, accuracy, classify, load_or_train_classifier
-from models.emoji.render import render_dataset
 
 
 def evaluate(
@@ -138,7 +138,9 @@ def _pair(text: str) -> tuple[int, float]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.emoji_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="emoji-dit")
     p.add_argument(
         "--classifier",

@@ -17,7 +17,9 @@ from fora.loading import ModelLoadError, load_pipeline, resolve_model
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.heatmaps", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="emoji-dit")
     p.add_argument("--interval", type=int, default=1, help="1: every step computed (the paper's figure)")
     p.add_argument("--steps", type=int, default=None)

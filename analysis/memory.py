@@ -156,7 +156,7 @@ def _read_seconds(nbytes: int, device: torch.device, repeats: int, span_bytes: i
     buffers = [torch.ones(numel, dtype=dtype, device=device) for _ in range(copies)]
     acc = torch.empty((), dtype=torch.float32, device=device)  # preallocated: the loop allocates nothing
     turn = itertools.cycle(buffers)
-    read = lambda: torch.sum(next(turn), 0, dtype=torch.float32, out=acc)  # noqa: E731
+    read = lambda: torch.sum(next(turn), 0, dtype=torch.float32, out=acc)
     return _median_seconds(read, device, repeats), buffer_bytes
 
 
@@ -188,7 +188,9 @@ def measure_read_seconds(nbytes: int, device: str | torch.device = "cpu", repeat
 def main(argv=None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(description="FORA cache size and HBM read time vs the compute it replaces.")
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.memory", description="FORA cache size and HBM read time vs the compute it replaces."
+    )
     p.add_argument("--batch", type=int, default=1, help="images per call (guidance doubles the rows)")
     p.add_argument("--dtype", default="float16", choices=list(DTYPE_BYTES))
     p.add_argument("--steps", type=int, default=50)

@@ -2,6 +2,7 @@
 description of the machine that timed a run."""
 
 import base64
+import html
 import io
 import os
 import platform
@@ -52,6 +53,15 @@ def json_safe(v):
     if isinstance(v, np.integer):
         return int(v)
     return finite(v)
+
+
+def html_cell(v, digits: int = 3) -> str:
+    """A table cell's text: `-` for a missing value, floats to `digits` decimals, anything else escaped."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return html.escape(str(v))
 
 
 def machine(device: str | None, clock: str | None = None) -> dict:

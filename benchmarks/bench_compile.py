@@ -43,7 +43,7 @@ def measure(
     pipe, request: Request, config: ForaConfig, mode: str, pairs: int, label: str = "", clock: str = "wall"
 ) -> dict:
     """Eager and compiled timings of `pipe` for `request` (compiles `pipe.transformer` in place). Prints as it goes."""
-    call = lambda: generate(pipe, request)  # noqa: E731
+    call = lambda: generate(pipe, request)
     ideal = ideal_speedup(request.steps, config.interval, config.window)
     eager = paired_speedup(pipe, call, config, pairs=pairs, clock=clock)
     print(

@@ -85,7 +85,7 @@ def hook_share_profiled(pipe, request: Request) -> float:
 
 
 def small_pipeline(device: str = "cpu"):
-    from models.emoji.train import build_pipeline, build_transformer
+    from embedded.emoji.train import build_pipeline, build_transformer
 
     torch.manual_seed(0)
     pipe = build_pipeline(build_transformer(layers=6, width=128, heads=4, patch=2).eval())
@@ -161,13 +161,10 @@ def speedups(args):
         return
     request = Request(label=207, steps=args.steps, seed=0, guidance=4.0)
     configs = [ForaConfig(interval=n) for n in args.intervals]  # timed together, their pairs interleaved
-    progress = lambda r, k: print(
-        f"(b) timed round {r} of {k}: one pair per interval"
-        if r
-        # noqa: E731
-        else "(b) warm-up done",
-        flush=True,
-    )
+
+    def progress(r, k):
+        print(f"(b) timed round {r} of {k}: one pair per interval" if r else "(b) warm-up done", flush=True)
+
     ratios = paired_speedups(
         pipe, lambda: generate(pipe, request), configs, pairs=args.speed_pairs, clock=args.clock, on_round=progress
     )

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.emoji.pipeline import DEFAULT_GUIDANCE as EMOJI_GUIDANCE
-from models.emoji.pipeline import DEFAULT_STEPS as EMOJI_STEPS
+from embedded.emoji.pipeline import DEFAULT_GUIDANCE as EMOJI_GUIDANCE
+from embedded.emoji.pipeline import DEFAULT_STEPS as EMOJI_STEPS
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 
@@ -77,7 +77,7 @@ def resolve_model(model_id: str) -> ModelSpec | None:
 def _pipeline_class(name: str):
     from diffusers import DiTPipeline, PixArtAlphaPipeline
 
-    from models.emoji.pipeline import EmojiDiTPipeline
+    from embedded.emoji.pipeline import EmojiDiTPipeline
 
     classes = {
         "EmojiDiTPipeline": EmojiDiTPipeline,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from embedded.emoji.classes import EMOJI_CLASSES, LABELS
+from embedded.emoji.render import find_font
 from fora.loading import load_pipeline
-from models.emoji.classes import EMOJI_CLASSES, LABELS
-from models.emoji.render import find_font
 
 try:
     find_font()
@@ -65,7 +65,7 @@ def test_generation_is_deterministic(pipe):
 
 @needs_font
 def test_rendered_data_is_seeded():
-    from models.emoji.render import render_dataset
+    from embedded.emoji.render import render_dataset
 
     x1, y1 = render_dataset(2, seed=3)
     x2, _ = render_dataset(2, seed=3)
@@ -76,7 +76,7 @@ def test_rendered_data_is_seeded():
 
 @needs_font
 def test_training_runs_and_resumes(tmp_path):
-    from models.emoji.train import main, parse_args
+    from embedded.emoji.train import main, parse_args
 
     out, state = tmp_path / "model", tmp_path / "state.pt"
     common = [
@@ -113,8 +113,8 @@ def test_training_runs_and_resumes(tmp_path):
 def test_shipped_classifier_recognises_fresh_renders():
     from safetensors.torch import load_file
 
-    from models.emoji.classifier import EmojiClassifier, classify
-    from models.emoji.render import render_dataset
+    from embedded.emoji.classifier import EmojiClassifier, classify
+    from embedded.emoji.render import render_dataset
 
     model = EmojiClassifier()
     model.load_state_dict(load_file("assets/emoji-classifier.safetensors"))

@@ -79,7 +79,7 @@ def test_extrapolation_weights_and_slot_arithmetic():
 
     slot = CacheSlot("b.attn1", 0, "attn", True)
     slot.order = 2
-    f = lambda s: 3.0 + 2.0 * s - 0.5 * s * s  # noqa: E731  a parabola is reproduced exactly at order 2
+    f = lambda s: 3.0 + 2.0 * s - 0.5 * s * s  # a parabola is reproduced exactly at order 2
     for s in (0, 2, 5):
         slot.store(s, torch.tensor([f(s)], dtype=torch.float64))
     for s in (6, 7, 9):

@@ -320,7 +320,7 @@ def test_calibrate_and_generate_command_lines(tmp_path):
     folder = tmp_path / "dit"
     make_dit_pipeline().save_pretrained(folder)
     plan_path = tmp_path / "plan.json"
-    run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, timeout=300)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, timeout=300)
     cal = run(
         "-m",
         "analysis.calibrate",

@@ -76,7 +76,7 @@ def tiny_model(tmp_path_factory):
     """A tiny random emoji-style DiT pipeline, saved and loaded like any pipeline folder."""
     from diffusers import DDIMScheduler, DiTTransformer2DModel
 
-    from models.emoji.pipeline import EmojiDiTPipeline
+    from embedded.emoji.pipeline import EmojiDiTPipeline
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(
@@ -299,7 +299,7 @@ def test_score_is_deterministic_and_leaves_the_global_generator_alone():
 
 def test_frechet_distance_in_the_emoji_feature_space_grows_with_damage():
     from analysis.metrics.distribution import EmojiFeatures
-    from models.emoji.render import render_dataset
+    from embedded.emoji.render import render_dataset
 
     extract = EmojiFeatures()
     reference = extract(render_dataset(10, seed=3003)[0]).features

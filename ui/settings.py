@@ -6,9 +6,9 @@ import time
 import gradio as gr
 
 from analysis.metrics.similarity import default_blocks
+from embedded.emoji.classes import LABELS
+from embedded.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from fora.loading import MODELS, ModelLoadError
-from models.emoji.classes import LABELS
-from models.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ui import form, registry
 
 

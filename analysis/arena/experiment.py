@@ -33,13 +33,13 @@ from analysis.calibrate.fit import calibrate, calibration_set, record_grams
 from analysis.metrics.compute_map import ComputeMap
 from analysis.metrics.quality import psnr, ssim
 from analysis.report_files import machine
+from embedded.emoji.classes import NUM_CLASSES
 from fora import ForaConfig, full_steps
 from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
 from fora.loading import load_pipeline
 from fora.peers import apply_cache, fbcache, taylorseer, taylorseer_steps
 from fora.timing import paired_speedups
-from models.emoji.classes import NUM_CLASSES
 
 POLICIES = ("uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache")
 COLUMNS = [
@@ -140,7 +140,7 @@ def score(entry: Entry, reference: np.ndarray, total_calls: int, labels: np.ndar
         computed_fraction=entry.row["computed_calls"] / total_calls,
     )
     if classifier is not None:
-        from models.emoji.classifier import classify
+        from embedded.emoji.classifier import classify
 
         entry.row["class_accuracy"] = float(np.mean(classify(classifier, entry.images) == labels))
 
@@ -240,7 +240,7 @@ def run_arena(args, log=print) -> dict:
         )
     classifier = None
     if args.model == "emoji-dit":
-        from models.emoji.classifier import load_or_train_classifier
+        from embedded.emoji.classifier import load_or_train_classifier
 
         classifier, _ = load_or_train_classifier(os.path.join("assets", "emoji-classifier.safetensors"))
     with ComputeMap(pipe.transformer) as probe:

@@ -4,6 +4,7 @@ Recomputes FD, precision, recall and FD to the uncached set (`fid.py`) without g
 DIR/arena.json, arena.csv and the report's distribution section (`report.py`).
 """
 
+import argparse
 import sys
 
 from analysis.arena.fid import REFERENCE_SAMPLES, rescore_rows
@@ -18,12 +19,12 @@ def rescore(out: str, reference_samples: int = REFERENCE_SAMPLES) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m analysis.arena.rescore DIR   (an arena output folder run with --fid)", file=sys.stderr)
-        return 2
+    p = argparse.ArgumentParser(prog="python -m analysis.arena.rescore", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", metavar="DIR", help="an arena output folder run with --fid")
+    p.add_argument("--fid-reference", type=int, default=REFERENCE_SAMPLES, help="fresh renders in the reference set")
+    args = p.parse_args(argv)
     try:
-        rows = rescore(args[0])
+        rows = rescore(args.out, args.fid_reference)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

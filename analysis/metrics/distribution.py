@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.emoji.classifier import _to_tensor  # the classifier's own uint8 -> [-1, 1] input conversion
+from embedded.emoji.classifier import _to_tensor  # the classifier's own uint8 -> [-1, 1] input conversion
 
 PR_NEIGHBOURS = 3
 IS_SPLITS = 10
@@ -65,9 +65,9 @@ class EmojiFeatures:
     def __init__(self, weights: str | None = None, batch_size: int = 512):
         from safetensors.torch import load_file
 
+        from embedded.emoji.classes import LABELS
+        from embedded.emoji.classifier import EmojiClassifier
         from fora.loading import ASSETS
-        from models.emoji.classes import LABELS
-        from models.emoji.classifier import EmojiClassifier
 
         weights = weights or os.path.join(ASSETS, "emoji-classifier.safetensors")
         if not os.path.isfile(weights):

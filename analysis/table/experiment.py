@@ -21,11 +21,11 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from analysis.metrics.distribution import PR_NEIGHBOURS
+from analysis.report_files import json_safe, machine, write_text_atomic
 from analysis.samples import (
     Cell,
     fill_shard,
@@ -93,10 +93,7 @@ def check_args(args) -> None:
 
 
 def _write_json(path: str, data) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=lambda v: None if isinstance(v, float) and not np.isfinite(v) else v)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(json_safe(data), indent=1, allow_nan=False))
 
 
 def check_folder(out_dir: str, settings: Settings) -> bool:
@@ -232,11 +229,7 @@ def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell,
     if os.path.isfile(path):
         with open(path) as f:
             cache = json.load(f)
-    from analysis.report_files import machine
-
-    where = machine(
-        args.device, args.clock
-    )  # timings are reused only from the same machine, device, threads and clock
+    where = machine(args.device, args.clock)  # timings are reused only on the same machine, device, threads, clock
     where = f"{where['processor']}_{where['device']}_t{where['threads']}_{where['clock']}"
     result = {}
     for cell in cells:

@@ -32,7 +32,7 @@ def make_extractor(args):
 
 def _interleaved_renders(per_class: int, seed: int) -> np.ndarray:
     """Fresh emoji renders with the classes interleaved, so that any prefix (a precision/recall subset) is balanced."""
-    from models.emoji.render import render_dataset
+    from embedded.emoji.render import render_dataset
 
     images, _ = render_dataset(per_class, seed=seed)
     return images[np.argsort(np.arange(len(images)) % per_class, kind="stable")]
@@ -40,7 +40,7 @@ def _interleaved_renders(per_class: int, seed: int) -> np.ndarray:
 
 def reference_description(args) -> str:
     if args.extractor == "emoji":
-        from models.emoji.classes import NUM_CLASSES
+        from embedded.emoji.classes import NUM_CLASSES
 
         count = -(-args.reference_samples // NUM_CLASSES) * NUM_CLASSES
         return f"{count:,} fresh renders of the emoji (render seed {REFERENCE_RENDER_SEED}, never used in training)"
@@ -50,7 +50,7 @@ def reference_description(args) -> str:
 def reference_features(args, extractor) -> Features:
     """Features of the reference set, computed once and cached on disk."""
     if args.extractor == "emoji":
-        from models.emoji.classes import NUM_CLASSES
+        from embedded.emoji.classes import NUM_CLASSES
 
         per_class = -(-args.reference_samples // NUM_CLASSES)
         key = f"{extractor.key}_renders-seed{REFERENCE_RENDER_SEED}-{per_class}x{NUM_CLASSES}"
@@ -105,7 +105,7 @@ def render_floor(args, extractor, real: Features, n: int) -> dict | None:
     can score at this sample count. FD is biased upwards at finite n, so this floor, not 0, means "as good as real"."""
     if args.extractor != "emoji":
         return None
-    from models.emoji.classes import NUM_CLASSES
+    from embedded.emoji.classes import NUM_CLASSES
 
     path = os.path.join(args.out, "reference", f"{extractor.key}_floor-seed{FLOOR_RENDER_SEED}-{n}.npz")
     if os.path.isfile(path):

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from PIL import Image
 
-from analysis.report_files import finite, machine, png_base64, write_atomic
+from analysis.report_files import finite, html_cell, machine, png_base64, write_atomic
 from analysis.samples import SHARD_SIZE, Cell, read_shard, shard_path
 from analysis.table.metrics import reference_description
 
@@ -229,14 +229,6 @@ def fid_speed_plot(rows: list[dict], floor: dict | None = None) -> go.Figure:
     return fig
 
 
-def _fmt(v, digits=3):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return html.escape(str(v))
-
-
 def table_html(meta: dict) -> str:
     """The paper's layout: one block of rows per T, one row per N, metrics as columns."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in DISPLAY_HEADERS)
@@ -328,23 +320,23 @@ def display_rows(meta: dict) -> list[list]:
             if r.get("speedup") is not None
             else "-"
         )
-        psnr = "inf" if r["interval"] == 1 else _fmt(r.get("psnr_vs_uncached"), 1)
+        psnr = "inf" if r["interval"] == 1 else html_cell(r.get("psnr_vs_uncached"), 1)
         out.append(
             [
                 r["steps"],
                 r["interval"],
                 r["full_steps"],
                 r["samples"],
-                _fmt(r["fid"]),
-                _fmt(r.get("fid_common")),
-                _fmt(r["inception_score"], 2),
-                _fmt(r["precision"]),
-                _fmt(r["recall"]),
-                _fmt(r["class_accuracy"]),
+                html_cell(r["fid"]),
+                html_cell(r.get("fid_common")),
+                html_cell(r["inception_score"], 2),
+                html_cell(r["precision"]),
+                html_cell(r["recall"]),
+                html_cell(r["class_accuracy"]),
                 psnr,
                 speed,
                 f"{r['ideal_speedup']:.2f}x",
-                _fmt(r.get("samples_per_s"), 1),
+                html_cell(r.get("samples_per_s"), 1),
             ]
         )
     return out

@@ -16,8 +16,8 @@ from analysis.table.report import (
     load_grid_samples,
     load_table,
 )
+from embedded.emoji.classes import LABELS
 from fora.loading import ASSETS
-from models.emoji.classes import LABELS
 
 TABLE3_DIR = os.environ.get("FORA_TABLE3_DIR", os.path.join(ASSETS, "emoji-dit", "table3"))
 TABLE3_COMMAND = (

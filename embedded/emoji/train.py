@@ -1,4 +1,4 @@
-"""Train the embedded emoji DiT: `python -m models.emoji.train --out assets/emoji-dit`.
+"""Train the embedded emoji DiT: `python -m embedded.emoji.train --out assets/emoji-dit`.
 
 Recipe (chosen for convergence per CPU second, see the model card): pixel-space 32x32, patch 2, v-prediction on a
 cosine noise schedule, min-SNR-5 loss weighting, AdamW with linear warm-up, EMA of the weights, 10% label dropout

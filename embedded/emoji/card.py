@@ -1,6 +1,6 @@
 """Write the model card `assets/emoji-dit/README.md` from the measured files next to the weights:
 `training_log.json` (written by training) and `eval.json` (written by `python -m analysis.emoji_eval`).
-`python -m models.emoji.card`; every number in the card comes from those files."""
+`python -m embedded.emoji.card`; every number in the card comes from those files."""
 
 import argparse
 import json
@@ -44,7 +44,7 @@ and the app run offline on a laptop CPU in seconds. It has the block type of DiT
 
 ## Data and licence
 32x32 RGB renders of 32 emoji from the Noto Color Emoji font (Debian `fonts-noto-color-emoji`, SIL Open Font
-License 1.1), drawn by `models/emoji/render.py` with augmentation: scale 0.55-0.95 of the image, rotation +-20
+License 1.1), drawn by `embedded/emoji/render.py` with augmentation: scale 0.55-0.95 of the image, rotation +-20
 degrees, horizontal flip, random position, solid or two-colour gradient background of random colour. Training set:
 800 renders per class (data seed 1), rendered once per training session.
 
@@ -60,7 +60,7 @@ is the fewest that still gives the layer x step heatmaps layers to show.
 ## Training
 v-prediction on a cosine noise schedule ({sched["beta_schedule"]}, 1000 steps), min-SNR-5 loss weighting, AdamW
 (lr 1e-3, 200-step linear warm-up, betas 0.9/0.99), gradient clipping 1.0, EMA 0.999 (the shipped weights), 10%
-label dropout for guidance. `python -m models.emoji.train --out assets/emoji-dit` (resumable; uses CUDA when present).
+label dropout for guidance. `python -m embedded.emoji.train --out assets/emoji-dit` (resumable; uses CUDA when present).
 
 - optimizer steps: {log["total_steps"]}; wall time {log["total_seconds"] / 3600:.2f} h; sessions: {sessions}
 - final training loss (mean of the last 50 steps, min-SNR weighted v-MSE): {final_loss:.4f}

@@ -1,2 +1,0 @@
-"""The project's own small models, trained here and shipped in `assets/`, so that everything runs offline on a CPU:
-`emoji/` is the class-conditional emoji DiT (pipeline, classes, renderer, classifier, training, model card)."""
