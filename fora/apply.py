@@ -5,10 +5,13 @@ run (`ForaRun`), counted step by step with the run bookkeeping of `fora.runs`.
 Reuse steps multiply fresh adaLN gates with the stale, pre-gate outputs, exactly as the official code does.
 """
 
+import inspect
 import re
 
 import torch
 from diffusers.hooks import HookRegistry
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_processor import Attention
 
 from .config import ForaConfig, ForaRun
 from .hooks import FORA_BLOCK_HOOK, FORA_HOOK, FORA_MODULE_HOOK, ForaBlockHook, ForaModuleHook, ForaRunHook
@@ -18,8 +21,7 @@ from .plan import CachePlan
 from .runs import ForaState, RunTracker
 from .schedule import full_steps
 from .slots import CacheSlot
-
-MODULE_KINDS = {"attn1": "attn", "attn2": "cross_attn", "ff": "mlp"}  # the block children FORA caches, by kind
+from .specs import SWITCHES, BlockSpec, spec_for, supported
 
 
 def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = None) -> "ForaHandle":
@@ -55,18 +57,13 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         config.check_num_steps(num_steps)
 
     handle = ForaHandle(transformer, config, pipeline=pipeline, num_steps=num_steps)
-    block_re = re.compile(config.block_regex)
-    enabled = {"attn": config.cache_attn, "cross_attn": config.cache_cross_attn, "mlp": config.cache_mlp}
+    enabled = {kind: getattr(config, switch) for kind, switch in SWITCHES.items()}
     targets, blocks = [], []
-    for name, block in transformer.named_modules():
-        match = block_re.fullmatch(name)
-        if match is None:
-            continue
-        index = int(match.group(1))
+    for index, (name, block, spec) in enumerate(find_blocks(transformer, config.block_regex)):
         if getattr(block, "_chunk_size", None) is not None:
             raise ValueError(f"block {name} uses feed-forward chunking, which FORA cannot cache; disable it first")
         blocks.append((name, block))
-        for child, kind in MODULE_KINDS.items():
+        for child, kind in spec.modules:
             module = getattr(block, child, None)
             if isinstance(module, torch.nn.Module):
                 use = enabled[kind] and (config.blocks is None or index in config.blocks)
@@ -74,9 +71,7 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
                     use = kind in config.plan.steps
                 targets.append((CacheSlot(f"{name}.{child}", index, kind, use), module))
     if not targets:
-        raise ValueError(
-            f"no transformer blocks matched block_regex={config.block_regex!r} in {type(transformer).__name__}"
-        )
+        raise ValueError(f"{type(transformer).__name__}: no attention or MLP module found in its blocks")
     if config.blocks is not None:
         found = {slot.block for slot, _ in targets}
         missing = sorted(set(config.blocks) - found)
@@ -95,7 +90,8 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
             sum(not plan.computes(slot.kind, slot.block, s) for slot, _ in targets) for s in range(plan.num_steps)
         ]
 
-    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(ForaRunHook(handle), FORA_HOOK)
+    run_hook = ForaRunHook(handle, timestep_index(transformer))
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(run_hook, FORA_HOOK)
     by_block = {}
     for slot, module in targets:
         by_block.setdefault(slot.key.rsplit(".", 1)[0], []).append((slot, module))
@@ -120,6 +116,56 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
     return handle
 
 
+def find_blocks(
+    transformer: torch.nn.Module, block_regex: str | None = None
+) -> list[tuple[str, torch.nn.Module, BlockSpec]]:
+    """The transformer blocks FORA caches, as (name, block, spec), numbered by their order in `named_modules()`
+    (the order of the block lists, e.g. FLUX's double- then single-stream blocks). `block_regex` keeps only the
+    blocks whose name it matches in full.
+
+    Refused with `ValueError`: a block with attention but no spec (a partial cache would be a silent wrong result),
+    and a transformer with no block FORA knows."""
+    pattern = re.compile(block_regex) if block_regex is not None else None
+    found, unknown, inside = [], {}, ()  # inside: the prefixes of every block seen, matched or not
+    for name, module in transformer.named_modules():
+        if inside and name.startswith(inside):
+            continue  # inside a block already found: its children are the spec's business
+        spec = spec_for(module)
+        if spec is not None:
+            inside = (*inside, name + ".")
+            if pattern is None or pattern.fullmatch(name):
+                found.append((name, module, spec))
+            continue
+        if isinstance(module, torch.nn.ModuleList):
+            for i, child in enumerate(module):
+                if spec_for(child) is None and _has_attention(child):
+                    unknown.setdefault(type(child).__name__, f"{name}.{i}" if name else str(i))
+    if unknown:
+        listed = ", ".join(f"{cls} (e.g. {where})" for cls, where in unknown.items())
+        raise ValueError(
+            f"{type(transformer).__name__}: FORA has no block spec for {listed}; supported block classes: "
+            f"{supported()}"
+        )
+    if not found:
+        what = f" matching block_regex={block_regex!r}" if pattern is not None else ""
+        raise ValueError(
+            f"{type(transformer).__name__}: no transformer block{what} FORA knows; supported block classes: "
+            f"{supported()}"
+        )
+    return found
+
+
+def timestep_index(transformer: torch.nn.Module) -> int | None:
+    """The position of the `timestep` argument in the transformer's forward (`None`: it has none). Each family puts
+    it elsewhere (DiT second, PixArt and SD3 third or fourth), so it is read from the signature."""
+    params = list(inspect.signature(type(transformer).forward).parameters)[1:]  # without self
+    return params.index("timestep") if "timestep" in params else None
+
+
+def _has_attention(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, (Attention, AttentionModuleMixin)) for m in module.modules())
+
+
 class ForaHandle:
     r"""
     Returned by `apply_fora`: the config, the record of the most recent run and the observers.
@@ -135,7 +181,7 @@ class ForaHandle:
         self.transformer = transformer
         self.config = config
         self.state = ForaState()
-        self.runs = RunTracker(pipeline, num_steps, check_num_steps=config.check_num_steps)
+        self.runs = RunTracker(pipeline, num_steps, config.check_num_steps, transformer)
         self.observers: list = []
         self.modules: list[tuple[str, int, str]] = []  # (module name, block index, kind)
         self._num_cached = 0
@@ -143,7 +189,14 @@ class ForaHandle:
 
     @property
     def num_steps(self) -> int | None:
+        """A bare transformer's run length (runs delimited by count); settable, checked against the config."""
         return self.runs.num_steps
+
+    @num_steps.setter
+    def num_steps(self, value: int | None) -> None:
+        if value is not None:
+            self.config.check_num_steps(value)
+        self.runs.num_steps = value
 
     @property
     def last_run(self) -> ForaRun | None:
@@ -255,7 +308,7 @@ def remove_fora(model) -> None:
         if not registry.hooks:  # leave no trace: drop the registry and the instance-level forward
             del module._diffusers_hook
             module.__dict__.pop("forward", None)
-    handle.state.reset()
+    handle.reset()
     transformer._fora_handle = None
     del transformer._fora_handle
     _invalidate_registry_caches(transformer)

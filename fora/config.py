@@ -12,8 +12,6 @@ import torch
 
 from .plan import CachePlan
 
-BLOCK_REGEX = r"(?:transformer_blocks|blocks)\.(\d+)"
-
 
 @dataclass
 class ForaConfig:
@@ -25,12 +23,14 @@ class ForaConfig:
             N, the cache interval: attention and MLP are recomputed every N steps and reused for the N-1 steps in
             between. 1 disables reuse (the model runs uncached, hooks still observe); allowed 1..T-1 for T steps.
         cache_attn (`bool`, defaults to `True`):
-            Cache the self-attention (`attn1`) output.
+            Cache the self-attention outputs (kinds `attn`, `attn2`; a joint attention's image and text parts).
         cache_cross_attn (`bool`, defaults to `True`):
-            Cache the cross-attention (`attn2`) output of text-conditional models (PixArt-alpha). Its output is
-            not gated, so a stale value enters the residual stream as is; turn off to recompute it every step.
+            Cache the cross-attention output of text-conditional models (kind `cross_attn`: PixArt, Sana,
+            HunyuanDiT, Wan). It is not gated, so a stale value enters the residual stream as is; turn off to
+            recompute it every step.
         cache_mlp (`bool`, defaults to `True`):
-            Cache the MLP (`ff`) output.
+            Cache the MLP outputs (kinds `mlp`, `context_mlp`). Which child module is which kind, per block
+            class: `fora.specs`.
         cache_start (`int`, defaults to 0):
             First step (0-based, sampling order) at which reuse is allowed; earlier steps always recompute.
             Early steps set the image layout, so a later start trades speed for fidelity.
@@ -38,8 +38,10 @@ class ForaConfig:
             Steps from this one on always recompute (`None`: caching allowed to the end). Late steps refine detail.
         blocks (`tuple[int, ...]`, *optional*):
             Indices of the blocks that cache; the others compute every step. `None` means all blocks.
-        block_regex (`str`, defaults to `r"(?:transformer_blocks|blocks)\.(\d+)"`):
-            `re.fullmatch` pattern over `named_modules()` that finds the transformer blocks; group 1 is the index.
+        block_regex (`str`, *optional*):
+            `re.fullmatch` pattern over `named_modules()` names: only the blocks it matches cache (`None`: every
+            block of a class `fora.specs` knows). Blocks are numbered in `named_modules()` order over all block
+            lists (`blocks` and plans use these numbers).
         lean_reuse (`bool`, defaults to `True`):
             On reuse steps of DiT/PixArt blocks, skip the norms, modulation and adaLN rows that only cached modules
             read (same output; `fora.lean_reuse`). `False` runs each block's original forward with the cached module
@@ -59,7 +61,7 @@ class ForaConfig:
     cache_start: int = 0
     cache_end: int | None = None
     blocks: tuple[int, ...] | None = None
-    block_regex: str = BLOCK_REGEX
+    block_regex: str | None = None
     lean_reuse: bool = True
     plan: CachePlan | None = None
 
@@ -93,7 +95,8 @@ class ForaConfig:
             if not self.blocks or any(not isinstance(b, int) or b < 0 for b in self.blocks):
                 raise ValueError(f"blocks={self.blocks!r}: must be None or a non-empty list of block indices >= 0")
         try:
-            re.compile(self.block_regex)
+            if self.block_regex is not None:
+                re.compile(self.block_regex)
         except re.error as e:
             raise ValueError(f"block_regex={self.block_regex!r} is not a valid regular expression: {e}") from None
 

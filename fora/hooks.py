@@ -12,6 +12,7 @@ from diffusers.hooks import ModelHook
 from .lean_reuse import ALL_CHUNKS, block_step_forward, needed_chunks
 from .observers import Observation
 from .slots import CacheSlot
+from .specs import STREAMS
 
 FORA_HOOK = "fora"
 FORA_BLOCK_HOOK = "fora_block"
@@ -24,12 +25,14 @@ class ForaRunHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, handle):
+    def __init__(self, handle, timestep_index: int | None):
         super().__init__()
         self.handle = handle
+        self.timestep_index = timestep_index  # where `timestep` stands among the forward's positional arguments
 
     def pre_forward(self, module, *args, **kwargs):
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        i = self.timestep_index
+        timestep = kwargs.get("timestep", args[i] if i is not None and len(args) > i else None)
         self.handle._begin_step(timestep)
         return args, kwargs
 
@@ -66,10 +69,15 @@ class ForaModuleHook(ModelHook):
         return output
 
     @torch.compiler.disable
-    def _notify(self, output: torch.Tensor) -> None:
+    def _notify(self, output) -> None:
         state, slot = self.state, self.slot
-        for obs in self.handle.observers:
-            obs(Observation(slot.block, slot.kind, state.step, state.run.num_steps, state.timestep, output))
+        # a joint attention's (image, context) pair is observed as its two streams (`fora.specs.STREAMS`)
+        parts = zip(STREAMS[slot.kind], output) if isinstance(output, tuple) else [(slot.kind, output)]
+        for kind, part in parts:
+            if part is None:
+                continue
+            for obs in self.handle.observers:
+                obs(Observation(slot.block, kind, state.step, state.run.num_steps, state.timestep, part))
 
 
 class ForaBlockHook(ModelHook):

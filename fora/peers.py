@@ -111,7 +111,7 @@ class PeerHandle:
     def __init__(self, pipeline, config):
         self.config = config
         self.last_run: PeerRun | None = None
-        self.runs = RunTracker(pipeline)  # a run is one pipeline call
+        self.runs = RunTracker(pipeline, transformer=pipeline.transformer)  # a run is one pipeline call
 
     @property
     def name(self) -> str:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .schedule import full_steps as fora_full_steps
+from .specs import KINDS
 
-KINDS = ("attn", "cross_attn", "mlp")
 MAX_ORDER = 2
 
 

@@ -6,6 +6,7 @@ each sampling loop. `RunTracker` finds those boundaries call by call, for FORA a
 """
 
 import logging
+import sys
 import weakref
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from .config import ForaRun, first_value
 from .slots import CacheSlot
 
 logger = logging.getLogger(__name__)
+_MAX_FRAMES = 40  # how far up the stack the calling pipeline is looked for
 
 
 class RunTracker:
@@ -23,7 +25,9 @@ class RunTracker:
 
     - With a pipeline (anything with `.scheduler`): every pipeline call sets the scheduler's timesteps anew, so a
       call that sees a timesteps tensor other than the last one starts a run of `len(timesteps)` steps; so does the
-      first call after a complete run.
+      first call after a complete run. The scheduler read is the calling pipeline's: the nearest caller on the stack
+      that is an object whose `.transformer` is this transformer (so a second pipeline built on the same
+      transformer runs its own schedule), else the pipeline given here.
     - With a bare transformer (a hand-written loop) of `num_steps` steps: a run starts on the first call and after
       a complete run, and also when a new loop begins before the last one finished, which shows in the timestep:
       sampling timesteps go down (or repeat, for second-order samplers), so a timestep above the previous one means a
@@ -33,6 +37,7 @@ class RunTracker:
 
     Args:
         pipeline (*optional*): the pipeline whose scheduler delimits runs (held weakly).
+        transformer (*optional*): the module whose calls are counted, to find the pipeline calling it.
         num_steps (`int`, *optional*): a bare transformer's run length.
         check_num_steps (`Callable[[int], None]`, *optional*): called with a new run's length before it starts; its
             `ValueError` refuses the run (and the call) and leaves the tracker as it was.
@@ -43,8 +48,15 @@ class RunTracker:
         steps_done (`int`): calls of the current run that have finished.
     """
 
-    def __init__(self, pipeline=None, num_steps: int | None = None, check_num_steps: Callable[[int], None] = None):
+    def __init__(
+        self,
+        pipeline=None,
+        num_steps: int | None = None,
+        check_num_steps: Callable[[int], None] | None = None,
+        transformer: torch.nn.Module | None = None,
+    ):
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
+        self._transformer = weakref.ref(transformer) if transformer is not None else None
         self.num_steps = num_steps
         self._check = check_num_steps
         self.reset()
@@ -69,7 +81,7 @@ class RunTracker:
     def begin_call(self, timestep) -> int | None:
         """Before each transformer call: the length of the run this call starts, or `None` when it continues one."""
         new = None
-        pipe = self._pipeline() if self._pipeline is not None else None
+        pipe = self._calling_pipeline() if self._pipeline is not None else None
         if pipe is not None:
             timesteps = pipe.scheduler.timesteps
             if timesteps is not self._timesteps_seen or not self.ongoing:
@@ -97,8 +109,29 @@ class RunTracker:
         self.steps_done = self.step + 1
         return self.steps_done == self.run_steps
 
+    def _calling_pipeline(self):
+        """The pipeline calling the transformer now: the nearest frame's `self` with this `.transformer` and a
+        `.scheduler` (a few frames up: the hooks, `nn.Module.__call__`, the pipeline's `__call__`); else the
+        pipeline given at construction, or `None` once it is gone."""
+        transformer = self._transformer() if self._transformer is not None else None
+        if transformer is not None:
+            frame = sys._getframe(1)
+            for _ in range(_MAX_FRAMES):
+                if frame is None:
+                    break
+                caller = frame.f_locals.get("self")
+                if getattr(caller, "transformer", None) is transformer and hasattr(caller, "scheduler"):
+                    return caller
+                frame = frame.f_back
+        return self._pipeline()
+
     def _begin_run(self, num_steps: int | None) -> int:
         num_steps = num_steps or self.num_steps
+        if not num_steps and self._pipeline is not None:
+            raise ValueError(
+                "the pipeline the cache was applied to no longer exists, and no pipeline calling the transformer "
+                "was found: apply the cache to the pipeline that calls it"
+            )
         if not num_steps:
             raise ValueError("num_steps is unknown: pass num_steps to apply_fora(transformer, ...) or start_run()")
         if self._check is not None:

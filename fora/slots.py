@@ -1,5 +1,6 @@
 """The cache itself: one `CacheSlot` per cached module, holding its last computed output (and, for plans of order
-k > 0, the divided differences that extrapolate it)."""
+k > 0, the divided differences that extrapolate it). An output is a tensor or, for joint attention, a tuple of
+them (`(image, context)`, a part may be `None`); the arithmetic applies part by part."""
 
 import torch
 
@@ -23,24 +24,25 @@ class CacheSlot:
     def clear(self) -> None:
         self.output, self.diffs, self.diff_steps = None, [], []
 
-    def store(self, step: int, output: torch.Tensor) -> None:
+    def store(self, step: int, output) -> None:
         self.output = output
         if not self.order:
             return
         # differences in float32 at least: half precision would lose the small changes they are made of
-        new = [output if output.dtype == torch.float64 else output.float()]
+        new = [_map(lambda x: x if x.dtype == torch.float64 else x.float(), output)]
         for j in range(min(self.order, len(self.diffs))):
-            new.append((new[j] - self.diffs[j]) / (step - self.diff_steps[-1 - j]))
+            dt = step - self.diff_steps[-1 - j]
+            new.append(_map(lambda a, b: (a - b) / dt, new[j], self.diffs[j]))
         self.diffs = new
         self.diff_steps = (self.diff_steps + [step])[-(self.order + 1) :]
 
-    def value(self, step: int) -> torch.Tensor:
+    def value(self, step: int):
         if not self.order or len(self.diffs) < 2:
             return self.output
         out = self.diffs[0]
         for w, d in zip(extrapolation_weights(step, self.diff_steps)[1:], self.diffs[1:]):
-            out = out + w * d
-        return out.to(self.output.dtype)
+            out = _map(lambda a, b: a + w * b, out, d)
+        return _map(lambda a, ref: a.to(ref.dtype), out, self.output)
 
     @property
     def nbytes(self) -> int:
@@ -50,5 +52,14 @@ class CacheSlot:
         return sum(_nbytes(t) for t in held)
 
 
-def _nbytes(t: torch.Tensor) -> int:
+def _map(fn, first, *rest):
+    """`fn` over a tensor, or part by part over tuples of tensors (a `None` part stays `None`)."""
+    if isinstance(first, tuple):
+        return tuple(None if a is None else fn(a, *others) for a, *others in zip(first, *rest))
+    return fn(first, *rest)
+
+
+def _nbytes(t) -> int:
+    if isinstance(t, tuple):
+        return sum(_nbytes(x) for x in t if x is not None)
     return t.numel() * t.element_size()

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_dit_pipeline, make_pixart_pipeline, run_dit, run_pixart
@@ -429,3 +430,32 @@ def test_no_host_reads_per_step_unless_observed(dit_pipe):
     handle.add_observer(lambda obs: None)
     observed = count_host_reads(lambda: run_dit(dit_pipe, steps=steps))
     assert base < observed <= base + steps  # an observer pays for one read per computed step, no more
+
+
+def test_a_second_pipeline_on_the_same_transformer_runs_its_own_schedule(dit_pipe):
+    """FORA applied through one pipeline; a second pipeline object shares the transformer with a scheduler of its
+    own: each call runs the schedule of the pipeline that makes it, and its images are FORA's on that pipeline."""
+    from diffusers import DDIMScheduler, DiTPipeline
+
+    other = DiTPipeline(dit_pipe.transformer, dit_pipe.vae, DDIMScheduler(), id2label={1: "goldfish"})
+    other.set_progress_bar_config(disable=True)
+    handle = apply_fora(dit_pipe, ForaConfig(interval=2))
+    run_dit(dit_pipe, steps=10)
+    assert handle.last_run.num_steps == 10
+    shared = run_dit(other, steps=6)
+    assert handle.last_run.num_steps == 6 and handle.last_run.full_steps == full_steps(6, 2)
+    assert handle.last_run.complete
+    remove_fora(dit_pipe)
+    apply_fora(other, ForaConfig(interval=2))
+    own = run_dit(other, steps=6)
+    remove_fora(other)
+    assert np.array_equal(shared, own)
+
+
+def test_num_steps_of_a_bare_loop_can_be_changed_and_is_checked(dit_pipe):
+    handle = apply_fora(dit_pipe.transformer, ForaConfig(interval=3), num_steps=10)
+    handle.num_steps = 6
+    assert handle.runs.num_steps == 6
+    with pytest.raises(ValueError, match="interval=3 out of range for 3 steps"):
+        handle.num_steps = 3
+    remove_fora(dit_pipe.transformer)

@@ -117,3 +117,40 @@ def test_reset_forgets_the_run():
     tracker.reset()
     assert (tracker.run_steps, tracker.step, tracker.steps_done) == (0, -1, 0)
     assert run_calls(tracker, [300]) == [3]  # a lower timestep would have continued the old run; reset starts anew
+
+
+def test_a_refused_length_leaves_a_run_in_progress_as_it_was():
+    def at_most_3(n):
+        if n > 3:
+            raise ValueError(f"{n} steps: at most 3")
+
+    pipe = Pipe()
+    tracker = RunTracker(pipe, check_num_steps=at_most_3)
+    pipe.scheduler.set_timesteps(3)
+    run_calls(tracker, pipe.scheduler.timesteps[:1])
+    pipe.scheduler.set_timesteps(5)  # a new call with a length the config refuses
+    with pytest.raises(ValueError, match="5 steps"):
+        tracker.begin_call(None)
+    assert (tracker.run_steps, tracker.step, tracker.steps_done) == (3, 0, 1)
+
+
+def test_the_calling_pipelines_scheduler_delimits_the_run():
+    """Two pipeline objects on one transformer, each with its own scheduler: each call runs on its caller's."""
+    import torch
+
+    transformer = torch.nn.Linear(1, 1)
+
+    class Caller:
+        def __init__(self, steps):
+            self.transformer, self.scheduler = transformer, DDIMScheduler(num_train_timesteps=1000)
+            self.steps = steps
+
+        def __call__(self, tracker):
+            self.scheduler.set_timesteps(self.steps)
+            return run_calls(tracker, self.scheduler.timesteps)
+
+    first, second = Caller(4), Caller(6)
+    tracker = RunTracker(first, transformer=transformer)
+    assert first(tracker) == [4, None, None, None]
+    assert second(tracker) == [6] + [None] * 5  # not the 4 steps of the pipeline FORA was applied to
+    assert first(tracker)[0] == 4

@@ -1,22 +1,21 @@
 """Which block computed which module at which step, as measured, for any caching method.
 
-A `ComputeMap` puts a forward hook on the first `Linear` inside each block's `attn1`, `attn2` and `ff`: that layer
+A `ComputeMap` puts a forward hook on the first weight layer (`Linear`, or `Conv2d` for Sana's convolutional MLP)
+inside each attention and MLP module of each block, the modules FORA's block specs name (`fora.specs`): that layer
 runs exactly when the module really computes, whoever decides (FORA, a cache plan, TaylorSeer, First Block Cache,
 which skips whole blocks). Cell (block, step) of `matrix(kind)` is True where the module computed at that step of
 the call; `computed_calls` counts them, the cost every policy is compared at. One pipeline call per map.
 """
 
-import re
-
 import numpy as np
 import torch
 
-_BLOCK_RE = re.compile(r"(?:transformer_blocks|blocks)\.(\d+)")
-_CHILDREN = {"attn1": "attn", "attn2": "cross_attn", "ff": "mlp"}
+from fora.apply import find_blocks
+from fora.specs import KINDS
 
 
-def _first_linear(module: torch.nn.Module) -> torch.nn.Linear | None:
-    return next((m for m in module.modules() if isinstance(m, torch.nn.Linear)), None)
+def _first_layer(module: torch.nn.Module) -> torch.nn.Module | None:
+    return next((m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))), None)
 
 
 class ComputeMap:
@@ -28,22 +27,17 @@ class ComputeMap:
         self.kinds: list[str] = []
         self.num_blocks = 0
         self._handles = [transformer.register_forward_pre_hook(self._next_step)]
-        for name, block in transformer.named_modules():
-            match = _BLOCK_RE.fullmatch(name)
-            if match is None:
-                continue
-            index = int(match.group(1))
-            self.num_blocks = max(self.num_blocks, index + 1)
-            for child, kind in _CHILDREN.items():
+        for index, (_, block, spec) in enumerate(find_blocks(transformer)):
+            self.num_blocks = index + 1
+            for child, kind in spec.modules:
                 module = getattr(block, child, None)
-                linear = _first_linear(module) if isinstance(module, torch.nn.Module) else None
-                if linear is None:
+                layer = _first_layer(module) if isinstance(module, torch.nn.Module) else None
+                if layer is None:
                     continue
                 if kind not in self.kinds:
                     self.kinds.append(kind)
-                self._handles.append(linear.register_forward_hook(self._marker(index, kind)))
-        if not self.num_blocks:
-            raise ValueError(f"no transformer blocks found in {type(transformer).__name__}")
+                self._handles.append(layer.register_forward_hook(self._marker(index, kind)))
+        self.kinds.sort(key=KINDS.index)
 
     def _next_step(self, module, args):
         self.step += 1

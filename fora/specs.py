@@ -1,0 +1,98 @@
+"""Block specs: for each transformer block class FORA supports, which children are its attention and MLP modules,
+what kind each one is, and which streams a module's output carries.
+
+FORA's rule is the same for every family (arXiv 2407.01425, Sec. 3): every attention and MLP output of every
+transformer block is cached before the adaLN gate, and everything else (embeddings, modulation, gates, norms,
+residual adds, RoPE, skip connections, patch embedding, final layer) runs every step. A spec names those children,
+so the engine needs no `isinstance` branch per family; it is data, read by `fora.apply`, like diffusers'
+`TransformerBlockRegistry` (`diffusers/hooks/_helpers.py`). A block class without a spec is refused by name.
+
+Kinds (what `ForaConfig`'s switches and `CachePlan` name):
+
+- `attn`: the block's (first) self-attention. In joint-attention blocks (SD3, FLUX double-stream, Qwen-Image) one
+  module attends over image and text tokens together and returns both streams, `(image, context)`: it is cached as
+  the pair, and observers see the two parts as kinds `attn` and `context_attn`.
+- `attn2`: SD3.5's second self-attention (image stream only, `dual_attention_layers`).
+- `cross_attn`: cross-attention to the text (PixArt, Sana, HunyuanDiT, Wan). Ungated in all of them: a stale
+  value enters the residual stream as is.
+- `mlp`: the image stream's MLP; `context_mlp`: the text stream's (SD3 `ff_context`, FLUX, Qwen-Image `txt_mlp`).
+
+The config switches map onto kinds: `cache_attn` -> `attn`, `attn2`; `cache_cross_attn` -> `cross_attn`;
+`cache_mlp` -> `mlp`, `context_mlp`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("attn", "attn2", "cross_attn", "mlp", "context_mlp")
+SWITCHES = {
+    "attn": "cache_attn",
+    "attn2": "cache_attn",
+    "cross_attn": "cache_cross_attn",
+    "mlp": "cache_mlp",
+    "context_mlp": "cache_mlp",
+}
+STREAMS = {"attn": ("attn", "context_attn")}  # a tuple output's parts, as observers see them
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """What FORA caches in one block class.
+
+    Args:
+        family (`str`): the models that use this block, for messages and docs.
+        modules (`tuple[tuple[str, str], ...]`): (child attribute, kind) for each attention and MLP module. A child
+            that is `None` or absent in an instance (SD3's `attn2` outside its dual-attention layers, a last block's
+            `ff_context`) is skipped for that block.
+        joint (`tuple[str, ...]`): the kinds whose module returns `(image, context)` (joint attention).
+    """
+
+    family: str
+    modules: tuple[tuple[str, str], ...]
+    joint: tuple[str, ...] = ()
+
+
+def _specs() -> dict[type, BlockSpec]:
+    from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock
+    from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
+    from diffusers.models.transformers.sana_transformer import SanaTransformerBlock
+    from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
+    from diffusers.models.transformers.transformer_lumina2 import Lumina2TransformerBlock
+    from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+    cross = (("attn1", "attn"), ("attn2", "cross_attn"), ("ff", "mlp"))
+    joint = (("attn", "attn"), ("attn2", "attn2"), ("ff", "mlp"), ("ff_context", "context_mlp"))
+    return {
+        BasicTransformerBlock: BlockSpec("DiT, PixArt-alpha, PixArt-Sigma", cross),
+        SanaTransformerBlock: BlockSpec("Sana", cross),
+        HunyuanDiTBlock: BlockSpec("HunyuanDiT", cross),
+        WanTransformerBlock: BlockSpec("Wan 2.1/2.2", (("attn1", "attn"), ("attn2", "cross_attn"), ("ffn", "mlp"))),
+        Lumina2TransformerBlock: BlockSpec("Lumina 2", (("attn", "attn"), ("feed_forward", "mlp"))),
+        JointTransformerBlock: BlockSpec("SD3, SD3.5", joint, joint=("attn",)),
+        FluxTransformerBlock: BlockSpec("FLUX.1 (double-stream)", joint, joint=("attn",)),
+        QwenImageTransformerBlock: BlockSpec(
+            "Qwen-Image", (("attn", "attn"), ("img_mlp", "mlp"), ("txt_mlp", "context_mlp")), joint=("attn",)
+        ),
+    }
+
+
+_REGISTRY: dict[type, BlockSpec] = {}
+
+
+def registry() -> dict[type, BlockSpec]:
+    """Block class -> spec (built on first use: it imports the diffusers modules of every family)."""
+    if not _REGISTRY:
+        _REGISTRY.update(_specs())
+    return _REGISTRY
+
+
+def spec_for(block: torch.nn.Module) -> BlockSpec | None:
+    """The spec of `block`'s exact class (a subclass may change the forward, so it is not taken on trust)."""
+    return registry().get(type(block))
+
+
+def supported() -> str:
+    """The supported block classes and their families, for error messages."""
+    return "; ".join(f"{cls.__name__} ({spec.family})" for cls, spec in registry().items())

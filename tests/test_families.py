@@ -1,0 +1,169 @@
+"""FORA on every family it supports, on tiny random transformers in a bare sampling loop (`tests/families.py`):
+the uncached model untouched at N = 1, the official schedule counted from what really runs, the output equal to an
+independent reference written here, the exact original back after `remove_fora`, positional calls read like keyword
+ones, observers fed exactly the computed outputs, FORA's schedule as a plan equal to FORA, and unsupported blocks
+refused by name."""
+
+import inspect
+
+import pytest
+import torch
+from families import FAMILIES, flux
+
+from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
+
+T, N = 7, 3
+TIMESTEPS = torch.linspace(950.0, 50.0, T)
+
+
+def build(family: str):
+    torch.manual_seed(0)
+    model, inputs = FAMILIES[family][0]()
+    return model.eval(), inputs
+
+
+def sample(model, inputs: dict, positional: bool = False) -> list[torch.Tensor]:
+    """A T-step loop: the latent moves by each step's output, so reuse steps see what a sampler would feed them.
+    `positional`: the arguments up to `timestep` are passed by position, in the forward's order."""
+    params = list(inspect.signature(type(model).forward).parameters)[1:]
+    x, outs = inputs["hidden_states"], []
+    with torch.no_grad():
+        for t in TIMESTEPS:
+            kwargs = {**inputs, "hidden_states": x, "timestep": t.repeat(x.shape[0])}
+            args = []
+            if positional:
+                for name in params[: params.index("timestep") + 1]:
+                    args.append(kwargs.pop(name, None))
+            out = model(*args, **kwargs, return_dict=False)[0]
+            outs.append(out)
+            x = x - 0.1 * (out if out.shape == x.shape else out[:, : x.shape[1]])
+    return outs
+
+
+def blocks_of(model) -> list[torch.nn.Module]:
+    """The elements of the model's top-level block lists, in order (this test's own reading, not the engine's)."""
+    return [b for child in model.children() if isinstance(child, torch.nn.ModuleList) for b in child]
+
+
+def cached_modules(model, family: str) -> list[torch.nn.Module]:
+    children = FAMILIES[family][1]
+    return [getattr(b, c) for b in blocks_of(model) for c in children if getattr(b, c, None) is not None]
+
+
+class Reference:
+    """FORA written independently: plain forward hooks that replace each cached module's output on reuse steps with
+    its output at the last full step (the module still runs; its output is thrown away)."""
+
+    def __init__(self, model, modules, full: set[int]):
+        self.step, self.full, self.kept, self.handles = -1, full, {}, []
+        self.handles.append(model.register_forward_pre_hook(self._next))
+        for m in modules:
+            self.handles.append(m.register_forward_hook(self._replace))
+
+    def _next(self, module, args):
+        self.step += 1
+
+    def _replace(self, module, args, output):
+        if self.step in self.full:
+            self.kept[module] = output
+            return None
+        return self.kept[module]
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def first_layer(module) -> torch.nn.Module:
+    """The module's first weight layer (Sana's MLP is convolutional): it runs exactly when the module computes."""
+    return next(m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fora_on_the_family(family):
+    model, inputs = build(family)
+    baseline = sample(model, inputs)
+    modules = cached_modules(model, family)
+    full = full_steps(T, N)
+
+    # N = 1: hooks on, nothing reused, bit for bit the model
+    handle = apply_fora(model, ForaConfig(interval=1), num_steps=T)
+    assert all(torch.equal(a, b) for a, b in zip(sample(model, inputs), baseline))
+    remove_fora(model)
+
+    # the schedule, counted from what really runs: each cached module's first weight layer, per step
+    calls = [0] * T
+    step = {"i": -1}
+    counters = [model.register_forward_pre_hook(lambda m, a: step.update(i=step["i"] + 1))]
+    for m in modules:
+        counters.append(
+            first_layer(m).register_forward_hook(lambda mod, a, o: calls.__setitem__(step["i"], calls[step["i"]] + 1))
+        )
+    handle = apply_fora(model, ForaConfig(interval=N), num_steps=T)
+    got = sample(model, inputs)
+    for c in counters:
+        c.remove()
+    assert calls == [len(modules) if s in full else 0 for s in range(T)]
+    assert handle.last_run.full_steps == full
+    assert handle.last_run.computed_calls == len(modules) * len(full)
+    assert handle.last_run.reused_calls == len(modules) * (T - len(full))
+    remove_fora(model)
+
+    # equal to the independent reference, and the exact original after remove_fora
+    ref = Reference(model, modules, set(full))
+    expected = sample(model, inputs)
+    ref.remove()
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert not any(torch.equal(a, b) for a, b in zip(got[-3:], baseline[-3:]))  # the cache changed the output
+    assert all(torch.equal(a, b) for a, b in zip(sample(model, inputs), baseline))
+    assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_positional_loop_caches_like_a_keyword_loop(family):
+    model, inputs = build(family)
+    handle = apply_fora(model, ForaConfig(interval=N), num_steps=T)
+    keyword = sample(model, inputs)
+    runs = handle.last_run
+    positional = sample(model, inputs, positional=True)
+    assert handle.last_run is not runs and handle.last_run.reused_calls == runs.reused_calls > 0
+    assert handle.last_run.timesteps == pytest.approx(TIMESTEPS.tolist())  # the timestep found by name
+    assert all(torch.equal(a, b) for a, b in zip(keyword, positional))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_observers_see_exactly_the_computed_outputs_and_a_fora_plan_is_fora(family):
+    model, inputs = build(family)
+    seen = []
+    handle = apply_fora(model, ForaConfig(interval=N), num_steps=T)
+    handle.add_observer(lambda o: seen.append((o.block, o.kind, o.step)))
+    fora_out = sample(model, inputs)
+    kinds = {kind for _, _, kind in handle.modules}
+    num_blocks = len({b for _, b, _ in handle.modules})
+    remove_fora(model)
+    full = set(full_steps(T, N))
+    assert {s for _, _, s in seen} == full  # nothing observed on reuse steps
+    computed = {(b, k) for _, b, k in handle.modules}
+    # a joint attention's context part is observed as kind context_attn, from the same module as its image part
+    assert {(b, "attn" if k == "context_attn" else k) for b, k, _ in seen} == computed
+    assert any(k == "context_attn" for _, k, _ in seen) == (family in ("sd3", "sd3.5", "qwen-image"))
+    per_step = len(seen) // len(full)
+    assert len(seen) == per_step * len(full)  # every module, every full step, once per stream
+
+    plan = CachePlan.fora(T, N, num_blocks=num_blocks, kinds=tuple(kinds))
+    apply_fora(model, ForaConfig(plan=plan), num_steps=T)
+    planned = sample(model, inputs)
+    remove_fora(model)
+    assert all(torch.equal(a, b) for a, b in zip(planned, fora_out))
+
+
+def test_a_block_without_a_spec_is_refused_by_name():
+    torch.manual_seed(0)
+    model, _ = flux()  # FLUX.1: its double-stream blocks have a spec, its single-stream blocks not yet
+    with pytest.raises(
+        ValueError, match=r"FluxSingleTransformerBlock \(e\.g\. single_transformer_blocks\.0\).*supported"
+    ):
+        apply_fora(model, ForaConfig(), num_steps=T)
+    assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())  # nothing half-applied
+    with pytest.raises(ValueError, match="no transformer block"):
+        apply_fora(torch.nn.Sequential(torch.nn.Linear(2, 2)), ForaConfig(), num_steps=T)
