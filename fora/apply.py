@@ -14,14 +14,22 @@ from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention
 
 from .config import ForaConfig, ForaRun
-from .hooks import FORA_BLOCK_HOOK, FORA_HOOK, FORA_MODULE_HOOK, ForaBlockHook, ForaModuleHook, ForaRunHook
+from .hooks import (
+    FORA_BLOCK_HOOK,
+    FORA_HOOK,
+    FORA_MODULE_HOOK,
+    ForaBlockHook,
+    ForaFusedBlockHook,
+    ForaModuleHook,
+    ForaRunHook,
+)
 from .lean_reuse import ALL_CHUNKS, needed_chunks, supports_lean_reuse
 from .observers import RunEvent
 from .plan import CachePlan
 from .runs import ForaState, RunTracker
 from .schedule import full_steps
 from .slots import CacheSlot
-from .specs import SWITCHES, BlockSpec, spec_for, supported
+from .specs import BlockSpec, enabled_kinds, spec_for, supported
 
 
 def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = None) -> "ForaHandle":
@@ -57,12 +65,17 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         config.check_num_steps(num_steps)
 
     handle = ForaHandle(transformer, config, pipeline=pipeline, num_steps=num_steps)
-    enabled = {kind: getattr(config, switch) for kind, switch in SWITCHES.items()}
+    enabled = enabled_kinds(config)
     targets, blocks = [], []
     for index, (name, block, spec) in enumerate(find_blocks(transformer, config.block_regex)):
         if getattr(block, "_chunk_size", None) is not None:
             raise ValueError(f"block {name} uses feed-forward chunking, which FORA cannot cache; disable it first")
-        blocks.append((name, block))
+        if spec.reuse_forward is not None and config.cache_attn != config.cache_mlp:
+            raise ValueError(
+                f"block {name} ({type(block).__name__}) fuses attention and MLP before its gate: cache_attn and "
+                f"cache_mlp must be equal there (got {config.cache_attn} and {config.cache_mlp})"
+            )
+        blocks.append((name, block, spec))
         for child, kind in spec.modules:
             module = getattr(block, child, None)
             if isinstance(module, torch.nn.Module):
@@ -98,8 +111,16 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         handle.state.slots.append(slot)
         handle.modules.append((slot.key, slot.block, slot.kind))
     handle._num_cached = sum(slot.enabled for slot in handle.state.slots)
-    for name, block in blocks:
+    for name, block, spec in blocks:
         hooked = by_block.get(name, [])
+        if spec.reuse_forward is not None and hooked:  # fused (FLUX single-stream): the block's own reuse step
+            ((slot, _),) = hooked
+            reuse = None
+            if plan is not None:
+                reuse = frozenset(s for s in range(plan.num_steps) if not plan.computes(slot.kind, slot.block, s))
+            hook = ForaFusedBlockHook(handle, slot, spec.reuse_forward, reuse)
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, FORA_BLOCK_HOOK)
+            # and, below, the module hook on its projection, which stores and observes it on full steps
         if config.lean_reuse and supports_lean_reuse(block):
             slots = {slot.kind: slot for slot, _ in hooked}
             hook = ForaBlockHook(handle, slots, _plan_steps(plan, slots) if plan is not None else None)

@@ -120,3 +120,26 @@ class ForaBlockHook(ModelHook):
             slot = self.slots[kind]
             for obs in self.handle.observers:
                 obs(Observation(slot.block, kind, state.step, state.run.num_steps, state.timestep, output))
+
+
+class ForaFusedBlockHook(ModelHook):
+    """On a block whose attention and MLP meet in one projection before the gate (FLUX single-stream): on a reuse
+    step `reuse_forward(block, cached, *args, **kwargs)` runs instead of the block (the gate and the residual add on
+    the cached projection); on a full step the block's own forward runs, and the `ForaModuleHook` on the
+    projection stores and observes its output."""
+
+    def __init__(self, handle, slot: CacheSlot, reuse_forward, reuse_steps: frozenset[int] | None = None):
+        super().__init__()
+        self.handle, self.state, self.slot = handle, handle.state, slot
+        self.reuse_forward = reuse_forward
+        self.reuse_steps = reuse_steps  # with a plan: the steps at which this block reuses
+
+    def new_forward(self, block, *args, **kwargs):
+        state, slot = self.state, self.slot
+        if self.reuse_steps is not None:
+            is_reuse = state.step in self.reuse_steps
+        else:
+            is_reuse = slot.enabled and not state.is_full_step
+        if is_reuse:
+            return self.reuse_forward(block, slot.value(state.step), *args, **kwargs)
+        return self.fn_ref.original_forward(*args, **kwargs)

@@ -144,3 +144,31 @@ def block_step_forward(
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
     return hidden_states, computed
+
+
+def flux_single_reuse(
+    block: torch.nn.Module,
+    cached: torch.Tensor,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    temb: torch.Tensor,
+    image_rotary_emb=None,
+    joint_attention_kwargs=None,
+):
+    """A reuse step of FLUX's single-stream block (`FluxSingleTransformerBlock`, diffusers 0.42).
+
+    Its attention and MLP branch are concatenated and projected by `proj_out` before the one gate, so the pre-gate
+    tensor FORA caches is `proj_out`'s output: it holds both modules' contributions, and caching it skips the
+    attention, the MLP and the projection together. What remains is the gate (only the adaLN rows' gate chunk is
+    read; the norm of the input is not needed) and the residual add, in the original's order, so the output equals
+    the original forward fed with the cached projection bit for bit.
+    """
+    text_seq_len = encoder_hidden_states.shape[1]
+    hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+    residual = hidden_states
+    gate = block.norm.linear(block.norm.silu(temb)).chunk(3, dim=1)[2]
+    hidden_states = gate.unsqueeze(1) * cached
+    hidden_states = residual + hidden_states
+    if hidden_states.dtype == torch.float16:
+        hidden_states = hidden_states.clip(-65504, 65504)
+    return hidden_states[:, :text_seq_len], hidden_states[:, text_seq_len:]

@@ -16,16 +16,20 @@ Kinds (what `ForaConfig`'s switches and `CachePlan` name):
 - `cross_attn`: cross-attention to the text (PixArt, Sana, HunyuanDiT, Wan). Ungated in all of them: a stale
   value enters the residual stream as is.
 - `mlp`: the image stream's MLP; `context_mlp`: the text stream's (SD3 `ff_context`, FLUX, Qwen-Image `txt_mlp`).
+- `attn_mlp`: FLUX's single-stream block, where attention and MLP are concatenated and projected (`proj_out`)
+  before the one gate: the projection's output is the pre-gate tensor, and caching it skips all three
+  (`fora.lean_reuse.flux_single_reuse`). Cached only with both `cache_attn` and `cache_mlp`.
 
 The config switches map onto kinds: `cache_attn` -> `attn`, `attn2`; `cache_cross_attn` -> `cross_attn`;
 `cache_mlp` -> `mlp`, `context_mlp`.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-KINDS = ("attn", "attn2", "cross_attn", "mlp", "context_mlp")
+KINDS = ("attn", "attn2", "cross_attn", "mlp", "context_mlp", "attn_mlp")
 SWITCHES = {
     "attn": "cache_attn",
     "attn2": "cache_attn",
@@ -34,6 +38,15 @@ SWITCHES = {
     "context_mlp": "cache_mlp",
 }
 STREAMS = {"attn": ("attn", "context_attn")}  # a tuple output's parts, as observers see them
+
+
+def enabled_kinds(config) -> dict[str, bool]:
+    """Which kinds `config` (a `ForaConfig`) caches. The fused `attn_mlp` holds both attention and MLP, so it
+    caches only when both switches are on, and a config that caches one without the other is refused for it by
+    `fora.apply` (it cannot be honoured there)."""
+    enabled = {kind: getattr(config, switch) for kind, switch in SWITCHES.items()}
+    enabled["attn_mlp"] = config.cache_attn and config.cache_mlp
+    return enabled
 
 
 @dataclass(frozen=True)
@@ -46,24 +59,29 @@ class BlockSpec:
             that is `None` or absent in an instance (SD3's `attn2` outside its dual-attention layers, a last block's
             `ff_context`) is skipped for that block.
         joint (`tuple[str, ...]`): the kinds whose module returns `(image, context)` (joint attention).
+        reuse_forward (`Callable`, *optional*): for a block whose one cached module is fused (`attn_mlp`): the reuse
+            step, `reuse_forward(block, cached, *args, **kwargs)`, which runs instead of the block's forward.
     """
 
     family: str
     modules: tuple[tuple[str, str], ...]
     joint: tuple[str, ...] = ()
+    reuse_forward: Callable | None = None
 
 
 def _specs() -> dict[type, BlockSpec]:
     from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock
     from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
     from diffusers.models.transformers.sana_transformer import SanaTransformerBlock
-    from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
     from diffusers.models.transformers.transformer_lumina2 import Lumina2TransformerBlock
     from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
     cross = (("attn1", "attn"), ("attn2", "cross_attn"), ("ff", "mlp"))
     joint = (("attn", "attn"), ("attn2", "attn2"), ("ff", "mlp"), ("ff_context", "context_mlp"))
+    from .lean_reuse import flux_single_reuse
+
     return {
         BasicTransformerBlock: BlockSpec("DiT, PixArt-alpha, PixArt-Sigma", cross),
         SanaTransformerBlock: BlockSpec("Sana", cross),
@@ -72,6 +90,9 @@ def _specs() -> dict[type, BlockSpec]:
         Lumina2TransformerBlock: BlockSpec("Lumina 2", (("attn", "attn"), ("feed_forward", "mlp"))),
         JointTransformerBlock: BlockSpec("SD3, SD3.5", joint, joint=("attn",)),
         FluxTransformerBlock: BlockSpec("FLUX.1 (double-stream)", joint, joint=("attn",)),
+        FluxSingleTransformerBlock: BlockSpec(
+            "FLUX.1 (single-stream)", (("proj_out", "attn_mlp"),), reuse_forward=flux_single_reuse
+        ),
         QwenImageTransformerBlock: BlockSpec(
             "Qwen-Image", (("attn", "attn"), ("img_mlp", "mlp"), ("txt_mlp", "context_mlp")), joint=("attn",)
         ),

@@ -205,8 +205,13 @@ def flux():
     return model, inputs
 
 
-# family -> (builder, the block children an independent reference replaces on reuse steps, as written in the docs)
+# family -> (builder, the block children an independent reference replaces on reuse steps, as written in the docs;
+# a dict where the family's block classes differ)
 FAMILIES = {
+    "flux": (
+        flux,
+        {"FluxTransformerBlock": ("attn", "ff", "ff_context"), "FluxSingleTransformerBlock": ("proj_out",)},
+    ),
     "sd3": (sd3, ("attn", "ff", "ff_context")),
     "sd3.5": (lambda: sd3(dual=True), ("attn", "attn2", "ff", "ff_context")),
     "wan": (wan, ("attn1", "attn2", "ffn")),

@@ -8,7 +8,8 @@ import inspect
 
 import pytest
 import torch
-from families import FAMILIES, flux
+from diffusers.models.attention import BasicTransformerBlock
+from families import FAMILIES
 
 from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
 
@@ -47,7 +48,8 @@ def blocks_of(model) -> list[torch.nn.Module]:
 
 def cached_modules(model, family: str) -> list[torch.nn.Module]:
     children = FAMILIES[family][1]
-    return [getattr(b, c) for b in blocks_of(model) for c in children if getattr(b, c, None) is not None]
+    pick = (lambda b: children[type(b).__name__]) if isinstance(children, dict) else (lambda b: children)
+    return [getattr(b, c) for b in blocks_of(model) for c in pick(b) if getattr(b, c, None) is not None]
 
 
 class Reference:
@@ -146,7 +148,7 @@ def test_observers_see_exactly_the_computed_outputs_and_a_fora_plan_is_fora(fami
     computed = {(b, k) for _, b, k in handle.modules}
     # a joint attention's context part is observed as kind context_attn, from the same module as its image part
     assert {(b, "attn" if k == "context_attn" else k) for b, k, _ in seen} == computed
-    assert any(k == "context_attn" for _, k, _ in seen) == (family in ("sd3", "sd3.5", "qwen-image"))
+    assert any(k == "context_attn" for _, k, _ in seen) == (family in ("sd3", "sd3.5", "qwen-image", "flux"))
     per_step = len(seen) // len(full)
     assert len(seen) == per_step * len(full)  # every module, every full step, once per stream
 
@@ -157,12 +159,33 @@ def test_observers_see_exactly_the_computed_outputs_and_a_fora_plan_is_fora(fami
     assert all(torch.equal(a, b) for a, b in zip(planned, fora_out))
 
 
+def test_flux_single_stream_blocks_skip_attention_and_mlp_on_reuse_steps():
+    """FLUX's single-stream blocks cache the projection of their fused attention and MLP: on reuse steps neither
+    the attention nor the MLP branch runs, and a config that caches only one of them is refused there."""
+    model, inputs = build("flux")
+    single = model.single_transformer_blocks
+    ran = []
+    counters = [b.attn.to_q.register_forward_hook(lambda *a: ran.append("attn")) for b in single]
+    counters += [b.proj_mlp.register_forward_hook(lambda *a: ran.append("mlp")) for b in single]
+    apply_fora(model, ForaConfig(interval=N), num_steps=T)
+    sample(model, inputs)
+    remove_fora(model)
+    for c in counters:
+        c.remove()
+    assert len(ran) == 2 * len(single) * len(full_steps(T, N))
+    with pytest.raises(ValueError, match="fuses attention and MLP.*cache_attn and cache_mlp must be equal"):
+        apply_fora(model, ForaConfig(interval=N, cache_mlp=False), num_steps=T)
+    assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())
+
+
+class Subclassed(BasicTransformerBlock):
+    """A block class FORA has no spec for (a subclass may change the forward, so it is not taken on trust)."""
+
+
 def test_a_block_without_a_spec_is_refused_by_name():
-    torch.manual_seed(0)
-    model, _ = flux()  # FLUX.1: its double-stream blocks have a spec, its single-stream blocks not yet
-    with pytest.raises(
-        ValueError, match=r"FluxSingleTransformerBlock \(e\.g\. single_transformer_blocks\.0\).*supported"
-    ):
+    model = torch.nn.Module()
+    model.transformer_blocks = torch.nn.ModuleList([Subclassed(16, 2, 8)])
+    with pytest.raises(ValueError, match=r"no block spec for Subclassed \(e\.g\. transformer_blocks\.0\).*supported"):
         apply_fora(model, ForaConfig(), num_steps=T)
     assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())  # nothing half-applied
     with pytest.raises(ValueError, match="no transformer block"):
