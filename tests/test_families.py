@@ -190,3 +190,20 @@ def test_a_block_without_a_spec_is_refused_by_name():
     assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())  # nothing half-applied
     with pytest.raises(ValueError, match="no transformer block"):
         apply_fora(torch.nn.Sequential(torch.nn.Linear(2, 2)), ForaConfig(), num_steps=T)
+
+
+def test_similarity_maps_record_the_context_stream_with_its_own_token_count():
+    """The recorder keeps a token subset per kind: SD3's text stream (5 tokens) beside its image stream (16)."""
+    from analysis.metrics.similarity import SimilarityRecorder
+
+    model, inputs = build("sd3")
+    handle = apply_fora(model, ForaConfig(interval=1), num_steps=T)
+    recorder = SimilarityRecorder(3, kinds=("attn", "context_attn", "mlp", "context_mlp"), blocks=[0, 2])
+    handle.add_observer(recorder)
+    sample(model, inputs)
+    remove_fora(model)
+    for kind in recorder.kinds:
+        steps = recorder.neighbour[kind][0, 1:]  # block 0 from step 1 on: every cell a cosine
+        assert torch.isfinite(torch.as_tensor(steps)).all() and (steps <= 1 + 1e-6).all(), kind
+        pairwise = recorder.pairwise(0, kind)
+        assert pairwise.shape == (T, T) and abs(pairwise[3, 3] - 1) < 1e-3

@@ -71,7 +71,7 @@ class SimilarityRecorder:
         self._prev: dict[tuple[int, str], tuple[int, torch.Tensor]] = {}
         self._features: dict[tuple[int, str], torch.Tensor] = {}
         self._observed: dict[tuple[int, str], list[int]] = {}
-        self._token_index: torch.Tensor | None = None
+        self._token_index: dict[str, torch.Tensor] = {}  # per kind: a context stream has its own token count
         self.tokens_kept = None
 
     def on_run_end(self, event: RunEvent) -> None:
@@ -98,18 +98,21 @@ class SimilarityRecorder:
 
     def _store_pairwise(self, key, step: int, out: torch.Tensor) -> None:
         x = out.reshape(out.shape[0], -1, out.shape[-1]) if out.dim() >= 3 else out.reshape(out.shape[0], 1, -1)
-        if self._token_index is None:
+        index = self._token_index.get(key[1])
+        if index is None:
             batch, tokens, width = x.shape
             per_token = batch * width * 2 * self.num_steps * len(self.blocks) * len(self.kinds)
             keep = int(max(1, min(tokens, self.budget_bytes // per_token)))
-            self._token_index = torch.linspace(0, tokens - 1, keep).round().long().unique().to(x.device)
-            self.tokens_kept = (len(self._token_index), tokens)
+            index = self._token_index[key[1]] = torch.linspace(0, tokens - 1, keep).round().long().unique()
+            index = self._token_index[key[1]] = index.to(x.device)
+            if self.tokens_kept is None:  # the first kind's (the image stream's): what reports quote
+                self.tokens_kept = (len(index), tokens)
         feats = self._features.get(key)
         if feats is None:
-            size = x.shape[0] * len(self._token_index) * x.shape[-1]
+            size = x.shape[0] * len(index) * x.shape[-1]
             feats = self._features[key] = torch.zeros(self.num_steps, size, dtype=torch.float16)
             self._observed[key] = []
-        feats[step] = x.index_select(1, self._token_index).reshape(-1).to("cpu", torch.float16)
+        feats[step] = x.index_select(1, index).reshape(-1).to("cpu", torch.float16)
         self._observed[key].append(step)
 
     # -- results -------------------------------------------------------------------------------------------------
