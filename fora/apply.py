@@ -63,11 +63,19 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         raise ValueError("a peer cache is already applied to this model; call fora.peers.remove_peer() first")
     if pipeline is None and num_steps is not None:
         config.check_num_steps(num_steps)
+    if pipeline is not None and isinstance(getattr(pipeline, "transformer_2", None), torch.nn.Module):
+        raise ValueError(
+            f"{type(pipeline).__name__} has a second transformer (transformer_2, Wan 2.2's low-noise expert), which "
+            "takes over part of the steps: caching only the first is not supported yet"
+        )
 
     handle = ForaHandle(transformer, config, pipeline=pipeline, num_steps=num_steps)
     enabled = enabled_kinds(config)
     targets, blocks = [], []
-    for index, (name, block, spec) in enumerate(find_blocks(transformer, config.block_regex)):
+    pattern = re.compile(config.block_regex) if config.block_regex is not None else None
+    for index, (name, block, spec) in enumerate(find_blocks(transformer)):
+        if pattern is not None and not pattern.fullmatch(name):
+            continue  # not cached, but numbered: the numbers stay those of the whole model
         if getattr(block, "_chunk_size", None) is not None:
             raise ValueError(f"block {name} uses feed-forward chunking, which FORA cannot cache; disable it first")
         if spec.reuse_forward is not None and config.cache_attn != config.cache_mlp:
@@ -84,7 +92,8 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
                     use = kind in config.plan.steps
                 targets.append((CacheSlot(f"{name}.{child}", index, kind, use), module))
     if not targets:
-        raise ValueError(f"{type(transformer).__name__}: no attention or MLP module found in its blocks")
+        what = f" matching block_regex={config.block_regex!r}" if pattern is not None else ""
+        raise ValueError(f"{type(transformer).__name__}: no attention or MLP module found in its blocks{what}")
     if config.blocks is not None:
         found = {slot.block for slot, _ in targets}
         missing = sorted(set(config.blocks) - found)
@@ -97,6 +106,12 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         if indices != list(range(len(indices))):
             raise ValueError(f"a plan needs blocks numbered 0..B-1; {type(transformer).__name__} has {indices}")
         plan.check_model(len(indices), {slot.kind for slot, _ in targets})
+        missing = sorted({(b, k) for b in indices for k in plan.kinds} - {(s.block, s.kind) for s, _ in targets})
+        if missing:  # the plan's cost counts every (block, kind): a missing module would overstate it
+            raise ValueError(
+                f"a plan needs every block to have every kind; {type(transformer).__name__} lacks (block, kind) "
+                f"{missing[:4]}{' ...' if len(missing) > 4 else ''} (e.g. SD3's last block has no context MLP)"
+            )
         for slot, _ in targets:
             slot.order = plan.order if slot.enabled else 0
         handle._plan_reused = [
@@ -137,30 +152,24 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
     return handle
 
 
-def find_blocks(
-    transformer: torch.nn.Module, block_regex: str | None = None
-) -> list[tuple[str, torch.nn.Module, BlockSpec]]:
-    """The transformer blocks FORA caches, as (name, block, spec), numbered by their order in `named_modules()`
-    (the order of the block lists, e.g. FLUX's double- then single-stream blocks). `block_regex` keeps only the
-    blocks whose name it matches in full.
+def find_blocks(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module, BlockSpec]]:
+    """The transformer blocks FORA knows, as (name, block, spec), in `named_modules()` order: the order of the block
+    lists (e.g. FLUX's double- then single-stream blocks), which numbers them for `blocks`, plans and maps.
 
-    Refused with `ValueError`: a block with attention but no spec (a partial cache would be a silent wrong result),
-    and a transformer with no block FORA knows."""
-    pattern = re.compile(block_regex) if block_regex is not None else None
-    found, unknown, inside = [], {}, ()  # inside: the prefixes of every block seen, matched or not
-    for name, module in transformer.named_modules():
+    Refused with `ValueError`: any attention module outside the blocks found (an unknown block class, wherever it
+    is held: caching the rest would be a silent partial cache), and a transformer with no block FORA knows."""
+    modules = dict(transformer.named_modules())
+    found, unknown, inside = [], {}, ()  # inside: the name prefixes of the blocks found
+    for name, module in modules.items():
         if inside and name.startswith(inside):
             continue  # inside a block already found: its children are the spec's business
         spec = spec_for(module)
         if spec is not None:
             inside = (*inside, name + ".")
-            if pattern is None or pattern.fullmatch(name):
-                found.append((name, module, spec))
-            continue
-        if isinstance(module, torch.nn.ModuleList):
-            for i, child in enumerate(module):
-                if spec_for(child) is None and _has_attention(child):
-                    unknown.setdefault(type(child).__name__, f"{name}.{i}" if name else str(i))
+            found.append((name, module, spec))
+        elif isinstance(module, (Attention, AttentionModuleMixin)):
+            where, block = _enclosing_block(modules, name)
+            unknown.setdefault(type(block).__name__, where)
     if unknown:
         listed = ", ".join(f"{cls} (e.g. {where})" for cls, where in unknown.items())
         raise ValueError(
@@ -168,12 +177,23 @@ def find_blocks(
             f"{supported()}"
         )
     if not found:
-        what = f" matching block_regex={block_regex!r}" if pattern is not None else ""
         raise ValueError(
-            f"{type(transformer).__name__}: no transformer block{what} FORA knows; supported block classes: "
-            f"{supported()}"
+            f"{type(transformer).__name__}: no transformer block FORA knows; supported block classes: {supported()}"
         )
     return found
+
+
+def _enclosing_block(modules: dict, name: str) -> tuple[str, torch.nn.Module]:
+    """The block an attention module belongs to: the element of the nearest block list (ModuleList, Sequential,
+    ModuleDict) above it, else its parent module."""
+    parts = name.split(".")
+    for k in range(1, len(parts)):
+        if isinstance(
+            modules[".".join(parts[: k - 1])], (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
+        ):
+            return ".".join(parts[:k]), modules[".".join(parts[:k])]
+    parent = ".".join(parts[:-1])
+    return parent or name, modules[parent]
 
 
 def timestep_index(transformer: torch.nn.Module) -> int | None:
@@ -181,10 +201,6 @@ def timestep_index(transformer: torch.nn.Module) -> int | None:
     it elsewhere (DiT second, PixArt and SD3 third or fourth), so it is read from the signature."""
     params = list(inspect.signature(type(transformer).forward).parameters)[1:]  # without self
     return params.index("timestep") if "timestep" in params else None
-
-
-def _has_attention(module: torch.nn.Module) -> bool:
-    return any(isinstance(m, (Attention, AttentionModuleMixin)) for m in module.modules())
 
 
 class ForaHandle:
@@ -237,10 +253,14 @@ class ForaHandle:
         """
         return self._start_run(self.runs.start(num_steps))
 
-    def reset(self) -> None:
-        """Forget the current run and its cache; the next call starts a new run."""
+    def reset(self, keep_record: bool = False) -> None:
+        """Forget the current run and its cache; the next call starts a new run. `keep_record`: `last_run` still
+        shows the run that ended (diffusers resets stateful hooks at the end of each call of many pipelines)."""
+        record = self.state.run
         self.state.reset()
         self.runs.reset()
+        if keep_record:
+            self.state.run = record
 
     def _start_run(self, num_steps: int) -> ForaRun:
         plan = self.config.plan
@@ -256,9 +276,9 @@ class ForaHandle:
         return self.state.run
 
     @torch.compiler.disable
-    def _begin_step(self, timestep) -> None:
+    def _begin_step(self, timestep, context: str | None = None) -> None:
         state = self.state
-        new_run = self.runs.begin_call(timestep)
+        new_run = self.runs.begin_call(timestep, context)
         if new_run is not None:
             self._start_run(new_run)
         state.step = self.runs.step

@@ -8,6 +8,7 @@ boolean and the cached tensors, so it has one graph per kind of step.
 
 import torch
 from diffusers.hooks import ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
 
 from .lean_reuse import ALL_CHUNKS, block_step_forward, needed_chunks
 from .observers import Observation
@@ -17,6 +18,10 @@ from .specs import STREAMS
 FORA_HOOK = "fora"
 FORA_BLOCK_HOOK = "fora_block"
 FORA_MODULE_HOOK = "fora_module"
+
+
+class _NoState(BaseState):
+    """FORA keeps no per-context state (yet); the StateManager only carries the context's name."""
 
 
 class ForaRunHook(ModelHook):
@@ -29,11 +34,15 @@ class ForaRunHook(ModelHook):
         super().__init__()
         self.handle = handle
         self.timestep_index = timestep_index  # where `timestep` stands among the forward's positional arguments
+        # diffusers sets the pipeline's `transformer.cache_context(name)` on every stateful hook's StateManager:
+        # it is how this hook learns that a step's calls come in several contexts (cond / uncond)
+        self.contexts = StateManager(_NoState)
 
     def pre_forward(self, module, *args, **kwargs):
         i = self.timestep_index
         timestep = kwargs.get("timestep", args[i] if i is not None and len(args) > i else None)
-        self.handle._begin_step(timestep)
+        context = self.contexts._context
+        self.handle._begin_step(timestep, context.name if context is not None else None)
         return args, kwargs
 
     def post_forward(self, module, output):
@@ -41,7 +50,9 @@ class ForaRunHook(ModelHook):
         return output
 
     def reset_state(self, module):
-        self.handle.reset()
+        # called by diffusers' reset_stateful_hooks, which many pipelines run at the end of every call
+        # (maybe_free_model_hooks): the cache goes, the finished run's record stays readable
+        self.handle.reset(keep_record=True)
         return module
 
 
@@ -62,6 +73,11 @@ class ForaModuleHook(ModelHook):
         elif slot.enabled and not state.is_full_step:
             return slot.output
         output = self.fn_ref.original_forward(*args, **kwargs)
+        if isinstance(output, tuple) and len(output) != len(STREAMS.get(slot.kind, ())):
+            raise RuntimeError(
+                f"{slot.key} returned {len(output)} outputs where FORA knows the streams {STREAMS.get(slot.kind)} "
+                "(an IP-adapter's extra attention output, for instance, is ungated and is not cached)"
+            )
         if slot.enabled and state.caching:
             slot.store(state.step, output)
         if self.handle.observers:

@@ -16,7 +16,13 @@ from .config import ForaRun, first_value
 from .slots import CacheSlot
 
 logger = logging.getLogger(__name__)
-_MAX_FRAMES = 40  # how far up the stack the calling pipeline is looked for
+_SEVERAL_CALLS = (
+    "the pipeline called the transformer more than once per denoising step ({what}): FORA counts one call as one "
+    "step, so the calls would reuse each other's cached outputs. Separate conditional/unconditional calls "
+    "(classifier-free guidance in Wan, Lumina 2, Qwen-Image, FLUX's true CFG) and skip-layer guidance are not "
+    "supported yet; run with guidance off (guidance_scale=1 or true_cfg_scale=1) or drive the transformer in your own "
+    "loop with one call per step"
+)
 
 
 class RunTracker:
@@ -67,6 +73,8 @@ class RunTracker:
         self._timesteps_seen = None
         self._last_timestep: float | None = None  # bare transformer: the previous call's timestep
         self._explicit = False  # the current run was started by start(): the caller delimits it
+        self._direction = 0.0  # bare loop: +1 or -1 once the run's timesteps have moved, 0 before
+        self._contexts: set[str] = set()  # the cache contexts the current pipeline call has used
 
     @property
     def ongoing(self) -> bool:
@@ -78,15 +86,30 @@ class RunTracker:
         self._explicit = True
         return num_steps
 
-    def begin_call(self, timestep) -> int | None:
-        """Before each transformer call: the length of the run this call starts, or `None` when it continues one."""
+    def begin_call(self, timestep, context: str | None = None) -> int | None:
+        """Before each transformer call: the length of the run this call starts, or `None` when it continues one.
+
+        `context`: the name of the diffusers cache context the call runs in (`transformer.cache_context("cond")`),
+        if any. A pipeline that calls the transformer more than once per step (classifier-free guidance as separate
+        conditional and unconditional calls, skip-layer guidance) is refused with `RuntimeError`: every call here is
+        one step, so its calls would reuse each other's outputs."""
         new = None
         pipe = self._calling_pipeline() if self._pipeline is not None else None
         if pipe is not None:
             timesteps = pipe.scheduler.timesteps
-            if timesteps is not self._timesteps_seen or not self.ongoing:
+            if timesteps is not self._timesteps_seen:
                 new = self._begin_run(len(timesteps))
                 self._timesteps_seen = timesteps
+            elif not self.ongoing:  # the same pipeline call goes on after its run's steps: more calls than steps
+                raise RuntimeError(
+                    _SEVERAL_CALLS.format(what=f"{self.steps_done + 1} calls for {self.run_steps} steps")
+                )
+            if new is not None:
+                self._contexts = set()
+            if context is not None:
+                self._contexts.add(context)
+                if len(self._contexts) > 1:
+                    raise RuntimeError(_SEVERAL_CALLS.format(what=f"calls in contexts {sorted(self._contexts)}"))
         else:
             ongoing = self.ongoing
             t = None if ongoing and self._explicit else first_value(timestep)
@@ -110,17 +133,17 @@ class RunTracker:
         return self.steps_done == self.run_steps
 
     def _calling_pipeline(self):
-        """The pipeline calling the transformer now: the nearest frame's `self` with this `.transformer` and a
-        `.scheduler` (a few frames up: the hooks, `nn.Module.__call__`, the pipeline's `__call__`); else the
-        pipeline given at construction, or `None` once it is gone."""
+        """The pipeline calling the transformer now: the nearest frame's `self` that is a `DiffusionPipeline` with
+        this `.transformer` (a few frames up: the hooks, `nn.Module.__call__`, the pipeline's `__call__`; about 10-25
+        us); else the pipeline given at construction, or `None` once it is gone."""
         transformer = self._transformer() if self._transformer is not None else None
         if transformer is not None:
+            from diffusers import DiffusionPipeline  # here, not at import: only pipelines pay for importing it
+
             frame = sys._getframe(1)
-            for _ in range(_MAX_FRAMES):
-                if frame is None:
-                    break
+            while frame is not None:
                 caller = frame.f_locals.get("self")
-                if getattr(caller, "transformer", None) is transformer and hasattr(caller, "scheduler"):
+                if isinstance(caller, DiffusionPipeline) and getattr(caller, "transformer", None) is transformer:
                     return caller
                 frame = frame.f_back
         return self._pipeline()
@@ -138,13 +161,20 @@ class RunTracker:
             self._check(num_steps)
         self.run_steps, self.step, self.steps_done = num_steps, -1, 0
         self._explicit = False
+        self._direction = 0.0
         return num_steps
 
     def _is_restart(self, t: float | None) -> bool:
+        """Sampling timesteps move one way in a loop (down for most schedulers, up for Lumina 2's `1 - t`) or repeat
+        (second-order samplers); the run's first two calls set the direction, and a call that moves against it, or
+        the first timestep again right after it, begins a new loop."""
         previous = self._last_timestep
         if t is None or previous is None:
             return False
-        return t > previous or (t == previous and self.steps_done == 1)
+        if self.steps_done == 1:
+            self._direction = 0.0 if t == previous else (1.0 if t > previous else -1.0)
+            return t == previous
+        return self._direction != 0 and (t - previous) * self._direction < 0
 
     def __repr__(self):
         return f"RunTracker(step={self.step}, run_steps={self.run_steps}, steps_done={self.steps_done})"

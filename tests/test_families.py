@@ -153,6 +153,10 @@ def test_observers_see_exactly_the_computed_outputs_and_a_fora_plan_is_fora(fami
     assert len(seen) == per_step * len(full)  # every module, every full step, once per stream
 
     plan = CachePlan.fora(T, N, num_blocks=num_blocks, kinds=tuple(kinds))
+    if len(computed) < num_blocks * len(kinds):  # a block without some kind (SD3's last, SD3.5's, FLUX's): refused
+        with pytest.raises(ValueError, match="a plan needs every block to have every kind"):
+            apply_fora(model, ForaConfig(plan=plan), num_steps=T)
+        return
     apply_fora(model, ForaConfig(plan=plan), num_steps=T)
     planned = sample(model, inputs)
     remove_fora(model)
@@ -207,3 +211,52 @@ def test_similarity_maps_record_the_context_stream_with_its_own_token_count():
         assert torch.isfinite(torch.as_tensor(steps)).all() and (steps <= 1 + 1e-6).all(), kind
         pairwise = recorder.pairwise(0, kind)
         assert pairwise.shape == (T, T) and abs(pairwise[3, 3] - 1) < 1e-3
+
+
+def test_attention_outside_known_blocks_is_refused_wherever_it_is_held():
+    """A known block in a ModuleList and an unknown one elsewhere (a Sequential, a plain attribute): refused."""
+    for holder in (torch.nn.Sequential, lambda b: b):
+        model = torch.nn.Module()
+        model.transformer_blocks = torch.nn.ModuleList([BasicTransformerBlock(16, 2, 8)])
+        model.extra = holder(Subclassed(16, 2, 8))
+        with pytest.raises(ValueError, match="no block spec for Subclassed"):
+            apply_fora(model, ForaConfig(), num_steps=T)
+
+
+def test_block_regex_keeps_the_models_block_numbers():
+    model, inputs = build("sd3")
+    handle = apply_fora(
+        model, ForaConfig(interval=N, block_regex=r"transformer_blocks\.[12]", blocks=(2,)), num_steps=T
+    )
+    assert {b for _, b, _ in handle.modules} == {1, 2}  # block 0 is not cached, but 1 and 2 keep their numbers
+    sample(model, inputs)
+    remove_fora(model)
+
+
+def test_a_plan_on_blocks_without_every_kind_is_refused():
+    """SD3's last block has no context MLP: a plan, which counts every (block, kind), would overstate its cost."""
+    model, _ = build("sd3")
+    plan = CachePlan.fora(T, N, num_blocks=3, kinds=("attn", "mlp", "context_mlp"))
+    with pytest.raises(ValueError, match=r"lacks \(block, kind\) \[\(2, 'context_mlp'\)\]"):
+        apply_fora(model, ForaConfig(plan=plan), num_steps=T)
+
+
+def test_a_pipeline_with_separate_guidance_calls_is_refused_before_it_reuses():
+    """FLUX's true CFG calls the transformer twice per step, in cache contexts "cond" and "uncond": refused at the
+    first unconditional call, before any reuse; with one call per step the same pipeline caches."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    model, _ = build("flux")
+    pipe = FluxPipeline(FlowMatchEulerDiscreteScheduler(), None, None, None, None, None, model)
+    pipe.set_progress_bar_config(disable=True)
+    embeds = {"prompt_embeds": torch.randn(1, 5, 16), "pooled_prompt_embeds": torch.randn(1, 8)}
+    negative = {"negative_prompt_embeds": torch.randn(1, 5, 16), "negative_pooled_prompt_embeds": torch.randn(1, 8)}
+    common = {"num_inference_steps": T, "height": 32, "width": 32, "output_type": "latent"}
+    handle = apply_fora(pipe, ForaConfig(interval=N))
+    with pytest.raises(RuntimeError, match=r"more than once per denoising step \(calls in contexts"):
+        pipe(**embeds, **negative, true_cfg_scale=4.0, **common)
+    assert handle.last_run.steps_done == 1 and handle.last_run.reused_calls == 0
+    pipe(**embeds, **common)  # no true CFG: one call per step
+    assert handle.last_run.complete and handle.last_run.full_steps == full_steps(T, N)
+    assert handle.last_run.reused_calls > 0
+    remove_fora(pipe)

@@ -45,13 +45,38 @@ def test_a_pipeline_call_interrupted_midway_does_not_leak_into_the_next():
     assert tracker.steps_done == 5
 
 
-def test_a_complete_run_with_the_same_timesteps_starts_again():
-    """A pipeline whose scheduler keeps the same timesteps tensor for two calls still gets two runs."""
+def test_more_calls_than_steps_in_one_pipeline_call_are_refused():
+    """A pipeline call sets its timesteps once: a call after its run is complete, with the same timesteps, is a
+    second call in some step (separate cond/uncond calls), and is refused rather than read as a new run."""
     pipe = Pipe()
     tracker = RunTracker(pipe)
     pipe.scheduler.set_timesteps(2)
     assert run_calls(tracker, pipe.scheduler.timesteps) == [2, None]
+    with pytest.raises(RuntimeError, match=r"more than once per denoising step \(3 calls for 2 steps\)"):
+        tracker.begin_call(None)
+    pipe.scheduler.set_timesteps(2)  # the next pipeline call is fine again
     assert run_calls(tracker, pipe.scheduler.timesteps) == [2, None]
+
+
+def test_calls_in_two_cache_contexts_are_refused():
+    """FLUX, Qwen-Image and Wan name their guidance calls with transformer.cache_context("cond" / "uncond")."""
+    pipe = Pipe()
+    tracker = RunTracker(pipe)
+    pipe.scheduler.set_timesteps(4)
+    tracker.begin_call(None, "cond")
+    tracker.end_call()
+    with pytest.raises(RuntimeError, match=r"contexts \['cond', 'uncond'\]"):
+        tracker.begin_call(None, "uncond")
+    pipe.scheduler.set_timesteps(4)
+    assert tracker.begin_call(None, "cond") == 4  # a new pipeline call starts afresh
+
+
+def test_rising_timesteps_of_a_bare_loop_are_one_run():
+    """Lumina 2 passes 1 - t/1000, which rises through a loop: the direction comes from the run's first calls."""
+    tracker = RunTracker(num_steps=4)
+    assert run_calls(tracker, [0.05, 0.3, 0.6, 0.9]) == [4, None, None, None]
+    assert run_calls(tracker, [0.05, 0.3]) == [4, None]
+    assert run_calls(tracker, [0.05]) == [4]  # moved against the run's direction: a new loop
 
 
 def test_bare_loop_runs_of_num_steps_and_restarts_seen_in_the_timestep():
@@ -137,12 +162,14 @@ def test_a_refused_length_leaves_a_run_in_progress_as_it_was():
 def test_the_calling_pipelines_scheduler_delimits_the_run():
     """Two pipeline objects on one transformer, each with its own scheduler: each call runs on its caller's."""
     import torch
+    from diffusers import DiffusionPipeline
 
     transformer = torch.nn.Linear(1, 1)
 
-    class Caller:
+    class Caller(DiffusionPipeline):
         def __init__(self, steps):
-            self.transformer, self.scheduler = transformer, DDIMScheduler(num_train_timesteps=1000)
+            super().__init__()
+            self.register_modules(transformer=transformer, scheduler=DDIMScheduler(num_train_timesteps=1000))
             self.steps = steps
 
         def __call__(self, tracker):
