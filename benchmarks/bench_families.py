@@ -22,12 +22,10 @@ import time
 
 import torch
 
+from analysis.memory import H100_SXM_BANDWIDTH
 from fora import ForaConfig, apply_fora, remove_fora
 from fora.apply import find_blocks
 from fora.timing import time_call
-
-H100_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3 (the datasheet's figure)
-TOKENS_512 = 32 * 32  # a 512 px image: 64 x 64 latents in 2 x 2 patches
 
 
 def families(tiny: bool) -> dict:
@@ -248,7 +246,7 @@ def main(argv=None) -> int:
         model_bytes = sum(r["bytes_by_class"][cls] * n for cls, n in model_blocks.items())
         print(
             f"{name:<16} {r['reuse_fraction']:>9.1%} {r['full_s'] * 1e3:>7.0f} ms {model_bytes / 2**20:>8.0f} MiB "
-            f"{model_bytes / H100_BANDWIDTH * 1e3:>6.2f} ms  ({sum(model_blocks.values())} blocks; "
+            f"{model_bytes / H100_SXM_BANDWIDTH * 1e3:>6.2f} ms  ({sum(model_blocks.values())} blocks; "
             f"{time.perf_counter() - t0:.0f}s)",
             flush=True,
         )

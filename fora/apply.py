@@ -130,9 +130,7 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         hooked = by_block.get(name, [])
         if spec.reuse_forward is not None and hooked:  # fused (FLUX single-stream): the block's own reuse step
             ((slot, _),) = hooked
-            reuse = None
-            if plan is not None:
-                reuse = frozenset(s for s in range(plan.num_steps) if not plan.computes(slot.kind, slot.block, s))
+            reuse = _reuse_steps(plan, slot) if plan is not None else None
             hook = ForaFusedBlockHook(handle, slot, spec.reuse_forward, reuse)
             HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, FORA_BLOCK_HOOK)
             # and, below, the module hook on its projection, which stores and observes it on full steps
@@ -142,9 +140,7 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
             HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, FORA_BLOCK_HOOK)
             continue
         for slot, module in hooked:  # any other block: hooks on the modules themselves
-            reuse = None
-            if plan is not None:
-                reuse = frozenset(s for s in range(plan.num_steps) if not plan.computes(slot.kind, slot.block, s))
+            reuse = _reuse_steps(plan, slot) if plan is not None else None
             hook = ForaModuleHook(handle, slot, reuse)
             HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, FORA_MODULE_HOOK)
     _invalidate_registry_caches(transformer)
@@ -317,6 +313,11 @@ class ForaHandle:
 
     def __repr__(self):
         return f"ForaHandle(config={self.config!r}, modules={len(self.modules)}, state={self.state!r})"
+
+
+def _reuse_steps(plan: CachePlan, slot: CacheSlot) -> frozenset[int]:
+    """The steps at which `plan` has this slot's module reuse."""
+    return frozenset(s for s in range(plan.num_steps) if not plan.computes(slot.kind, slot.block, s))
 
 
 def _plan_steps(plan: CachePlan, slots: dict[str, CacheSlot]) -> list[tuple]:
