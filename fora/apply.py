@@ -273,27 +273,36 @@ class ForaHandle:
 
     @torch.compiler.disable
     def _begin_step(self, timestep, context: str | None = None) -> None:
-        state = self.state
-        new_run = self.runs.begin_call(timestep, context)
+        state, runs = self.state, self.runs
+        new_run = runs.begin_call(timestep, context)
         if new_run is not None:
             self._start_run(new_run)
-        state.step = self.runs.step
-        state.is_full_step = state.step in state.full_set
-        state.timestep_input = timestep  # kept as passed (a tensor shares its storage like any view); read lazily
-        state._timestep = None
-        state.run.raw_timesteps.append(state.timestep_input)
+        state.use_context(runs.context)  # a guidance call in its own context reads its own cache
+        state.step = runs.step
+        state.fresh = runs.fresh  # a context's first call computes: it has nothing to reuse
+        state.is_full_step = state.fresh or state.step in state.full_set
+        state.observed = runs.primary
+        if runs.fresh and not runs.primary:
+            state.run.contexts = len(runs.contexts)
+        if runs.primary:
+            state.timestep_input = timestep  # kept as passed (a tensor shares its storage like a view); read lazily
+            state._timestep = None
+            state.run.raw_timesteps.append(state.timestep_input)
 
     @torch.compiler.disable
     def _end_step(self) -> None:
         state = self.state
         run = state.run
-        self.runs.end_call()
+        completed = self.runs.end_call()
         run.steps_done = self.runs.steps_done
+        if not self.runs.primary:  # the record counts the primary context's calls; the memory is everyone's
+            run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
+            return
         # counted here, not in the module hooks, so that compiled blocks do no bookkeeping: each hooked module
-        # runs once per step, and on a reuse step the cached ones are answered from the cache
+        # runs once per call, and on a reuse step the cached ones are answered from the cache
         total, cached = len(state.slots), self._num_cached
         if self.config.plan is not None:
-            reused = self._plan_reused[state.step]
+            reused = 0 if state.fresh else self._plan_reused[state.step]
             run.computed_calls += total - reused
             run.reused_calls += reused
             run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
@@ -304,9 +313,10 @@ class ForaHandle:
         else:
             run.computed_calls += total - cached
             run.reused_calls += cached
-        if run.complete:
-            for slot in state.slots:  # the run is over: free the cache (and extrapolation terms), keep the record
-                slot.clear()
+        if completed:
+            if len(self.runs.contexts) == 1:  # the run is over: free the cache (and extrapolation terms)
+                for slot in state.slots:  # (with several contexts, their last calls may follow: freed at reset)
+                    slot.clear()
             for obs in self.observers:
                 if hasattr(obs, "on_run_end"):
                     obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))

@@ -126,14 +126,19 @@ class ForaConfig:
 
 @dataclass
 class ForaRun:
-    """What happened in one run (one sampling loop of T transformer calls): counts and timesteps, no features."""
+    """What happened in one run (one sampling loop of T steps): counts and timesteps, no features.
+
+    Where a pipeline calls the transformer in several contexts per step (separate guidance calls, `fora.runs`), the
+    counts and timesteps are those of the primary context (its first); `contexts` says how many called, each with its
+    own cache on the same schedule, and `cache_bytes` holds all of theirs."""
 
     num_steps: int
     full_steps: list[int]  # 0-based step indices, sampling order, at which attention/MLP were computed
     steps_done: int = 0
     computed_calls: int = 0  # cached-module calls that ran the module
     reused_calls: int = 0  # cached-module calls answered from the cache
-    cache_bytes: int = 0  # peak bytes held by the cache during the run
+    cache_bytes: int = 0  # peak bytes held by the cache during the run, all contexts together
+    contexts: int = 1  # the contexts that called the transformer (2 with separate cond/uncond calls)
     # the timestep of each step as passed (a number or a tensor): read to floats only on request, so that the hot
     # path never waits for the device
     raw_timesteps: list = field(default_factory=list, repr=False)
@@ -157,6 +162,7 @@ class ForaRun:
             f"{self.num_steps} steps, {len(self.full_steps)} full / {len(self.reuse_steps)} reuse; "
             f"module calls computed {self.computed_calls}, reused {self.reused_calls}; "
             f"cache {self.cache_bytes / 2**20:.2f} MiB"
+            + (f"; {self.contexts} contexts (guidance calls), each with its own cache" if self.contexts > 1 else "")
         )
 
 

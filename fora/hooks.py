@@ -21,7 +21,7 @@ FORA_MODULE_HOOK = "fora_module"
 
 
 class _NoState(BaseState):
-    """FORA keeps no per-context state (yet); the StateManager only carries the context's name."""
+    """The StateManager only carries the context's name: FORA's per-context caches are its slots' (`CacheSlot`)."""
 
 
 class ForaRunHook(ModelHook):
@@ -68,7 +68,7 @@ class ForaModuleHook(ModelHook):
     def new_forward(self, module, *args, **kwargs):
         state, slot = self.state, self.slot
         if self.reuse_steps is not None:
-            if state.step in self.reuse_steps:
+            if state.step in self.reuse_steps and not state.fresh:
                 return slot.value(state.step)
         elif slot.enabled and not state.is_full_step:
             return slot.output
@@ -80,7 +80,7 @@ class ForaModuleHook(ModelHook):
             )
         if slot.enabled and state.caching:
             slot.store(state.step, output)
-        if self.handle.observers:
+        if self.handle.observers and state.observed:
             self._notify(output)
         return output
 
@@ -114,7 +114,7 @@ class ForaBlockHook(ModelHook):
         if not state.caching and not self.handle.observers:  # interval 1, unobserved: nothing to keep or show
             return self.fn_ref.original_forward(*args, **kwargs)
         if self.plan_steps is not None:
-            kinds, chunks = self.plan_steps[state.step]
+            kinds, chunks = self.plan_steps[state.step] if not state.fresh else ((), ALL_CHUNKS)
             cached = {kind: self.slots[kind].value(state.step) for kind in kinds}
         else:
             reuse = self.cached_kinds and not state.is_full_step
@@ -125,7 +125,7 @@ class ForaBlockHook(ModelHook):
             for kind in self.cached_kinds:
                 if kind in computed:
                     self.slots[kind].store(state.step, computed[kind])
-        if self.handle.observers:
+        if self.handle.observers and state.observed:
             self._notify(computed)
         return output
 
@@ -153,7 +153,7 @@ class ForaFusedBlockHook(ModelHook):
     def new_forward(self, block, *args, **kwargs):
         state, slot = self.state, self.slot
         if self.reuse_steps is not None:
-            is_reuse = state.step in self.reuse_steps
+            is_reuse = state.step in self.reuse_steps and not state.fresh
         else:
             is_reuse = slot.enabled and not state.is_full_step
         if is_reuse:

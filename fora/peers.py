@@ -132,6 +132,11 @@ class _PeerRunHook(ModelHook):
     def pre_forward(self, module, *args, **kwargs):
         handle = self.handle
         new_run = handle.runs.begin_call(None)
+        if not handle.runs.primary:
+            raise RuntimeError(
+                "the pipeline called the transformer a second time in one step (separate guidance calls): the peer "
+                "caches run on pipelines with one call per step only (DiT, PixArt)"
+            )
         if new_run is not None:
             HookRegistry.check_if_exists_or_initialize(module).reset_stateful_hooks(recurse=True)
             handle.last_run = PeerRun(new_run)

@@ -17,29 +17,39 @@ from .slots import CacheSlot
 
 logger = logging.getLogger(__name__)
 _SEVERAL_CALLS = (
-    "the pipeline called the transformer more than once per denoising step ({what}): FORA counts one call as one "
-    "step, so the calls would reuse each other's cached outputs. Separate conditional/unconditional calls "
-    "(classifier-free guidance in Wan, Lumina 2, Qwen-Image, FLUX's true CFG) and skip-layer guidance are not "
-    "supported yet; run with guidance off (guidance_scale=1 or true_cfg_scale=1) or drive the transformer in your own "
-    "loop with one call per step"
+    "the pipeline called the transformer more than once per denoising step ({what}), and neither named the calls "
+    '(transformer.cache_context("cond") / ("uncond")) nor uses a scheduler that counts its steps '
+    "(scheduler.step_index): FORA cannot tell which calls belong to one step. Wrap each call of a step in its own "
+    "transformer.cache_context(name), or call the transformer once per step"
 )
+_NO_INDEX = object()  # a scheduler without `step_index` (DDIM, DDPM)
 
 
 class RunTracker:
     r"""
-    Counts the transformer calls of each run and says when a call starts a new one. One forward call is one step.
+    Counts the transformer calls of each run and says when a call starts a new one. One step is one forward call,
+    or several where the pipeline calls the transformer more than once per step (see *contexts* below).
 
     - With a pipeline (anything with `.scheduler`): every pipeline call sets the scheduler's timesteps anew, so a
-      call that sees a timesteps tensor other than the last one starts a run of `len(timesteps)` steps; so does the
-      first call after a complete run. The scheduler read is the calling pipeline's: the nearest caller on the stack
-      that is an object whose `.transformer` is this transformer (so a second pipeline built on the same
-      transformer runs its own schedule), else the pipeline given here.
+      call that sees a timesteps tensor other than the last one starts a run of `len(timesteps)` steps. The
+      scheduler read is the calling pipeline's: the nearest caller on the stack that is an object whose
+      `.transformer` is this transformer (so a second pipeline built on the same transformer runs its own
+      schedule), else the pipeline given here.
     - With a bare transformer (a hand-written loop) of `num_steps` steps: a run starts on the first call and after
       a complete run, and also when a new loop begins before the last one finished, which shows in the timestep:
       sampling timesteps go down (or repeat, for second-order samplers), so a timestep above the previous one means a
       new loop, and so does the first timestep again right after a run's first step, which no scheduler repeats.
       This reads the timestep on the host (free for a number or a CPU tensor, one wait per step on a GPU).
     - `start(num_steps)`: a run of exactly `num_steps` calls, whatever timesteps they pass; nothing is read.
+
+    *Contexts.* Pipelines that run classifier-free guidance (or skip-layer guidance) as separate calls call the
+    transformer several times per step. Each such call belongs to a *context*: the name of the diffusers cache
+    context it runs in (`transformer.cache_context("uncond")`: Wan, Qwen-Image, FLUX's true CFG), or, where the
+    pipeline names none, its position among the calls the pipeline makes before its scheduler steps
+    (`scheduler.step_index` unchanged: Lumina 2's unconditional call, SD3's skip-layer call). The run's first
+    context is its *primary* one: its calls count the steps. Any other context's call belongs to the primary
+    context's current step, at most once per step; it may start late (SD3's skip-layer guidance runs on some steps
+    only) and is then `fresh`: it has nothing of its own cached yet.
 
     Args:
         pipeline (*optional*): the pipeline whose scheduler delimits runs (held weakly).
@@ -50,8 +60,11 @@ class RunTracker:
 
     Attributes:
         run_steps (`int`): steps of the current run (0: none yet).
-        step (`int`): 0-based index of the current call in its run (-1 before the first).
-        steps_done (`int`): calls of the current run that have finished.
+        step (`int`): 0-based index of the current step in its run (-1 before the first).
+        steps_done (`int`): steps of the current run whose primary call has finished.
+        context: the current call's context: a cache context's name, or an int (its position in its step).
+        primary (`bool`): whether the current call is in the run's primary context.
+        fresh (`bool`): whether the current call is its context's first in this run.
     """
 
     def __init__(
@@ -74,11 +87,19 @@ class RunTracker:
         self._last_timestep: float | None = None  # bare transformer: the previous call's timestep
         self._explicit = False  # the current run was started by start(): the caller delimits it
         self._direction = 0.0  # bare loop: +1 or -1 once the run's timesteps have moved, 0 before
-        self._contexts: set[str] = set()  # the cache contexts the current pipeline call has used
+        self._index_seen, self._position = _NO_INDEX, 0  # the scheduler's step_index at the last call, its position
+        self._contexts: dict = {}  # context -> the last step it was called at, in the current run
+        self._primary = None
+        self.context, self.primary, self.fresh = None, True, True
 
     @property
     def ongoing(self) -> bool:
         return self.run_steps > 0 and self.steps_done < self.run_steps
+
+    @property
+    def contexts(self) -> list:
+        """The contexts the current run has called, primary first."""
+        return list(self._contexts)
 
     def start(self, num_steps: int | None = None) -> int:
         """Begin a run of exactly `num_steps` calls (default: the `num_steps` given at construction)."""
@@ -90,26 +111,32 @@ class RunTracker:
         """Before each transformer call: the length of the run this call starts, or `None` when it continues one.
 
         `context`: the name of the diffusers cache context the call runs in (`transformer.cache_context("cond")`),
-        if any. A pipeline that calls the transformer more than once per step (classifier-free guidance as separate
-        conditional and unconditional calls, skip-layer guidance) is refused with `RuntimeError`: every call here is
-        one step, so its calls would reuse each other's outputs."""
+        if any. Raises `RuntimeError` for a call the run has no step for: more primary calls than steps, a context
+        called twice in one step."""
         new = None
         pipe = self._calling_pipeline() if self._pipeline is not None else None
         if pipe is not None:
             timesteps = pipe.scheduler.timesteps
+            index = getattr(pipe.scheduler, "step_index", _NO_INDEX)
             if timesteps is not self._timesteps_seen:
                 new = self._begin_run(len(timesteps))
                 self._timesteps_seen = timesteps
-            elif not self.ongoing:  # the same pipeline call goes on after its run's steps: more calls than steps
+                position = 0
+            elif index is not _NO_INDEX and index == self._index_seen:
+                position = self._position + 1  # the scheduler has not stepped since the last call: the same step
+            else:
+                position = 0
+            self._index_seen, self._position = index, position
+            key = context if context is not None else position
+        else:
+            key = context if context is not None else 0
+        if new is None and self._primary is not None and key != self._primary:
+            return self._other_context_call(key)
+        if pipe is not None:
+            if new is None and not self.ongoing:  # the same pipeline call goes on after its run's steps
                 raise RuntimeError(
                     _SEVERAL_CALLS.format(what=f"{self.steps_done + 1} calls for {self.run_steps} steps")
                 )
-            if new is not None:
-                self._contexts = set()
-            if context is not None:
-                self._contexts.add(context)
-                if len(self._contexts) > 1:
-                    raise RuntimeError(_SEVERAL_CALLS.format(what=f"calls in contexts {sorted(self._contexts)}"))
         else:
             ongoing = self.ongoing
             t = None if ongoing and self._explicit else first_value(timestep)
@@ -125,10 +152,30 @@ class RunTracker:
                 f"the transformer was called {self.step + 1} times in a run of {self.run_steps} steps; FORA expects "
                 "one call per scheduler step (for a hand-written loop call handle.start_run(num_steps) first)"
             )
+        if self._primary is None:
+            self._primary = key
+        self.fresh = key not in self._contexts
+        self._contexts[key] = self.step
+        self.context, self.primary = key, True
         return new
 
+    def _other_context_call(self, key) -> None:
+        """A call in a context other than the run's primary one: it belongs to the primary context's current step."""
+        if self._contexts.get(key) == self.step:
+            raise RuntimeError(
+                f"the transformer was called twice in context {key!r} at step {self.step}: FORA caches one call per "
+                "context and step"
+            )
+        self.fresh = key not in self._contexts
+        self._contexts[key] = self.step
+        self.context, self.primary = key, False
+        return None
+
     def end_call(self) -> bool:
-        """After each transformer call; returns whether the run is now complete."""
+        """After each transformer call; returns whether this call completed the run (its primary context's last
+        step)."""
+        if not self.primary:
+            return False
         self.steps_done = self.step + 1
         return self.steps_done == self.run_steps
 
@@ -162,6 +209,7 @@ class RunTracker:
         self.run_steps, self.step, self.steps_done = num_steps, -1, 0
         self._explicit = False
         self._direction = 0.0
+        self._contexts, self._primary = {}, None
         return num_steps
 
     def _is_restart(self, t: float | None) -> bool:
@@ -195,8 +243,18 @@ class ForaState:
         self.timestep_input = None  # the timestep argument of this step, as passed
         self._timestep: float | None = None
         self.caching = False  # interval 1: nothing is ever reused, so nothing is kept
+        self.context = None  # the context whose cache the slots hold now (`None`: the slots are empty)
+        self.fresh = True  # this call is its context's first in the run: it has nothing cached, so it computes
+        self.observed = True  # observers see the run's primary context only
         for slot in self.slots:
             slot.clear()
+
+    def use_context(self, context) -> None:
+        """Make `context`'s cache the one the hooks read (a pipeline's conditional and unconditional calls)."""
+        if self.context is not None and context != self.context:
+            for slot in self.slots:
+                slot.switch(self.context, context)
+        self.context = context
 
     @property
     def timestep(self) -> float | None:

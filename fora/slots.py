@@ -12,7 +12,11 @@ class CacheSlot:
     blocks see a tensor input of the same kind in every block rather than a per-block dictionary key.
 
     With a plan of order k > 0 it also keeps the divided differences of the last k + 1 computed outputs
-    (`fora.plan`), and a reuse step reads `value(step)`, the Newton extrapolation, instead of `output`."""
+    (`fora.plan`), and a reuse step reads `value(step)`, the Newton extrapolation, instead of `output`.
+
+    A pipeline that calls the transformer in several contexts per step (conditional and unconditional) has one
+    cache per context: `switch` puts the current context's away and brings out another's, so the hooks always
+    read the current context's through the same attributes."""
 
     def __init__(self, key: str, block: int, kind: str, enabled: bool):
         self.key, self.block, self.kind, self.enabled = key, block, kind, enabled
@@ -20,9 +24,15 @@ class CacheSlot:
         self.order = 0
         self.diffs: list[torch.Tensor] = []  # d_0 = output, d_1, d_2: divided differences ending at the last step
         self.diff_steps: list[int] = []  # the computed steps they span, oldest first
+        self.others: dict = {}  # the other contexts' caches: context -> (output, diffs, diff_steps)
 
     def clear(self) -> None:
-        self.output, self.diffs, self.diff_steps = None, [], []
+        self.output, self.diffs, self.diff_steps, self.others = None, [], [], {}
+
+    def switch(self, current, to) -> None:
+        """Put context `current`'s cache away and make context `to`'s (empty if it has none) the current one."""
+        self.others[current] = (self.output, self.diffs, self.diff_steps)
+        self.output, self.diffs, self.diff_steps = self.others.pop(to, (None, [], []))
 
     def store(self, step: int, output) -> None:
         self.output = output
@@ -49,6 +59,10 @@ class CacheSlot:
         held = self.diffs[1:] + ([self.output] if self.output is not None else [])
         if self.diffs and self.diffs[0] is not self.output:
             held.append(self.diffs[0])  # a float32 copy of a half-precision output
+        for output, diffs, _ in self.others.values():
+            held += diffs[1:] + ([output] if output is not None else [])
+            if diffs and diffs[0] is not output:
+                held.append(diffs[0])
         return sum(_nbytes(t) for t in held)
 
 

@@ -221,3 +221,62 @@ FAMILIES = {
     "pixart-sigma": (pixart_sigma, ("attn1", "attn2", "ff")),
     "hunyuan-dit": (hunyuan_dit, ("attn1", "attn2", "ff")),
 }
+
+
+def _guided_pipeline(family: str, model):
+    """A real diffusers pipeline around `model` that runs guidance as separate transformer calls, with the
+    keyword arguments of one such call (embeddings given, so no text encoder; latents out, so no VAE)."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        Lumina2Pipeline,
+        QwenImagePipeline,
+        StableDiffusion3Pipeline,
+        UniPCMultistepScheduler,
+        WanPipeline,
+    )
+
+    flow = FlowMatchEulerDiscreteScheduler()
+
+    def embeds(dim=16, **extra):
+        return {
+            "prompt_embeds": torch.randn(1, TEXT, dim),
+            "negative_prompt_embeds": torch.randn(1, TEXT, dim),
+            **extra,
+        }
+
+    if family == "flux":  # true CFG: calls in cache contexts "cond" and "uncond"
+        pipe = FluxPipeline(flow, None, None, None, None, None, model)
+        pooled = {"pooled_prompt_embeds": torch.randn(1, 8), "negative_pooled_prompt_embeds": torch.randn(1, 8)}
+        kwargs = {**embeds(**pooled), "true_cfg_scale": 4.0, "height": 32, "width": 32}
+    elif family == "qwen-image":  # true CFG, "cond" / "uncond"
+        pipe = QwenImagePipeline(flow, None, None, None, model)
+        masks = {"prompt_embeds_mask": torch.ones(1, TEXT), "negative_prompt_embeds_mask": torch.ones(1, TEXT)}
+        kwargs = {**embeds(**masks), "true_cfg_scale": 4.0, "height": 32, "width": 32}
+    elif family == "wan":  # CFG, "cond" / "uncond"
+        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+        pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=model)
+        kwargs = {**embeds(), "guidance_scale": 5.0, "height": 16, "width": 16, "num_frames": 5}
+    elif family == "lumina2":  # CFG as two calls in no named context
+        pipe = Lumina2Pipeline(model, flow, None, None, None)
+        masks = {
+            "prompt_attention_mask": torch.ones(1, TEXT, dtype=torch.bool),
+            "negative_prompt_attention_mask": torch.ones(1, TEXT, dtype=torch.bool),
+        }
+        kwargs = {**embeds(**masks), "guidance_scale": 4.0, "height": 16, "width": 16}
+    elif family == "sd3":  # CFG batched, plus a skip-layer call (block 1 skipped) on the middle steps only
+        pipe = StableDiffusion3Pipeline(model, flow, None, None, None, None, None, None, None)
+        pooled = {"pooled_prompt_embeds": torch.randn(1, 8), "negative_pooled_prompt_embeds": torch.randn(1, 8)}
+        kwargs = {**embeds(**pooled), "guidance_scale": 4.0, "height": 16, "width": 16}
+        kwargs.update(skip_guidance_layers=[1], skip_layer_guidance_start=0.1, skip_layer_guidance_stop=0.6)
+    else:
+        raise KeyError(family)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, {**kwargs, "output_type": "latent"}
+
+
+# families whose pipelines call the transformer more than once per step: family -> its pipeline and arguments
+GUIDED = {
+    family: (lambda model, f=family: _guided_pipeline(f, model))
+    for family in ("flux", "lumina2", "qwen-image", "sd3", "wan")
+}

@@ -9,7 +9,7 @@ import inspect
 import pytest
 import torch
 from diffusers.models.attention import BasicTransformerBlock
-from families import FAMILIES
+from families import FAMILIES, GUIDED
 
 from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
 
@@ -241,22 +241,72 @@ def test_a_plan_on_blocks_without_every_kind_is_refused():
         apply_fora(model, ForaConfig(plan=plan), num_steps=T)
 
 
-def test_a_pipeline_with_separate_guidance_calls_is_refused_before_it_reuses():
-    """FLUX's true CFG calls the transformer twice per step, in cache contexts "cond" and "uncond": refused at the
-    first unconditional call, before any reuse; with one call per step the same pipeline caches."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+class GuidedReference:
+    """FORA with several transformer calls per step, written independently: the pipeline's `scheduler.step` ends a
+    step, the k-th call within a step is context k, and each context keeps its own outputs: it computes at the full
+    steps and at its first call (a context that starts late has nothing to reuse), and reuses its own otherwise."""
 
-    model, _ = build("flux")
-    pipe = FluxPipeline(FlowMatchEulerDiscreteScheduler(), None, None, None, None, None, model)
-    pipe.set_progress_bar_config(disable=True)
-    embeds = {"prompt_embeds": torch.randn(1, 5, 16), "pooled_prompt_embeds": torch.randn(1, 8)}
-    negative = {"negative_prompt_embeds": torch.randn(1, 5, 16), "negative_pooled_prompt_embeds": torch.randn(1, 8)}
-    common = {"num_inference_steps": T, "height": 32, "width": 32, "output_type": "latent"}
+    def __init__(self, pipe, modules, full: set[int]):
+        self.step, self.position, self.full, self.kept, self.pipe = 0, -1, full, {}, pipe
+        self.handles = [pipe.transformer.register_forward_pre_hook(self._call)]
+        self.handles += [m.register_forward_hook(self._replace) for m in modules]
+        step = pipe.scheduler.step
+
+        def counted_step(*args, **kwargs):
+            self.step, self.position = self.step + 1, -1
+            return step(*args, **kwargs)
+
+        pipe.scheduler.step = counted_step
+
+    def _call(self, module, args):
+        self.position += 1
+
+    def _replace(self, module, args, output):
+        key = (self.position, module)
+        if self.step in self.full or key not in self.kept:
+            self.kept[key] = output
+            return None
+        return self.kept[key]
+
+    def remove(self):
+        del self.pipe.scheduler.step
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("family", sorted(GUIDED))
+def test_separate_guidance_calls_each_cache_their_own_on_the_same_schedule(family):
+    """Pipelines that call the transformer several times per step: FLUX's true CFG, Qwen-Image and Wan in named
+    cache contexts, Lumina 2's CFG unnamed, SD3's skip-layer call (unnamed, on some steps only, one block skipped).
+    Each call reuses its own context's outputs: the result is the independent reference's, bit for bit."""
+    model, _ = build(family)
+    pipe, kwargs = GUIDED[family](model)
+    full = full_steps(T, N)
+
+    def run():
+        torch.manual_seed(1)
+        return pipe(**kwargs, num_inference_steps=T, generator=torch.Generator().manual_seed(2))[0]
+
+    baseline = run()
     handle = apply_fora(pipe, ForaConfig(interval=N))
-    with pytest.raises(RuntimeError, match=r"more than once per denoising step \(calls in contexts"):
-        pipe(**embeds, **negative, true_cfg_scale=4.0, **common)
-    assert handle.last_run.steps_done == 1 and handle.last_run.reused_calls == 0
-    pipe(**embeds, **common)  # no true CFG: one call per step
-    assert handle.last_run.complete and handle.last_run.full_steps == full_steps(T, N)
-    assert handle.last_run.reused_calls > 0
+    seen = []
+    handle.add_observer(lambda o: seen.append(o.step))
+    got = run()
+    record = handle.last_run
     remove_fora(pipe)
+    ref = GuidedReference(pipe, cached_modules(model, family), set(full))
+    expected = run()
+    ref.remove()
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, baseline)
+    assert record.complete and record.full_steps == full and record.contexts == 2
+    modules = len(handle.modules)  # the record counts the primary context's calls
+    assert record.computed_calls == modules * len(full) and record.reused_calls == modules * (T - len(full))
+    assert set(seen) == set(full)  # observers see the primary context: nothing on reuse steps
+    assert torch.equal(run(), baseline)  # removed: the original again
+    if family in ("lumina2", "wan"):  # every block has every kind: FORA's schedule as a plan is FORA
+        kinds = tuple(sorted({kind for _, _, kind in handle.modules}))
+        blocks = len({b for _, b, _ in handle.modules})
+        apply_fora(pipe, ForaConfig(plan=CachePlan.fora(T, N, num_blocks=blocks, kinds=kinds)))
+        assert torch.equal(run(), got)
+        remove_fora(pipe)

@@ -45,9 +45,9 @@ def test_a_pipeline_call_interrupted_midway_does_not_leak_into_the_next():
     assert tracker.steps_done == 5
 
 
-def test_more_calls_than_steps_in_one_pipeline_call_are_refused():
-    """A pipeline call sets its timesteps once: a call after its run is complete, with the same timesteps, is a
-    second call in some step (separate cond/uncond calls), and is refused rather than read as a new run."""
+def test_more_calls_than_steps_are_refused_where_the_calls_of_a_step_cannot_be_told_apart():
+    """DDIM keeps no step_index and the calls name no context: a call after the run's steps, with the same
+    timesteps, is a second call in some step, and is refused rather than read as a new run."""
     pipe = Pipe()
     tracker = RunTracker(pipe)
     pipe.scheduler.set_timesteps(2)
@@ -58,17 +58,56 @@ def test_more_calls_than_steps_in_one_pipeline_call_are_refused():
     assert run_calls(tracker, pipe.scheduler.timesteps) == [2, None]
 
 
-def test_calls_in_two_cache_contexts_are_refused():
+def calls(tracker, *contexts) -> list[tuple]:
+    """One begin/end per context given; what the tracker said of each call: (context, step, primary, fresh)."""
+    said = []
+    for context in contexts:
+        tracker.begin_call(None, context)
+        said.append((tracker.context, tracker.step, tracker.primary, tracker.fresh))
+        tracker.end_call()
+    return said
+
+
+def test_calls_in_named_cache_contexts_share_the_step_of_the_primary_context():
     """FLUX, Qwen-Image and Wan name their guidance calls with transformer.cache_context("cond" / "uncond")."""
     pipe = Pipe()
     tracker = RunTracker(pipe)
-    pipe.scheduler.set_timesteps(4)
-    tracker.begin_call(None, "cond")
-    tracker.end_call()
-    with pytest.raises(RuntimeError, match=r"contexts \['cond', 'uncond'\]"):
+    pipe.scheduler.set_timesteps(3)
+    assert calls(tracker, "cond", "uncond", "cond", "uncond") == [
+        ("cond", 0, True, True),
+        ("uncond", 0, False, True),
+        ("cond", 1, True, False),
+        ("uncond", 1, False, False),
+    ]
+    with pytest.raises(RuntimeError, match=r"twice in context 'uncond' at step 1"):
         tracker.begin_call(None, "uncond")
-    pipe.scheduler.set_timesteps(4)
-    assert tracker.begin_call(None, "cond") == 4  # a new pipeline call starts afresh
+    assert calls(tracker, "cond", "uncond") == [("cond", 2, True, False), ("uncond", 2, False, False)]
+    assert tracker.steps_done == 3 and tracker.contexts == ["cond", "uncond"]
+    pipe.scheduler.set_timesteps(3)
+    assert tracker.begin_call(None, "cond") == 3 and tracker.contexts == ["cond"]  # a new pipeline call: afresh
+
+
+def test_unnamed_calls_before_the_scheduler_steps_are_contexts_by_position():
+    """Lumina 2 and SD3's skip-layer guidance name no context: a call made before the scheduler has stepped since
+    the last one (the same `step_index`) is the next context of that step. A context may start late: fresh."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = Pipe()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler()
+    tracker = RunTracker(pipe)
+    pipe.scheduler.set_timesteps(3)
+    said = []
+    for step, n_calls in enumerate((1, 2, 2)):  # the second context begins at step 1
+        said += calls(tracker, *[None] * n_calls)
+        pipe.scheduler._step_index = step + 1  # what scheduler.step() does
+    assert said == [
+        (0, 0, True, True),
+        (0, 1, True, False),
+        (1, 1, False, True),
+        (0, 2, True, False),
+        (1, 2, False, False),
+    ]
+    assert tracker.steps_done == 3 and not tracker.ongoing
 
 
 def test_rising_timesteps_of_a_bare_loop_are_one_run():
