@@ -8,7 +8,7 @@ import torch
 
 from .apply import apply_fora, remove_fora
 from .config import ForaConfig
-from .generate import Request, generate, is_text_conditional, to_uint8
+from .generate import Request, generate, is_text_conditional, is_video, to_uint8
 from .loading import MODELS, ModelLoadError, load_pipeline, resolve_model
 from .schedule import ideal_speedup
 from .timing import paired_speedup, time_call
@@ -53,7 +53,14 @@ def _generate(args) -> int:
     pipe = load_pipeline(args.model, device=args.device, dtype=dtype)
     print(f"loaded {args.model} on {pipe.device} ({pipe.transformer.dtype}) in {time.perf_counter() - t0:.1f}s")
     if is_text_conditional(pipe):
-        request = Request(prompt=args.prompt, steps=steps, seed=args.seed, guidance=guidance)
+        options = dict(spec.call_kwargs if spec else {})
+        if args.frames is not None:
+            if not is_video(pipe):
+                raise ValueError(f"--frames: {type(pipe).__name__} makes images, not videos")
+            options["num_frames"] = args.frames
+        options = tuple(options.items())
+        size = {"height": args.height, "width": args.width}
+        request = Request(prompt=args.prompt, steps=steps, seed=args.seed, guidance=guidance, options=options, **size)
     else:
         request = Request(label=args.class_label, steps=steps, seed=args.seed, guidance=guidance)
     handle = apply_fora(pipe, config)
@@ -82,6 +89,8 @@ def _generate(args) -> int:
             f"speedup {ratio} (baseline {ratio.baseline_s:.3f}s, FORA {ratio.fora_s:.3f}s; median of ABBA pairs "
             f"after a warm-up, no observers); ideal {ideal:.2f}x"
         )
+    if is_video(pipe):
+        return _write_video(to_uint8(images)[0], args.out, args.fps)
     image = Image.fromarray(to_uint8(images)[0])
     if args.upscale > 1:
         image = image.resize((image.width * args.upscale, image.height * args.upscale), Image.Resampling.NEAREST)
@@ -90,11 +99,31 @@ def _generate(args) -> int:
     return 0
 
 
+def _write_video(frames, out: str, fps: int) -> int:
+    """A video's frames (F x H x W x 3 uint8) as an animated GIF, or MP4 where imageio has ffmpeg."""
+    if out.lower().endswith(".mp4"):
+        from diffusers.utils import export_to_video
+
+        try:
+            export_to_video(list(frames), out, fps=fps)
+        except Exception as e:  # no ffmpeg backend for imageio
+            raise ValueError(f"could not write {out} ({type(e).__name__}: {e}); write a .gif instead") from e
+    else:
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(out, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    print(f"wrote {out} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]}, {fps} fps)")
+    return 0
+
+
 def _models(args) -> int:
     for spec in MODELS.values():
         print(
-            f"{spec.key:20s} {spec.conditioning:5s} steps={spec.default_steps:<3d} {spec.description}  [{spec.source}]"
+            f"{spec.key:18s} {spec.conditioning}-to-{spec.output}, {spec.default_steps} steps, guidance "
+            f"{spec.default_guidance:g}: {spec.description}"
         )
+        print(f"{'':18s} [{spec.source}] runs on {spec.runs_on}")
     return 0
 
 
@@ -118,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="0",
         help="class id or label name for class-conditional models (e.g. 'cat' or 207)",
     )
-    g.add_argument("--prompt", default=None, help="prompt for text-conditional models (PixArt-alpha)")
+    g.add_argument("--prompt", default=None, help="prompt for text-conditional models (PixArt, SD3.5, FLUX, ...)")
+    g.add_argument("--height", type=int, default=None, help="text models: image height (default: the model's)")
+    g.add_argument("--width", type=int, default=None, help="text models: image width (default: the model's)")
+    g.add_argument("--frames", type=int, default=None, help="video models: frames (Wan: 4k+1; default: the model's)")
+    g.add_argument("--fps", type=int, default=16, help="video models: frames per second of the written video")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1: off)")
     g.add_argument(
         "--plan",
@@ -136,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         default="auto",
         choices=["auto", "float32", "float16", "bfloat16"],
-        help="weights dtype (auto: float16 for hub models on CUDA, else float32)",
+        help="weights dtype (auto: the model's on CUDA, float16 or bfloat16; float32 on a CPU)",
     )
     g.add_argument(
         "--time-pairs",
@@ -147,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "range of the pair ratios (default 0: off)",
     )
     g.add_argument("--upscale", type=int, default=1, help="nearest-neighbour upscale of the saved image")
-    g.add_argument("--out", default="out.png", help="output PNG path")
+    g.add_argument("--out", default="out.png", help="output path: PNG for images, GIF (or MP4) for videos")
     g.set_defaults(fn=_generate)
     m = sub.add_parser("models", help="list the models the project knows")
     m.set_defaults(fn=_models)

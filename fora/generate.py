@@ -1,5 +1,7 @@
-"""One call that generates with any pipeline the project knows, class-conditional or text-conditional."""
+"""One call that generates with any pipeline the project knows, class-conditional or text-conditional (images or,
+for Wan, video frames)."""
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,7 @@ class Request:
     batch: int = 1  # images per call, all with the same label/prompt
     height: int | None = None  # text models only; None: the model's default resolution
     width: int | None = None
+    options: tuple = ()  # further (argument, value) pairs for the pipeline (a model card's, e.g. num_frames)
 
 
 def is_text_conditional(pipe) -> bool:
@@ -46,24 +49,36 @@ def class_id(pipe, label: int | str) -> int:
     return cid
 
 
+def is_video(pipe) -> bool:
+    """Whether the pipeline makes videos (Wan): it returns `.frames`, B x F x H x W x 3."""
+    return "num_frames" in inspect.signature(type(pipe).__call__).parameters
+
+
 def generate(pipe, request: Request, output_type: str = "np"):
-    """Run the pipeline once for `request`; returns its images (`np`: B x H x W x 3 floats in [0, 1])."""
+    """Run the pipeline once for `request`; returns its images (`np`: B x H x W x 3 floats in [0, 1]) or, for a
+    video pipeline, its frames (B x F x H x W x 3)."""
     generator = torch.Generator(device="cpu").manual_seed(int(request.seed))
     if is_text_conditional(pipe):
         if not request.prompt or not request.prompt.strip():
             raise ValueError("prompt is empty: a text-conditional model needs a prompt")
-        extra = {k: v for k, v in (("height", request.height), ("width", request.width)) if v is not None}
-        if extra:  # an explicit size is used as given, not snapped to the model's aspect-ratio bins
-            extra["use_resolution_binning"] = False
-        return pipe(
-            prompt=request.prompt,
-            num_images_per_prompt=request.batch,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance,
-            generator=generator,
-            output_type=output_type,
-            **extra,
-        ).images
+        params = inspect.signature(type(pipe).__call__).parameters
+        kwargs = {"prompt": request.prompt, "num_inference_steps": request.steps, "generator": generator}
+        if type(pipe).__name__ == "QwenImagePipeline":  # its guidance is true CFG, active with a negative prompt
+            kwargs["true_cfg_scale"] = request.guidance
+            kwargs["negative_prompt"] = " " if request.guidance > 1 else None
+        else:  # FLUX.1-dev: the distilled guidance embedding; the others: classifier-free guidance
+            kwargs["guidance_scale"] = request.guidance
+        batch = "num_videos_per_prompt" if "num_videos_per_prompt" in params else "num_images_per_prompt"
+        kwargs[batch] = request.batch
+        kwargs.update((k, v) for k, v in (("height", request.height), ("width", request.width)) if v is not None)
+        if ("height" in kwargs or "width" in kwargs) and "use_resolution_binning" in params:
+            kwargs["use_resolution_binning"] = False  # an explicit size is used as given, not snapped to bins
+        kwargs.update(request.options)
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise ValueError(f"{type(pipe).__name__} takes no argument {unknown}")
+        out = pipe(**kwargs, output_type=output_type)
+        return out.frames if is_video(pipe) else out.images
     if request.label is None:
         raise ValueError("label is missing: a class-conditional model needs a class id or name")
     labels = [class_id(pipe, request.label)] * request.batch

@@ -1,13 +1,15 @@
-"""Load the pipelines the project knows: the embedded emoji DiT (offline) and hub checkpoints (DiT-XL/2, PixArt-alpha).
+"""Load the pipelines the project knows: the embedded emoji DiT (offline) and the hub checkpoints of each family
+FORA supports (DiT, PixArt-alpha/Sigma, SD3.5, FLUX.1, Sana, HunyuanDiT, Lumina 2, Wan 2.1, Qwen-Image).
 
 `load_pipeline("emoji-dit")` needs nothing but this repository. Hub models need internet access on first use (or
 a filled Hugging Face cache) and realistically a GPU; where the download fails the error says so and names the
-offline alternatives.
+offline alternatives. Any `save_pretrained` folder of a supported pipeline class loads too (its class is read from
+`model_index.json`).
 """
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,12 +21,26 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A model the project knows, with its family's recommended settings (from the model cards)."""
+
     key: str
     source: str  # hub repo id or local folder
     conditioning: str  # "class" or "text"
     default_steps: int
     default_guidance: float
     description: str
+    pipeline: str = "DiTPipeline"  # the diffusers pipeline class
+    output: str = "image"  # "image" or "video"
+    cuda_dtype: str = "float16"  # the weights' dtype on CUDA ("float16" or "bfloat16"); float32 on a CPU
+    runs_on: str = "a CUDA GPU"  # where it realistically runs (weights: approximate, from the models' sizes)
+    app: bool = True  # offered by the web app (the families are added to the app with issue 19)
+    call_kwargs: dict = field(default_factory=dict)  # further pipeline arguments the model card recommends
+
+
+def _hub(key, source, pipeline, steps, guidance, description, runs_on, dtype="bfloat16", **extra) -> ModelSpec:
+    """A text-to-image (or -video) family checkpoint on the hub."""
+    output = extra.pop("output", "image")
+    return ModelSpec(key, source, "text", steps, guidance, description, pipeline, output, dtype, runs_on, False, extra)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -37,6 +53,8 @@ MODELS: dict[str, ModelSpec] = {
             EMOJI_STEPS,
             EMOJI_GUIDANCE,
             "embedded 32x32 pixel-space DiT, 32 emoji classes, trained by this project (CPU, offline)",
+            "EmojiDiTPipeline",
+            runs_on="a CPU, offline (shipped in assets/)",
         ),
         ModelSpec("dit-xl-2-256", "facebook/DiT-XL-2-256", "class", 50, 4.0, "DiT-XL/2, ImageNet 256x256"),
         ModelSpec("dit-xl-2-512", "facebook/DiT-XL-2-512", "class", 50, 4.0, "DiT-XL/2, ImageNet 512x512"),
@@ -47,6 +65,7 @@ MODELS: dict[str, ModelSpec] = {
             20,
             4.5,
             "PixArt-alpha XL/2, text-to-image 512x512",
+            "PixArtAlphaPipeline",
         ),
         ModelSpec(
             "pixart-alpha-1024",
@@ -55,10 +74,116 @@ MODELS: dict[str, ModelSpec] = {
             20,
             4.5,
             "PixArt-alpha XL/2, text-to-image 1024x1024",
+            "PixArtAlphaPipeline",
+        ),
+        _hub(
+            "pixart-sigma-1024",
+            "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+            "PixArtSigmaPipeline",
+            20,
+            4.5,
+            "PixArt-Sigma XL/2 (0.6B), text-to-image 1024x1024",
+            "a CUDA GPU: about 11 GB of weights with the T5-XXL text encoder",
+            dtype="float16",
+        ),
+        _hub(
+            "sd3.5-medium",
+            "stabilityai/stable-diffusion-3.5-medium",
+            "StableDiffusion3Pipeline",
+            40,
+            4.5,
+            "Stable Diffusion 3.5 Medium (MMDiT-X, 2.5B), text-to-image 1024x1024",
+            "a CUDA GPU: about 16 GB of weights with T5-XXL (gated on the hub: accept its licence)",
+        ),
+        _hub(
+            "flux.1-schnell",
+            "black-forest-labs/FLUX.1-schnell",
+            "FluxPipeline",
+            4,
+            0.0,
+            "FLUX.1 [schnell] (12B, timestep-distilled), text-to-image 1024x1024",
+            "a CUDA GPU: about 34 GB of weights with T5-XXL",
+            max_sequence_length=256,
+        ),
+        _hub(
+            "flux.1-dev",
+            "black-forest-labs/FLUX.1-dev",
+            "FluxPipeline",
+            50,
+            3.5,
+            "FLUX.1 [dev] (12B, guidance-distilled: one call per step), text-to-image 1024x1024",
+            "a CUDA GPU: about 34 GB of weights with T5-XXL (gated on the hub: accept its licence)",
+        ),
+        _hub(
+            "sana-1600m-1024",
+            "Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers",
+            "SanaPipeline",
+            20,
+            4.5,
+            "Sana 1.6B (linear attention, 32x DC-AE), text-to-image 1024x1024",
+            "a CUDA GPU: about 9 GB of weights with the Gemma-2 text encoder",
+        ),
+        _hub(
+            "hunyuan-dit-1.2",
+            "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers",
+            "HunyuanDiTPipeline",
+            50,
+            5.0,
+            "HunyuanDiT v1.2 (1.5B, Chinese and English prompts), text-to-image 1024x1024",
+            "a CUDA GPU: about 7 GB of weights with its two text encoders",
+            dtype="float16",
+        ),
+        _hub(
+            "lumina-image-2",
+            "Alpha-VLLM/Lumina-Image-2.0",
+            "Lumina2Pipeline",
+            50,
+            4.0,
+            "Lumina-Image 2.0 (2.6B, Gemma-2 2B text encoder), text-to-image 1024x1024",
+            "a CUDA GPU: about 11 GB of weights with the Gemma-2 text encoder",
+            cfg_trunc_ratio=0.25,
+            cfg_normalization=True,
+        ),
+        _hub(
+            "wan2.1-t2v-1.3b",
+            "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            "WanPipeline",
+            50,
+            5.0,
+            "Wan 2.1 T2V 1.3B, text-to-video 480x832, 81 frames at 16 fps",
+            "a CUDA GPU: about 14 GB of weights with UMT5-XXL, plus the video's activations",
+            output="video",
+            height=480,
+            width=832,
+            num_frames=81,
+        ),
+        _hub(
+            "qwen-image",
+            "Qwen/Qwen-Image",
+            "QwenImagePipeline",
+            50,
+            4.0,
+            "Qwen-Image (20B MMDiT, Qwen2.5-VL 7B text encoder), text-to-image 1328x1328; guidance is true CFG",
+            "a CUDA GPU: about 57 GB of weights with the Qwen2.5-VL text encoder",
         ),
     ]
 }
 _BY_SOURCE = {spec.source: spec for spec in MODELS.values()}
+
+# the pipeline classes FORA runs on, by their model_index.json name (one block spec family each, `fora.specs`)
+PIPELINES = (
+    "EmojiDiTPipeline",
+    "DiTPipeline",
+    "PixArtAlphaPipeline",
+    "PixArtSigmaPipeline",
+    "StableDiffusion3Pipeline",
+    "FluxPipeline",
+    "SanaPipeline",
+    "HunyuanDiTPipeline",
+    "Lumina2Pipeline",
+    "WanPipeline",
+    "QwenImagePipeline",
+)
 
 
 class ModelLoadError(RuntimeError):
@@ -75,22 +200,22 @@ def resolve_model(model_id: str) -> ModelSpec | None:
 
 
 def _pipeline_class(name: str):
-    from diffusers import DiTPipeline, PixArtAlphaPipeline
+    if name not in PIPELINES:
+        raise ModelLoadError(f"pipeline class {name!r} is not supported; supported: {', '.join(PIPELINES)}")
+    if name == "EmojiDiTPipeline":
+        from embedded.emoji.pipeline import EmojiDiTPipeline
 
-    from embedded.emoji.pipeline import EmojiDiTPipeline
+        return EmojiDiTPipeline
+    import diffusers
 
-    classes = {
-        "EmojiDiTPipeline": EmojiDiTPipeline,
-        "DiTPipeline": DiTPipeline,
-        "PixArtAlphaPipeline": PixArtAlphaPipeline,
-    }
-    if name not in classes:
-        raise ModelLoadError(f"pipeline class {name!r} is not supported; supported: {', '.join(classes)}")
-    return classes[name]
+    return getattr(diffusers, name)
 
 
-def _hub_class(source: str) -> str:
-    return "PixArtAlphaPipeline" if "pixart" in source.lower() else "DiTPipeline"
+def _hub_class(source: str, local_files_only: bool) -> str:
+    """The pipeline class of a hub repo the project has no key for: read from its model_index.json alone."""
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.load_config(source, local_files_only=local_files_only).get("_class_name", "")
 
 
 def load_pipeline(
@@ -105,7 +230,9 @@ def load_pipeline(
     Args:
         model_id (`str`, defaults to `"emoji-dit"`): a key of `MODELS`, a hub repo id, or a pipeline folder.
         device (`str`, *optional*): defaults to CUDA when available, else CPU.
-        dtype (`torch.dtype`, *optional*): defaults to float16 for hub models on CUDA, float32 otherwise.
+        dtype (`torch.dtype`, *optional*): defaults to the model's dtype on CUDA (`ModelSpec.cuda_dtype`: float16
+            for DiT, PixArt and HunyuanDiT, bfloat16 for the newer families; float16 for an unknown hub id), float32
+            on a CPU and for local folders.
         local_files_only (`bool`, *optional*): only use the local Hugging Face cache (default: $HF_HUB_OFFLINE).
 
     >>> pipe = load_pipeline("emoji-dit")
@@ -116,7 +243,8 @@ def load_pipeline(
     source = spec.source if spec else model_id
     local = os.path.isdir(source)
     if dtype is None:
-        dtype = torch.float16 if (device.startswith("cuda") and not local) else torch.float32
+        on_gpu = device.startswith("cuda") and not local
+        dtype = getattr(torch, spec.cuda_dtype if spec else "float16") if on_gpu else torch.float32
     if local:
         index = os.path.join(source, "model_index.json")
         if not os.path.isfile(index):
@@ -135,9 +263,13 @@ def load_pipeline(
         if local_files_only is None:
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         try:
-            pipe = _pipeline_class(_hub_class(source)).from_pretrained(
-                source, dtype=dtype, local_files_only=local_files_only
-            )
+            cls = _pipeline_class(spec.pipeline if spec else _hub_class(source, local_files_only))
+            dtypes = dtype
+            if cls.__name__ == "WanPipeline" and dtype != torch.float32:  # its VAE decodes in float32 (model card)
+                dtypes = {"vae": torch.float32, "default": dtype}
+            pipe = cls.from_pretrained(source, dtype=dtypes, local_files_only=local_files_only)
+        except ModelLoadError:
+            raise
         except Exception as e:
             raise ModelLoadError(
                 f"could not load {source!r} from the Hugging Face Hub ({type(e).__name__}: {str(e)[:300]}). "

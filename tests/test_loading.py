@@ -5,10 +5,13 @@ import json
 import pytest
 import torch
 from conftest import make_dit_pipeline, make_pixart_pipeline, run_dit, run_pixart
+from pipelines import PIPELINES
+from pipelines import build as build_pipeline
 
-from fora import ForaConfig, apply_fora
+from fora import ForaConfig, apply_fora, full_steps
 from fora.cli import main as cli_main
 from fora.loading import MODELS, ModelLoadError, load_pipeline, resolve_model
+from fora.loading import PIPELINES as PIPELINE_CLASSES
 
 
 def save_like_hub(pipe, path):
@@ -91,3 +94,66 @@ def test_cli_bad_input(tmp_path, capsys):
     assert rc == 2 and "interval=9 out of range for 8 steps: allowed 1..7" in capsys.readouterr().err
     rc = cli_main(["generate", "--model", str(tmp_path / "dit"), "--steps", "8", "--class", "unicorn"])
     assert rc == 2 and "unknown class 'unicorn'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", sorted(PIPELINES))
+def test_family_pipelines_load_from_their_folders_and_generate_with_fora(family, tmp_path, capsys):
+    """A tiny random pipeline of each family (text encoders, VAE and offline tokenizers included), saved and loaded
+    again through load_pipeline, as a hub checkpoint would be; then FORA on it through the command line."""
+    pipe = build_pipeline(family)
+    pipe.save_pretrained(tmp_path / family)
+    loaded = load_pipeline(str(tmp_path / family), device="cpu")
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded) is type(pipe) and loaded.transformer.dtype == torch.float32
+    kwargs = {**PIPELINES[family][1], "prompt": "a red fox", "num_inference_steps": 7, "output_type": "np"}
+
+    def run(p):
+        out = p(**kwargs, generator=torch.Generator().manual_seed(0))
+        return torch.from_numpy(out.frames if family == "wan" else out.images)
+
+    uncached = run(loaded)
+    assert torch.allclose(uncached, run(pipe), atol=1e-5)  # FLUX differs in the last bit: another weight layout
+    handle = apply_fora(loaded, ForaConfig(interval=3))
+    cached = run(loaded)
+    assert handle.last_run.full_steps == full_steps(7, 3) and handle.last_run.reused_calls > 0
+    assert not torch.equal(cached, uncached)
+
+    out = tmp_path / ("x.gif" if family == "wan" else "x.png")
+    size = (
+        ["--height", "16", "--width", "16", "--frames", "5"]
+        if family == "wan"
+        else ["--height", "32", "--width", "32"]
+    )
+    argv = ["generate", "--model", str(tmp_path / family), "--prompt", "a red fox", "--steps", "7", "-N", "3"]
+    assert cli_main([*argv, *size, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "7 steps, 3 full / 4 reuse" in text and out.exists()
+    if family == "wan":  # a video: every frame written
+        from PIL import Image
+
+        assert Image.open(out).n_frames == 5
+
+
+def test_every_family_has_a_key_with_its_recommended_settings(capsys):
+    keys = {"pixart-sigma-1024", "sd3.5-medium", "flux.1-schnell", "flux.1-dev", "sana-1600m-1024"}
+    keys |= {"hunyuan-dit-1.2", "lumina-image-2", "wan2.1-t2v-1.3b", "qwen-image"}
+    assert keys <= set(MODELS)
+    for key in keys:
+        assert MODELS[key].pipeline in PIPELINE_CLASSES and not MODELS[key].app
+    assert MODELS["flux.1-schnell"].default_steps == 4 and MODELS["flux.1-schnell"].default_guidance == 0.0
+    assert MODELS["wan2.1-t2v-1.3b"].output == "video" and MODELS["qwen-image"].cuda_dtype == "bfloat16"
+    assert cli_main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert all(key in text for key in keys) and text.count("runs on") == len(MODELS)
+
+
+def test_a_family_key_offline_says_so(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"could not load 'black-forest-labs/FLUX.1-schnell'.*emoji-dit"):
+        load_pipeline("flux.1-schnell", device="cpu")
+
+
+def test_an_unsupported_pipeline_folder_is_refused_by_class(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(ModelLoadError, match=r"'StableDiffusionPipeline' is not supported; supported: .*FluxPipeline"):
+        load_pipeline(str(tmp_path), device="cpu")

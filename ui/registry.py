@@ -35,6 +35,8 @@ def model_choices() -> list[ModelChoice]:
     )
     choices = []
     for spec in MODELS.values():
+        if not spec.app:  # the newer families: from the command line and the library for now
+            continue
         if spec.key == "emoji-dit":
             ok = os.path.isfile(os.path.join(spec.source, "model_index.json"))
             choices.append(
