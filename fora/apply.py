@@ -23,7 +23,6 @@ from .hooks import (
     ForaModuleHook,
     ForaRunHook,
 )
-from .lean_reuse import ALL_CHUNKS, needed_chunks, supports_lean_reuse
 from .observers import RunEvent
 from .plan import CachePlan
 from .runs import ForaState, RunTracker
@@ -134,9 +133,10 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
             hook = ForaFusedBlockHook(handle, slot, spec.reuse_forward, reuse)
             HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, FORA_BLOCK_HOOK)
             # and, below, the module hook on its projection, which stores and observes it on full steps
-        if config.lean_reuse and supports_lean_reuse(block):
+        if config.lean_reuse and spec.lean(block):
             slots = {slot.kind: slot for slot, _ in hooked}
-            hook = ForaBlockHook(handle, slots, _plan_steps(plan, slots) if plan is not None else None)
+            plan_steps = _plan_steps(plan, slots) if plan is not None else None
+            hook = ForaBlockHook(handle, slots, spec.step_forward, plan_steps)
             HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, FORA_BLOCK_HOOK)
             continue
         for slot, module in hooked:  # any other block: hooks on the modules themselves
@@ -331,12 +331,11 @@ def _reuse_steps(plan: CachePlan, slot: CacheSlot) -> frozenset[int]:
 
 
 def _plan_steps(plan: CachePlan, slots: dict[str, CacheSlot]) -> list[tuple]:
-    """For each step of `plan`: the kinds this block reuses and the adaLN chunks its step reads."""
-    out = []
-    for step in range(plan.num_steps):
-        kinds = tuple(k for k, slot in slots.items() if slot.enabled and not plan.computes(k, slot.block, step))
-        out.append((kinds, needed_chunks("attn" in kinds, "mlp" in kinds) if kinds else ALL_CHUNKS))
-    return out
+    """For each step of `plan`: the kinds this block reuses."""
+    return [
+        tuple(k for k, slot in slots.items() if slot.enabled and not plan.computes(k, slot.block, step))
+        for step in range(plan.num_steps)
+    ]
 
 
 def get_fora_handle(model) -> ForaHandle | None:

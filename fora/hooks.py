@@ -1,16 +1,16 @@
-"""FORA's three diffusers hooks. One `ForaRunHook` on the transformer: a forward call is one step, and the handle's
-run bookkeeping decides `is_full_step`. One `ForaModuleHook` per cached module (blocks `fora.lean_reuse` does not
-cover): computes and stores on full steps, returns the cache on reuse steps, hands computed outputs to observers.
-One `ForaBlockHook` per DiT/PixArt block: runs a reuse step without the norms and adaLN rows that only cached modules
-read. Observers are called outside `torch.compile` (`torch.compiler.disable`); what a compiled block traces is one
-boolean and the cached tensors, so it has one graph per kind of step.
+"""FORA's diffusers hooks. One `ForaRunHook` on the transformer: a forward call is one step, and the handle's run
+bookkeeping decides `is_full_step`. One `ForaModuleHook` per cached module (blocks without a lean step): computes
+and stores on full steps, returns the cache on reuse steps, hands computed outputs to observers. One
+`ForaBlockHook` per block with a lean step (DiT/PixArt, SD3/SD3.5, FLUX double-stream; `fora.lean_reuse`): runs a
+reuse step without the norms and adaLN rows that only cached modules read. One `ForaFusedBlockHook` per FLUX
+single-stream block. Observers are called outside `torch.compile` (`torch.compiler.disable`); what a compiled
+block traces is one boolean and the cached tensors, so it has one graph per kind of step.
 """
 
 import torch
 from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from .lean_reuse import ALL_CHUNKS, block_step_forward, needed_chunks
 from .observers import Observation
 from .slots import CacheSlot
 from .specs import STREAMS
@@ -97,30 +97,30 @@ class ForaModuleHook(ModelHook):
 
 
 class ForaBlockHook(ModelHook):
-    """On a DiT/PixArt block: runs every step through `block_step_forward`, which on a reuse step skips the cached
-    modules together with the norms and adaLN rows that only they read, and returns what the modules computed.
-    Replaces the module hooks inside the block, so a compiled block traces no per-block hook objects."""
+    """On a block with a lean step (`BlockSpec.step_forward`: DiT/PixArt, SD3/SD3.5, FLUX double-stream): runs every
+    step through it, which on a reuse step skips the cached modules together with the norms and adaLN rows that only
+    they read, and returns what the modules computed. Replaces the module hooks inside the block, so a compiled
+    block traces no per-block hook objects."""
 
-    def __init__(self, handle, slots: dict[str, CacheSlot], plan_steps: list[tuple] | None = None):
+    def __init__(self, handle, slots: dict[str, CacheSlot], step_forward, plan_steps: list[tuple] | None = None):
         super().__init__()
         self.handle, self.state, self.slots = handle, handle.state, slots
+        self.step_forward = step_forward
         self.cached_kinds = tuple(kind for kind, slot in slots.items() if slot.enabled)
-        self.reuse_chunks = needed_chunks("attn" in self.cached_kinds, "mlp" in self.cached_kinds)
-        # with a plan: for each step, the kinds this block reuses and the adaLN chunks it then reads
-        self.plan_steps = plan_steps
+        self.plan_steps = plan_steps  # with a plan: for each step, the kinds this block reuses
 
     def new_forward(self, block, *args, **kwargs):
         state = self.state
         if not state.caching and not self.handle.observers:  # interval 1, unobserved: nothing to keep or show
             return self.fn_ref.original_forward(*args, **kwargs)
         if self.plan_steps is not None:
-            kinds, chunks = self.plan_steps[state.step] if not state.fresh else ((), ALL_CHUNKS)
+            kinds = self.plan_steps[state.step] if not state.fresh else ()
             cached = {kind: self.slots[kind].value(state.step) for kind in kinds}
+        elif self.cached_kinds and not state.is_full_step:
+            cached = {kind: self.slots[kind].output for kind in self.cached_kinds}
         else:
-            reuse = self.cached_kinds and not state.is_full_step
-            cached = {kind: self.slots[kind].output for kind in self.cached_kinds} if reuse else {}
-            chunks = self.reuse_chunks if reuse else ALL_CHUNKS
-        output, computed = block_step_forward(block, cached, chunks, *args, **kwargs)
+            cached = {}
+        output, computed = self.step_forward(block, cached, *args, **kwargs)
         if state.caching:
             for kind in self.cached_kinds:
                 if kind in computed:
@@ -130,12 +130,16 @@ class ForaBlockHook(ModelHook):
         return output
 
     @torch.compiler.disable
-    def _notify(self, computed: dict[str, torch.Tensor]) -> None:
+    def _notify(self, computed: dict) -> None:
         state = self.state
         for kind, output in computed.items():
             slot = self.slots[kind]
-            for obs in self.handle.observers:
-                obs(Observation(slot.block, kind, state.step, state.run.num_steps, state.timestep, output))
+            parts = zip(STREAMS[kind], output) if isinstance(output, tuple) else [(kind, output)]
+            for part_kind, part in parts:
+                if part is None:
+                    continue
+                for obs in self.handle.observers:
+                    obs(Observation(slot.block, part_kind, state.step, state.run.num_steps, state.timestep, part))
 
 
 class ForaFusedBlockHook(ModelHook):

@@ -1,5 +1,6 @@
-"""One FORA step of diffusers' `BasicTransformerBlock`: the module outputs to cache, and on a reuse step only the
-work whose result is still read.
+"""One FORA step of a block that runs only the work whose result is still read: diffusers' `BasicTransformerBlock`
+(DiT, PixArt-alpha/Sigma), the MMDiT blocks (SD3/SD3.5 `JointTransformerBlock`, FLUX.1's double-stream
+`FluxTransformerBlock`) and FLUX.1's single-stream block.
 
 On a reuse step FORA replaces the output of each cached module (`attn1`, `attn2`, `ff`) with the stored one. The
 block's original forward would still compute that module's input: the norm, its adaLN shift/scale modulation and,
@@ -17,6 +18,12 @@ to one graph per kind of step instead of one per block (a hooked submodule is gu
   added. The cross-attention is ungated and has no norm, so caching it skips only the module itself.
 
 Blocks of other norm types, with positional embeddings, GLIGEN or only cross-attention run their original forward.
+
+The MMDiT blocks (`mmdit_step_forward`) work alike on both streams: the adaLN rows of a stream's gates always run,
+the norm and the shift/scale rows of a module only when it is recomputed (SD3.5's second attention reads the same
+norm of the image tokens as the first, with its own rows; a last SD3 block's context stream is pre-only, and its
+continuous norm runs only with the attention). Each step function returns `(block output, computed outputs by
+kind)` and is bit for bit the block's forward fed with the cached outputs (float32, one CPU thread; tested).
 """
 
 import torch
@@ -63,9 +70,11 @@ def _runs(chunks: tuple[int, ...]) -> list[tuple[int, int]]:
     return runs
 
 
-def _adaln_zero_chunks(linear: torch.nn.Linear, x: torch.Tensor, chunks: tuple[int, ...]) -> dict[int, torch.Tensor]:
-    """`linear(x).chunk(6, dim=1)` for the listed chunks only, one matmul per contiguous run of weight rows."""
-    dim = linear.out_features // 6
+def _adaln_zero_chunks(
+    linear: torch.nn.Linear, x: torch.Tensor, chunks: tuple[int, ...], count: int = 6
+) -> dict[int, torch.Tensor]:
+    """`linear(x).chunk(count, dim=1)` for the listed chunks only, one matmul per contiguous run of weight rows."""
+    dim = linear.out_features // count
     out = {}
     for start, stop in _runs(chunks):
         rows = slice(start * dim, stop * dim)
@@ -144,6 +153,114 @@ def block_step_forward(
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
     return hidden_states, computed
+
+
+def basic_step(block: BasicTransformerBlock, cached: dict, *args, **kwargs):
+    """`block_step_forward` with the adaLN chunks a step with these cached kinds reads."""
+    chunks = needed_chunks("attn" in cached, "mlp" in cached) if cached else ALL_CHUNKS
+    return block_step_forward(block, cached, chunks, *args, **kwargs)
+
+
+# SD3.5's dual-attention norm (SD35AdaLayerNormZeroX) appends the second attention's three chunks
+_SHIFT_MSA2, _SCALE_MSA2, _GATE_MSA2 = 6, 7, 8
+
+
+def _joint_attention(block, cached, x, context, **kwargs):
+    """The joint attention's `(image, context)` pair: from the cache, or computed (then also returned as new)."""
+    if "attn" in cached:
+        return cached["attn"], None
+    out = block.attn(hidden_states=x, encoder_hidden_states=context, **kwargs)
+    if len(out) != 2:  # FLUX's IP-adapter adds an ungated third output, which FORA does not cache
+        raise RuntimeError(f"{type(block).__name__}.attn returned {len(out)} outputs; FORA caches (image, context)")
+    return out, out
+
+
+def mmdit_step_forward(
+    block: torch.nn.Module,
+    cached: dict,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    temb: torch.Tensor,
+    attention_kwargs: dict,
+):
+    """One step of an MMDiT block (`JointTransformerBlock`, `FluxTransformerBlock`) with the outputs in `cached`
+    (by kind: `attn` the joint pair, `attn2`, `mlp`, `context_mlp`) used instead of running those modules."""
+    computed = {}
+    dual = getattr(block, "use_dual_attention", False)
+    attn_cached = "attn" in cached
+    chunks = {_GATE_MSA, _GATE_MLP}
+    if not attn_cached:
+        chunks |= {_SHIFT_MSA, _SCALE_MSA}
+    if "mlp" not in cached:
+        chunks |= {_SHIFT_MLP, _SCALE_MLP}
+    if dual:
+        chunks |= {_GATE_MSA2} | ({_SHIFT_MSA2, _SCALE_MSA2} if "attn2" not in cached else set())
+    silu_temb = block.norm1.silu(temb)
+    mod = _adaln_zero_chunks(block.norm1.linear, silu_temb, tuple(sorted(chunks)), 9 if dual else 6)
+    needs_norm = not attn_cached or (dual and "attn2" not in cached)
+    norm_h = block.norm1.norm(hidden_states) if needs_norm else None
+
+    pre_only = getattr(block, "context_pre_only", False)
+    norm_c, cmod = None, {}
+    if pre_only:  # a continuous norm feeds the attention's context input; the stream ends here
+        if not attn_cached:
+            norm_c = block.norm1_context(encoder_hidden_states, temb)
+    else:
+        cchunks = {_GATE_MSA, _GATE_MLP}
+        if not attn_cached:
+            cchunks |= {_SHIFT_MSA, _SCALE_MSA}
+        if "context_mlp" not in cached:
+            cchunks |= {_SHIFT_MLP, _SCALE_MLP}
+        cmod = _adaln_zero_chunks(block.norm1_context.linear, block.norm1_context.silu(temb), tuple(sorted(cchunks)))
+        if not attn_cached:
+            norm_c = block.norm1_context.norm(encoder_hidden_states)
+            norm_c = norm_c * (1 + cmod[_SCALE_MSA][:, None]) + cmod[_SHIFT_MSA][:, None]
+
+    x = None if attn_cached else norm_h * (1 + mod[_SCALE_MSA][:, None]) + mod[_SHIFT_MSA][:, None]
+    (attn_out, context_attn_out), new = _joint_attention(block, cached, x, norm_c, **attention_kwargs)
+    if new is not None:
+        computed["attn"] = new
+    hidden_states = hidden_states + mod[_GATE_MSA].unsqueeze(1) * attn_out
+
+    if dual:
+        attn2_out = cached.get("attn2")
+        if attn2_out is None:
+            x2 = norm_h * (1 + mod[_SCALE_MSA2][:, None]) + mod[_SHIFT_MSA2][:, None]
+            attn2_out = computed["attn2"] = block.attn2(hidden_states=x2, **attention_kwargs)
+        hidden_states = hidden_states + mod[_GATE_MSA2].unsqueeze(1) * attn2_out
+
+    ff_out = cached.get("mlp")
+    if ff_out is None:
+        x = block.norm2(hidden_states) * (1 + mod[_SCALE_MLP][:, None]) + mod[_SHIFT_MLP][:, None]
+        ff_out = computed["mlp"] = block.ff(x)
+    hidden_states = hidden_states + mod[_GATE_MLP].unsqueeze(1) * ff_out
+
+    if pre_only:
+        return (None, hidden_states), computed
+    encoder_hidden_states = encoder_hidden_states + cmod[_GATE_MSA].unsqueeze(1) * context_attn_out
+    context_ff_out = cached.get("context_mlp")
+    if context_ff_out is None:
+        x = block.norm2_context(encoder_hidden_states)
+        x = x * (1 + cmod[_SCALE_MLP][:, None]) + cmod[_SHIFT_MLP][:, None]
+        context_ff_out = computed["context_mlp"] = block.ff_context(x)
+    encoder_hidden_states = encoder_hidden_states + cmod[_GATE_MLP].unsqueeze(1) * context_ff_out
+    return (encoder_hidden_states, hidden_states), computed
+
+
+def joint_step(block, cached, hidden_states, encoder_hidden_states, temb, joint_attention_kwargs=None):
+    """`mmdit_step_forward` with `JointTransformerBlock.forward`'s signature (SD3, SD3.5)."""
+    return mmdit_step_forward(block, cached, hidden_states, encoder_hidden_states, temb, joint_attention_kwargs or {})
+
+
+def flux_double_step(
+    block, cached, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None, joint_attention_kwargs=None
+):
+    """`mmdit_step_forward` with `FluxTransformerBlock.forward`'s signature; its float16 clip of the text stream."""
+    kwargs = {"image_rotary_emb": image_rotary_emb, **(joint_attention_kwargs or {})}
+    (context, image), computed = mmdit_step_forward(block, cached, hidden_states, encoder_hidden_states, temb, kwargs)
+    if context.dtype == torch.float16:
+        context = context.clip(-65504, 65504)
+    return (context, image), computed
 
 
 def flux_single_reuse(

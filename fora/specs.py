@@ -61,12 +61,24 @@ class BlockSpec:
         joint (`tuple[str, ...]`): the kinds whose module returns `(image, context)` (joint attention).
         reuse_forward (`Callable`, *optional*): for a block whose one cached module is fused (`attn_mlp`): the reuse
             step, `reuse_forward(block, cached, *args, **kwargs)`, which runs instead of the block's forward.
+        step_forward (`Callable`, *optional*): the block's lean step (`fora.lean_reuse`),
+            `step_forward(block, cached_by_kind, *args, **kwargs) -> (output, computed_by_kind)`: the block's forward
+            with the cached outputs, skipping the work only they would read. Without it (or where `lean_check`
+            says no, or with `lean_reuse=False`) the block runs its own forward and the modules are hooked.
+        lean_check (`Callable`, *optional*): whether `step_forward` reproduces this instance (e.g. a DiT block's
+            norm type); absent: always.
     """
 
     family: str
     modules: tuple[tuple[str, str], ...]
     joint: tuple[str, ...] = ()
     reuse_forward: Callable | None = None
+    step_forward: Callable | None = None
+    lean_check: Callable | None = None
+
+    def lean(self, block: torch.nn.Module) -> bool:
+        """Whether `block` runs through `step_forward`."""
+        return self.step_forward is not None and (self.lean_check is None or self.lean_check(block))
 
 
 def _specs() -> dict[type, BlockSpec]:
@@ -78,18 +90,22 @@ def _specs() -> dict[type, BlockSpec]:
     from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
+    from .lean_reuse import basic_step, flux_double_step, flux_single_reuse, joint_step, supports_lean_reuse
+
     cross = (("attn1", "attn"), ("attn2", "cross_attn"), ("ff", "mlp"))
     joint = (("attn", "attn"), ("attn2", "attn2"), ("ff", "mlp"), ("ff_context", "context_mlp"))
-    from .lean_reuse import flux_single_reuse
-
     return {
-        BasicTransformerBlock: BlockSpec("DiT, PixArt-alpha, PixArt-Sigma", cross),
+        BasicTransformerBlock: BlockSpec(
+            "DiT, PixArt-alpha, PixArt-Sigma", cross, step_forward=basic_step, lean_check=supports_lean_reuse
+        ),
         SanaTransformerBlock: BlockSpec("Sana", cross),
         HunyuanDiTBlock: BlockSpec("HunyuanDiT", cross),
         WanTransformerBlock: BlockSpec("Wan 2.1/2.2", (("attn1", "attn"), ("attn2", "cross_attn"), ("ffn", "mlp"))),
         Lumina2TransformerBlock: BlockSpec("Lumina 2", (("attn", "attn"), ("feed_forward", "mlp"))),
-        JointTransformerBlock: BlockSpec("SD3, SD3.5", joint, joint=("attn",)),
-        FluxTransformerBlock: BlockSpec("FLUX.1 (double-stream)", joint, joint=("attn",)),
+        JointTransformerBlock: BlockSpec("SD3, SD3.5", joint, joint=("attn",), step_forward=joint_step),
+        FluxTransformerBlock: BlockSpec(
+            "FLUX.1 (double-stream)", joint, joint=("attn",), step_forward=flux_double_step
+        ),
         FluxSingleTransformerBlock: BlockSpec(
             "FLUX.1 (single-stream)", (("proj_out", "attn_mlp"),), reuse_forward=flux_single_reuse
         ),

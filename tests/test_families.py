@@ -310,3 +310,44 @@ def test_separate_guidance_calls_each_cache_their_own_on_the_same_schedule(famil
         apply_fora(pipe, ForaConfig(plan=CachePlan.fora(T, N, num_blocks=blocks, kinds=kinds)))
         assert torch.equal(run(), got)
         remove_fora(pipe)
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd3.5", "flux"])
+def test_mmdit_blocks_reuse_lean_bit_for_bit_as_their_own_forward(family):
+    """SD3/SD3.5's and FLUX's double-stream blocks run a lean reuse step (no norm, no shift/scale rows for the
+    cached modules): bit for bit the block's own forward fed with the cached outputs, for each switch combination
+    (FLUX's single-stream blocks cache attention and MLP together), with the same record."""
+    from dataclasses import replace
+
+    from fora.hooks import FORA_BLOCK_HOOK
+
+    model, inputs = build(family)
+    mmdit = [b for b in blocks_of(model) if type(b).__name__ in ("JointTransformerBlock", "FluxTransformerBlock")]
+    combos = [(True, True)] if family == "flux" else [(True, True), (True, False), (False, True)]
+    for cache_attn, cache_mlp in combos:
+        config = ForaConfig(interval=N, cache_attn=cache_attn, cache_mlp=cache_mlp)
+        handle = apply_fora(model, config, num_steps=T)
+        assert all(FORA_BLOCK_HOOK in b._diffusers_hook.hooks for b in mmdit)  # the lean step is on
+        lean, lean_run = sample(model, inputs), handle.last_run
+        remove_fora(model)
+        handle = apply_fora(model, replace(config, lean_reuse=False), num_steps=T)
+        assert not any(hasattr(b, "_diffusers_hook") for b in mmdit)
+        plain, plain_run = sample(model, inputs), handle.last_run
+        remove_fora(model)
+        assert all(torch.equal(a, b) for a, b in zip(lean, plain))
+        assert (lean_run.computed_calls, lean_run.reused_calls) == (plain_run.computed_calls, plain_run.reused_calls)
+
+    # what a reuse step leaves out: the norms in front of the cached modules, in both streams
+    norms = [m for b in mmdit for m in (b.norm1.norm, b.norm2, getattr(b, "norm2_context", None)) if m is not None]
+    calls, step = [0] * T, {"i": -1}
+    counters = [model.register_forward_pre_hook(lambda m, a: step.update(i=step["i"] + 1))]
+    counters += [
+        n.register_forward_hook(lambda m, a, o: calls.__setitem__(step["i"], calls[step["i"]] + 1)) for n in norms
+    ]
+    apply_fora(model, ForaConfig(interval=N), num_steps=T)
+    sample(model, inputs)
+    remove_fora(model)
+    for c in counters:
+        c.remove()
+    full = set(full_steps(T, N))
+    assert calls == [len(norms) if s in full else 0 for s in range(T)]
