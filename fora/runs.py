@@ -45,11 +45,12 @@ class RunTracker:
     *Contexts.* Pipelines that run classifier-free guidance (or skip-layer guidance) as separate calls call the
     transformer several times per step. Each such call belongs to a *context*: the name of the diffusers cache
     context it runs in (`transformer.cache_context("uncond")`: Wan, Qwen-Image, FLUX's true CFG), or, where the
-    pipeline names none, its position among the calls the pipeline makes before its scheduler steps
-    (`scheduler.step_index` unchanged: Lumina 2's unconditional call, SD3's skip-layer call). The run's first
-    context is its *primary* one: its calls count the steps. Any other context's call belongs to the primary
-    context's current step, at most once per step; it may start late (SD3's skip-layer guidance runs on some steps
-    only) and is then `fresh`: it has nothing of its own cached yet.
+    pipeline names none, its position among the calls the pipeline makes with the same timestep before its
+    scheduler steps (`scheduler.step_index` unchanged: Lumina 2's unconditional call, SD3's skip-layer call; a loop
+    that takes the scheduler's timesteps but never steps it passes a new timestep each call, and is one context).
+    The run's first context is its *primary* one: its calls count the steps. Any other context's call belongs to
+    the primary context's current step, at most once per step; it may start late (SD3's skip-layer guidance runs on
+    some steps only) and is then `fresh`: it has nothing of its own cached yet.
 
     Args:
         pipeline (*optional*): the pipeline whose scheduler delimits runs (held weakly).
@@ -87,7 +88,8 @@ class RunTracker:
         self._last_timestep: float | None = None  # bare transformer: the previous call's timestep
         self._explicit = False  # the current run was started by start(): the caller delimits it
         self._direction = 0.0  # bare loop: +1 or -1 once the run's timesteps have moved, 0 before
-        self._index_seen, self._position = _NO_INDEX, 0  # the scheduler's step_index at the last call, its position
+        # the scheduler's step_index at the last call, the call's position in its step, and its timestep
+        self._index_seen, self._position, self._timestep_seen = _NO_INDEX, 0, None
         self._contexts: dict = {}  # context -> the last step it was called at, in the current run
         self._primary = None
         self.context, self.primary, self.fresh = None, True, True
@@ -122,11 +124,12 @@ class RunTracker:
                 new = self._begin_run(len(timesteps))
                 self._timesteps_seen = timesteps
                 position = 0
-            elif index is not _NO_INDEX and index == self._index_seen:
-                position = self._position + 1  # the scheduler has not stepped since the last call: the same step
+            elif index is not _NO_INDEX and index == self._index_seen and _same(timestep, self._timestep_seen):
+                # the scheduler has not stepped since the last call, and the timestep is the same: the same step
+                position = self._position + 1
             else:
                 position = 0
-            self._index_seen, self._position = index, position
+            self._index_seen, self._position, self._timestep_seen = index, position, timestep
             key = context if context is not None else position
         else:
             key = context if context is not None else 0
@@ -226,6 +229,14 @@ class RunTracker:
 
     def __repr__(self):
         return f"RunTracker(step={self.step}, run_steps={self.run_steps}, steps_done={self.steps_done})"
+
+
+def _same(timestep, other) -> bool:
+    """Whether two calls passed the same timestep: the same object (pipelines pass one tensor to a step's calls,
+    free to check), else equal values (read on the host)."""
+    if timestep is other:
+        return True
+    return timestep is not None and other is not None and first_value(timestep) == first_value(other)
 
 
 class ForaState:

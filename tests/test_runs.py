@@ -109,6 +109,15 @@ def test_unnamed_calls_before_the_scheduler_steps_are_contexts_by_position():
     ]
     assert tracker.steps_done == 3 and not tracker.ongoing
 
+    # a loop that takes the scheduler's timesteps but never steps it: step_index stays None, the timestep moves
+    pipe.scheduler.set_timesteps(3)
+    said = []
+    for t in pipe.scheduler.timesteps:
+        tracker.begin_call(t)
+        said.append((tracker.context, tracker.step, tracker.primary))
+        tracker.end_call()
+    assert said == [(0, 0, True), (0, 1, True), (0, 2, True)] and pipe.scheduler.step_index is None
+
 
 def test_rising_timesteps_of_a_bare_loop_are_one_run():
     """Lumina 2 passes 1 - t/1000, which rises through a loop: the direction comes from the run's first calls."""
