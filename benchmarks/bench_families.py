@@ -6,11 +6,18 @@ frames of 512 x 512), batch 1. Three transformer calls form a run under FORA N =
 reuse); the run is repeated and each step's call timed (CPU time of one torch thread on a CPU, device time on a
 GPU). Printed per family:
 
-- a reuse step's cost relative to a full step (median of the reuse calls / median of the full calls);
+- a reuse step's cost relative to a full step (median of the reuse calls / median of the full calls), with the
+  lean reuse step and, for the families that have one (PixArt, SD3.5, FLUX), with the plain one
+  (`lean_reuse=False`, the block's own forward fed with the cached outputs);
+- from it, the speedup it implies at T = 50, N = 3 (18 full steps, 32 reuse steps) against the ideal 50/18;
 - the time of a full call (one block of each kind), the work a reuse step mostly replaces;
 - the full model's cache at 512 px: the bytes each kind of block caches, measured from the outputs its modules
-  compute, times the model's count of such blocks; and the time to read it back at an H100-class HBM bandwidth
-  (3.35 TB/s): is the cache cheap to read back?
+  compute (checked equal to the bytes the run's cache really held), times the model's count of such blocks; and
+  the time to read it back at an H100-class HBM bandwidth (3.35 TB/s): is the cache cheap to read back?
+
+`--speedup` measures instead, per family, the speedup of whole sampling loops (`--steps` T calls, a real diffusers
+scheduler, the same one-block model) at N = 3 and at N = 1 (the hooks' overhead), timed in ABBA pairs by
+`fora.timing.paired_speedups` (median and range of `--pairs` pair ratios).
 
 `--tiny` runs the same code on small widths (a smoke test). The numbers are per block, so they hold for the full
 model only as far as its other per-step work (embeddings, final layer) is small beside its blocks.
@@ -23,9 +30,11 @@ import time
 import torch
 
 from analysis.memory import H100_SXM_BANDWIDTH
-from fora import ForaConfig, apply_fora, remove_fora
+from fora import ForaConfig, apply_fora, ideal_speedup, remove_fora
 from fora.apply import find_blocks
-from fora.timing import time_call
+from fora.timing import paired_speedups, time_call
+
+LEAN_FAMILIES = ("sd3.5-medium", "flux.1", "pixart-sigma")  # blocks with a lean reuse step besides the plain one
 
 
 def families(tiny: bool) -> dict:
@@ -194,12 +203,13 @@ def families(tiny: bool) -> dict:
     }
 
 
-def measure(build, inputs, repeats: int, clock: str) -> dict:
+def measure(build, inputs, repeats: int, clock: str, lean: bool = True) -> dict:
     torch.manual_seed(0)
     model = build().eval()
     kwargs = inputs()
     calls = [(torch.tensor([ts]), step) for step, ts in enumerate((900.0, 500.0, 100.0))]
-    handle = apply_fora(model, ForaConfig(interval=2), num_steps=3)  # steps 0, 2 full; step 1 reuses
+    # steps 0, 2 full; step 1 reuses
+    handle = apply_fora(model, ForaConfig(interval=2, lean_reuse=lean), num_steps=3)
     times = {0: [], 1: [], 2: []}
     with torch.no_grad():
         for r in range(repeats + 1):  # the first run warms up; no observer while timed
@@ -218,9 +228,51 @@ def measure(build, inputs, repeats: int, clock: str) -> dict:
         handle.add_observer(count)
         for timestep, _ in calls:
             model(**kwargs, timestep=timestep, return_dict=False)
+    held = handle.last_run.cache_bytes  # the peak bytes the run's cache really held
     remove_fora(model)
+    if held != sum(by_class.values()):
+        raise RuntimeError(f"the run held {held} cache bytes, its modules' outputs are {sum(by_class.values())}")
     full = statistics.median(times[0] + times[2])
     return {"reuse_fraction": statistics.median(times[1]) / full, "full_s": full, "bytes_by_class": by_class}
+
+
+class Loop:
+    """A sampling loop around one transformer, what `paired_speedups` times like a pipeline: each call sets a real
+    diffusers scheduler's T timesteps and makes one transformer call per step (no text encoder, no VAE; the
+    inputs stay the same, which changes no timing)."""
+
+    def __init__(self, model, kwargs: dict, steps: int):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self.transformer, self.kwargs, self.steps = model, kwargs, steps
+        self.scheduler = FlowMatchEulerDiscreteScheduler()
+        self.device = torch.device("cpu")
+
+    def __call__(self):
+        self.scheduler.set_timesteps(self.steps)
+        with torch.no_grad():
+            for t in self.scheduler.timesteps:
+                self.transformer(**self.kwargs, timestep=t.expand(1), return_dict=False)
+
+
+def speedups(table: dict, names: list, steps: int, pairs: int, clock: str) -> int:
+    ideal = ideal_speedup(steps, 3)
+    print(
+        f"{'family':<16} {'N=3 speedup (range)':>22} {'ideal':>6} {'N=1 (range)':>20}  "
+        f"(T = {steps} loop, 512 px, one block of each kind, {clock} clock, {pairs} ABBA pairs)"
+    )
+    for name in names:
+        build, inputs, _ = table[name]
+        torch.manual_seed(0)
+        loop = Loop(build().eval(), inputs(), steps)
+        t0 = time.perf_counter()
+        n3, n1 = paired_speedups(loop, loop, [ForaConfig(interval=3), ForaConfig(interval=1)], pairs, clock=clock)
+        print(
+            f"{name:<16} {n3.ratio:>7.2f}x ({n3.low:.2f}-{n3.high:.2f}) {ideal:>5.2f}x "
+            f"{n1.ratio:>7.3f}x ({n1.low:.3f}-{n1.high:.3f})  ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
+    return 0
 
 
 def main(argv=None) -> int:
@@ -229,23 +281,35 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of 3 calls each, after one warm-up run")
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     p.add_argument("--tiny", action="store_true", help="small widths: a smoke test of this script")
+    p.add_argument("--speedup", action="store_true", help="time whole loops at N = 3 and N = 1 in ABBA pairs")
+    p.add_argument("--steps", type=int, default=7, help="--speedup: steps T of each loop (default 7)")
+    p.add_argument("--pairs", type=int, default=3, help="--speedup: ABBA pairs per family (default 3)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     table = families(args.tiny)
     unknown = sorted(set(args.only or []) - set(table))
     if unknown:
         p.error(f"--only {unknown}: known families: {', '.join(table)}")
+    if args.speedup:
+        if args.steps < 4 or args.pairs < 1:
+            p.error(f"--steps {args.steps} --pairs {args.pairs}: need steps >= 4 (N = 3 in range) and pairs >= 1")
+        return speedups(table, args.only or list(table), args.steps, args.pairs, args.clock)
     print(
-        f"{'family':<16} {'reuse/full':>10} {'full call':>10} {'model cache':>12} {'HBM read':>9}  "
-        f"(512 px, batch 1, one block of each kind, {args.clock} clock, {args.repeats} runs)"
+        f"{'family':<16} {'reuse/full':>10} {'(plain)':>8} {'T=50 N=3':>9} {'full call':>10} {'model cache':>12} "
+        f"{'HBM read':>9}  (512 px, batch 1, one block of each kind, {args.clock} clock, {args.repeats} runs; "
+        f"ideal at T=50 N=3: {ideal_speedup(50, 3):.2f}x)"
     )
     for name in args.only or table:
         build, inputs, model_blocks = table[name]
         t0 = time.perf_counter()
         r = measure(build, inputs, args.repeats, args.clock)
+        plain = measure(build, inputs, args.repeats, args.clock, lean=False) if name in LEAN_FAMILIES else None
         model_bytes = sum(r["bytes_by_class"][cls] * n for cls, n in model_blocks.items())
+        implied = 50 / (18 + 32 * r["reuse_fraction"])  # T / (full steps + reuse steps x their cost)
         print(
-            f"{name:<16} {r['reuse_fraction']:>9.1%} {r['full_s'] * 1e3:>7.0f} ms {model_bytes / 2**20:>8.0f} MiB "
+            f"{name:<16} {r['reuse_fraction']:>9.1%} "
+            f"{format(plain['reuse_fraction'], '.1%') if plain else '-':>8} {implied:>8.2f}x "
+            f"{r['full_s'] * 1e3:>7.0f} ms {model_bytes / 2**20:>8.0f} MiB "
             f"{model_bytes / H100_SXM_BANDWIDTH * 1e3:>6.2f} ms  ({sum(model_blocks.values())} blocks; "
             f"{time.perf_counter() - t0:.0f}s)",
             flush=True,
