@@ -77,7 +77,7 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
             continue  # not cached, but numbered: the numbers stay those of the whole model
         if getattr(block, "_chunk_size", None) is not None:
             raise ValueError(f"block {name} uses feed-forward chunking, which FORA cannot cache; disable it first")
-        if spec.reuse_forward is not None and config.cache_attn != config.cache_mlp:
+        if any(kind == "attn_mlp" for _, kind in spec.modules) and config.cache_attn != config.cache_mlp:
             raise ValueError(
                 f"block {name} ({type(block).__name__}) fuses attention and MLP before its gate: cache_attn and "
                 f"cache_mlp must be equal there (got {config.cache_attn} and {config.cache_mlp})"
@@ -295,11 +295,24 @@ class ForaHandle:
         run = state.run
         completed = self.runs.end_call()
         run.steps_done = self.runs.steps_done
-        if not self.runs.primary:  # the record counts the primary context's calls; the memory is everyone's
+        if self.runs.primary:
+            self._count(run)
+        else:  # the record counts the primary context's calls; the memory is every context's
             run.cache_bytes = max(run.cache_bytes, state.cache_bytes)
-            return
-        # counted here, not in the module hooks, so that compiled blocks do no bookkeeping: each hooked module
-        # runs once per call, and on a reuse step the cached ones are answered from the cache
+        if state.step == run.num_steps - 1:  # this context's last step: free its cache (and extrapolation terms)
+            for slot in state.slots:
+                slot.drop()
+        if completed:
+            for context in self.runs.finished_contexts():  # their caches would wait for the next run
+                state.drop_context(context)
+            for obs in self.observers:
+                if hasattr(obs, "on_run_end"):
+                    obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))
+
+    def _count(self, run: ForaRun) -> None:
+        """The record of one primary call: counted here, not in the module hooks, so that compiled blocks do no
+        bookkeeping (each hooked module runs once per call; on a reuse step the cached ones answer from the cache)."""
+        state = self.state
         total, cached = len(state.slots), self._num_cached
         if self.config.plan is not None:
             reused = 0 if state.fresh else self._plan_reused[state.step]
@@ -313,13 +326,6 @@ class ForaHandle:
         else:
             run.computed_calls += total - cached
             run.reused_calls += cached
-        if completed:
-            if len(self.runs.contexts) == 1:  # the run is over: free the cache (and extrapolation terms)
-                for slot in state.slots:  # (with several contexts, their last calls may follow: freed at reset)
-                    slot.clear()
-            for obs in self.observers:
-                if hasattr(obs, "on_run_end"):
-                    obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))
 
     def __repr__(self):
         return f"ForaHandle(config={self.config!r}, modules={len(self.modules)}, state={self.state!r})"

@@ -162,7 +162,12 @@ class ForaRun:
             f"{self.num_steps} steps, {len(self.full_steps)} full / {len(self.reuse_steps)} reuse; "
             f"module calls computed {self.computed_calls}, reused {self.reused_calls}; "
             f"cache {self.cache_bytes / 2**20:.2f} MiB"
-            + (f"; {self.contexts} contexts (guidance calls), each with its own cache" if self.contexts > 1 else "")
+            + (
+                f"; {self.contexts} contexts (separate guidance calls), each with its own cache: the counts are "
+                "the first's"
+                if self.contexts > 1
+                else ""
+            )
         )
 
 

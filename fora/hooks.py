@@ -39,6 +39,12 @@ class ForaRunHook(ModelHook):
         self.contexts = StateManager(_NoState)
 
     def pre_forward(self, module, *args, **kwargs):
+        if kwargs.get("kv_cache") is not None or kwargs.get("kv_cache_mode") is not None:
+            raise ValueError(
+                f"{type(module).__name__} was called with kv_cache / kv_cache_mode (FLUX.2's reference-image "
+                "key/value cache, whose first step stores the reference tokens' keys and values for later steps to "
+                "read): not supported with FORA yet; call without a KV cache"
+            )
         i = self.timestep_index
         timestep = kwargs.get("timestep", args[i] if i is not None and len(args) > i else None)
         context = self.contexts._context

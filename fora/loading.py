@@ -31,16 +31,20 @@ class ModelSpec:
     description: str
     pipeline: str = "DiTPipeline"  # the diffusers pipeline class
     output: str = "image"  # "image" or "video"
-    cuda_dtype: str = "float16"  # the weights' dtype on CUDA ("float16" or "bfloat16"); float32 on a CPU
     runs_on: str = "a CUDA GPU"  # where it realistically runs (weights: approximate, from the models' sizes)
     app: bool = True  # offered by the web app (the families are added to the app with issue 19)
     call_kwargs: dict = field(default_factory=dict)  # further pipeline arguments the model card recommends
 
+    @property
+    def cuda_dtype(self) -> str:
+        """The weights' dtype on CUDA (float32 on a CPU): its pipeline class's (`PIPELINES`)."""
+        return PIPELINES[self.pipeline]
 
-def _hub(key, source, pipeline, steps, guidance, description, runs_on, dtype="bfloat16", **extra) -> ModelSpec:
+
+def _hub(key, source, pipeline, steps, guidance, description, runs_on, **extra) -> ModelSpec:
     """A text-to-image (or -video) family checkpoint on the hub."""
     output = extra.pop("output", "image")
-    return ModelSpec(key, source, "text", steps, guidance, description, pipeline, output, dtype, runs_on, False, extra)
+    return ModelSpec(key, source, "text", steps, guidance, description, pipeline, output, runs_on, False, extra)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -84,7 +88,6 @@ MODELS: dict[str, ModelSpec] = {
             4.5,
             "PixArt-Sigma XL/2 (0.6B), text-to-image 1024x1024",
             "a CUDA GPU: about 11 GB of weights with the T5-XXL text encoder",
-            dtype="float16",
         ),
         _hub(
             "sd3.5-medium",
@@ -131,7 +134,6 @@ MODELS: dict[str, ModelSpec] = {
             5.0,
             "HunyuanDiT v1.2 (1.5B, Chinese and English prompts), text-to-image 1024x1024",
             "a CUDA GPU: about 7 GB of weights with its two text encoders",
-            dtype="float16",
         ),
         _hub(
             "lumina-image-2",
@@ -170,20 +172,23 @@ MODELS: dict[str, ModelSpec] = {
 }
 _BY_SOURCE = {spec.source: spec for spec in MODELS.values()}
 
-# the pipeline classes FORA runs on, by their model_index.json name (one block spec family each, `fora.specs`)
-PIPELINES = (
-    "EmojiDiTPipeline",
-    "DiTPipeline",
-    "PixArtAlphaPipeline",
-    "PixArtSigmaPipeline",
-    "StableDiffusion3Pipeline",
-    "FluxPipeline",
-    "SanaPipeline",
-    "HunyuanDiTPipeline",
-    "Lumina2Pipeline",
-    "WanPipeline",
-    "QwenImagePipeline",
-)
+# the pipeline classes FORA runs on, by their model_index.json name (one block spec family each, `fora.specs`), and
+# the dtype each loads in on CUDA: float16 where the checkpoints were published in it (DiT, PixArt, HunyuanDiT),
+# bfloat16 for the newer families, whose activations overflow float16; the embedded model stays float32
+PIPELINES = {
+    "EmojiDiTPipeline": "float32",
+    "DiTPipeline": "float16",
+    "PixArtAlphaPipeline": "float16",
+    "PixArtSigmaPipeline": "float16",
+    "HunyuanDiTPipeline": "float16",
+    "StableDiffusion3Pipeline": "bfloat16",
+    "FluxPipeline": "bfloat16",
+    "SanaPipeline": "bfloat16",
+    "Lumina2Pipeline": "bfloat16",
+    "WanPipeline": "bfloat16",
+    "QwenImagePipeline": "bfloat16",
+}
+_FLOAT32_PARTS = {"WanPipeline": ("vae",)}  # components the model card keeps in float32 (Wan's VAE)
 
 
 class ModelLoadError(RuntimeError):
@@ -211,6 +216,15 @@ def _pipeline_class(name: str):
     return getattr(diffusers, name)
 
 
+def _dtypes(cls, dtype: torch.dtype | None, device: str):
+    """`from_pretrained`'s dtype: as given, else the class's on CUDA (`PIPELINES`) and float32 elsewhere; with
+    the components the model card keeps in float32 as a per-component dict."""
+    if dtype is None:
+        dtype = getattr(torch, PIPELINES[cls.__name__]) if device.startswith("cuda") else torch.float32
+    parts = _FLOAT32_PARTS.get(cls.__name__, ())
+    return {**dict.fromkeys(parts, torch.float32), "default": dtype} if parts and dtype != torch.float32 else dtype
+
+
 def _hub_class(source: str, local_files_only: bool) -> str:
     """The pipeline class of a hub repo the project has no key for: read from its model_index.json alone."""
     from diffusers import DiffusionPipeline
@@ -230,9 +244,9 @@ def load_pipeline(
     Args:
         model_id (`str`, defaults to `"emoji-dit"`): a key of `MODELS`, a hub repo id, or a pipeline folder.
         device (`str`, *optional*): defaults to CUDA when available, else CPU.
-        dtype (`torch.dtype`, *optional*): defaults to the model's dtype on CUDA (`ModelSpec.cuda_dtype`: float16
-            for DiT, PixArt and HunyuanDiT, bfloat16 for the newer families; float16 for an unknown hub id), float32
-            on a CPU and for local folders.
+        dtype (`torch.dtype`, *optional*): defaults, on CUDA, to the dtype of the pipeline class (`PIPELINES`:
+            float16 for DiT, PixArt and HunyuanDiT, bfloat16 for the newer families, float32 for the embedded
+            model), for keys, hub ids and folders alike; float32 on a CPU.
         local_files_only (`bool`, *optional*): only use the local Hugging Face cache (default: $HF_HUB_OFFLINE).
 
     >>> pipe = load_pipeline("emoji-dit")
@@ -241,20 +255,14 @@ def load_pipeline(
     device = device or default_device()
     spec = resolve_model(model_id)
     source = spec.source if spec else model_id
-    local = os.path.isdir(source)
-    if dtype is None:
-        on_gpu = device.startswith("cuda") and not local
-        dtype = getattr(torch, spec.cuda_dtype if spec else "float16") if on_gpu else torch.float32
-    if local:
+    if os.path.isdir(source):
         index = os.path.join(source, "model_index.json")
         if not os.path.isfile(index):
             raise ModelLoadError(f"{source!r} is a folder without model_index.json: not a diffusers pipeline folder")
         with open(index) as f:
-            class_name = json.load(f).get("_class_name", "")
+            cls = _pipeline_class(json.load(f).get("_class_name", ""))
         try:
-            pipe = _pipeline_class(class_name).from_pretrained(source, dtype=dtype)
-        except ModelLoadError:
-            raise
+            pipe = cls.from_pretrained(source, dtype=_dtypes(cls, dtype, device))
         except Exception as e:  # a corrupt or incomplete folder
             raise ModelLoadError(f"could not load the pipeline folder {source!r}: {type(e).__name__}: {e}") from e
     else:
@@ -264,10 +272,7 @@ def load_pipeline(
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         try:
             cls = _pipeline_class(spec.pipeline if spec else _hub_class(source, local_files_only))
-            dtypes = dtype
-            if cls.__name__ == "WanPipeline" and dtype != torch.float32:  # its VAE decodes in float32 (model card)
-                dtypes = {"vae": torch.float32, "default": dtype}
-            pipe = cls.from_pretrained(source, dtype=dtypes, local_files_only=local_files_only)
+            pipe = cls.from_pretrained(source, dtype=_dtypes(cls, dtype, device), local_files_only=local_files_only)
         except ModelLoadError:
             raise
         except Exception as e:

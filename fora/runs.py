@@ -17,10 +17,11 @@ from .slots import CacheSlot
 
 logger = logging.getLogger(__name__)
 _SEVERAL_CALLS = (
-    "the pipeline called the transformer more than once per denoising step ({what}), and neither named the calls "
-    '(transformer.cache_context("cond") / ("uncond")) nor uses a scheduler that counts its steps '
-    "(scheduler.step_index): FORA cannot tell which calls belong to one step. Wrap each call of a step in its own "
-    "transformer.cache_context(name), or call the transformer once per step"
+    "the transformer was called more often than the run has steps ({what}): either the pipeline calls it more than "
+    "once per denoising step without telling the calls apart (a cache context per call, as in "
+    "transformer.cache_context('uncond'), or a scheduler with step_index that steps once per step), or it was "
+    "called past the end of its run. Wrap each call of a step in its own transformer.cache_context(name), or call "
+    "the transformer once per step"
 )
 _NO_INDEX = object()  # a scheduler without `step_index` (DDIM, DDPM)
 
@@ -103,6 +104,15 @@ class RunTracker:
         """The contexts the current run has called, primary first."""
         return list(self._contexts)
 
+    def finished_contexts(self) -> list:
+        """Once the primary context has finished the run: the other contexts that will not be called again in it
+        (last called before the step before the last: Lumina 2's truncated CFG, SD3's skip-layer call). They are
+        forgotten, so that a call in one after all would start it afresh."""
+        done = [k for k, last in self._contexts.items() if k != self._primary and last < self.run_steps - 2]
+        for key in done:
+            del self._contexts[key]
+        return done
+
     def start(self, num_steps: int | None = None) -> int:
         """Begin a run of exactly `num_steps` calls (default: the `num_steps` given at construction)."""
         num_steps = self._begin_run(num_steps)
@@ -121,12 +131,16 @@ class RunTracker:
             timesteps = pipe.scheduler.timesteps
             index = getattr(pipe.scheduler, "step_index", _NO_INDEX)
             if timesteps is not self._timesteps_seen:
-                new = self._begin_run(len(timesteps))
+                # img2img pipelines start part-way (set_begin_index): the run is the steps they take
+                new = self._begin_run(len(timesteps) - (getattr(pipe.scheduler, "begin_index", None) or 0))
                 self._timesteps_seen = timesteps
                 position = 0
-            elif index is not _NO_INDEX and index == self._index_seen and _same(timestep, self._timestep_seen):
-                # the scheduler has not stepped since the last call, and the timestep is the same: the same step
-                position = self._position + 1
+            elif context is None and index is not _NO_INDEX and index == self._index_seen:
+                # the scheduler has not stepped since the last call: the same step, if the timestep is the same
+                # too (a loop that never steps its scheduler keeps step_index at None; one that does, never at the
+                # same value, so the timestep is read only then)
+                same = index is not None or _same(timestep, self._timestep_seen)
+                position = self._position + 1 if same else 0
             else:
                 position = 0
             self._index_seen, self._position, self._timestep_seen = index, position, timestep
@@ -259,6 +273,11 @@ class ForaState:
         self.observed = True  # observers see the run's primary context only
         for slot in self.slots:
             slot.clear()
+
+    def drop_context(self, context) -> None:
+        """Free the cache of a context other than the current one."""
+        for slot in self.slots:
+            slot.others.pop(context, None)
 
     def use_context(self, context) -> None:
         """Make `context`'s cache the one the hooks read (a pipeline's conditional and unconditional calls)."""

@@ -29,6 +29,10 @@ class CacheSlot:
     def clear(self) -> None:
         self.output, self.diffs, self.diff_steps, self.others = None, [], [], {}
 
+    def drop(self) -> None:
+        """Free the current context's cache (its run is over); the other contexts' stay."""
+        self.output, self.diffs, self.diff_steps = None, [], []
+
     def switch(self, current, to) -> None:
         """Put context `current`'s cache away and make context `to`'s (empty if it has none) the current one."""
         self.others[current] = (self.output, self.diffs, self.diff_steps)

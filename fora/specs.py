@@ -18,7 +18,8 @@ Kinds (what `ForaConfig`'s switches and `CachePlan` name):
 - `mlp`: the image stream's MLP; `context_mlp`: the text stream's (SD3 `ff_context`, FLUX, Qwen-Image `txt_mlp`).
 - `attn_mlp`: FLUX's single-stream block, where attention and MLP are concatenated and projected (`proj_out`)
   before the one gate: the projection's output is the pre-gate tensor, and caching it skips all three
-  (`fora.lean_reuse.flux_single_reuse`). Cached only with both `cache_attn` and `cache_mlp`.
+  (`fora.lean_reuse.flux_single_reuse`); FLUX.2's single-stream block, whose `attn` module holds the fused
+  attention and MLP and returns that projection itself. Cached only with both `cache_attn` and `cache_mlp`.
 
 The config switches map onto kinds: `cache_attn` -> `attn`, `attn2`; `cache_cross_attn` -> `cross_attn`;
 `cache_mlp` -> `mlp`, `context_mlp`.
@@ -86,6 +87,7 @@ def _specs() -> dict[type, BlockSpec]:
     from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
     from diffusers.models.transformers.sana_transformer import SanaTransformerBlock
     from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+    from diffusers.models.transformers.transformer_flux2 import Flux2SingleTransformerBlock, Flux2TransformerBlock
     from diffusers.models.transformers.transformer_lumina2 import Lumina2TransformerBlock
     from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
@@ -109,6 +111,12 @@ def _specs() -> dict[type, BlockSpec]:
         FluxSingleTransformerBlock: BlockSpec(
             "FLUX.1 (single-stream)", (("proj_out", "attn_mlp"),), reuse_forward=flux_single_reuse
         ),
+        Flux2TransformerBlock: BlockSpec(
+            "FLUX.2 (double-stream)", (("attn", "attn"), ("ff", "mlp"), ("ff_context", "context_mlp")), joint=("attn",)
+        ),
+        # FLUX.2's single-stream attention module fuses the MLP (one input and one output projection for both):
+        # its output, projected before the gate, is the block's one pre-gate tensor
+        Flux2SingleTransformerBlock: BlockSpec("FLUX.2 (single-stream)", (("attn", "attn_mlp"),)),
         QwenImageTransformerBlock: BlockSpec(
             "Qwen-Image", (("attn", "attn"), ("img_mlp", "mlp"), ("txt_mlp", "context_mlp")), joint=("attn",)
         ),

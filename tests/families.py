@@ -181,12 +181,12 @@ def hunyuan_dit():
     return model, inputs
 
 
-def flux():
+def flux(in_channels: int = 4):
     from diffusers import FluxTransformer2DModel
 
     model = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=4,
+        in_channels=in_channels,
         num_layers=1,
         num_single_layers=2,
         attention_head_dim=8,
@@ -205,12 +205,40 @@ def flux():
     return model, inputs
 
 
+def flux2():
+    from diffusers import Flux2Transformer2DModel
+
+    model = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        timestep_guidance_channels=16,
+        axes_dims_rope=(2, 2, 2, 2),
+        guidance_embeds=False,
+    )
+    inputs = {
+        "hidden_states": torch.randn(B, 16, 4),
+        "encoder_hidden_states": _text(),
+        "txt_ids": torch.zeros(B, TEXT, 4),
+        "img_ids": torch.zeros(B, 16, 4),
+    }
+    return model, inputs
+
+
 # family -> (builder, the block children an independent reference replaces on reuse steps, as written in the docs;
 # a dict where the family's block classes differ)
 FAMILIES = {
     "flux": (
         flux,
         {"FluxTransformerBlock": ("attn", "ff", "ff_context"), "FluxSingleTransformerBlock": ("proj_out",)},
+    ),
+    "flux2": (
+        flux2,
+        {"Flux2TransformerBlock": ("attn", "ff", "ff_context"), "Flux2SingleTransformerBlock": ("attn",)},
     ),
     "sd3": (sd3, ("attn", "ff", "ff_context")),
     "sd3.5": (lambda: sd3(dual=True), ("attn", "attn2", "ff", "ff_context")),
@@ -257,13 +285,14 @@ def _guided_pipeline(family: str, model):
         scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
         pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=model)
         kwargs = {**embeds(), "guidance_scale": 5.0, "height": 16, "width": 16, "num_frames": 5}
-    elif family == "lumina2":  # CFG as two calls in no named context
+    elif family == "lumina2":  # CFG as two calls in no named context, on the first steps only
         pipe = Lumina2Pipeline(model, flow, None, None, None)
         masks = {
             "prompt_attention_mask": torch.ones(1, TEXT, dtype=torch.bool),
             "negative_prompt_attention_mask": torch.ones(1, TEXT, dtype=torch.bool),
         }
-        kwargs = {**embeds(**masks), "guidance_scale": 4.0, "height": 16, "width": 16}
+        # the model card's CFG truncation: the unconditional call stops after the first quarter of the steps
+        kwargs = {**embeds(**masks), "guidance_scale": 4.0, "height": 16, "width": 16, "cfg_trunc_ratio": 0.25}
     elif family == "sd3":  # CFG batched, plus a skip-layer call (block 1 skipped) on the middle steps only
         pipe = StableDiffusion3Pipeline(model, flow, None, None, None, None, None, None, None)
         pooled = {"pooled_prompt_embeds": torch.randn(1, 8), "negative_pooled_prompt_embeds": torch.randn(1, 8)}

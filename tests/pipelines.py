@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 
+import families
 import torch
 
 CHARS = "abcdefghijklmnopqrstuvwxyz"
@@ -78,60 +79,39 @@ def kl_vae(latent_channels: int, **config):
 
 
 def sd3():
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-    transformer = SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=2,
-        in_channels=4,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=32,  # T5's width; the two CLIP encoders' 8 + 8 are padded to it
-        caption_projection_dim=16,
-        pooled_projection_dim=16,  # the two CLIP projections, concatenated
-        out_channels=4,
-    )
+    # the family test's transformer: T5's width 16 is its joint_attention_dim (the two CLIP encoders' 4 + 4 are
+    # padded to it), the two CLIP projections concatenated its pooled_projection_dim 8
     return StableDiffusion3Pipeline(
-        transformer=transformer,
+        transformer=families.sd3()[0],
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=kl_vae(4, shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=clip_encoder(8, projection=True),
+        text_encoder=clip_encoder(4, projection=True),
         tokenizer=clip_tokenizer(),
-        text_encoder_2=clip_encoder(8, projection=True),
+        text_encoder_2=clip_encoder(4, projection=True),
         tokenizer_2=clip_tokenizer(),
-        text_encoder_3=t5_encoder(32),
+        text_encoder_3=t5_encoder(16),
         tokenizer_3=t5_tokenizer(),
     )
 
 
 def flux():
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,  # 4 latent channels, packed 2 x 2
-        num_layers=1,
-        num_single_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=8,
-        axes_dims_rope=(2, 2, 4),
-    )
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=kl_vae(4, shift_factor=0.1159, scaling_factor=0.3611),
-        text_encoder=clip_encoder(8, projection=False),
+        text_encoder=clip_encoder(8, projection=False),  # its pooled output: pooled_projection_dim 8
         tokenizer=clip_tokenizer(),
-        text_encoder_2=t5_encoder(32),
+        text_encoder_2=t5_encoder(16),  # joint_attention_dim 16
         tokenizer_2=t5_tokenizer(),
-        transformer=transformer,
+        transformer=families.flux(in_channels=16)[0],  # 4 latent channels, packed 2 x 2
     )
 
 
 def sana():
-    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline
     from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
 
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "\u2581": 5}
@@ -167,19 +147,7 @@ def sana():
         decoder_act_fns="silu",
         scaling_factor=0.41407,
     ).eval()
-    transformer = SanaTransformer2DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=2,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=8,
-        cross_attention_dim=16,
-        caption_channels=16,
-        sample_size=16,
-        patch_size=1,
-    )
+    transformer = families.sana()[0]  # caption_channels 16: Gemma's width
     return SanaPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
@@ -190,20 +158,9 @@ def sana():
 
 
 def wan():
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
 
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=4,
-        text_dim=32,
-        freq_dim=16,
-        ffn_dim=32,
-        num_layers=2,
-        rope_max_seq_len=32,
-    )
+    transformer = families.wan()[0]  # text_dim 16: UMT5's width
     vae = AutoencoderKLWan(
         base_dim=4,
         z_dim=4,
@@ -215,7 +172,7 @@ def wan():
     ).eval()
     return WanPipeline(
         tokenizer=t5_tokenizer(),
-        text_encoder=t5_encoder(32, umt5=True),
+        text_encoder=t5_encoder(16, umt5=True),
         vae=vae,
         transformer=transformer,
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),

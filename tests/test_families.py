@@ -148,7 +148,7 @@ def test_observers_see_exactly_the_computed_outputs_and_a_fora_plan_is_fora(fami
     computed = {(b, k) for _, b, k in handle.modules}
     # a joint attention's context part is observed as kind context_attn, from the same module as its image part
     assert {(b, "attn" if k == "context_attn" else k) for b, k, _ in seen} == computed
-    assert any(k == "context_attn" for _, k, _ in seen) == (family in ("sd3", "sd3.5", "qwen-image", "flux"))
+    assert any(k == "context_attn" for _, k, _ in seen) == (family in ("sd3", "sd3.5", "qwen-image", "flux", "flux2"))
     per_step = len(seen) // len(full)
     assert len(seen) == per_step * len(full)  # every module, every full step, once per stream
 
@@ -180,6 +180,26 @@ def test_flux_single_stream_blocks_skip_attention_and_mlp_on_reuse_steps():
     with pytest.raises(ValueError, match="fuses attention and MLP.*cache_attn and cache_mlp must be equal"):
         apply_fora(model, ForaConfig(interval=N, cache_mlp=False), num_steps=T)
     assert not any(hasattr(m, "_diffusers_hook") for m in model.modules())
+
+
+def test_flux2_single_stream_blocks_cache_their_fused_module_and_refuse_half_of_it():
+    """FLUX.2's single-stream attention module fuses the MLP: on reuse steps its one input projection does not run;
+    caching only attention or only the MLP is refused, and so is a call with FLUX.2's reference-image KV cache."""
+    model, inputs = build("flux2")
+    single = model.single_transformer_blocks
+    ran = []
+    counters = [b.attn.to_qkv_mlp_proj.register_forward_hook(lambda *a: ran.append(1)) for b in single]
+    apply_fora(model, ForaConfig(interval=N), num_steps=T)
+    sample(model, inputs)
+    for kv in ({"kv_cache": object()}, {"kv_cache_mode": "extract"}):
+        with pytest.raises(ValueError, match="kv_cache"):
+            model(**inputs, timestep=TIMESTEPS[:1].repeat(2), **kv, return_dict=False)
+    remove_fora(model)
+    for c in counters:
+        c.remove()
+    assert len(ran) == len(single) * len(full_steps(T, N))
+    with pytest.raises(ValueError, match="fuses attention and MLP.*cache_attn and cache_mlp must be equal"):
+        apply_fora(model, ForaConfig(interval=N, cache_attn=False), num_steps=T)
 
 
 class Subclassed(BasicTransformerBlock):
@@ -293,6 +313,10 @@ def test_separate_guidance_calls_each_cache_their_own_on_the_same_schedule(famil
     handle.add_observer(lambda o: seen.append(o.step))
     got = run()
     record = handle.last_run
+    assert torch.equal(run(), got)  # a second call: nothing of the first run's contexts carries over
+    # after the call every context's cache is freed (Lumina's unconditional one stops after step 0, SD3's
+    # skip-layer one before the last step; this pipeline may not reset the hooks itself)
+    assert all(slot.output is None and not slot.others for slot in handle.state.slots)
     remove_fora(pipe)
     ref = GuidedReference(pipe, cached_modules(model, family), set(full))
     expected = run()
@@ -323,9 +347,10 @@ def test_mmdit_blocks_reuse_lean_bit_for_bit_as_their_own_forward(family):
 
     model, inputs = build(family)
     mmdit = [b for b in blocks_of(model) if type(b).__name__ in ("JointTransformerBlock", "FluxTransformerBlock")]
-    combos = [(True, True)] if family == "flux" else [(True, True), (True, False), (False, True)]
-    for cache_attn, cache_mlp in combos:
-        config = ForaConfig(interval=N, cache_attn=cache_attn, cache_mlp=cache_mlp)
+    # FLUX's single-stream blocks cache attention and MLP together: its double-stream ones alone take each switch
+    only = {"block_regex": r"transformer_blocks\.\d+"} if family == "flux" else {}
+    for cache_attn, cache_mlp in [(True, True), (True, False), (False, True)]:
+        config = ForaConfig(interval=N, cache_attn=cache_attn, cache_mlp=cache_mlp, **only)
         handle = apply_fora(model, config, num_steps=T)
         assert all(FORA_BLOCK_HOOK in b._diffusers_hook.hooks for b in mmdit)  # the lean step is on
         lean, lean_run = sample(model, inputs), handle.last_run
@@ -338,7 +363,12 @@ def test_mmdit_blocks_reuse_lean_bit_for_bit_as_their_own_forward(family):
         assert (lean_run.computed_calls, lean_run.reused_calls) == (plain_run.computed_calls, plain_run.reused_calls)
 
     # what a reuse step leaves out: the norms in front of the cached modules, in both streams
-    norms = [m for b in mmdit for m in (b.norm1.norm, b.norm2, getattr(b, "norm2_context", None)) if m is not None]
+    norms = [
+        m
+        for b in mmdit
+        for m in (b.norm1.norm, b.norm1_context.norm, b.norm2, getattr(b, "norm2_context", None))
+        if m is not None
+    ]
     calls, step = [0] * T, {"i": -1}
     counters = [model.register_forward_pre_hook(lambda m, a: step.update(i=step["i"] + 1))]
     counters += [

@@ -157,3 +157,34 @@ def test_an_unsupported_pipeline_folder_is_refused_by_class(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(ModelLoadError, match=r"'StableDiffusionPipeline' is not supported; supported: .*FluxPipeline"):
         load_pipeline(str(tmp_path), device="cpu")
+
+
+def test_an_img2img_run_is_the_steps_it_takes():
+    """An img2img pipeline at strength 0.6 takes the last 6 of 10 scheduler steps (set_begin_index): FORA's run is
+    those 6 steps, with FORA's schedule for T = 6 (its last step recomputes) and a complete record."""
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    components = {k: v for k, v in build_pipeline("sd3").components.items() if v is not None}
+    pipe = StableDiffusion3Img2ImgPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    handle = apply_fora(pipe, ForaConfig(interval=3))
+    image = torch.rand(1, 3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    pipe(prompt="a red fox", image=image, strength=0.6, num_inference_steps=10, output_type="np", generator=generator)
+    run = handle.last_run
+    assert run.num_steps == 6 and run.complete and run.full_steps == full_steps(6, 3)
+
+
+def test_the_dtype_follows_the_pipeline_class_for_keys_hub_ids_and_folders():
+    from diffusers import FluxPipeline, PixArtSigmaPipeline, WanPipeline
+
+    from embedded.emoji.pipeline import EmojiDiTPipeline
+    from fora.loading import _dtypes
+
+    assert _dtypes(FluxPipeline, None, "cuda") == torch.bfloat16
+    assert _dtypes(PixArtSigmaPipeline, None, "cuda:1") == torch.float16
+    assert _dtypes(EmojiDiTPipeline, None, "cuda") == torch.float32
+    assert _dtypes(WanPipeline, None, "cuda") == {"vae": torch.float32, "default": torch.bfloat16}
+    assert _dtypes(FluxPipeline, None, "cpu") == _dtypes(WanPipeline, None, "cpu") == torch.float32
+    assert _dtypes(FluxPipeline, torch.float16, "cuda") == torch.float16  # as given
+    assert {MODELS[k].cuda_dtype for k in ("flux.1-dev", "qwen-image", "hunyuan-dit-1.2")} == {"bfloat16", "float16"}

@@ -52,7 +52,7 @@ def test_more_calls_than_steps_are_refused_where_the_calls_of_a_step_cannot_be_t
     tracker = RunTracker(pipe)
     pipe.scheduler.set_timesteps(2)
     assert run_calls(tracker, pipe.scheduler.timesteps) == [2, None]
-    with pytest.raises(RuntimeError, match=r"more than once per denoising step \(3 calls for 2 steps\)"):
+    with pytest.raises(RuntimeError, match=r"more often than the run has steps \(3 calls for 2 steps\)"):
         tracker.begin_call(None)
     pipe.scheduler.set_timesteps(2)  # the next pipeline call is fine again
     assert run_calls(tracker, pipe.scheduler.timesteps) == [2, None]
