@@ -62,13 +62,23 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         raise ValueError("a peer cache is already applied to this model; call fora.peers.remove_peer() first")
     if pipeline is None and num_steps is not None:
         config.check_num_steps(num_steps)
-    if pipeline is not None and isinstance(getattr(pipeline, "transformer_2", None), torch.nn.Module):
-        raise ValueError(
-            f"{type(pipeline).__name__} has a second transformer (transformer_2, Wan 2.2's low-noise expert), which "
-            "takes over part of the steps: caching only the first is not supported yet"
-        )
+    second = getattr(pipeline, "transformer_2", None) if pipeline is not None else None
+    if isinstance(second, torch.nn.Module):  # Wan 2.2's low-noise expert takes over part-way: cached alike
+        if getattr(second, "_fora_handle", None) is not None or getattr(second, "_peer_handle", None) is not None:
+            raise ValueError("a cache is already applied to this pipeline's transformer_2; remove it first")
+        handle = _apply(transformer, config, pipeline, num_steps)
+        try:
+            handle.second = _apply(second, config, pipeline, num_steps, joins=True)
+        except Exception:
+            remove_fora(transformer)
+            raise
+        return handle
+    return _apply(transformer, config, pipeline, num_steps)
 
-    handle = ForaHandle(transformer, config, pipeline=pipeline, num_steps=num_steps)
+
+def _apply(transformer, config: ForaConfig, pipeline, num_steps: int | None, joins: bool = False) -> "ForaHandle":
+    """`apply_fora` on one transformer (`joins`: a pipeline's second expert, which takes over part-way)."""
+    handle = ForaHandle(transformer, config, pipeline=pipeline, num_steps=num_steps, joins=joins)
     enabled = enabled_kinds(config)
     targets, blocks = [], []
     pattern = re.compile(config.block_regex) if config.block_regex is not None else None
@@ -105,12 +115,9 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         if indices != list(range(len(indices))):
             raise ValueError(f"a plan needs blocks numbered 0..B-1; {type(transformer).__name__} has {indices}")
         plan.check_model(len(indices), {slot.kind for slot, _ in targets})
-        missing = sorted({(b, k) for b in indices for k in plan.kinds} - {(s.block, s.kind) for s, _ in targets})
-        if missing:  # the plan's cost counts every (block, kind): a missing module would overstate it
-            raise ValueError(
-                f"a plan needs every block to have every kind; {type(transformer).__name__} lacks (block, kind) "
-                f"{missing[:4]}{' ...' if len(missing) > 4 else ''} (e.g. SD3's last block has no context MLP)"
-            )
+        # a plan names every (block, kind); where a block lacks a kind (SD3's last block has no context MLP, FLUX's
+        # double- and single-stream blocks have different ones) that entry has no module to apply to, and the run
+        # record counts only the modules that exist (`plan.computed_calls` counts the plan's entries)
         for slot, _ in targets:
             slot.order = plan.order if slot.enabled else 0
         handle._plan_reused = [
@@ -208,13 +215,19 @@ class ForaHandle:
         last_run (`ForaRun` or `None`): the most recent (or current) run.
         observers (`list`): callables receiving every computed `Observation`; objects may also define
             `on_run_start(RunEvent)` and `on_run_end(RunEvent)`.
+        second (`ForaHandle` or `None`): for a pipeline with two experts (Wan 2.2's `transformer_2`, which takes
+            over part-way through each run), the second expert's handle: its own cache, record and observers, on
+            the same schedule (its first call computes).
     """
 
-    def __init__(self, transformer, config: ForaConfig, pipeline=None, num_steps: int | None = None):
+    def __init__(
+        self, transformer, config: ForaConfig, pipeline=None, num_steps: int | None = None, joins: bool = False
+    ):
         self.transformer = transformer
         self.config = config
         self.state = ForaState()
-        self.runs = RunTracker(pipeline, num_steps, config.check_num_steps, transformer)
+        self.runs = RunTracker(pipeline, num_steps, config.check_num_steps, transformer, joins=joins)
+        self.second: ForaHandle | None = None  # Wan 2.2: the handle of the pipeline's transformer_2
         self.observers: list = []
         self.modules: list[tuple[str, int, str]] = []  # (module name, block index, kind)
         self._num_cached = 0
@@ -352,6 +365,9 @@ def get_fora_handle(model) -> ForaHandle | None:
 
 def remove_fora(model) -> None:
     """Remove FORA from a pipeline or transformer: its forward passes are exactly the original ones again."""
+    second = getattr(model, "transformer_2", None)
+    if isinstance(second, torch.nn.Module) and hasattr(model, "transformer"):
+        remove_fora(second)
     transformer = getattr(model, "transformer", model)
     handle = getattr(transformer, "_fora_handle", None)
     if handle is None:

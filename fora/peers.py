@@ -167,6 +167,8 @@ def apply_peer(pipe, config: TaylorSeerCacheConfig | FirstBlockCacheConfig) -> P
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module) or not hasattr(pipe, "scheduler"):
         raise TypeError(f"apply_peer needs a diffusers pipeline with .transformer and .scheduler, got {type(pipe)}")
+    if isinstance(getattr(pipe, "transformer_2", None), torch.nn.Module):
+        raise ValueError(f"{type(pipe).__name__} has a second transformer (transformer_2): the peers cache one only")
     if getattr(transformer, "_fora_handle", None) is not None or getattr(transformer, "_peer_handle", None):
         raise ValueError("a cache is already applied to this model; remove it first (remove_fora / remove_peer)")
     handle = PeerHandle(pipe, config)

@@ -56,6 +56,9 @@ class RunTracker:
     Args:
         pipeline (*optional*): the pipeline whose scheduler delimits runs (held weakly).
         transformer (*optional*): the module whose calls are counted, to find the pipeline calling it.
+        joins (`bool`, defaults to `False`): the transformer is a pipeline's second expert (Wan 2.2's
+            `transformer_2`), which takes over part-way through each run: its first call is the step the
+            pipeline's scheduler is at (`step_index`), and the steps before it are the first expert's.
         num_steps (`int`, *optional*): a bare transformer's run length.
         check_num_steps (`Callable[[int], None]`, *optional*): called with a new run's length before it starts; its
             `ValueError` refuses the run (and the call) and leaves the tracker as it was.
@@ -75,8 +78,10 @@ class RunTracker:
         num_steps: int | None = None,
         check_num_steps: Callable[[int], None] | None = None,
         transformer: torch.nn.Module | None = None,
+        joins: bool = False,
     ):
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
+        self.joins = joins  # a second expert (Wan 2.2's transformer_2): its first call comes part-way into a run
         self._transformer = weakref.ref(transformer) if transformer is not None else None
         self.num_steps = num_steps
         self._check = check_num_steps
@@ -132,9 +137,17 @@ class RunTracker:
             index = getattr(pipe.scheduler, "step_index", _NO_INDEX)
             if timesteps is not self._timesteps_seen:
                 # img2img pipelines start part-way (set_begin_index): the run is the steps they take
-                new = self._begin_run(len(timesteps) - (getattr(pipe.scheduler, "begin_index", None) or 0))
+                begin = getattr(pipe.scheduler, "begin_index", None) or 0
+                new = self._begin_run(len(timesteps) - begin)
                 self._timesteps_seen = timesteps
                 position = 0
+                if self.joins:
+                    if index is _NO_INDEX:
+                        raise RuntimeError(
+                            f"{type(pipe.scheduler).__name__} keeps no step_index: FORA cannot tell at which step the "
+                            "second transformer takes over"
+                        )
+                    self.step = (index or begin) - begin - 1  # the next call is the step the scheduler is at
             elif context is None and index is not _NO_INDEX and index == self._index_seen:
                 # the scheduler has not stepped since the last call: the same step, if the timestep is the same
                 # too (a loop that never steps its scheduler keeps step_index at None; one that does, never at the
@@ -207,7 +220,10 @@ class RunTracker:
             frame = sys._getframe(1)
             while frame is not None:
                 caller = frame.f_locals.get("self")
-                if isinstance(caller, DiffusionPipeline) and getattr(caller, "transformer", None) is transformer:
+                if isinstance(caller, DiffusionPipeline) and transformer in (
+                    getattr(caller, "transformer", None),
+                    getattr(caller, "transformer_2", None),
+                ):
                     return caller
                 frame = frame.f_back
         return self._pipeline()
