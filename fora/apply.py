@@ -66,12 +66,18 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
     if isinstance(second, torch.nn.Module):  # Wan 2.2's low-noise expert takes over part-way: cached alike
         if getattr(second, "_fora_handle", None) is not None or getattr(second, "_peer_handle", None) is not None:
             raise ValueError("a cache is already applied to this pipeline's transformer_2; remove it first")
+        if not hasattr(pipeline.scheduler, "step_index"):
+            raise ValueError(
+                f"{type(pipeline.scheduler).__name__} keeps no step_index: FORA cannot tell at which step "
+                "transformer_2 takes over"
+            )
         handle = _apply(transformer, config, pipeline, num_steps)
         try:
             handle.second = _apply(second, config, pipeline, num_steps, joins=True)
         except Exception:
             remove_fora(transformer)
             raise
+        handle.second.runs.first, handle.second.first = handle.runs, handle
         return handle
     return _apply(transformer, config, pipeline, num_steps)
 
@@ -228,6 +234,7 @@ class ForaHandle:
         self.state = ForaState()
         self.runs = RunTracker(pipeline, num_steps, config.check_num_steps, transformer, joins=joins)
         self.second: ForaHandle | None = None  # Wan 2.2: the handle of the pipeline's transformer_2
+        self.first: ForaHandle | None = None  # on the second's handle: the first's
         self.observers: list = []
         self.modules: list[tuple[str, int, str]] = []  # (module name, block index, kind)
         self._num_cached = 0
@@ -282,7 +289,20 @@ class ForaHandle:
         for obs in self.observers:
             if hasattr(obs, "on_run_start"):
                 obs.on_run_start(RunEvent(num_steps, tuple(self.state.run.full_steps)))
+        if self.first is not None and self.first.runs.ongoing:  # the first expert's part of the run is over
+            self.first._hand_over()
         return self.state.run
+
+    def _hand_over(self) -> None:
+        """The second expert has taken over: this expert's part of the run is over; its cache (every context's)
+        is freed, its observers are told the run ended. Its record keeps the steps it ran (`steps_done`)."""
+        for slot in self.state.slots:
+            slot.clear()
+        self.runs.steps_done = self.runs.run_steps  # a later call in this run is refused, not answered from nothing
+        run = self.state.run
+        for obs in self.observers:
+            if hasattr(obs, "on_run_end"):
+                obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))
 
     @torch.compiler.disable
     def _begin_step(self, timestep, context: str | None = None) -> None:
@@ -364,7 +384,8 @@ def get_fora_handle(model) -> ForaHandle | None:
 
 
 def remove_fora(model) -> None:
-    """Remove FORA from a pipeline or transformer: its forward passes are exactly the original ones again."""
+    """Remove FORA from a pipeline or transformer (both experts of a two-expert pipeline, also when given the
+    first): its forward passes are exactly the original ones again."""
     second = getattr(model, "transformer_2", None)
     if isinstance(second, torch.nn.Module) and hasattr(model, "transformer"):
         remove_fora(second)
@@ -372,6 +393,8 @@ def remove_fora(model) -> None:
     handle = getattr(transformer, "_fora_handle", None)
     if handle is None:
         return
+    if handle.second is not None:
+        remove_fora(handle.second.transformer)
     for module in [transformer] + [m for m in transformer.modules() if m is not transformer]:
         registry = getattr(module, "_diffusers_hook", None)
         if registry is None:

@@ -71,6 +71,8 @@ def _generate(args) -> int:
     if config.plan is None:
         ideal, what = ideal_speedup(steps, config.interval, config.window), "T/full"
         print(f"interval N={config.interval}: {run.summary()}")
+        if handle.second is not None:  # Wan 2.2: the low-noise expert's part of the run, its own record
+            print(f"transformer_2 (takes over part-way; its own cache): {handle.second.last_run.summary()}")
         print(f"full steps: {run.full_steps}")
     else:
         ideal, what = (run.computed_calls + run.reused_calls) / run.computed_calls, "all calls/computed calls"

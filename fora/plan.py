@@ -133,7 +133,8 @@ class CachePlan:
 
     def check_model(self, num_blocks: int, kinds) -> None:
         """Raise `ValueError` unless the plan fits a model with `num_blocks` blocks and module `kinds`: it must name
-        exactly the model's kinds, so that `computed_calls` is the cost of a whole run."""
+        exactly the model's kinds. Where some blocks lack a kind (SD3's last block), `computed_calls` counts entries
+        with no module; the run record counts what ran."""
         if self.num_blocks != num_blocks:
             raise ValueError(f"plan {self.name!r} is for {self.num_blocks} blocks, the model has {num_blocks}")
         kinds = [k for k in KINDS if k in kinds]

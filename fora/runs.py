@@ -82,6 +82,7 @@ class RunTracker:
     ):
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self.joins = joins  # a second expert (Wan 2.2's transformer_2): its first call comes part-way into a run
+        self.first: RunTracker | None = None  # with `joins`: the first expert's tracker
         self._transformer = weakref.ref(transformer) if transformer is not None else None
         self.num_steps = num_steps
         self._check = check_num_steps
@@ -142,12 +143,7 @@ class RunTracker:
                 self._timesteps_seen = timesteps
                 position = 0
                 if self.joins:
-                    if index is _NO_INDEX:
-                        raise RuntimeError(
-                            f"{type(pipe.scheduler).__name__} keeps no step_index: FORA cannot tell at which step the "
-                            "second transformer takes over"
-                        )
-                    self.step = (index or begin) - begin - 1  # the next call is the step the scheduler is at
+                    self.step = self._joining_step(pipe.scheduler, index, begin, timesteps) - 1
             elif context is None and index is not _NO_INDEX and index == self._index_seen:
                 # the scheduler has not stepped since the last call: the same step, if the timestep is the same
                 # too (a loop that never steps its scheduler keeps step_index at None; one that does, never at the
@@ -188,6 +184,24 @@ class RunTracker:
         self._contexts[key] = self.step
         self.context, self.primary = key, True
         return new
+
+    def _joining_step(self, scheduler, index, begin: int, timesteps) -> int:
+        """The step at which a second expert takes over: where the scheduler is (`step_index`), checked against the
+        steps the first expert's tracker (`self.first`) has done in the same run."""
+        if index is _NO_INDEX:
+            raise RuntimeError(
+                f"{type(scheduler).__name__} keeps no step_index: FORA cannot tell at which step the second "
+                "transformer takes over"
+            )
+        step = (index or begin) - begin
+        first = self.first
+        done = first.steps_done if first is not None and first._timesteps_seen is timesteps else 0
+        if done != step:
+            raise RuntimeError(
+                f"the second transformer takes over at scheduler step {step}, but the first has done {done} steps "
+                "of this run: FORA cannot number its steps"
+            )
+        return step
 
     def _other_context_call(self, key) -> None:
         """A call in a context other than the run's primary one: it belongs to the primary context's current step."""

@@ -409,7 +409,8 @@ def test_wan_2_2_two_experts_each_cache_on_the_runs_schedule():
     torch.manual_seed(0)
     first, second = FAMILIES["wan"][0]()[0].eval(), FAMILIES["wan"][0]()[0].eval()
     pipe, kwargs = GUIDED["wan"](first)
-    pipe = type(pipe)(**{**pipe.components, "transformer_2": second}, boundary_ratio=0.5)
+    # timesteps 999, 947, 882, ...: the second expert takes over at step 2, a reuse step (full: 0, 3, 6)
+    pipe = type(pipe)(**{**pipe.components, "transformer_2": second}, boundary_ratio=0.9)
     pipe.set_progress_bar_config(disable=True)
     full = full_steps(T, N)
 
@@ -420,12 +421,16 @@ def test_wan_2_2_two_experts_each_cache_on_the_runs_schedule():
     handle = apply_fora(pipe, ForaConfig(interval=N))
     calls = {first: [], second: []}
     hooks = [m.register_forward_pre_hook(lambda m, a, k: calls[m].append(1), with_kwargs=True) for m in calls]
+    first_held = []  # at each call of the second expert: the bytes the first's cache still holds
+    hooks.append(second.register_forward_pre_hook(lambda m, a: first_held.append(handle.state.cache_bytes)))
     got = run()
     for h in hooks:
         h.remove()
     a, b = handle.last_run, handle.second.last_run
     took_over = len(calls[first]) // 2  # CFG: two calls a step
-    assert 0 < took_over < T and len(calls[second]) == 2 * (T - took_over)
+    assert took_over == 2 and len(calls[second]) == 2 * (T - took_over)
+    # held until the second expert takes over (its first call, before FORA's hook runs), freed from then on
+    assert first_held[0] > 0 and not any(first_held[1:])
     assert b.complete and b.num_steps == T and b.steps_done == T and a.steps_done == took_over
     # the second expert's first step computes (nothing cached yet), then it follows the run's schedule
     assert b.reused_calls == len(handle.second.modules) * len([s for s in range(took_over + 1, T) if s not in full])
@@ -437,3 +442,6 @@ def test_wan_2_2_two_experts_each_cache_on_the_runs_schedule():
     ref.remove()
     assert torch.equal(got, expected) and not torch.equal(got, baseline)
     assert torch.equal(run(), baseline)
+    apply_fora(pipe, ForaConfig(interval=N))
+    remove_fora(first)  # given the first expert alone: both are restored
+    assert not any(hasattr(m, "_diffusers_hook") for t in (first, second) for m in t.modules())
