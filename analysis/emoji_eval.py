@@ -19,7 +19,11 @@ from embedded.emoji.classes import LABELS, NUM_CLASSES
 from embedded.emoji.classifier import CLASSIFIER_TEST_SEED, _to_tensor, accuracy, classify, load_or_train_classifier
 from embedded.emoji.render import render_dataset
 from fora import ForaConfig, apply_fora, remove_fora
-from fora.loading import load_pipeline
+from fora.loading import ASSETS, load_pipeline
+
+# the shipped classifier, found from the repository (not the working directory: run elsewhere, a relative path
+# would train a new classifier, and its accuracy would not be comparable with the published ones)
+CLASSIFIER_WEIGHTS = os.path.join(ASSETS, "emoji-classifier.safetensors")
 
 
 def evaluate(
@@ -144,7 +148,7 @@ if __name__ == "__main__":
     p.add_argument("--model", default="emoji-dit")
     p.add_argument(
         "--classifier",
-        default="assets/emoji-classifier.safetensors",
+        default=CLASSIFIER_WEIGHTS,
         help="classifier weights; trained on held-out renders and saved there when missing",
     )
     p.add_argument("--per-class", type=int, default=8)

@@ -4,6 +4,7 @@ the arena, on real tiny pipelines."""
 import csv
 import itertools
 import json
+import os
 import subprocess
 import sys
 
@@ -376,7 +377,8 @@ def test_calibrate_and_generate_command_lines(tmp_path):
 
 def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
     """--fid scores each method's best setting at the cost and the uncached model with Table 3's metrics; a rerun
-    reuses the sample sets."""
+    reuses the sample sets. Run from another working directory: the shipped classifier is found all the same (a
+    path relative to the working directory trained a new one there, or failed to save it)."""
     cmd = [
         sys.executable,
         "-m",
@@ -407,9 +409,15 @@ def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
         "--out",
         str(tmp_path),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=elsewhere, env=env)
     assert proc.returncode == 0, proc.stderr
+    assert not any(elsewhere.iterdir()) and "training" not in proc.stdout.lower()  # nothing trained, nothing left
     data = json.loads((tmp_path / "arena.json").read_text())
+    assert all(r.get("class_accuracy") is not None for r in data["rows"])
     scored = {(r["policy"], r["setting"]): r for r in data["rows"] if r.get("fid") is not None}
     assert ("uncached", "T steps computed") in scored and ("fora", "N=2") in scored
     assert {p for p, _ in scored} == {"uncached"} | {r["policy"] for r in data["at_budget"]}

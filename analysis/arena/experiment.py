@@ -240,9 +240,10 @@ def run_arena(args, log=print) -> dict:
         )
     classifier = None
     if args.model == "emoji-dit":
+        from analysis.emoji_eval import CLASSIFIER_WEIGHTS
         from embedded.emoji.classifier import load_or_train_classifier
 
-        classifier, _ = load_or_train_classifier(os.path.join("assets", "emoji-classifier.safetensors"))
+        classifier, _ = load_or_train_classifier(CLASSIFIER_WEIGHTS)
     with ComputeMap(pipe.transformer) as probe:
         generate_batch(pipe, [0], [0], 2, args.guidance)
     num_blocks, kinds = probe.num_blocks, tuple(probe.kinds)
