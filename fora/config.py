@@ -13,10 +13,11 @@ import torch
 from .plan import CachePlan
 
 
-@dataclass
+@dataclass(frozen=True)
 class ForaConfig:
     r"""
-    Configuration of the FORA static cache.
+    Configuration of the FORA static cache. Frozen: the hooks `apply_fora` registers are fixed by it, so a change
+    would not take effect where it should; make another with `dataclasses.replace(config, interval=5)` and apply it.
 
     Args:
         interval (`int`, defaults to 3):
@@ -69,7 +70,7 @@ class ForaConfig:
         if self.plan is not None and not isinstance(self.plan, CachePlan):
             if not isinstance(self.plan, (str, bytes)) and not hasattr(self.plan, "__fspath__"):
                 raise ValueError(f"plan={self.plan!r}: must be a CachePlan or the path of a plan JSON file")
-            self.plan = CachePlan.load(self.plan)
+            object.__setattr__(self, "plan", CachePlan.load(self.plan))  # frozen: set once, here
         if self.plan is not None:
             fixed = {
                 "cache_attn": True,
@@ -91,7 +92,7 @@ class ForaConfig:
                 f"cache_end={self.cache_end!r}: must be None or an integer > cache_start={self.cache_start}"
             )
         if self.blocks is not None:
-            self.blocks = tuple(self.blocks)
+            object.__setattr__(self, "blocks", tuple(self.blocks))
             if not self.blocks or any(not isinstance(b, int) or b < 0 for b in self.blocks):
                 raise ValueError(f"blocks={self.blocks!r}: must be None or a non-empty list of block indices >= 0")
         try:

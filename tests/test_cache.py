@@ -467,3 +467,17 @@ def test_num_steps_of_a_bare_loop_can_be_changed_and_is_checked(dit_pipe):
     with pytest.raises(ValueError, match="interval=3 out of range for 3 steps"):
         handle.num_steps = 3
     remove_fora(dit_pipe.transformer)
+
+
+def test_a_config_cannot_change_under_an_applied_cache(dit_pipe):
+    """The modules cached were fixed at apply time; an interval or switch changed afterwards would be read live by
+    some hooks and not others. The config is frozen: changing it raises, and `replace` makes a new one."""
+    import dataclasses
+
+    config = ForaConfig(interval=3, blocks=[0, 1])
+    handle = apply_fora(dit_pipe, config)
+    for field, value in (("interval", 2), ("cache_mlp", False), ("blocks", (0,))):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(handle.config, field, value)
+    assert handle.config.blocks == (0, 1) and dataclasses.replace(config, interval=2).interval == 2
+    remove_fora(dit_pipe)
