@@ -171,7 +171,7 @@ def tradeoff_plot(rows: list[dict]) -> go.Figure:
                 x=[r["ideal_speedup"] for r in rows],
                 y=y,
                 mode="markers",
-                name="ideal T/full",
+                name="ideal (module calls / computed)",
                 marker=dict(symbol="x", color="grey"),
                 showlegend=col == 1,
             ),

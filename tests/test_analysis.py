@@ -172,6 +172,19 @@ def test_observe_and_compare_on_dit():
         assert fig.to_dict()["data"]
 
 
+def test_the_ideal_speedup_counts_the_module_calls_really_saved():
+    """Caching only some blocks, or only attention, saves fewer calls than T / full steps says (issue 17, item 6):
+    the ideal is all module calls over the computed ones, T / full steps only when every module caches."""
+    pipe = make_dit_pipeline()
+    request = Request(label=1, steps=10, seed=0, guidance=4.0)
+    assert compare(pipe, request, ForaConfig(interval=3)).metrics["ideal_speedup"] == pytest.approx(10 / 4)
+    # DiT blocks have attention and MLP (no cross-attention): 3 blocks, 6 modules, 60 module calls in 10 steps
+    m = compare(pipe, request, ForaConfig(interval=3, blocks=[0])).metrics  # 1 of 3 blocks caches its 2 modules
+    assert m["ideal_speedup"] == pytest.approx(60 / (4 * 2 + 10 * 4))
+    m = compare(pipe, request, ForaConfig(interval=3, cache_mlp=False)).metrics  # attention only
+    assert m["ideal_speedup"] == pytest.approx(60 / (4 * 3 + 10 * 3))
+
+
 def test_pixart_observes_cross_attention():
     pipe = make_pixart_pipeline()
     kw = dict(prompt="a red cat", steps=6, seed=0, guidance=4.5, height=16, width=16)
