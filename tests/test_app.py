@@ -549,3 +549,21 @@ def test_policies_bad_inputs(layout, kw, message):
     args = {"chosen": ["FORA"], "steps": 10, "interval": 3, "seed": 0, **kw}
     with pytest.raises(Exception, match=message):
         run_policies(layout, **args)
+
+
+def test_block_lists_and_pair_settings_are_checked_before_anything_runs():
+    """Issue 17, item 9: duplicates and unbounded block lists were accepted, and FORA_COMPARE_PAIRS < 0 too."""
+    from ui.form import parse_blocks
+
+    assert parse_blocks(" 0, 2 ", 6) == (0, 2) and parse_blocks("", 6) is None
+    with pytest.raises(ValueError, match=r"\[2\] listed more than once"):
+        parse_blocks("0,2,2", 6)
+    with pytest.raises(ValueError, match="too long") as err:
+        parse_blocks("0," * 5000, 6)
+    assert len(str(err.value)) < 200  # the input is not echoed whole
+    with pytest.raises(ValueError, match=r"out of range: allowed 0..5"):
+        parse_blocks("7", 6)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "FORA_COMPARE_PAIRS": "-1"}
+    proc = subprocess.run([sys.executable, "-c", "import ui.form"], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "FORA_COMPARE_PAIRS=-1: allowed 0" in proc.stderr

@@ -27,6 +27,8 @@ COMPARE_PAIRS = int(os.environ.get("FORA_COMPARE_PAIRS", "3"))
 SWEEP_PAIRS = int(os.environ.get("FORA_SWEEP_PAIRS", "3"))
 if SWEEP_PAIRS < 1:  # the Sweep tab's speed column is its point: refused at start, not after a sweep's runs
     raise ValueError(f"FORA_SWEEP_PAIRS={SWEEP_PAIRS}: the Sweep tab times at least 1 pair per interval (default 3)")
+if COMPARE_PAIRS < 0:  # refused at start, like the Sweep tab's
+    raise ValueError(f"FORA_COMPARE_PAIRS={COMPARE_PAIRS}: allowed 0 (speed not measured) or more (default 3)")
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,19 @@ def parse_blocks(text: str, num_blocks: int) -> tuple[int, ...] | None:
     text = (text or "").strip()
     if not text:
         return None
+    shown = text if len(text) <= 40 else text[:40] + "..."  # the message echoes at most this much of the input
+    if len(text) > 8 * num_blocks + 16:  # longer than every block listed once, with spaces
+        raise ValueError(f"blocks={shown!r}: too long; list at most the {num_blocks} blocks, each once")
     try:
         blocks = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise ValueError(f"blocks={text!r}: give block indices separated by commas, e.g. 0,2,5") from None
+        raise ValueError(f"blocks={shown!r}: give block indices separated by commas, e.g. 0,2,5") from None
     bad = [b for b in blocks if not 0 <= b < num_blocks]
     if bad:
-        raise ValueError(f"blocks={list(bad)} out of range: allowed 0..{num_blocks - 1}")
+        raise ValueError(f"blocks={list(bad)[:8]} out of range: allowed 0..{num_blocks - 1}")
+    repeated = sorted({b for b in blocks if blocks.count(b) > 1})
+    if repeated:
+        raise ValueError(f"blocks: {repeated} listed more than once; list each block once")
     return blocks
 
 
