@@ -105,6 +105,13 @@ def test_generate_on_embedded_model(layout):
 
     with pytest.raises(gr.Error, match="generate first"):
         compare_tab.redraw_pairwise("no-such-token", "0", "mlp")
+    # issue 17, item 3: a model switch refills the block list (block 27 of a 28-block model), whose change event
+    # redraws: skipped, not an error about the other model's result; so is a redraw before any run
+    assert compare_tab.redraw_pairwise(token, "27", "mlp", "pixart-alpha-512") == gr.skip()
+    assert compare_tab.redraw_pairwise(None, "27", "mlp", "emoji-dit") == gr.skip()
+    assert compare_tab.redraw_pairwise(token, "0", "mlp", "emoji-dit").to_dict()["data"]  # the same model: drawn
+    with pytest.raises(gr.Error, match="block 'x<b>'"):  # bad API input: named, not a crash
+        compare_tab.redraw_pairwise(token, "x<b>", "mlp")
     # only the interval changes: the baseline comes from the cache, with the very same image
     hits = store.BASELINES.hits
     again = shown(run_generate(layout, steps=12, interval=2, seed=7))

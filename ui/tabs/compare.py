@@ -71,10 +71,20 @@ def _last_result(token):
     return comp
 
 
-def redraw_pairwise(token, block, kind):
-    """The step x step map for another block or module of the session's last comparison."""
-    rec = _last_result(token).baseline.similarity
-    block = int(block)
+def redraw_pairwise(token, block, kind, model_key=None):
+    """The step x step map for another block or module of the session's last comparison. Skipped (nothing
+    redrawn, no error) before the first run and when the model has changed since it (a model switch refills the
+    block list, whose change event lands here: the last result is another model's)."""
+    if not token:
+        return gr.skip()
+    comp = _last_result(token)
+    if model_key is not None and comp.metrics.get("model") != model_key:
+        return gr.skip()
+    rec = comp.baseline.similarity
+    try:
+        block = int(block)
+    except (TypeError, ValueError):
+        raise gr.Error(f"block {str(block)[:20]!r}: give a block number, one of {rec.blocks}", print_exception=False)
     if block not in rec.blocks:
         raise gr.Error(f"block {block} has no step x step map; recorded blocks: {rec.blocks}", print_exception=False)
     if kind not in rec.kinds:
@@ -153,7 +163,10 @@ class CompareTab:
         )
         for widget in (self.block_choice, self.kind_choice):
             widget.change(
-                redraw_pairwise, [self.last, self.block_choice, self.kind_choice], self.pairwise, api_name=False
+                redraw_pairwise,
+                [self.last, self.block_choice, self.kind_choice, self.settings.model],
+                self.pairwise,
+                api_name=False,
             )
         return generated
 
@@ -226,6 +239,7 @@ class CompareTab:
                             yield {self.base_img: upscale(p.baseline.images[0])}
                         elif p.phase == "compared":
                             comp, token = p.comparison, uuid.uuid4().hex
+                            comp.metrics["model"] = model_key  # the redraws skip once the model has changed
                             store.RESULTS.put(token, comp)
                             run = comp.fora.run
                             heat_attn, heat_mlp = _heatmaps(comp, heat_source)
