@@ -299,10 +299,7 @@ class ForaHandle:
         for slot in self.state.slots:
             slot.clear()
         self.runs.steps_done = self.runs.run_steps  # a later call in this run is refused, not answered from nothing
-        run = self.state.run
-        for obs in self.observers:
-            if hasattr(obs, "on_run_end"):
-                obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))
+        self._run_ended()
 
     @torch.compiler.disable
     def _begin_step(self, timestep, context: str | None = None) -> None:
@@ -338,9 +335,13 @@ class ForaHandle:
         if completed:
             for context in self.runs.finished_contexts():  # their caches would wait for the next run
                 state.drop_context(context)
-            for obs in self.observers:
-                if hasattr(obs, "on_run_end"):
-                    obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))
+            self._run_ended()
+
+    def _run_ended(self) -> None:
+        run = self.state.run
+        for obs in self.observers:
+            if hasattr(obs, "on_run_end"):
+                obs.on_run_end(RunEvent(run.num_steps, tuple(run.full_steps)))
 
     def _count(self, run: ForaRun) -> None:
         """The record of one primary call: counted here, not in the module hooks, so that compiled blocks do no

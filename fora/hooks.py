@@ -24,6 +24,18 @@ class _NoState(BaseState):
     """The StateManager only carries the context's name: FORA's per-context caches are its slots' (`CacheSlot`)."""
 
 
+def _observe(handle, slot: CacheSlot, output) -> None:
+    """Hand one computed module output to the observers; a joint attention's `(image, context)` pair is observed
+    as its two streams (`fora.specs.STREAMS`)."""
+    state = handle.state
+    parts = zip(STREAMS[slot.kind], output) if isinstance(output, tuple) else [(slot.kind, output)]
+    for kind, part in parts:
+        if part is None:
+            continue
+        for obs in handle.observers:
+            obs(Observation(slot.block, kind, state.step, state.run.num_steps, state.timestep, part))
+
+
 class ForaRunHook(ModelHook):
     """On the transformer (`handle`: its `ForaHandle`): one forward call is one sampling step. Stateful:
     `reset_stateful_hooks()` resets it."""
@@ -92,14 +104,7 @@ class ForaModuleHook(ModelHook):
 
     @torch.compiler.disable
     def _notify(self, output) -> None:
-        state, slot = self.state, self.slot
-        # a joint attention's (image, context) pair is observed as its two streams (`fora.specs.STREAMS`)
-        parts = zip(STREAMS[slot.kind], output) if isinstance(output, tuple) else [(slot.kind, output)]
-        for kind, part in parts:
-            if part is None:
-                continue
-            for obs in self.handle.observers:
-                obs(Observation(slot.block, kind, state.step, state.run.num_steps, state.timestep, part))
+        _observe(self.handle, self.slot, output)
 
 
 class ForaBlockHook(ModelHook):
@@ -137,15 +142,8 @@ class ForaBlockHook(ModelHook):
 
     @torch.compiler.disable
     def _notify(self, computed: dict) -> None:
-        state = self.state
         for kind, output in computed.items():
-            slot = self.slots[kind]
-            parts = zip(STREAMS[kind], output) if isinstance(output, tuple) else [(kind, output)]
-            for part_kind, part in parts:
-                if part is None:
-                    continue
-                for obs in self.handle.observers:
-                    obs(Observation(slot.block, part_kind, state.step, state.run.num_steps, state.timestep, part))
+            _observe(self.handle, self.slots[kind], output)
 
 
 class ForaFusedBlockHook(ModelHook):
