@@ -162,5 +162,5 @@ if __name__ == "__main__":
     p.add_argument("--budget", type=float, default=1.0, help="seconds allowed for one image at the default")
     p.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5, 7, 10])
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default="assets/emoji-dit/eval.json")
+    p.add_argument("--out", default=os.path.join(ASSETS, "emoji-dit", "eval.json"))
     main(p.parse_args())

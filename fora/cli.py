@@ -67,8 +67,8 @@ def _generate(args) -> int:
     seconds = time_call(lambda: images.append(generate(pipe, request)), pipe.device)
     images = images[0]
     run = handle.last_run
-    # if reuse were free: the module calls of the run (both experts of Wan 2.2) over those computed; T / full steps
-    # only where every module caches
+    # the module calls of the run (both experts of Wan 2.2) over those computed, every call weighed alike; T / full
+    # steps where every module caches
     records = [run] + ([handle.second.last_run] if handle.second is not None and handle.second.last_run else [])
     computed = sum(r.computed_calls for r in records)
     ideal, what = sum(r.computed_calls + r.reused_calls for r in records) / computed, "module calls/computed"
