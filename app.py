@@ -1,8 +1,8 @@
 """FORA explorer: generate with a cache interval, compare with the uncached baseline, see live heatmaps.
 
 `python app.py` serves it on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change). This file
-only builds the page (`ui/`) and launches it; models load lazily on first use. On ZeroGPU (Hugging Face Spaces,
-which runs this file) the GPU entry points are in `ui/gpu.py`.
+only builds the page (`ui/`) and launches it; models load lazily on first use, or all at start-up on ZeroGPU
+(Hugging Face Spaces, which runs this file), whose GPU entry points are in `ui/gpu.py`.
 """
 
 import os
@@ -20,8 +20,8 @@ QUEUE_SIZE = int(os.environ.get("FORA_QUEUE_SIZE", "16"))  # requests waiting be
 
 torch.set_num_threads(TORCH_THREADS)
 demo = build_demo()
-if os.environ.get("SPACES_ZERO_GPU") or os.environ.get("FORA_PRELOAD"):
-    registry.get_model(registry.DEFAULT_MODEL)  # ZeroGPU: load at startup in the main process, where workers fork from
+if registry.on_zerogpu() or os.environ.get("FORA_PRELOAD"):
+    registry.preload()  # ZeroGPU: every model, loaded in the main process before a GPU worker forks from it
 
 if __name__ == "__main__":
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1).launch(

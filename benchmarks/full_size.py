@@ -155,8 +155,8 @@ for out in compare.generate(key, label, prompt, steps, interval, 0, 4.0, True, T
 comp = store.RESULTS.get(token)
 print(json.dumps({"load_s": round(load_s, 1), "images_s": round(times["images ready"], 1),
                   "done_s": round(times["done"], 1), "status": status,
-                  "recorder_mib": round(comp.baseline.similarity.memory_bytes / 2**20, 1),
-                  "tokens_kept": comp.baseline.similarity.tokens_kept}))
+                  "kept_mib": round(store.result_bytes(comp) / 2**20, 2),
+                  "tokens_kept": comp.baseline.tokens_kept}))
 """
 
 

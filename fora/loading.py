@@ -7,6 +7,8 @@ offline alternatives. Any `save_pretrained` folder of a supported pipeline class
 `model_index.json`).
 """
 
+import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -237,6 +239,7 @@ def load_pipeline(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     local_files_only: bool | None = None,
+    share_from=(),
 ):
     r"""
     Load a diffusers pipeline by project key, hub id or local folder (one written by `save_pretrained`).
@@ -248,6 +251,10 @@ def load_pipeline(
             float16 for DiT, PixArt and HunyuanDiT, bfloat16 for the newer families, float32 for the embedded
             model), for keys, hub ids and folders alike; float32 on a CPU.
         local_files_only (`bool`, *optional*): only use the local Hugging Face cache (default: $HF_HUB_OFFLINE).
+        share_from (iterable of pipelines, defaults to none): loaded pipelines whose text encoders this one takes
+            instead of loading its own, where the files, class, dtype and device are the same (`_shared_encoders`).
+            Only text encoders are shared: they hold no state between calls, where the transformer carries the
+            FORA hooks and the scheduler the step count.
 
     >>> pipe = load_pipeline("emoji-dit")
     >>> image = pipe(class_labels=["cat"], generator=torch.Generator().manual_seed(0)).images[0]
@@ -262,7 +269,9 @@ def load_pipeline(
         with open(index) as f:
             cls = _pipeline_class(json.load(f).get("_class_name", ""))
         try:
-            pipe = cls.from_pretrained(source, dtype=_dtypes(cls, dtype, device))
+            folder, dtypes = source, _dtypes(cls, dtype, device)
+            shared = _shared_encoders(folder, dtypes, device, share_from)
+            pipe = cls.from_pretrained(folder, dtype=dtypes, **shared)
         except Exception as e:  # a corrupt or incomplete folder
             raise ModelLoadError(f"could not load the pipeline folder {source!r}: {type(e).__name__}: {e}") from e
     else:
@@ -272,7 +281,10 @@ def load_pipeline(
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         try:
             cls = _pipeline_class(spec.pipeline if spec else _hub_class(source, local_files_only))
-            pipe = cls.from_pretrained(source, dtype=_dtypes(cls, dtype, device), local_files_only=local_files_only)
+            # what `from_pretrained(source)` does first, done here to know the files before loading (sharing)
+            folder, dtypes = cls.download(source, local_files_only=local_files_only), _dtypes(cls, dtype, device)
+            shared = _shared_encoders(folder, dtypes, device, share_from)
+            pipe = cls.from_pretrained(folder, dtype=dtypes, **shared)
         except ModelLoadError:
             raise
         except Exception as e:
@@ -284,4 +296,73 @@ def load_pipeline(
             ) from e
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(leave=False)
+    pipe._fora_folder = folder  # where its components' files are: what a later load compares with
     return pipe
+
+
+def _shared_encoders(folder: str, dtypes, device: str, share_from) -> dict:
+    """The text encoders of `share_from` pipelines that a pipeline in `folder` would load identically: same class
+    (in its model_index.json), same files byte for byte, same dtype and device. By name, for `from_pretrained`."""
+    with open(os.path.join(folder, "model_index.json")) as f:
+        index = json.load(f)
+    shared = {}
+    for name, entry in index.items():
+        if not name.startswith("text_encoder") or not isinstance(entry, list) or entry[1] is None:
+            continue
+        want = dtypes.get(name, dtypes["default"]) if isinstance(dtypes, dict) else dtypes
+        for other in share_from:
+            module, other_folder = getattr(other, name, None), getattr(other, "_fora_folder", None)
+            if not isinstance(module, torch.nn.Module) or other_folder is None or type(module).__name__ != entry[1]:
+                continue
+            param = next(module.parameters(), None)
+            if param is None or param.dtype != want or param.device != torch.device(device):
+                continue
+            if _same_files(os.path.join(folder, name), os.path.join(other_folder, name)):
+                shared[name] = module
+                break
+    return shared
+
+
+def _listing(folder: str) -> list[tuple[str, int, str]]:
+    """(path in the folder, size, real path) of each file under `folder`, sorted."""
+    out = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out.append((os.path.relpath(path, folder), os.path.getsize(path), os.path.realpath(path)))
+    return sorted(out)
+
+
+def _same_files(a: str, b: str) -> bool:
+    """Whether two component folders hold the same files with the same bytes. Files in the Hugging Face cache are
+    named by their content's hash (`blobs/<sha>`), so two such are compared by name; any other pair by SHA-256,
+    read only when names and sizes already agree."""
+    if not (os.path.isdir(a) and os.path.isdir(b)):
+        return False
+    la, lb = _listing(a), _listing(b)
+    if not la or [f[:2] for f in la] != [f[:2] for f in lb]:
+        return False
+    for (_, _, ra), (_, _, rb) in zip(la, lb):
+        if ra == rb:
+            continue
+        if all(os.path.basename(os.path.dirname(r)) == "blobs" for r in (ra, rb)):
+            if os.path.basename(ra) != os.path.basename(rb):
+                return False
+        elif _sha256(ra, _stamp(ra)) != _sha256(rb, _stamp(rb)):
+            return False
+    return True
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, stamp: tuple[int, int]) -> str:
+    """The file's SHA-256, cached while its size and modification time (`stamp`) stay the same."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**24), b""):
+            h.update(chunk)
+    return h.hexdigest()

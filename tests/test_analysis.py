@@ -118,7 +118,10 @@ def test_similarity_memory_bound_for_dit_xl():
     full_run_features = 250 * 4 * 2 * 2 * rec.tokens_kept[0] * 1152 * 2
     previous = 28 * 2 * 2 * 256 * 1152 * 2
     assert full_run_features <= 384 * 2**20 and full_run_features + previous < 0.5 * 2**30
-    assert rec.memory_bytes == full_run_features + previous
+    neighbour = 2 * 28 * 250 * 8
+    assert rec.memory_bytes == full_run_features + previous + neighbour
+    rec.on_run_end(RunEvent(250, tuple(range(250))))  # a finished run keeps its maps only: 8 of 250 x 250 float32
+    assert rec.memory_bytes == 4 * 2 * 250 * 250 * 4 + neighbour
 
 
 def test_cache_bytes_measured_equals_calculator_and_tensors():
@@ -208,6 +211,10 @@ def test_sweep_end_to_end(tmp_path):
     for r in result.rows:
         assert r.speed.pairs == 1 and r.speed.low <= r.speed.ratio <= r.speed.high and r.speed.baseline_s > 0
     assert "1 ABBA pairs per interval, interleaved, no observers" in result.timing
+    # issue 17, item 2: the maps the report shows, N=1's and the first cached N's, are all that is kept of the runs;
+    # and a finished recorder holds only its maps
+    assert sorted(result.recorders) == [1, 2] and sorted(result.images) == [1, 2, 4]
+    assert all(rec._maps is not None and not rec._features for rec in result.recorders.values())
     paths = write_outputs(result, str(tmp_path), "tiny-dit")
     assert "interval,full_steps,speedup,speedup_low" in open(paths["csv"]).read()
     data = json.load(open(paths["json"]))

@@ -103,7 +103,7 @@ def test_generate_on_embedded_model(layout):
     assert not np.isnan(np.asarray(base_attn.data[0].z, dtype=float)[:, 1:]).any()
     import gradio as gr
 
-    with pytest.raises(gr.Error, match="generate first"):
+    with pytest.raises(gr.Error, match="generate again: .* the server keeps the maps of the 16 most recent runs"):
         compare_tab.redraw_pairwise("no-such-token", "0", "mlp")
     # issue 17, item 3: a model switch refills the block list (block 27 of a 28-block model), whose change event
     # redraws: skipped, not an error about the other model's result; so is a redraw before any run
@@ -267,19 +267,26 @@ def live_cache_bytes(blocks: int, modules: int) -> int:
     return blocks * modules * 2 * tokens * width * 4
 
 
-def test_baseline_cache_is_bounded(layout):
-    from ui import store
+def test_the_server_keeps_the_maps_of_16_runs_and_no_more(layout):
+    """Issue 17, item 2: a finished comparison is kept as its maps alone (no features, images or predictions), so
+    the 16 runs the message promises stay redrawable: the 17th pushes out the first, and the others redraw."""
+    import gradio as gr
 
-    for seed in range(100, 100 + store.BASELINES.size + 3):
-        run_generate(layout, steps=4, interval=2, seed=seed)
-    assert len(store.BASELINES) == store.BASELINES.size
-    assert len(store.RESULTS) <= store.RESULTS.size and store.RESULTS.nbytes <= store.RESULTS.max_bytes
-    comparison = next(iter(store.RESULTS._items.values()))[0]
-    assert store.result_bytes(comparison) > 0
-    small = store.BoundedCache(size=100, max_bytes=1)  # the byte bound evicts all but the newest entry
-    for i in range(3):
-        small.put(i, comparison)
-    assert len(small) == 1 and small.get(2) is comparison
+    from ui import store
+    from ui.tabs import compare as compare_tab
+
+    c, steps, tokens = layout.compare, 6, []
+    for seed in range(100, 100 + store.RESULTS.size + 1):
+        tokens.append(shown(run_generate(layout, steps=steps, interval=2, seed=seed))[c.last])
+    with pytest.raises(gr.Error, match="keeps the maps of the 16 most recent runs of all its users"):
+        compare_tab.redraw_pairwise(tokens[0], "0", "attn")
+    assert all(compare_tab.redraw_pairwise(t, "0", "attn").to_dict()["data"] for t in tokens[1:])
+    kept = store.RESULTS.get(tokens[-1])
+    rec = kept.baseline
+    assert isinstance(kept, store.Redraws) and rec.kinds == ("attn", "mlp") and kept.policy == "FORA N=2"
+    maps = len(rec.blocks) * 2 * steps * steps * 4 + 2 * rec.num_blocks * steps * 8  # float32 pairwise, float64
+    assert store.result_bytes(kept) == 2 * maps  # for both runs
+    assert len(store.BASELINES) == store.BASELINES.size  # baselines: the newest 8
 
 
 def test_two_requests_contend_for_the_model_lock(layout):

@@ -77,7 +77,7 @@ def test_generate_redraw_and_baseline_cache_survive_the_fork(zapp):
     assert call.name == "compare_on_gpu" and call.pid != os.getpid() and call.exitcode == 0 and call.items > 0
     request = form.parse_request(registry.loaded("emoji-dit"), "cat", "", 8, 4242, 3.0)
     job = form.GenerateJob("emoji-dit", request, form.parse_config(3, 8, 6))
-    assert call.duration == gpu.gpu_seconds(job.denoising_steps())  # duration from the work asked for
+    assert call.duration == gpu._compare_seconds(job)  # the duration of the work asked for
     assert "emoji-dit" in registry._models  # loaded once, in the main process
     token = shown(outs)[c.last]
     assert store.RESULTS.get(token) is not None  # kept in the main process, not in the child
@@ -93,7 +93,7 @@ def test_generate_redraw_and_baseline_cache_survive_the_fork(zapp):
     outs2 = list(_generate(zapp, interval=2))
     assert store.BASELINES.hits == hits + 1
     assert dict(outs2[-1][c.metrics])["baseline run"] == "cached from an earlier request"
-    assert zerogpu.calls[-1].duration == gpu.gpu_seconds(job.denoising_steps(baseline_cached=True))
+    assert zerogpu.calls[-1].duration == gpu._compare_seconds(job, baseline=True) < call.duration
 
 
 def test_sweep_through_the_fork_uses_seed_and_advanced(zapp):
@@ -162,6 +162,66 @@ def test_policies_through_the_fork_hand_their_plans_to_the_main_process(zapp):
     )
     assert job.needed_plans() == [(2, 0)]  # the chosen cost's (the sweep shows the known plans only)
     assert job.missing_plans(store.known_plans()) == []  # all calibrated in the child, all kept here
-    assert call.duration == gpu.gpu_seconds(job.denoising_steps(len(job.needed_plans())))
+    assert call.duration == gpu.gpu_seconds("emoji-dit", 7, job.denoising_steps(len(job.needed_plans())) // 7, 0)
     list(zapp.policies.policies("emoji-dit", "cat", "", 7, 11, 3.0, ["calibrated", "FORA"], 2))
-    assert zerogpu.calls[-1].duration == gpu.gpu_seconds(job.denoising_steps(0))  # nothing left to calibrate
+    assert zerogpu.calls[-1].duration == gpu.gpu_seconds("emoji-dit", 7, job.denoising_steps(0) // 7, 0)  # none left
+
+
+def test_the_reservation_counts_each_models_calls():
+    """Issue 17, item 4: the `duration` counts every pipeline call at its model's cost. A PixArt-alpha-1024
+    comparison at T=20 (ten calls at 1024 px) was asked 16 s at one rate for all models: it now reserves at least
+    what its ten VAE decodes at 1024 px (~0.5 s each on any current GPU) and 200 transformer steps at 4096 tokens
+    (~25 ms each) take with the 10 s start, and more than a DiT-XL/2-256 comparison of the same steps."""
+    from fora import ForaConfig
+    from fora.generate import Request
+    from ui import form
+
+    def compare(key, steps=20, **kw):
+        return gpu._compare_seconds(form.GenerateJob(key, Request(prompt="a cat", steps=steps), ForaConfig(), **kw))
+
+    assert compare("pixart-alpha-1024") >= 10 + 10 * 0.5 + 200 * 0.025
+    assert compare("emoji-dit") < compare("dit-xl-2-256") < compare("pixart-alpha-512") < compare("pixart-alpha-1024")
+    assert compare("pixart-alpha-1024", pairs=0) < compare("pixart-alpha-1024")  # the timed calls are counted
+    assert compare("an-operators-model") == compare("pixart-alpha-1024")  # unknown: the largest listed
+    # an observed call (maps, predictions) reserves more than a plain one
+    assert gpu.gpu_seconds("pixart-alpha-1024", 20, 4, 0) > gpu.gpu_seconds("pixart-alpha-1024", 20, 0, 4)
+    with pytest.raises(ValueError, match=r"reserve the GPU for about \d+ s \(10 pipeline calls of 100 steps on "):
+        compare("pixart-alpha-1024", steps=100)
+
+
+def test_a_request_past_the_reservation_cap_is_refused_before_the_gpu(zapp, monkeypatch):
+    monkeypatch.setitem(gpu.compare_on_gpu.__wrapped__.__globals__, "GPU_MAX_SECONDS", 11)
+    before = len(zerogpu.calls)
+    with pytest.raises(gr.Error, match="one request may reserve at most 11 s here: fewer steps"):
+        list(_generate(zapp, steps=60))
+    assert len(zerogpu.calls) == before  # no worker started
+
+
+def test_a_reused_worker_has_the_models_loaded_before_it_forked(zapp, tmp_path, monkeypatch):
+    """ZeroGPU may serve several calls with one worker, forked once: a model the main process loads after that
+    fork is not in it. On ZeroGPU every model is therefore loaded at start-up (`registry.preload`), and no later
+    load is made; without that, the reused worker says the model is missing instead of running another one."""
+    from conftest import make_dit_pipeline
+
+    from ui import registry
+
+    extra = str(tmp_path / "late-dit")
+    make_dit_pipeline(num_layers=1).save_pretrained(extra)
+    monkeypatch.setenv("FORA_EXTRA_MODELS", extra)
+    with zerogpu.reuse_workers():
+        list(_generate(zapp, steps=4, interval=2, seed=1))
+        worker = zerogpu.calls[-1].pid
+        registry.get_model(extra)  # loaded after the worker forked
+        with pytest.raises(gr.Error, match="is not loaded in the main process"):
+            list(_generate(zapp, model_key=extra, label="1", steps=4, interval=2))
+        assert zerogpu.calls[-1].pid == worker  # the same worker served both
+    registry._models.pop(extra)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(registry, "_pinned", set(registry._pinned))
+    assert extra in registry.preload()  # start-up: before any worker forks
+    with zerogpu.reuse_workers():
+        for seed in (1, 2):
+            outs = shown(list(_generate(zapp, model_key=extra, label="1", steps=4, interval=2, seed=seed)))
+            assert outs[zapp.compare.status].startswith("done")
+        assert zerogpu.calls[-1].pid == zerogpu.calls[-2].pid != os.getpid()
+    registry._models.pop(extra)

@@ -7,8 +7,9 @@ the parent's generator sets a stop event that the child checks after each item a
 exceptions come back and are raised in the parent. `duration` (a number, or a function of the same arguments) is
 evaluated in the parent. Whatever the function writes to module state stays in the child: it is lost.
 
-Stricter than ZeroGPU in one way: every call forks a fresh child, where ZeroGPU may reuse an idle worker, so a
-state that only seems to survive because the same worker served two calls cannot pass here.
+By default every call forks a fresh child, so a state that only seems to survive because the same worker served two
+calls cannot pass. ZeroGPU may also reuse an idle worker: within `reuse_workers()` one worker, forked on the first
+call, serves every later call (one at a time), so it has only what the main process held when it forked.
 
 Use: put this module in `sys.modules["spaces"]` before importing `ui/gpu.py` (see tests/test_zerogpu.py).
 """
@@ -38,6 +39,9 @@ class Call:
 
 
 calls: list[Call] = []  # every call made in this (parent) process, in order
+_TASKS: dict[str, object] = {}  # every decorated function by name: how a reused worker finds the one called
+_reuse: dict = {}  # within `reuse_workers()`: the worker's process, task queue, results queue and stop event
+_reuse_lock = threading.Lock()  # a reused worker serves one call at a time
 cuda_touches: list[str] = []  # CUDA queries made in the parent while `watch_cuda` is on
 
 
@@ -63,12 +67,31 @@ def _child(task, payload: bytes, results, stop) -> None:
             results.put(("error", pickle.dumps(RuntimeError(f"{type(e).__name__}: {e}"))))
 
 
+def _serve(tasks, results, stop) -> None:
+    """A reused worker: runs the calls sent to it, one after the other, until the parent goes."""
+    while True:
+        name, payload = tasks.get()
+        _child(_TASKS[name], payload, results, stop)
+
+
 def _start(task, duration, args, kwargs):
     seconds = duration(*args, **kwargs) if callable(duration) else duration
     payload = pickle.dumps((args, kwargs))  # ZeroGPU pickles the arguments into the worker
-    results, stop = _CTX.SimpleQueue(), _CTX.Event()
-    proc = _CTX.Process(target=_child, args=(task, payload, results, stop), daemon=True)
-    proc.start()
+    if _reuse:
+        _reuse_lock.acquire()  # released by `_finish`
+        if "proc" not in _reuse:
+            _reuse.update(tasks=_CTX.SimpleQueue(), results=_CTX.SimpleQueue(), stop=_CTX.Event())
+            _reuse["proc"] = _CTX.Process(
+                target=_serve, args=(_reuse["tasks"], _reuse["results"], _reuse["stop"]), daemon=True
+            )
+            _reuse["proc"].start()
+        proc, results, stop = _reuse["proc"], _reuse["results"], _reuse["stop"]
+        stop.clear()
+        _reuse["tasks"].put((f"{task.__module__}.{task.__qualname__}", payload))
+    else:
+        results, stop = _CTX.SimpleQueue(), _CTX.Event()
+        proc = _CTX.Process(target=_child, args=(task, payload, results, stop), daemon=True)
+        proc.start()
     call = Call(task.__name__, seconds, proc.pid)
     calls.append(call)
     inbox: queue.Queue = queue.Queue()
@@ -80,19 +103,41 @@ def _start(task, duration, args, kwargs):
             if kind in ("end", "error"):
                 return
 
-    threading.Thread(target=drain, daemon=True).start()
-    return call, proc, inbox, stop
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    return call, (proc, drainer), inbox, stop
 
 
-def _finish(call, proc, timeout: float = 120.0) -> None:
+def _finish(call, worker, timeout: float = 120.0) -> None:
+    proc, drainer = worker
+    if proc is _reuse.get("proc"):  # a reused worker stays; this call is over once it has said so
+        drainer.join(timeout)
+        _reuse_lock.release()
+        return
     proc.join(timeout)
     call.exitcode = proc.exitcode
+
+
+class reuse_workers:
+    """Within the block, one worker process, forked on the first call, serves every call; stopped at the end."""
+
+    def __enter__(self):
+        _reuse["on"] = True
+        return self
+
+    def __exit__(self, *exc):
+        proc = _reuse.get("proc")
+        _reuse.clear()
+        if proc is not None:
+            proc.kill()
+            proc.join(10)
 
 
 def GPU(task=None, *, duration=None, size=None, **kwargs):
     """`spaces.GPU`: `@GPU`, `@GPU(duration=60)` or `@GPU(duration=fn)`."""
     if task is None:
         return functools.partial(GPU, duration=duration, size=size)
+    _TASKS[f"{task.__module__}.{task.__qualname__}"] = task
 
     if inspect.isgeneratorfunction(task):
 

@@ -41,11 +41,13 @@ class GenerateJob:
     pairs: int = COMPARE_PAIRS
     warmup: int = 1
 
+    def pipeline_calls(self, baseline_cached: bool = False) -> tuple[int, int]:
+        """(observed, timed) pipeline calls: baseline (unless cached) and FORA run; warm-up and pairs, two each."""
+        return (0 if baseline_cached else 1) + 1, paired_calls(1, self.pairs, self.warmup) if self.pairs else 0
+
     def denoising_steps(self, baseline_cached: bool = False) -> int:
-        """Steps this job runs: baseline (unless cached) + FORA run + timed calls (warm-up and pairs, two each)."""
-        observed = (0 if baseline_cached else 1) + 1
-        timed = paired_calls(1, self.pairs, self.warmup) if self.pairs else 0
-        return self.request.steps * (observed + timed)
+        """Steps this job runs: all its pipeline calls' (`pipeline_calls`)."""
+        return self.request.steps * sum(self.pipeline_calls(baseline_cached))
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,14 @@ class SweepJob:
     pairs: int = SWEEP_PAIRS
     warmup: int = 1
 
-    def denoising_steps(self) -> int:
-        # per seed the baseline and each cached interval; one more uncached run measures the cached modules' share
+    def pipeline_calls(self) -> tuple[int, int]:
+        """(observed, timed) pipeline calls: per seed the baseline and each cached interval, and one more uncached
+        run that measures the cached modules' share; the timed calls of every interval, interleaved."""
         observed = len(self.seeds) * (1 + sum(1 for n in self.intervals if n != 1)) + 1
-        timed = paired_calls(len(self.intervals), self.pairs, self.warmup)  # timed together, interleaved
-        return self.request.steps * (observed + timed)
+        return observed, paired_calls(len(self.intervals), self.pairs, self.warmup)
+
+    def denoising_steps(self) -> int:
+        return self.request.steps * sum(self.pipeline_calls())
 
 
 def integer(name: str, value, lo: int, hi: int) -> int:

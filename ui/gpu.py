@@ -9,6 +9,7 @@ decorator does nothing.
 """
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -26,19 +27,72 @@ except ImportError:  # pragma: no cover - depends on the host
         return fn if fn is not None else (lambda f: f)
 
 
-# ZeroGPU reserves the GPU for `duration` seconds per call: estimated from the denoising steps a request runs
-GPU_SECONDS_PER_STEP = float(os.environ.get("FORA_GPU_SECONDS_PER_STEP", "0.03"))
+# ZeroGPU reserves the GPU for `duration` seconds per call and stops the call there: the reservation counts every
+# pipeline call the job makes (text encoding, each denoising step, the VAE decode) at its model's cost
 GPU_MAX_SECONDS = int(os.environ.get("FORA_GPU_MAX_SECONDS", "120"))
-GPU_OVERHEAD_SECONDS = 10
+GPU_SECONDS_SCALE = float(os.environ.get("FORA_GPU_SECONDS_SCALE", "1.0"))
+GPU_OVERHEAD_SECONDS = 10  # worker start, moving the model to the GPU
+ASSUMED_TFLOPS = 100.0  # sustained float16 throughput assumed: a tenth of an H200's dense peak
+STEP_FLOOR_S = 0.015  # below this a step is bound by kernel launches and the hooks' Python, not by FLOPs
+OBSERVED_STEP_S = 0.01  # an observed step's host reads (similarity, predictions), on top of its doubled cost
+MARGIN = 1.5
 
 
-def gpu_seconds(steps: int) -> int:
-    """The `duration` asked of ZeroGPU for a request that runs `steps` denoising steps."""
-    return int(min(GPU_MAX_SECONDS, GPU_OVERHEAD_SECONDS + steps * GPU_SECONDS_PER_STEP))
+@dataclass(frozen=True)
+class GpuCost:
+    """What one pipeline call of a model costs on the Space's GPU: an estimate to reserve by, not a measurement."""
+
+    step_tflop: float  # one uncached forward pass of the transformer for one image, at the model's resolution
+    call_s: float  # the rest of a call: text encoding, the VAE decode, the image back to the host
+
+    def step_s(self) -> float:
+        """One uncached denoising step, the guidance batch of two included."""
+        return max(STEP_FLOOR_S, 2 * self.step_tflop / ASSUMED_TFLOPS)
+
+
+# forward FLOPs from the DiT paper (Table 4: XL/2 118.6 GFLOPs at 256 px, 524.6 at 512); PixArt-alpha is DiT-XL/2's
+# width and depth plus cross-attention (~0.6 TFLOP at 512 px), and at 1024 px has 4x the tokens (linear layers 4x,
+# attention 16x: ~2.7 TFLOP). Calls: VAE decodes of 256 to 1024 px, and T5-XXL's encoding for PixArt
+GPU_COSTS = {
+    "emoji-dit": GpuCost(0.0001, 0.05),
+    "dit-xl-2-256": GpuCost(0.119, 0.2),
+    "dit-xl-2-512": GpuCost(0.525, 0.5),
+    "pixart-alpha-512": GpuCost(0.6, 1.0),
+    "pixart-alpha-1024": GpuCost(2.7, 2.0),
+}
+UNKNOWN_COST = GpuCost(2.7, 2.0)  # an operator's model (FORA_EXTRA_MODELS): the largest listed
+
+
+def gpu_seconds(model_key: str, steps: int, observed_calls: int, plain_calls: int) -> int:
+    """The `duration` asked of ZeroGPU for a job of pipeline calls of `steps` steps each: `observed_calls` recorded
+    (maps, predictions: twice a step's cost and its host reads) and `plain_calls` timed without observers. Raises
+    `ValueError` past `FORA_GPU_MAX_SECONDS`, before anything runs: ZeroGPU would stop the call there."""
+    cost = GPU_COSTS.get(model_key, UNKNOWN_COST)
+    step = cost.step_s()
+    observed = observed_calls * (cost.call_s + steps * (2 * step + OBSERVED_STEP_S))
+    plain = plain_calls * (cost.call_s + steps * step)
+    seconds = int(GPU_OVERHEAD_SECONDS + MARGIN * GPU_SECONDS_SCALE * (observed + plain)) + 1
+    if seconds > GPU_MAX_SECONDS:
+        raise ValueError(
+            f"this request would reserve the GPU for about {seconds} s ({observed_calls + plain_calls} pipeline "
+            f"calls of {steps} steps on {model_key}); one request may reserve at most {GPU_MAX_SECONDS} s here: "
+            "fewer steps, seeds, intervals or policies"
+        )
+    return seconds
 
 
 def _compare_seconds(job: form.GenerateJob, baseline=None) -> int:
-    return gpu_seconds(job.denoising_steps(baseline_cached=baseline is not None))
+    return gpu_seconds(job.model_key, job.request.steps, *job.pipeline_calls(baseline_cached=baseline is not None))
+
+
+def _sweep_seconds(job: form.SweepJob) -> int:
+    return gpu_seconds(job.model_key, job.request.steps, *job.pipeline_calls())
+
+
+def _policies_seconds(job, plans: dict) -> int:
+    # every call counted as observed: most of a Policies job records (calibrations, the policies' own runs)
+    calls = job.denoising_steps(len(job.missing_plans(plans))) // job.request.steps
+    return gpu_seconds(job.model_key, job.request.steps, calls, 0)
 
 
 @GPU(duration=_compare_seconds)
@@ -49,7 +103,7 @@ def compare_on_gpu(job: form.GenerateJob, baseline=None):
     )
 
 
-@GPU(duration=lambda job: gpu_seconds(job.denoising_steps()))
+@GPU(duration=_sweep_seconds)
 def sweep_on_gpu(job: form.SweepJob):
     """One Sweep click, streamed: `(done, total, message)` after each run, then the `SweepResult`."""
     yield from stream_sweep(
@@ -57,7 +111,7 @@ def sweep_on_gpu(job: form.SweepJob):
     )
 
 
-@GPU(duration=lambda job, plans: gpu_seconds(job.denoising_steps(len(job.missing_plans(plans)))))
+@GPU(duration=_policies_seconds)
 def policies_on_gpu(job, plans: dict):
     """One Policies click, streamed: progress strings, then `PolicyResult`s (its plans calibrated here included)."""
     yield from stream_policies(registry.loaded(job.model_key), job, plans)

@@ -1,13 +1,23 @@
-"""The models the app may load: the allowlist (and why a model is unavailable on this machine), each model loaded
-once in the main process and kept with its lock.
+"""The models the app may load: the allowlist (and why a model is unavailable on this machine), the loaded models
+with a lock each, and how many stay loaded.
 
 Settings come from the environment:
 - `FORA_HUB_MODELS=1` lists the hub models (DiT-XL/2, PixArt-alpha) as available (default: only with CUDA and
   without `HF_HUB_OFFLINE`).
 - `FORA_EXTRA_MODELS=path1,path2` lets an operator add pipeline folders or hub ids to the allowlist; the UI never
   loads anything a user types.
+- `FORA_MAX_LOADED_MODELS` (default 2): models kept loaded besides those pinned (the default model, and on ZeroGPU
+  every model, loaded at start-up); loading one more unloads the least recently used one not running.
+
+Loading holds only that model's loader lock: while a hub model downloads, requests for the loaded ones go on, and a
+second request for the same model waits for the first load instead of starting another. A model loaded next to
+others takes their text encoders where its files are the same (`fora.loading.load_pipeline(share_from=...)`): the
+two PixArt-alpha checkpoints hold one T5-XXL between them.
 """
 
+import contextlib
+import gc
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -15,9 +25,10 @@ from dataclasses import dataclass
 import torch
 
 from fora.generate import is_text_conditional
-from fora.loading import MODELS, load_pipeline
+from fora.loading import MODELS, ModelLoadError, load_pipeline
 
 DEFAULT_MODEL = "emoji-dit"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,28 +62,130 @@ def model_choices() -> list[ModelChoice]:
             choices.append(ModelChoice(spec.key, f"{spec.key}: {spec.description}", hub_ok, reason))
     for extra in filter(None, (s.strip() for s in os.environ.get("FORA_EXTRA_MODELS", "").split(","))):
         choices.append(ModelChoice(extra, f"{extra} (added by the operator)", True, ""))
-    return choices
+    return [ModelChoice(c.key, c.label, False, _failed[c.key]) if c.key in _failed else c for c in choices]
 
 
-_models: dict[str, object] = {}
-_locks: dict[str, threading.Lock] = {}
-_registry_lock = threading.Lock()
+def max_loaded() -> int:
+    """`FORA_MAX_LOADED_MODELS`: how many unpinned models stay loaded (at least 1)."""
+    raw = os.environ.get("FORA_MAX_LOADED_MODELS", "2")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"FORA_MAX_LOADED_MODELS={raw!r} is not an integer; allowed 1 or more") from None
+    if value < 1:
+        raise ValueError(f"FORA_MAX_LOADED_MODELS={value} out of range: allowed 1 or more")
+    return value
 
 
-def get_model(key: str):
-    """The loaded pipeline for an allowlisted key (loaded once, then cached) and its lock."""
+def on_zerogpu() -> bool:
+    return bool(os.environ.get("SPACES_ZERO_GPU"))
+
+
+_models: dict[str, object] = {}  # loaded pipelines, least recently used first
+_locks: dict[str, threading.Lock] = {}  # held while a request runs on the model
+_loaders: dict[str, threading.Lock] = {}  # held while the model loads
+_pinned: set[str] = {DEFAULT_MODEL}  # never unloaded
+_failed: dict[str, str] = {}  # ZeroGPU: models whose start-up load failed, and why
+_registry_lock = threading.Lock()  # guards the dicts above; never held while a model loads
+_preloading = False  # ZeroGPU: loads are allowed only while `preload` runs
+
+
+def _choice(key: str) -> ModelChoice:
     choice = next((c for c in model_choices() if c.key == key), None)
     if choice is None:
         raise ValueError(f"unknown model {key!r}; allowed: {', '.join(c.key for c in model_choices())}")
     if not choice.available:
         raise ValueError(f"model {key!r} is unavailable here: {choice.reason}")
+    return choice
+
+
+def get_model(key: str):
+    """The loaded pipeline for an allowlisted key (loaded on first use, then kept while it is used) and its lock.
+    Take the lock with `hold` to run on it."""
+    _choice(key)
     with _registry_lock:
-        if key not in _models:
-            pipe = load_pipeline(key)
-            pipe.set_progress_bar_config(disable=True)
-            _models[key] = pipe
-            _locks[key] = threading.Lock()
-        return _models[key], _locks[key]
+        if key in _models:
+            _models[key] = _models.pop(key)  # most recently used: last
+            return _models[key], _locks[key]
+        if on_zerogpu() and not _preloading:  # a worker forked before a later load would lack it (`preload`)
+            why = _failed.get(key, "it was not loaded at start-up")
+            raise ModelLoadError(f"model {key!r} is not available on this Space: {why}")
+        loader = _loaders.setdefault(key, threading.Lock())
+    with loader:  # one load per key; the other keys' requests go on meanwhile
+        with _registry_lock:
+            if key in _models:  # loaded by the request this one waited for
+                return _models[key], _locks[key]
+            others = list(_models.values())
+        pipe = load_pipeline(key, share_from=others)
+        pipe.set_progress_bar_config(disable=True)
+        with _registry_lock:
+            _models[key], _locks[key] = pipe, threading.Lock()
+            _evict()
+            return pipe, _locks[key]
+
+
+def _evict() -> None:
+    """Unload least recently used, unpinned models that no request holds, down to `max_loaded()` (the one just
+    loaded or handed out, last in the order, stays). Called with `_registry_lock` held."""
+    bound = max_loaded()
+    unpinned = [k for k in _models if k not in _pinned]
+    for key in unpinned[:-1]:
+        if len(unpinned) <= bound:
+            break
+        if not _locks[key].acquire(blocking=False):  # running: unloaded by a later load once free
+            continue
+        try:
+            del _models[key]
+            unpinned.remove(key)
+            log.info("unloaded model %r to keep %d loaded", key, bound)
+        finally:
+            _locks.pop(key).release()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def hold(key: str, pipe):
+    """Run on `pipe` (from `get_model(key)`) holding its lock: requests never interleave on one pipeline, and a
+    held model is never unloaded. Refuses, with a message to retry, if the model was unloaded in the meantime."""
+    with _registry_lock:
+        lock = _locks.get(key) if _models.get(key) is pipe else None
+    gone = ModelLoadError(f"model {key!r} was unloaded to make room for another model meanwhile: run again")
+    if lock is None:
+        raise gone
+    with lock:
+        with _registry_lock:
+            unloaded = _models.get(key) is not pipe  # between the look-up and the lock
+        if unloaded:
+            raise gone
+        yield pipe
+
+
+def preload() -> list[str]:
+    """Load every available model now and pin it (ZeroGPU: GPU workers fork from this process, and one forked
+    before a later load would not have that model). A model that fails to load is reported as unavailable, with the
+    reason, instead of taking the app down. Returns the keys loaded."""
+    global _preloading
+    done, _preloading = [], True
+    try:
+        for choice in model_choices():
+            if choice.available:
+                _preload(choice.key, done)
+    finally:
+        _preloading = False
+    return done
+
+
+def _preload(key: str, done: list) -> None:
+    _pinned.add(key)
+    try:
+        get_model(key)
+        done.append(key)
+    except (ModelLoadError, ValueError, OSError) as e:
+        _pinned.discard(key)
+        _failed[key] = f"its load at start-up failed ({type(e).__name__})"
+        log.warning("model %r not preloaded: %s", key, e)
 
 
 def loaded(key: str):

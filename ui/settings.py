@@ -61,8 +61,14 @@ class Settings:
     def wire(self, block_choice: gr.Dropdown) -> None:
         """The column's own events; a model change also refills `block_choice` (the Compare tab's)."""
         self.block_choice = block_choice
+        # a first use loads the model here, holding up only the requests for that model (ui/registry.py): several
+        # users' switches to different models load side by side
         self.model.change(
-            self.on_model_change, self.model, [self.label, self.prompt, self.steps, block_choice], api_name=False
+            self.on_model_change,
+            self.model,
+            [self.label, self.prompt, self.steps, block_choice],
+            api_name=False,
+            concurrency_limit=4,
         )
         self.steps.change(on_steps_change, [self.steps, self.interval], self.interval, api_name=False)
         self.randomize.click(random_seed, None, self.seed, api_name=False)

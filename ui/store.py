@@ -7,10 +7,31 @@ Kept in the main process only: on ZeroGPU a GPU function returns what belongs he
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
+
+from analysis.metrics.similarity import SimilarityRecorder
+
+
+@dataclass(frozen=True)
+class Redraws:
+    """What the plots of a finished comparison redraw from, and all the server keeps of it: both runs' maps (a
+    finished recorder keeps only its maps), the policy that ran and the model. Kilobytes to a few megabytes, where
+    the comparison holds images and every step's prediction too."""
+
+    baseline: SimilarityRecorder
+    fora: SimilarityRecorder
+    policy: str
+    model: str
+
+    @classmethod
+    def of(cls, comparison, model: str) -> "Redraws":
+        return cls(comparison.baseline.similarity, comparison.fora.similarity, comparison.metrics["policy"], model)
 
 
 def result_bytes(result) -> int:
-    """Memory a kept `RunResult` or `Comparison` holds: similarity features, per-step predictions, images."""
+    """Memory a kept `RunResult`, `Comparison` or `Redraws` holds: maps, per-step predictions, images."""
+    if isinstance(result, Redraws):
+        return result.baseline.memory_bytes + result.fora.memory_bytes
     runs = [result.baseline, result.fora] if hasattr(result, "fora") else [result]
     total = 0
     for run in runs:
@@ -54,7 +75,7 @@ class BoundedCache:
 
 
 BASELINES = BoundedCache(size=8)  # uncached runs by (model, request): changing only N reuses them
-RESULTS = BoundedCache(size=16)  # finished comparisons by token, for redrawing plots; sessions hold only the token
+RESULTS = BoundedCache(size=16)  # `Redraws` of finished comparisons by token; sessions hold only the token
 
 _PLANS_MAX = 64
 _learned_plans: OrderedDict = OrderedDict()  # plans calibrated by the Policies tab, newest last

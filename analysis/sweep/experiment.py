@@ -61,7 +61,7 @@ class SweepResult:
     seeds: list[int]
     rows: list[SweepRow]
     images: dict = field(repr=False)  # interval -> first seed's image
-    recorders: dict = field(repr=False)  # interval -> first seed's SimilarityRecorder
+    recorders: dict = field(repr=False)  # first seed's SimilarityRecorder: of N=1 and of the first cached N
     per_seed: dict = field(repr=False)  # interval -> one metrics dict per seed
     cached_module_fraction: float = float("nan")
     timing: str = ""
@@ -96,6 +96,7 @@ def run_sweep(
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
     per_interval = {n: [] for n in intervals}
+    first_cached = next((n for n in intervals if n != 1), None)
     images, recorders = {}, {}
     k = len(intervals)
     # progress in runs: observed runs, the timed calls (warm-up, then 2k a round), the cached modules' share
@@ -118,7 +119,9 @@ def run_sweep(
             result = baseline if n == 1 else observe_run(pipe, req, replace(config, interval=n)).to_cpu()
             per_interval[n].append(compare_runs(baseline, result).metrics)
             if seed == seeds[0]:
-                images[n], recorders[n] = result.images[0], result.similarity
+                images[n] = result.images[0]
+                if n == 1 or n == first_cached:  # the maps the report shows: a recorder is kept only for them
+                    recorders[n] = result.similarity
             tick(f"seed {seed}: N={n}")
     first = replace(request, seed=seeds[0])
 

@@ -42,33 +42,34 @@ def _metrics_rows(
     ]
 
 
-def _heatmaps(comp, source):
+def _heatmaps(kept: store.Redraws, source):
     """The self-attention and MLP layer x step maps of the FORA run or of the uncached baseline."""
-    run = comp.baseline if source == "uncached baseline" else comp.fora
-    prefix = "uncached" if run is comp.baseline else comp.metrics["policy"]
+    uncached = source == "uncached baseline"
+    rec, prefix = (kept.baseline, "uncached") if uncached else (kept.fora, kept.policy)
     return (
-        neighbour_heatmap(run.similarity, "attn", f"{prefix}: self-attention, cos to previous computed step"),
-        neighbour_heatmap(run.similarity, "mlp", f"{prefix}: MLP, cos to previous computed step"),
+        neighbour_heatmap(rec, "attn", f"{prefix}: self-attention, cos to previous computed step"),
+        neighbour_heatmap(rec, "mlp", f"{prefix}: MLP, cos to previous computed step"),
     )
 
 
-def _pairwise(comp, block, kind):
+def _pairwise(kept: store.Redraws, block, kind):
     """The step x step map of the uncached run at `block` (the last recorded one if that has none)."""
-    rec = comp.baseline.similarity
+    rec = kept.baseline
     block = int(block) if block not in (None, "") else rec.blocks[-1]
     block = block if block in rec.blocks else rec.blocks[-1]
     return pairwise_heatmap(rec, block, kind if kind in rec.kinds else "attn")
 
 
-def _last_result(token):
-    """The comparison the session's token names, kept in the server (`store.RESULTS`)."""
-    comp = store.RESULTS.get(token) if token else None
-    if comp is None:
+def _last_result(token) -> store.Redraws:
+    """The maps of the comparison the session's token names, kept in the server (`store.RESULTS`)."""
+    kept = store.RESULTS.get(token) if token else None
+    if kept is None:
         raise gr.Error(
-            "generate first: the plots are redrawn from your last run (kept for the 16 most recent runs)",
+            "generate again: the plots are redrawn from your last run, and the server keeps the maps of the "
+            f"{store.RESULTS.size} most recent runs of all its users only",
             print_exception=False,
         )
-    return comp
+    return kept
 
 
 def redraw_pairwise(token, block, kind, model_key=None):
@@ -77,10 +78,10 @@ def redraw_pairwise(token, block, kind, model_key=None):
     block list, whose change event lands here: the last result is another model's)."""
     if not token:
         return gr.skip()
-    comp = _last_result(token)
-    if model_key is not None and comp.metrics.get("model") != model_key:
+    kept = _last_result(token)
+    if model_key is not None and kept.model != model_key:
         return gr.skip()
-    rec = comp.baseline.similarity
+    rec = kept.baseline
     try:
         block = int(block)
     except (TypeError, ValueError):
@@ -193,7 +194,7 @@ class CompareTab:
     ):
         """Baseline and FORA image with the same seed and their heatmaps first, the measured speedup when timed."""
         try:
-            pipe, lock = registry.get_model(model_key)  # in the main process: a forked GPU worker inherits it
+            pipe, _ = registry.get_model(model_key)  # in the main process: a forked GPU worker inherits it
             job = form.parse_generate(
                 pipe,
                 model_key,
@@ -221,7 +222,8 @@ class CompareTab:
         done = f"{plan.name} at N={job.config.interval}'s cost" if plan else f"N={job.config.interval}"
         done += f", seed {job.request.seed}"
         try:
-            with lock:  # taken here, never in the worker: a lock held by another thread at fork time stays held there
+            # the lock is taken here, never in the worker: a lock held by another thread at fork time stays held there
+            with registry.hold(model_key, pipe):
                 stream = gpu.compare_on_gpu(job, cached)
                 try:
                     for p in stream:
@@ -239,10 +241,10 @@ class CompareTab:
                             yield {self.base_img: upscale(p.baseline.images[0])}
                         elif p.phase == "compared":
                             comp, token = p.comparison, uuid.uuid4().hex
-                            comp.metrics["model"] = model_key  # the redraws skip once the model has changed
-                            store.RESULTS.put(token, comp)
+                            kept = store.Redraws.of(comp, model_key)  # the redraws skip once the model changed
+                            store.RESULTS.put(token, kept)
                             run = comp.fora.run
-                            heat_attn, heat_mlp = _heatmaps(comp, heat_source)
+                            heat_attn, heat_mlp = _heatmaps(kept, heat_source)
                             strip = schedule_strip(run.num_steps, run.full_steps, comp.fora.similarity.timesteps)
                             yield {
                                 self.base_img: upscale(comp.baseline.images[0]),
@@ -251,7 +253,7 @@ class CompareTab:
                                 self.metrics: _metrics_rows(comp, cached is not None, pairs=job.pairs),
                                 self.heat_attn: heat_attn,
                                 self.heat_mlp: heat_mlp,
-                                self.pairwise: _pairwise(comp, block_choice, pair_kind),
+                                self.pairwise: _pairwise(kept, block_choice, pair_kind),
                                 self.strip: strip,
                                 self.err: step_error_plot(comp.step_error, run.full_steps),
                                 self.status: f"images ready: {done}, {len(run.full_steps)} full steps of "

@@ -99,13 +99,13 @@ class PoliciesTab:
     def policies(self, model_key, label, prompt, steps, seed, guidance, chosen, interval, progress=gr.Progress()):
         """The same seed through up to three policies at FORA N's cost, next to the uncached baseline."""
         try:
-            pipe, lock = registry.get_model(model_key)
+            pipe, _ = registry.get_model(model_key)
             plans = store.known_plans()
             job = form.parse_policies(pipe, model_key, label, prompt, steps, seed, guidance, chosen, interval, plans)
         except (ValueError, ModelLoadError) as e:
             raise user_error(e) from None
         try:
-            with lock:
+            with registry.hold(model_key, pipe):
                 stream = gpu.policies_on_gpu(job, plans)
                 try:
                     for event in stream:

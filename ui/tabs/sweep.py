@@ -98,7 +98,7 @@ class SweepTab:
     ):
         """The interval sweep for the current settings (seed and Advanced included): curve, images, files."""
         try:
-            pipe, lock = registry.get_model(model_key)
+            pipe, _ = registry.get_model(model_key)
             job = form.parse_sweep(
                 pipe,
                 model_key,
@@ -120,7 +120,7 @@ class SweepTab:
             raise user_error(e) from None
         result = None
         try:
-            with lock:
+            with registry.hold(model_key, pipe):
                 stream = gpu.sweep_on_gpu(job)
                 try:
                     for event in stream:
