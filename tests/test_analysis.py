@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_dit_pipeline, make_pixart_pipeline
 
-from analysis.comparison import compare, observe_run
+from analysis.comparison import RunResult, compare, compare_runs, observe_run
 from analysis.memory import MODEL_SHAPES, cache_bytes, hbm_answer, measure_read_seconds
 from analysis.metrics.quality import compare_images, diff_image, mean_abs_diff, prediction_error, psnr, ssim
 from analysis.metrics.similarity import SimilarityRecorder, cosine, default_blocks
@@ -16,7 +16,7 @@ from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, 
 from analysis.sweep.__main__ import main as sweep_main
 from analysis.sweep.experiment import run_sweep
 from analysis.sweep.report import report_html, write_outputs
-from fora import ForaConfig, apply_fora, full_steps, remove_fora
+from fora import ForaConfig, ForaRun, apply_fora, full_steps, remove_fora
 from fora.generate import Request
 
 
@@ -297,9 +297,46 @@ def test_sweep_cli(tmp_path, capsys):
     assert "interval=9 out of range for 6 steps" in capsys.readouterr().out
 
 
-def test_compare_images_keys():
-    img = np.zeros((4, 4, 3))
-    assert set(compare_images(img, img)) == {"psnr", "ssim", "mad"}
+def test_compare_images_values():
+    a, b = np.zeros((8, 8, 3)), np.full((8, 8, 3), 0.1)
+    # a constant offset: mse 0.01 -> 20 dB; SSIM keeps only its luminance term (no variance), with C1 = (0.01 * 1)^2:
+    # (2 * 0 * 0.1 + C1) / (0 + 0.1^2 + C1) = 1 / 101
+    assert compare_images(b, a) == {
+        "psnr": pytest.approx(20.0),
+        "ssim": pytest.approx(1 / 101),
+        "mad": pytest.approx(0.1),
+    }
+    rng = np.random.default_rng(0)
+    x, y = rng.random((12, 10, 3)), rng.random((12, 10, 3))
+    assert compare_images(x, y) == {"psnr": psnr(x, y), "ssim": ssim(x, y), "mad": mean_abs_diff(x, y)}
+
+
+def test_a_comparison_scores_and_shows_the_first_images_of_its_two_runs():
+    rng = np.random.default_rng(0)
+    baseline = rng.uniform(0.2, 0.8, size=(2, 6, 9, 3))
+    fora = rng.uniform(0.2, 0.8, size=(2, 6, 9, 3))  # the second images differ at random: never compared
+    fora[0] = baseline[0]
+    fora[0][:, :3] += 0.05  # columns 0-2 brighter, 3-5 darker by twice as much, 6-8 the same
+    fora[0][:, 3:6] -= 0.1
+    request = Request(label=1, steps=4, seed=0)
+
+    def result(images, interval, full_steps, computed, reused):  # what observe_run returns, timings aside
+        run = ForaRun(4, full_steps, steps_done=4, computed_calls=computed, reused_calls=reused)
+        return RunResult(request, ForaConfig(interval=interval), images, 0.0, 0.0, 0.0, run, None)
+
+    comp = compare_runs(result(baseline, 1, [0, 1, 2, 3], 24, 0), result(fora, 3, [0, 3], 12, 12))
+    mse = (3 * 0.05**2 + 3 * 0.1**2) / 9
+    assert comp.metrics["psnr"] == pytest.approx(10 * math.log10(1 / mse))
+    assert comp.metrics["mad"] == pytest.approx((3 * 0.05 + 3 * 0.1) / 9)
+    assert comp.metrics["ssim"] == ssim(fora[0], baseline[0]) < 1
+    assert comp.metrics["ideal_speedup"] == 2.0 and comp.metrics["full_steps"] == 2
+    # the heat map of |fora - baseline| (channel mean, x4 gain): 0.2 -> (0.6, 0, 0); 0.4 -> (1, 0.2, 0), darker
+    # pixels as hot as brighter ones; unchanged pixels black
+    shown = comp.diff_image()
+    assert shown.shape == (6, 9, 3) and shown.dtype == np.float64 and 0 <= shown.min() and shown.max() <= 1
+    assert np.allclose(shown[:, :3], [0.6, 0.0, 0.0])
+    assert np.allclose(shown[:, 3:6], [1.0, 0.2, 0.0])
+    assert np.array_equal(shown[:, 6:], np.zeros((6, 3, 3)))
 
 
 def test_memory_cli(capsys):
