@@ -340,10 +340,86 @@ def test_a_corrupt_shard_is_made_again_and_a_busy_folder_is_refused(tiny_model, 
     assert _shards(copy) == _shards(one_process)
 
 
-def test_the_app_starts_with_a_broken_table(tmp_path, monkeypatch):
+SHIPPED_TABLE3 = os.path.join(ROOT, "assets", "emoji-dit", "table3")
+
+
+def _broken_table3(folder, name: str, breakage) -> str:
+    """The two files the tab reads copied from the shipped Table 3, `name` rewritten by `breakage(bytes)`."""
+    for f in ("table.json", "grid_samples.npz"):
+        shutil.copy(os.path.join(SHIPPED_TABLE3, f), folder / f)
+    (folder / name).write_bytes(breakage((folder / name).read_bytes()))
+    return str(folder)
+
+
+def _without_fid_in_row_3(text: bytes) -> bytes:
+    meta = json.loads(text)
+    del meta["rows"][3]["fid"]
+    return json.dumps(meta).encode()
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1985725\n"  # a clone without LFS
+
+
+@pytest.mark.parametrize(
+    "name, breakage, message",
+    [
+        ("table.json", lambda b: b[: len(b) // 2], "table.json is not JSON: "),  # a copy or a write cut short
+        ("table.json", lambda b: b"{}", "table.json is not a table the app can show (KeyError: 'settings')"),
+        ("table.json", _without_fid_in_row_3, "table.json is not a table the app can show (KeyError: 'fid')"),
+        ("table.json", lambda b: b"\xff\xfe\x00", "table.json is not JSON: "),
+        ("grid_samples.npz", lambda b: b[: len(b) // 2], "grid_samples.npz is unreadable (BadZipFile: "),
+        ("grid_samples.npz", lambda b: LFS_POINTER, "grid_samples.npz is unreadable (ValueError: "),
+    ],
+    ids=["json-cut-short", "json-empty-object", "json-row-without-fid", "json-binary", "npz-cut-short", "npz-lfs"],
+)
+def test_the_app_builds_with_a_broken_table_and_says_which_file(tmp_path, monkeypatch, name, breakage, message):
+    """A broken shipped Table 3 file: the page still builds, the Table 3 tab holds only the message naming the file
+    and how to make the table again, and the other tabs and their endpoints are all there."""
+    import gradio as gr
+
+    from ui.layout import build_layout
+    from ui.tabs import table3
+
+    folder = _broken_table3(tmp_path, name, breakage)
+    monkeypatch.setattr(table3, "TABLE3_DIR", folder)
+    layout = build_layout()
+    assert layout.table3.grid is None and layout.table3.class_choice is None
+    tabs = {b.label: b for b in layout.demo.blocks.values() if isinstance(b, gr.Tab)}
+    assert list(tabs) == ["Compare", "Sweep", "Policies", "Memory", "Table 3"]
+    [shown] = tabs["Table 3"].children  # the message alone: no table, plots or grid built from a broken file
+    assert isinstance(shown, gr.Markdown)
+    assert shown.value.startswith(f"No readable Table 3 in `{folder}` (ValueError: {os.path.join(folder, message)}")
+    assert table3.TABLE3_COMMAND in shown.value
+    endpoints = {f.api_name for f in layout.demo.fns.values()}
+    assert {"generate", "sweep", "memory"} <= endpoints and "table3_grid" not in endpoints
+
+
+def test_the_app_serves_with_a_broken_table(tmp_path, monkeypatch):
+    """The same through the real server: the page's config carries the message, the other tabs answer."""
+    import socket
+    import urllib.request
+
+    from gradio_client import Client
+
     from ui.layout import build_demo
     from ui.tabs import table3
 
-    (tmp_path / "table.json").write_text("{ cut short")
-    monkeypatch.setattr(table3, "TABLE3_DIR", str(tmp_path))
-    build_demo()  # the Table 3 tab says the table is unreadable; the other tabs work
+    folder = _broken_table3(tmp_path, "table.json", lambda b: b[: len(b) // 2])
+    monkeypatch.setattr(table3, "TABLE3_DIR", folder)
+    demo = build_demo()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue(max_size=4).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with urllib.request.urlopen(url + "config", timeout=30) as r:
+            config = json.loads(r.read())
+        texts = [c["props"].get("value") for c in config["components"] if c.get("type") == "markdown"]
+        assert sum(f"No readable Table 3 in `{folder}`" in str(t) for t in texts) == 1
+        client = Client(url, verbose=False)
+        assert "/table3_grid" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        answer = client.predict("dit-xl-2-256", 1, "float16", 50, 3, 3.35, 989, 0.5, api_name="/memory")
+        assert "| 63.0 MiB |" in answer and "Is HBM fast enough? yes" in answer  # 28 x 2 x 2 x 256 x 1152 x 2 B
+    finally:
+        demo.close()

@@ -12,6 +12,8 @@ import html
 import io
 import json
 import os
+import zipfile
+import zlib
 
 import numpy as np
 import plotly.graph_objects as go
@@ -111,12 +113,23 @@ def samples_text(meta: dict) -> str:
 
 
 def load_table(folder: str) -> dict:
-    """The `table.json` of a Table 3 folder; raises `FileNotFoundError` naming the file when there is none."""
+    """The `table.json` of a Table 3 folder; raises `FileNotFoundError` naming the file when there is none and
+    `ValueError` naming it when it cannot be shown: not JSON (cut short), or JSON without the fields the app reads
+    (hand-edited, another version)."""
     path = os.path.join(folder, "table.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no table at {path}: run python -m analysis.table --out {folder}")
     with open(path) as f:
-        return json.load(f)
+        try:
+            meta = json.load(f)
+        except ValueError as e:  # a JSONDecodeError, or a UnicodeDecodeError for a binary file
+            raise ValueError(f"{path} is not JSON: {e}") from None
+    try:  # these two read every field that the tab and its plots read: what they cannot show is refused here
+        describe(meta)
+        display_rows(meta)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path} is not a table the app can show ({type(e).__name__}: {e})") from None
+    return meta
 
 
 def collect_grid_samples(
@@ -157,8 +170,14 @@ def class_grid(grid: np.ndarray, class_ids: list[int], scale: int = 3) -> np.nda
 
 
 def load_grid_samples(folder: str) -> np.ndarray:
-    with np.load(os.path.join(folder, "grid_samples.npz")) as z:
-        return z["images"]
+    """The images of `grid_samples.npz`; `FileNotFoundError` when there is none, `ValueError` naming it when it is
+    unreadable (cut short, a Git LFS pointer, no images)."""
+    path = os.path.join(folder, "grid_samples.npz")
+    try:
+        with np.load(path) as z:
+            return z["images"]
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
 
 
 def _fd_key(rows: list[dict]) -> tuple[str, str]:
