@@ -124,8 +124,6 @@ def block_step_forward(
     if attn_out is None:
         x = block.norm1.norm(hidden_states) if zero else block.norm1(hidden_states)
         x = x * (1 + mod[_SCALE_MSA]) + mod[_SHIFT_MSA]
-        if not zero:
-            x = x.squeeze(1)  # as diffusers' block does for ada_norm_single (a no-op unless the sequence has length 1)
         attn_out = computed["attn"] = block.attn1(
             x, encoder_hidden_states=None, attention_mask=attention_mask, **cross_attention_kwargs
         )

@@ -445,3 +445,28 @@ def test_wan_2_2_two_experts_each_cache_on_the_runs_schedule():
     apply_fora(pipe, ForaConfig(interval=N))
     remove_fora(first)  # given the first expert alone: both are restored
     assert not any(hasattr(m, "_diffusers_hook") for t in (first, second) for m in t.modules())
+
+
+def test_lean_pixart_step_on_a_one_token_sequence_is_the_blocks_own_forward():
+    """A 2x2 latent in patches of 2 is a sequence of one token, (B, 1, D). diffusers' block attends over the normed
+    input as it is; the lean step once squeezed it to (B, D) first, which the attention refuses. At N = 1 with an
+    observer (every step through the lean step) it is the uncached model, and lean reuse is the plain reuse step
+    (the block's own forward fed with the cached outputs), bit for bit."""
+    from dataclasses import replace
+
+    model, inputs = build("pixart-sigma")
+    inputs = {**inputs, "hidden_states": torch.randn(2, 4, 2, 2)}
+    baseline = sample(model, inputs)
+    handle = apply_fora(model, ForaConfig(interval=1), num_steps=T)
+    handle.add_observer(lambda observation: None)
+    assert all(torch.equal(a, b) for a, b in zip(sample(model, inputs), baseline))
+    remove_fora(model)
+    config = ForaConfig(interval=N)
+    apply_fora(model, config, num_steps=T)
+    lean = sample(model, inputs)
+    remove_fora(model)
+    apply_fora(model, replace(config, lean_reuse=False), num_steps=T)
+    plain = sample(model, inputs)
+    remove_fora(model)
+    assert all(torch.equal(a, b) for a, b in zip(lean, plain))
+    assert not torch.equal(lean[-1], baseline[-1])  # reuse steps ran
