@@ -109,7 +109,7 @@ def block_step_forward(
     full one. The remaining arguments are `BasicTransformerBlock.forward`'s. Returns the block output and the outputs
     of the modules that ran, by kind."""
     cross_attention_kwargs = dict(cross_attention_kwargs) if cross_attention_kwargs else {}
-    cross_attention_kwargs.pop("gligen", None)  # the original drops it too; blocks with a fuser are not supported
+    gligen = cross_attention_kwargs.pop("gligen", None)
     computed = {}
     zero = block.norm_type == "ada_norm_zero"
     if zero:
@@ -130,6 +130,8 @@ def block_step_forward(
     hidden_states = _gated_residual(mod[_GATE_MSA], attn_out, hidden_states)
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
+    if gligen is not None:  # as the original; a block with a fuser runs its own forward, so this one raises like it
+        hidden_states = block.fuser(hidden_states, gligen["objs"])
 
     if block.attn2 is not None:
         cross_out = cached.get("cross_attn")

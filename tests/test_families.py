@@ -470,3 +470,74 @@ def test_lean_pixart_step_on_a_one_token_sequence_is_the_blocks_own_forward():
     remove_fora(model)
     assert all(torch.equal(a, b) for a, b in zip(lean, plain))
     assert not torch.equal(lean[-1], baseline[-1])  # reuse steps ran
+
+
+class SingleBlocks(torch.nn.Module):
+    """Two PixArt-like blocks (adaLN-single) of any configuration, with the modulation made from the timestep and,
+    given `objs`, GLIGEN's grounding tokens passed on to every block."""
+
+    def __init__(self, objs: torch.Tensor | None = None, **block_kwargs):
+        super().__init__()
+        kwargs = dict(norm_type="ada_norm_single", cross_attention_dim=16, num_embeds_ada_norm=1000, **block_kwargs)
+        self.transformer_blocks = torch.nn.ModuleList([BasicTransformerBlock(16, 2, 8, **kwargs) for _ in range(2)])
+        self.t_proj = torch.nn.Linear(1, 6 * 16)
+        self.objs = objs
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
+        temb = self.t_proj(timestep[:, None] / 1000)
+        gligen = {"gligen": {"objs": self.objs}} if self.objs is not None else None
+        for block in self.transformer_blocks:
+            hidden_states = block(
+                hidden_states,
+                encoder_hidden_states=encoder_hidden_states,
+                timestep=temb,
+                cross_attention_kwargs=gligen,
+            )
+        return (hidden_states,)
+
+
+@pytest.mark.parametrize(
+    "what, kwargs",
+    [
+        ("positional embeddings", dict(positional_embeddings="sinusoidal", num_positional_embeddings=16)),
+        ("cross-attention only", dict(only_cross_attention=True)),
+        ("GLIGEN", dict(attention_type="gated", objs=torch.randn(2, 3, 16))),
+    ],
+)
+def test_basic_blocks_the_lean_step_does_not_cover_run_their_own_forward(what, kwargs):
+    """`block_step_forward` implements neither a positional embedding, nor an `attn1` that attends to the text,
+    nor GLIGEN's fuser: blocks with them are left to their own forward with hooks on the modules, which every step
+    through the lean step (N = 1, observed) shows to be bit for bit the uncached model."""
+    from fora.hooks import FORA_MODULE_HOOK
+    from fora.lean_reuse import supports_lean_reuse
+
+    torch.manual_seed(0)
+    model = SingleBlocks(**kwargs).eval()
+    inputs = {"hidden_states": torch.randn(2, 16, 16), "encoder_hidden_states": torch.randn(2, 5, 16)}
+    assert not any(supports_lean_reuse(b) for b in model.transformer_blocks)
+    baseline = sample(model, inputs)
+    handle = apply_fora(model, ForaConfig(interval=1), num_steps=T)
+    handle.add_observer(lambda observation: None)
+    block = model.transformer_blocks[0]
+    assert not hasattr(block, "_diffusers_hook") and FORA_MODULE_HOOK in block.ff._diffusers_hook.hooks
+    assert all(torch.equal(a, b) for a, b in zip(sample(model, inputs), baseline))
+    remove_fora(model)
+
+
+def test_the_lean_pixart_step_passes_gligen_on_like_the_blocks_own_forward():
+    """The original pops `gligen` from the attention kwargs and hands it to the block's fuser; a block without one
+    (the only kind the lean step runs) raises there, and so does the lean step, rather than drop it silently."""
+    from fora.lean_reuse import ALL_CHUNKS, block_step_forward
+
+    torch.manual_seed(0)
+    model = SingleBlocks()
+    block, x = model.transformer_blocks[0], torch.randn(2, 16, 16)
+    kwargs = dict(
+        encoder_hidden_states=torch.randn(2, 5, 16),
+        timestep=model.t_proj(torch.ones(2, 1)),
+        cross_attention_kwargs={"gligen": {"objs": torch.randn(2, 3, 16)}},
+    )
+    with pytest.raises(AttributeError, match="fuser"):
+        block(x, **kwargs)
+    with pytest.raises(AttributeError, match="fuser"):
+        block_step_forward(block, {}, ALL_CHUNKS, x, **kwargs)
