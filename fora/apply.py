@@ -91,8 +91,7 @@ def _apply(transformer, config: ForaConfig, pipeline, num_steps: int | None, joi
     for index, (name, block, spec) in enumerate(find_blocks(transformer)):
         if pattern is not None and not pattern.fullmatch(name):
             continue  # not cached, but numbered: the numbers stay those of the whole model
-        if getattr(block, "_chunk_size", None) is not None:
-            raise ValueError(f"block {name} uses feed-forward chunking, which FORA cannot cache; disable it first")
+        _refuse_chunking(name, block)
         if any(kind == "attn_mlp" for _, kind in spec.modules) and config.cache_attn != config.cache_mlp:
             raise ValueError(
                 f"block {name} ({type(block).__name__}) fuses attention and MLP before its gate: cache_attn and "
@@ -138,6 +137,7 @@ def _apply(transformer, config: ForaConfig, pipeline, num_steps: int | None, joi
         handle.state.slots.append(slot)
         handle.modules.append((slot.key, slot.block, slot.kind))
     handle._num_cached = sum(slot.enabled for slot in handle.state.slots)
+    handle._blocks = [(name, block) for name, block, _ in blocks]
     for name, block, spec in blocks:
         hooked = by_block.get(name, [])
         if spec.reuse_forward is not None and hooked:  # fused (FLUX single-stream): the block's own reuse step
@@ -159,6 +159,13 @@ def _apply(transformer, config: ForaConfig, pipeline, num_steps: int | None, joi
     _invalidate_registry_caches(transformer)
     transformer._fora_handle = handle
     return handle
+
+
+def _refuse_chunking(name: str, block: torch.nn.Module) -> None:
+    """Feed-forward chunking (`set_chunk_feed_forward`) calls the MLP once per chunk: a module hook would store one
+    chunk and answer every chunk with it, and the lean step does not chunk."""
+    if getattr(block, "_chunk_size", None) is not None:
+        raise ValueError(f"block {name} uses feed-forward chunking, which FORA cannot cache; disable it first")
 
 
 def find_blocks(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module, BlockSpec]]:
@@ -232,13 +239,20 @@ class ForaHandle:
         self.transformer = transformer
         self.config = config
         self.state = ForaState()
-        self.runs = RunTracker(pipeline, num_steps, config.check_num_steps, transformer, joins=joins)
+        self.runs = RunTracker(pipeline, num_steps, self._check_run, transformer, joins=joins)
         self.second: ForaHandle | None = None  # Wan 2.2: the handle of the pipeline's transformer_2
         self.first: ForaHandle | None = None  # on the second's handle: the first's
         self.observers: list = []
         self.modules: list[tuple[str, int, str]] = []  # (module name, block index, kind)
         self._num_cached = 0
         self._plan_reused: list[int] = []  # with a plan: the number of module calls reused at each step
+        self._blocks: list[tuple[str, torch.nn.Module]] = []  # the cached blocks, by name
+
+    def _check_run(self, num_steps: int) -> None:
+        """Before a run starts: the config fits its length, and no block took up chunking since `apply_fora`."""
+        self.config.check_num_steps(num_steps)
+        for name, block in self._blocks:
+            _refuse_chunking(name, block)
 
     @property
     def num_steps(self) -> int | None:

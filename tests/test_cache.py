@@ -231,6 +231,22 @@ def test_unknown_block_and_chunking(dit_pipe):
         apply_fora(dit_pipe, ForaConfig())
 
 
+@pytest.mark.parametrize("lean_reuse", [True, False])
+def test_chunking_taken_up_after_apply_is_refused_at_the_next_run(dit_pipe, lean_reuse):
+    """A module hook on a chunked MLP stores one chunk and answers every chunk of a reuse step with it (a wrong
+    image, silently), and the lean step does not chunk: a run does not start while a block chunks."""
+    config = ForaConfig(interval=3, lean_reuse=lean_reuse)
+    apply_fora(dit_pipe, config)
+    expected = run_dit(dit_pipe, steps=9)
+    block = dit_pipe.transformer.transformer_blocks[1]
+    block.set_chunk_feed_forward(2, 0)
+    with pytest.raises(ValueError, match="block transformer_blocks.1 uses feed-forward chunking"):
+        run_dit(dit_pipe, steps=9)
+    block.set_chunk_feed_forward(None)
+    assert np.array_equal(run_dit(dit_pipe, steps=9), expected)
+    remove_fora(dit_pipe)
+
+
 def test_pixart_bit_identical_and_cross_attention_option():
     pipe = make_pixart_pipeline()
     base = run_pixart(pipe)
