@@ -85,10 +85,15 @@ def _adaln_zero_chunks(
 
 
 def _gated_residual(gate: torch.Tensor, update: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-    """`gate * update + hidden_states`, adding into the product's fresh buffer: the same values, one buffer fewer
-    to allocate and write, which on a memory-bound reuse step is a good part of what is left."""
+    """`gate * update + hidden_states`, adding into the product's fresh buffer where it has the sum's shape and
+    dtype: the same values, one buffer fewer to allocate and write, which on a memory-bound reuse step is a good part
+    of what is left. Otherwise (a broadcast, or a product narrower than the residual stream under mixed precision,
+    which the sum promotes) the sum gets a buffer of its own."""
     out = gate * update
-    return out.add_(hidden_states) if out.shape == hidden_states.shape else out + hidden_states
+    # promote_types, not result_type, which a compiled graph cannot hold: for tensors of one shape they agree
+    if out.shape == hidden_states.shape and out.dtype == torch.promote_types(out.dtype, hidden_states.dtype):
+        return out.add_(hidden_states)
+    return out + hidden_states
 
 
 def block_step_forward(

@@ -333,6 +333,32 @@ def test_lean_reuse_bit_identical_pixart(combo):
         assert torch.equal(lean, plain)
 
 
+@pytest.mark.parametrize(
+    "gate_dtype, update_dtype, hidden_dtype",
+    [
+        (torch.bfloat16, torch.bfloat16, torch.float32),  # a bfloat16 block on a float32 residual stream
+        (torch.float16, torch.float16, torch.float32),
+        (torch.float32, torch.bfloat16, torch.bfloat16),  # a float32 gate (PixArt's table) on a bfloat16 stream
+        (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.float32, torch.float32),
+    ],
+)
+@pytest.mark.parametrize("gate_shape", [(2, 1, 16), (2, 5, 16)])
+def test_gated_residual_is_the_originals_sum_in_value_and_dtype(gate_dtype, update_dtype, hidden_dtype, gate_shape):
+    """The lean step's `gate * update + hidden_states` adds in place into the product where it can; under mixed
+    precision the original sum promotes to the wider dtype, and so must the lean one (a float32 stream added into a
+    bfloat16 product would come back bfloat16)."""
+    from fora.lean_reuse import _gated_residual
+
+    g = torch.Generator().manual_seed(0)
+    gate = torch.randn(gate_shape, generator=g).to(gate_dtype)
+    update = torch.randn(2, 5, 16, generator=g).to(update_dtype)
+    hidden = torch.randn(2, 5, 16, generator=g).to(hidden_dtype)
+    expected = gate * update + hidden
+    got = _gated_residual(gate, update, hidden)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
 def count_calls(modules: dict) -> tuple[dict, list]:
     counts = dict.fromkeys(modules, 0)
 
