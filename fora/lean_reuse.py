@@ -13,7 +13,8 @@ to one graph per kind of step instead of one per block (a hooked submodule is gu
 - DiT (`ada_norm_zero`): the timestep/class embedding and the adaLN projection run, but only for the rows that are
   read (the two gates always; shift/scale of a module only when that module is recomputed). Rows are sliced from
   the weight in contiguous runs, so no weight is copied. The sliced matmul equals the full one's rows wherever the
-  matrix library reduces each output element alike for any number of rows (single-threaded CPU BLAS does; tested).
+  matrix library reduces each output element alike for any number of rows: torch's CPU library does at one and two
+  threads, float32, float16 and bfloat16 (tested at DiT-XL/2's width); a GPU library need not.
 - PixArt-alpha (`ada_norm_single`): the modulation is a table plus a per-step vector; only the read chunks are
   added. The cross-attention is ungated and has no norm, so caching it skips only the module itself.
 
@@ -23,8 +24,8 @@ The MMDiT blocks (`mmdit_step_forward`) work alike on both streams: the adaLN ro
 the norm and the shift/scale rows of a module only when it is recomputed (SD3.5's second attention reads the same
 norm of the image tokens as the first, with its own rows; a last SD3 block's context stream is pre-only, and its
 continuous norm runs only with the attention). Each step function returns `(block output, computed outputs by
-kind)` and is bit for bit the block's forward fed with the cached outputs (float32, one CPU thread; tested).
-"""
+kind)` and is bit for bit the block's forward fed with the cached outputs (tested on the CPU at float32; SD3.5's and
+FLUX's also with two threads and at float16 and bfloat16)."""
 
 import torch
 import torch.nn.functional as F

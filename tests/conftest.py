@@ -1,5 +1,6 @@
 """Tiny random diffusers pipelines built on the CPU: never a hub download."""
 
+import contextlib
 import os
 
 import pytest
@@ -9,7 +10,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
-def make_dit_pipeline(num_layers: int = 3, sample_size: int = 8, seed: int = 0):
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run with `n` torch threads (the tests run with one), then restore the number there was."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def make_dit_pipeline(num_layers: int = 3, sample_size: int = 8, seed: int = 0, attention_head_dim: int = 8):
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(seed)
@@ -17,7 +29,7 @@ def make_dit_pipeline(num_layers: int = 3, sample_size: int = 8, seed: int = 0):
         sample_size=sample_size,
         num_layers=num_layers,
         patch_size=2,
-        attention_head_dim=8,
+        attention_head_dim=attention_head_dim,
         num_attention_heads=2,
         in_channels=4,
         out_channels=8,
@@ -51,7 +63,7 @@ def make_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def make_pixart_pipeline(num_layers: int = 2, seed: int = 0):
+def make_pixart_pipeline(num_layers: int = 2, seed: int = 0, attention_head_dim: int = 8):
     from diffusers import AutoencoderKL, DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
@@ -60,11 +72,11 @@ def make_pixart_pipeline(num_layers: int = 2, seed: int = 0):
         sample_size=8,
         num_layers=num_layers,
         patch_size=2,
-        attention_head_dim=8,
+        attention_head_dim=attention_head_dim,
         num_attention_heads=3,
         caption_channels=32,
         in_channels=4,
-        cross_attention_dim=24,
+        cross_attention_dim=3 * attention_head_dim,  # the inner width, which the caption projection gives
         out_channels=8,
         attention_bias=True,
         activation_fn="gelu-approximate",

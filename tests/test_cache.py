@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import make_dit_pipeline, make_pixart_pipeline, run_dit, run_pixart
+from conftest import make_dit_pipeline, make_pixart_pipeline, run_dit, run_pixart, torch_threads
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fora import ForaConfig, apply_fora, full_steps, get_fora_handle, remove_fora
@@ -357,6 +357,70 @@ def test_gated_residual_is_the_originals_sum_in_value_and_dtype(gate_dtype, upda
     expected = gate * update + hidden
     got = _gated_residual(gate, update, hidden)
     assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def recorded(pipe, run) -> list[torch.Tensor]:
+    """Every transformer output of a run and the images: a difference the VAE or its clamp would hide shows here."""
+    outputs = []
+    hook = pipe.transformer.register_forward_hook(lambda module, args, output: outputs.append(output[0].clone()))
+    try:
+        images = torch.from_numpy(run(pipe))
+    finally:
+        hook.remove()
+    return [*outputs, images]
+
+
+@pytest.mark.parametrize(
+    "threads, dtype",
+    [(2, torch.float32), (1, torch.float16), (1, torch.bfloat16), (2, torch.float16), (2, torch.bfloat16)],
+    ids=lambda v: str(v).removeprefix("torch."),
+)
+def test_bit_for_bit_claims_hold_with_two_threads_and_in_half_precision(threads, dtype):
+    """The other tests run one CPU thread at float32. Here, on wider blocks (the MLP's activations and the matmuls
+    are large enough to be split between threads): N = 1 with an observer (every block through the lean step on
+    every step) is the uncached model, and lean reuse is the plain one for each set of adaLN rows a reuse step
+    slices (both gates alone, with the attention's shift/scale, with the MLP's), every transformer output bit for
+    bit."""
+    with torch_threads(threads):
+        for make, run in (
+            (lambda: make_dit_pipeline(sample_size=16, attention_head_dim=32), lambda p: run_dit(p, steps=7)),
+            (lambda: make_pixart_pipeline(attention_head_dim=32), lambda p: run_pixart(p, steps=7)),
+        ):
+            pipe = make().to(dtype)
+            baseline = recorded(pipe, run)
+            assert baseline[0].dtype == dtype
+            handle = apply_fora(pipe, ForaConfig(interval=1))
+            handle.add_observer(lambda observation: None)
+            assert all(torch.equal(a, b) for a, b in zip(recorded(pipe, run), baseline, strict=True))
+            remove_fora(pipe)
+            for cache_attn, cache_mlp in [(True, True), (False, True), (True, False)]:
+                config = ForaConfig(interval=3, cache_attn=cache_attn, cache_mlp=cache_mlp)
+                apply_fora(pipe, config)
+                lean = recorded(pipe, run)
+                remove_fora(pipe)
+                apply_fora(pipe, replace(config, lean_reuse=False))
+                plain = recorded(pipe, run)
+                remove_fora(pipe)
+                assert all(torch.equal(a, b) for a, b in zip(lean, plain, strict=True))
+                assert not torch.equal(lean[-1], baseline[-1])  # reuse steps ran
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_adaln_row_slices_are_the_full_products_rows_at_dit_xl_width_with_two_threads(dtype):
+    """A reuse step computes only some rows of DiT's adaLN projection (1152 -> 6 x 1152 in DiT-XL/2): one matmul per
+    contiguous run of weight rows. They are the full product's rows bit for bit, with two threads too."""
+    from fora.lean_reuse import _adaln_zero_chunks, needed_chunks
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(1152, 6 * 1152).to(dtype)
+    with torch_threads(2):
+        for batch in (1, 2, 8):
+            x = torch.randn(batch, 1152).to(dtype)
+            full = linear(x).chunk(6, dim=1)
+            for cached_attn, cached_mlp in [(True, True), (False, True), (True, False)]:
+                chunks = needed_chunks(cached_attn, cached_mlp)
+                rows = _adaln_zero_chunks(linear, x, chunks)
+                assert all(torch.equal(rows[i], full[i]) for i in chunks)
 
 
 def count_calls(modules: dict) -> tuple[dict, list]:

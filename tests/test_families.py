@@ -375,6 +375,48 @@ def test_mmdit_blocks_reuse_lean_bit_for_bit_as_their_own_forward(family):
     assert calls == [len(norms) if s in full else 0 for s in range(T)]
 
 
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "family, threads, dtype",
+    # not FLUX at float16: it scales the timestep by 1000, and this loop's timesteps (950..50) overflow float16
+    [("sd3.5", 2, F32), ("sd3.5", 1, F16), ("sd3.5", 2, F16), ("sd3.5", 1, BF16), ("sd3.5", 2, BF16)]
+    + [("flux", 2, F32), ("flux", 1, BF16), ("flux", 2, BF16)],
+    ids=str,
+)
+def test_lean_mmdit_step_is_bit_for_bit_with_two_threads_and_in_half_precision(family, threads, dtype):
+    """The lean MMDiT step's equalities with two torch threads and at float16/bfloat16: N = 1 with an observer
+    (every block through the lean step) is the uncached model, and lean reuse is the plain reuse step."""
+    from dataclasses import replace
+
+    from conftest import torch_threads
+
+    model, inputs = build(family)
+    model = model.to(dtype)
+    inputs = {
+        k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()
+    }
+    only = {"block_regex": r"transformer_blocks\.\d+"} if family == "flux" else {}
+    with torch_threads(threads):
+        baseline = sample(model, inputs)
+        assert baseline[-1].dtype == dtype and all(torch.isfinite(out).all() for out in baseline)
+        handle = apply_fora(model, ForaConfig(interval=1), num_steps=T)
+        handle.add_observer(lambda observation: None)
+        assert all(torch.equal(a, b) for a, b in zip(sample(model, inputs), baseline))
+        remove_fora(model)
+        for cache_attn, cache_mlp in [(True, True), (True, False), (False, True)]:
+            config = ForaConfig(interval=N, cache_attn=cache_attn, cache_mlp=cache_mlp, **only)
+            apply_fora(model, config, num_steps=T)
+            lean = sample(model, inputs)
+            remove_fora(model)
+            apply_fora(model, replace(config, lean_reuse=False), num_steps=T)
+            plain = sample(model, inputs)
+            remove_fora(model)
+            assert all(torch.equal(a, b) for a, b in zip(lean, plain))
+            assert not torch.equal(lean[-1], baseline[-1])  # reuse steps ran
+
+
 @pytest.mark.parametrize("family", ["sd3.5", "flux"])
 def test_a_plan_that_mixes_kinds_per_step_runs_the_lean_mmdit_step_bit_for_bit(family):
     """A plan in which each kind computes on its own steps (attention on FORA's, the second attention and the MLPs
