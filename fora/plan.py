@@ -24,31 +24,49 @@ from .specs import KINDS
 MAX_ORDER = 2
 
 
-@dataclass
+class _Steps(dict):
+    """A plan's steps, kind -> one tuple of steps per block, read-only: the plan held by a frozen `ForaConfig` is
+    what the hooks were set up from, and must not change under an applied cache. A dict still (JSON, pickling)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(
+            "a CachePlan's steps are read-only: make a new plan, e.g. dataclasses.replace(plan, steps=...)"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return type(self), (dict(self),)
+
+
+@dataclass(frozen=True)
 class CachePlan:
     r"""
-    The steps at which each block computes each cached module; every other step reuses (or extrapolates).
+    The steps at which each block computes each cached module; every other step reuses (or extrapolates). Frozen,
+    like `ForaConfig`, which holds it: `dataclasses.replace(plan, order=1)` makes another.
 
     Args:
         num_steps (`int`):
             T, the number of sampling steps the plan is for; a run of another length is refused.
         steps (`dict[str, list[list[int]]]`):
             For each module kind (`attn`, `cross_attn`, `mlp`), one sorted list of 0-based steps per block. Step 0 is
-            always computed (nothing is cached before it). A kind the plan does not name computes every step.
+            always computed (nothing is cached before it). A kind the plan does not name computes every step. Held
+            read-only, each block's steps as a tuple.
         order (`int`, defaults to 0):
             What a reuse step returns: 0 the last computed output (FORA), 1 or 2 the Newton extrapolation of that
             order from the last computed outputs. Orders 1 and 2 keep 2 or 3 tensors per module instead of 1.
         name (`str`, defaults to `"plan"`):
             A label for reports (`fora`, `calibrated`, `calibrated-o1`, ...).
         meta (`dict`, *optional*):
-            What the plan was made from (model, seeds, classes, budget, algorithm, scores); saved with it.
+            What the plan was made from (model, seeds, classes, budget, algorithm, scores); saved with it. The
+            engine never reads it, so it stays an ordinary dict that reports may add to.
     """
 
     num_steps: int
-    steps: dict[str, list[list[int]]]
+    steps: dict[str, tuple[tuple[int, ...], ...]] = field(hash=False)
     order: int = 0
     name: str = "plan"
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 2:
@@ -82,9 +100,9 @@ class CachePlan:
                     raise ValueError(f"plan steps[{kind!r}][{b}] must be sorted without repeats, got {steps}")
                 if not steps or steps[0] != 0:
                     raise ValueError(f"plan steps[{kind!r}][{b}] must compute step 0 (nothing is cached before it)")
-                rows.append(steps)
-            clean[kind] = rows
-        self.steps = clean
+                rows.append(tuple(steps))
+            clean[kind] = tuple(rows)
+        object.__setattr__(self, "steps", _Steps(clean))  # frozen: set once, here
 
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
@@ -120,7 +138,7 @@ class CachePlan:
     def shared_steps(self) -> list[int] | None:
         """The step list when every block and kind shares one, else `None`."""
         rows = [s for per_block in self.steps.values() for s in per_block]
-        return rows[0] if all(r == rows[0] for r in rows) else None
+        return list(rows[0]) if all(r == rows[0] for r in rows) else None
 
     def computes(self, kind: str, block: int, step: int) -> bool:
         if kind not in self.steps:
@@ -159,7 +177,7 @@ class CachePlan:
             "num_steps": self.num_steps,
             "order": self.order,
             "computed_calls": self.computed_calls,
-            "steps": self.steps,
+            "steps": {kind: [list(steps) for steps in rows] for kind, rows in self.steps.items()},
             "meta": self.meta,
         }
 

@@ -169,3 +169,33 @@ def test_full_steps_helper_still_matches_shared_plan():
     plan = CachePlan.fora(50, 3, num_blocks=2)
     assert plan.shared_steps == full_steps(50, 3)
     assert plan.computed_calls == len(full_steps(50, 3)) * 2 * 2
+
+
+def test_a_plan_cannot_change_under_an_applied_cache(dit_pipe):
+    """The hooks read the plan's steps at apply time (the steps each module reuses) and at each run's start (its
+    full steps): a plan changed in between would run one schedule and report another. The plan is frozen like the
+    config holding it; every way in raises, the run is the plan's as applied, and it still pickles (ZeroGPU sends
+    configs to its worker) and saves as before."""
+    import dataclasses
+    import pickle
+
+    steps = {"attn": [[0, 3, 6]] * 3, "mlp": [[0, 2, 4, 6]] * 3}
+    plan = CachePlan(8, steps)
+    handle = apply_fora(dit_pipe, ForaConfig(plan=plan))
+    expected = run_dit(dit_pipe, steps=8)
+    for change in (
+        lambda: setattr(plan, "order", 1),
+        lambda: setattr(plan, "steps", {"attn": [[0]] * 3, "mlp": [[0]] * 3}),
+        lambda: plan.steps.__setitem__("attn", [[0]] * 3),
+        lambda: plan.steps.update(mlp=[[0]] * 3),
+        lambda: plan.steps.pop("mlp"),
+        lambda: plan.steps["attn"][1].append(7),
+    ):
+        with pytest.raises((dataclasses.FrozenInstanceError, TypeError, AttributeError)):
+            change()
+    steps["attn"][1].append(7)  # the lists it was made from are not its own
+    assert plan.steps["attn"][1] == (0, 3, 6) and handle.config.plan is plan
+    assert torch.equal(torch.from_numpy(run_dit(dit_pipe, steps=8)), torch.from_numpy(expected))
+    assert handle.last_run.computed_calls == plan.computed_calls == 3 * (3 + 4)
+    assert pickle.loads(pickle.dumps(plan)) == plan and dataclasses.replace(plan, order=1).order == 1
+    assert plan.to_dict()["steps"] == {"attn": [[0, 3, 6]] * 3, "mlp": [[0, 2, 4, 6]] * 3}
