@@ -38,7 +38,7 @@ class ForaConfig:
         cache_end (`int`, *optional*):
             Steps from this one on always recompute (`None`: caching allowed to the end). Late steps refine detail.
         blocks (`tuple[int, ...]`, *optional*):
-            Indices of the blocks that cache; the others compute every step. `None` means all blocks.
+            Indices of the blocks that cache, each once; the others compute every step. `None` means all blocks.
         block_regex (`str`, *optional*):
             `re.fullmatch` pattern over `named_modules()` names: only the blocks it matches cache (`None`: every
             block of a class `fora.specs` knows). Blocks are numbered in `named_modules()` order over all block
@@ -93,8 +93,11 @@ class ForaConfig:
             )
         if self.blocks is not None:
             object.__setattr__(self, "blocks", tuple(self.blocks))
-            if not self.blocks or any(not isinstance(b, int) or b < 0 for b in self.blocks):
+            if not self.blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in self.blocks):
                 raise ValueError(f"blocks={self.blocks!r}: must be None or a non-empty list of block indices >= 0")
+            repeated = sorted({b for b in self.blocks if self.blocks.count(b) > 1})
+            if repeated:
+                raise ValueError(f"blocks={self.blocks!r}: {repeated} listed more than once; list each block once")
         try:
             if self.block_regex is not None:
                 re.compile(self.block_regex)
