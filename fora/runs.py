@@ -24,6 +24,10 @@ _SEVERAL_CALLS = (
     "the transformer once per step"
 )
 _NO_INDEX = object()  # a scheduler without `step_index` (DDIM, DDPM)
+_PIPELINE_GONE = (
+    "the pipeline the cache was applied to no longer exists, and no pipeline calling the transformer was found: "
+    "apply the cache to the pipeline that calls it"
+)
 
 
 class RunTracker:
@@ -54,7 +58,8 @@ class RunTracker:
     some steps only) and is then `fresh`: it has nothing of its own cached yet.
 
     Args:
-        pipeline (*optional*): the pipeline whose scheduler delimits runs (held weakly).
+        pipeline (*optional*): the pipeline whose scheduler delimits runs (held weakly: once it is gone, a call that
+            no pipeline on the stack makes raises `ValueError`).
         transformer (*optional*): the module whose calls are counted, to find the pipeline calling it.
         joins (`bool`, defaults to `False`): the transformer is a pipeline's second expert (Wan 2.2's
             `transformer_2`), which takes over part-way through each run: its first call is the step the
@@ -133,6 +138,10 @@ class RunTracker:
         called twice in one step."""
         new = None
         pipe = self._calling_pipeline() if self._pipeline is not None else None
+        if pipe is None and self._pipeline is not None:
+            # the pipeline is gone (its weak reference dead) and no other calls: there is no scheduler to read, and
+            # a run it left unfinished must not go on as a count of bare calls (a peer's residuals, FORA's cache)
+            raise ValueError(_PIPELINE_GONE)
         if pipe is not None:
             timesteps = pipe.scheduler.timesteps
             index = getattr(pipe.scheduler, "step_index", _NO_INDEX)
@@ -244,11 +253,8 @@ class RunTracker:
 
     def _begin_run(self, num_steps: int | None) -> int:
         num_steps = num_steps or self.num_steps
-        if not num_steps and self._pipeline is not None:
-            raise ValueError(
-                "the pipeline the cache was applied to no longer exists, and no pipeline calling the transformer "
-                "was found: apply the cache to the pipeline that calls it"
-            )
+        if not num_steps and self._pipeline is not None and self._pipeline() is None:
+            raise ValueError(_PIPELINE_GONE)
         if not num_steps:
             raise ValueError("num_steps is unknown: pass num_steps to apply_fora(transformer, ...) or start_run()")
         if self._check is not None:

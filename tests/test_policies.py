@@ -88,6 +88,46 @@ def test_peers_on_pixart_reset_between_calls(pixart_pipe):
         assert cmap.computed_calls < 6 * 2 * 3 and "cross_attn" in cmap.kinds  # it skipped work, cross-attention too
 
 
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("make", [taylorseer, fbcache, ForaConfig], ids=["taylorseer", "fbcache", "fora"])
+def test_a_run_left_by_a_pipeline_that_is_gone_is_refused_not_continued(make):
+    """The run tracker holds the pipeline weakly. Once it is gone, a call with no pipeline on the stack has no
+    scheduler to read: it raises, also where the pipeline left a run unfinished (interrupted), which the call would
+    otherwise have continued as a count of bare calls (TaylorSeer extrapolating from the old run; First Block Cache
+    comparing with a residual of another batch size)."""
+    import gc
+
+    from fora.peers import apply_cache
+
+    pipe = make_dit_pipeline()
+    apply_cache(pipe, make())
+    calls = []
+
+    def interrupt(module, args, output):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupt
+
+    hook = pipe.transformer.register_forward_hook(interrupt)
+    with pytest.raises(Interrupt):
+        run_dit(pipe, steps=6)
+    hook.remove()
+    transformer = pipe.transformer
+    del pipe
+    gc.collect()
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([500, 500]), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="the pipeline the cache was applied to no longer exists"):
+        transformer(x, timestep=t, class_labels=y)
+    with pytest.raises(ValueError, match="no longer exists"):  # and again: nothing was half-started
+        transformer(x, timestep=t, class_labels=y)
+    pipe = make_dit_pipeline()  # a pipeline built on the same transformer starts a run of its own
+    pipe.transformer = transformer
+    assert run_dit(pipe, steps=6).shape == (2, 8, 8, 3)
+
+
 def test_taylorseer_at_foras_cost_picks_the_warmup():
     for t, n in ((30, 3), (30, 4), (50, 5), (12, 2)):
         config = taylorseer_at_cost(t, n, order=1)
