@@ -44,10 +44,11 @@ class ForaConfig:
             block of a class `fora.specs` knows). Blocks are numbered in `named_modules()` order over all block
             lists (`blocks` and plans use these numbers).
         lean_reuse (`bool`, defaults to `True`):
-            On reuse steps of DiT/PixArt blocks, skip the norms, modulation and adaLN rows that only cached modules
-            read (same output; `fora.lean_reuse`). `False` runs each block's original forward with the cached module
-            outputs, as the official code does: slower reuse steps, and a compiled block then traces one graph per
-            block (the hooked modules are guarded by identity).
+            On reuse steps of the blocks with a lean step (DiT/PixArt, SD3/SD3.5, FLUX.1 double-stream), skip the
+            norms, modulation and adaLN rows that only cached modules read (same output; `fora.lean_reuse`). `False`
+            runs each block's original forward with the cached module outputs, as the official code does: slower
+            reuse steps, and a compiled block then traces one graph per block (the hooked modules are guarded by
+            identity). FLUX.1's single-stream blocks run their own reuse step either way.
         plan (`CachePlan` or path, *optional*):
             A policy beyond the fixed interval: the steps at which each block computes each module, and how reuse
             steps extrapolate (`fora.plan`). When given, `interval` is not used, and the plan alone says what is
