@@ -371,3 +371,30 @@ def test_heatmap_colour_scale_readable_at_28_layers_by_250_steps():
     assert np.nanmin(z) < zmin == pytest.approx(np.nanpercentile(z, 2)) and fig.layout.height >= 400
     strip = schedule_strip(250, full_steps(250, 3))
     assert strip.data[0].xgap == 0 and schedule_strip(30, full_steps(30, 3)).data[0].xgap == 1
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_sweep_on_a_text_family_with_a_prompt_set(family, tmp_path):
+    """Issue 19, item 3: the sweep runs a text family over prompts x seeds (each interval the same samples), and
+    the share of time in the cached modules is measured on the family's own modules (it named DiT's before)."""
+    from pipelines import PIPELINES
+    from pipelines import build as build_pipeline
+
+    from analysis.sweep.experiment import cached_module_names
+
+    pipe = build_pipeline(family)
+    options = tuple((k, v) for k, v in PIPELINES[family][1].items() if k not in ("guidance_scale",))
+    request = Request(prompt="unused", steps=5, guidance=PIPELINES[family][1]["guidance_scale"], options=options)
+    result = run_sweep(pipe, request, [1, 2], seeds=[0, 1], pairs=1, prompts=["a red cat", "a blue dog"])
+    assert [len(result.per_seed[n]) for n in (1, 2)] == [4, 4] and result.prompts == ["a red cat", "a blue dog"]
+    assert result.request.prompt == "a red cat" and result.request.seed == 0
+    names = cached_module_names(pipe, ForaConfig())
+    modules = dict(pipe.transformer.named_modules())
+    assert names and all(n in modules for n in names)
+    if family == "flux":  # the fused single-stream module: its whole block is what a reuse step skips
+        assert any(n.startswith("single_transformer_blocks.") and n.count(".") == 1 for n in names)
+    assert 0.2 < result.cached_module_fraction < 1.0
+    psnr = [m["psnr"] for m in result.per_seed[2]]
+    assert len(set(psnr)) > 1  # four different samples, not one sample four times
+    paths = write_outputs(result, str(tmp_path), family)
+    assert json.load(open(paths["json"]))["prompts"] == ["a red cat", "a blue dog"]

@@ -5,10 +5,11 @@ import time
 
 import torch
 
+from analysis.prompts import EVAL_PROMPTS, load_prompts
 from analysis.sweep.experiment import __doc__ as SWEEP_DOC
 from analysis.sweep.experiment import run_sweep
 from analysis.sweep.report import write_outputs
-from fora.generate import Request
+from fora.generate import Request, is_text_conditional
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
 
 
@@ -21,7 +22,17 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--class", dest="class_label", default="0", help="class id or name (class-conditional models)")
-    p.add_argument("--prompt", default=None, help="prompt (text-conditional models)")
+    p.add_argument("--prompt", default=None, help="one prompt (text-conditional models)")
+    p.add_argument(
+        "--prompts",
+        nargs="?",
+        const=EVAL_PROMPTS,
+        default=None,
+        metavar="FILE",
+        help="a prompt set, every prompt with every seed (text models; without FILE the shipped "
+        "assets/prompts/eval.txt: 32 prompts, objects, scenes, text rendering, counts)",
+    )
+    p.add_argument("--num-prompts", type=int, default=None, help="the first K prompts of the set only")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--pairs", type=int, default=5, help="timed baseline/FORA pairs per interval (after a warm-up)")
@@ -52,10 +63,15 @@ def main(argv=None) -> int:
         guidance=args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0),
     )
     try:
+        prompts = load_prompts(args.prompts, args.num_prompts) if args.prompts else None
         pipe = load_pipeline(args.model, device=args.device)
         pipe.set_progress_bar_config(disable=True)
+        if prompts is not None and not is_text_conditional(pipe):
+            raise ValueError(f"--prompts: {args.model} is class-conditional; give --class instead")
         t0 = time.perf_counter()
-        result = run_sweep(pipe, request, args.intervals, args.seeds, pairs=args.pairs, clock=args.clock)
+        result = run_sweep(
+            pipe, request, args.intervals, args.seeds, pairs=args.pairs, clock=args.clock, prompts=prompts
+        )
     except (ValueError, ModelLoadError) as e:
         print(f"error: {e}")
         return 2

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from analysis.comparison import baseline_config, compare_runs, default_clock, num_blocks, observe_run, timed_speedups
+from analysis.comparison import baseline_config, compare_runs, default_clock, observe_run, timed_speedups
+from analysis.prompts import samples as sample_set
 from analysis.speed import SpeedRatio, cached_module_fraction
-from fora import ForaConfig
+from fora import ForaConfig, apply_fora, remove_fora
 from fora.generate import Request
 from fora.timing import paired_calls
 
@@ -65,6 +66,7 @@ class SweepResult:
     per_seed: dict = field(repr=False)  # interval -> one metrics dict per seed
     cached_module_fraction: float = float("nan")
     timing: str = ""
+    prompts: list = field(default_factory=list)  # text models: the prompts, each run with every seed
 
 
 def _median(values):
@@ -82,11 +84,14 @@ def run_sweep(
     warmup: int = 1,
     progress=None,
     clock: str | None = None,
+    prompts: list[str] | None = None,
 ) -> SweepResult:
-    """Baseline once per seed, then each interval; then each interval timed in pairs on the first seed.
+    """Baseline once per sample, then each interval; then each interval timed in pairs on the first sample.
 
-    `config` carries the settings every interval shares (modules, window, blocks); `progress(done, total, message)`
-    is called after each run; `clock` times the pairs (default `experiment.default_clock`: CPU time on a CPU).
+    A sample is a seed (class models: `request.label`) or, with `prompts` (text models; `analysis.prompts`), every
+    (prompt, seed): each interval sees the same samples. `config` carries the settings every interval shares
+    (modules, window, blocks); `progress(done, total, message)` is called after each run; `clock` times the pairs
+    (default `experiment.default_clock`: CPU time on a CPU).
     """
     clock = clock or default_clock(pipe)
     config = config or ForaConfig()
@@ -95,12 +100,19 @@ def run_sweep(
         replace(config, interval=n).check_num_steps(request.steps)
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
+    if prompts is not None:
+        runs = [
+            (f"prompt {i // len(seeds) + 1}, seed {s}", replace(request, prompt=p, seed=s))
+            for i, (p, s) in enumerate(sample_set(prompts, seeds))
+        ]
+    else:
+        runs = [(f"seed {s}", replace(request, seed=s)) for s in seeds]
     per_interval = {n: [] for n in intervals}
     first_cached = next((n for n in intervals if n != 1), None)
     images, recorders = {}, {}
     k = len(intervals)
     # progress in runs: observed runs, the timed calls (warm-up, then 2k a round), the cached modules' share
-    total = len(seeds) * (1 + k) + paired_calls(k, pairs, warmup) + 1
+    total = len(runs) * (1 + k) + paired_calls(k, pairs, warmup) + 1
     bar = tqdm(total=total, desc="sweep", disable=progress is not None)
     done = 0
 
@@ -111,19 +123,18 @@ def run_sweep(
         if progress:
             progress(done, total, message)
 
-    for seed in seeds:
-        req = replace(request, seed=seed)
+    for what, req in runs:
         baseline = observe_run(pipe, req, baseline_config(config)).to_cpu()
-        tick(f"seed {seed}: baseline")
+        tick(f"{what}: baseline")
         for n in intervals:
             result = baseline if n == 1 else observe_run(pipe, req, replace(config, interval=n)).to_cpu()
             per_interval[n].append(compare_runs(baseline, result).metrics)
-            if seed == seeds[0]:
+            if req is runs[0][1]:
                 images[n] = result.images[0]
                 if n == 1 or n == first_cached:  # the maps the report shows: a recorder is kept only for them
                     recorders[n] = result.similarity
-            tick(f"seed {seed}: N={n}")
-    first = replace(request, seed=seeds[0])
+            tick(f"{what}: N={n}")
+    first = runs[0][1]
 
     def timed_round(r, rounds):
         if r == 0:
@@ -141,14 +152,7 @@ def run_sweep(
         on_round=timed_round,
     )
     speeds = dict(zip(intervals, ratios))
-    blocks = pipe.transformer.transformer_blocks
-    names = [
-        f"transformer_blocks.{i}.{c}"
-        for i in range(num_blocks(pipe))
-        for c in ("attn1", "attn2", "ff")
-        if getattr(blocks[i], c, None) is not None
-    ]
-    fraction = cached_module_fraction(pipe, first, names)
+    fraction = cached_module_fraction(pipe, first, cached_module_names(pipe, config))
     tick("share of time in the cached modules")
     bar.close()
     rows = []
@@ -168,6 +172,21 @@ def run_sweep(
         )
     timing = (
         f"paired: {warmup} warm-up and {pairs} ABBA pairs per interval, interleaved, no observers, "
-        f"seed {seeds[0]}, {'process CPU time' if clock == 'cpu' else 'wall time'}"
+        f"{runs[0][0]}, {'process CPU time' if clock == 'cpu' else 'wall time'}"
     )
-    return SweepResult(first, config, list(seeds), rows, images, recorders, per_interval, fraction, timing)
+    prompts = list(prompts) if prompts is not None else []
+    return SweepResult(first, config, list(seeds), rows, images, recorders, per_interval, fraction, timing, prompts)
+
+
+def cached_module_names(pipe, config: ForaConfig) -> list[str]:
+    """The modules `config` caches in `pipe`'s transformer, by name, as FORA finds them in any family; for a fused
+    module (FLUX's single-stream attention+MLP) the whole block, whose work a reuse step skips."""
+    handle = apply_fora(pipe, replace(config, interval=1, plan=None))
+    try:
+        return [
+            slot.key.rsplit(".", 1)[0] if slot.kind == "attn_mlp" else slot.key
+            for slot in handle.state.slots
+            if slot.enabled
+        ]
+    finally:
+        remove_fora(pipe)

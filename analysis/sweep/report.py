@@ -33,6 +33,7 @@ def write_outputs(result: SweepResult, out_dir: str, model: str) -> dict:
         "request": result.request.__dict__,
         "config": result.config.__dict__,
         "seeds": result.seeds,
+        "prompts": result.prompts,
         "rows": rows,
         "cached_module_fraction": result.cached_module_fraction,
         "timing": result.timing,
