@@ -50,7 +50,9 @@ def start_server(port: int, queue_size: int) -> subprocess.Popen:
         FORA_QUEUE_SIZE=str(queue_size),
         HF_HUB_OFFLINE="1",
     )
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         with socket.socket() as s:
