@@ -19,9 +19,11 @@ TORCH_THREADS = int(os.environ.get("FORA_TORCH_THREADS", "1"))
 QUEUE_SIZE = int(os.environ.get("FORA_QUEUE_SIZE", "16"))  # requests waiting beyond this are refused ("queue full")
 
 torch.set_num_threads(TORCH_THREADS)
+if registry.on_zerogpu():  # every model, loaded in the main process before a GPU worker forks from it, and before
+    registry.preload()  # the page is built, so that the model list shows the ones that failed as unavailable
+elif os.environ.get("FORA_PRELOAD"):
+    registry.get_model(registry.DEFAULT_MODEL)
 demo = build_demo()
-if registry.on_zerogpu() or os.environ.get("FORA_PRELOAD"):
-    registry.preload()  # ZeroGPU: every model, loaded in the main process before a GPU worker forks from it
 
 if __name__ == "__main__":
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1).launch(

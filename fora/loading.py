@@ -254,7 +254,8 @@ def load_pipeline(
         share_from (iterable of pipelines, defaults to none): loaded pipelines whose text encoders this one takes
             instead of loading its own, where the files, class, dtype and device are the same (`_shared_encoders`).
             Only text encoders are shared: they hold no state between calls, where the transformer carries the
-            FORA hooks and the scheduler the step count.
+            FORA hooks and the scheduler the step count. A shared encoder is one module in both pipelines: moving
+            one pipeline (`.to`, CPU offload) moves it under the other too.
 
     >>> pipe = load_pipeline("emoji-dit")
     >>> image = pipe(class_labels=["cat"], generator=torch.Generator().manual_seed(0)).images[0]
@@ -315,12 +316,18 @@ def _shared_encoders(folder: str, dtypes, device: str, share_from) -> dict:
             if not isinstance(module, torch.nn.Module) or other_folder is None or type(module).__name__ != entry[1]:
                 continue
             param = next(module.parameters(), None)
-            if param is None or param.dtype != want or param.device != torch.device(device):
+            if param is None or param.dtype != want or not same_device(param.device, device):
                 continue
             if _same_files(os.path.join(folder, name), os.path.join(other_folder, name)):
                 shared[name] = module
                 break
     return shared
+
+
+def same_device(a, b) -> bool:
+    """Whether two devices are one: `cuda` is `cuda:0` (the current device), as a parameter reports it."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
 def _listing(folder: str) -> list[tuple[str, int, str]]:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import threading
+import time
 
 import pytest
 from conftest import make_dit_pipeline, make_pixart_pipeline, run_pixart
@@ -196,3 +197,95 @@ def test_zerogpu_loads_every_model_at_start_up(fresh, dit_dirs, tmp_path, monkey
     monkeypatch.setenv("FORA_EXTRA_MODELS", ",".join([*dit_dirs, str(broken), dit_dirs[0] + "-late"]))
     with pytest.raises(ModelLoadError, match="not available on this Space: it was not loaded at start-up"):
         fresh.get_model(dit_dirs[0] + "-late")
+
+
+def test_devices_compare_as_a_parameter_reports_them():
+    """On CUDA a parameter reports `cuda:0` where the loader asked for `cuda`: the same device (the encoders were
+    never shared on a GPU when these compared unequal)."""
+    from fora.loading import same_device
+
+    assert same_device("cuda:0", "cuda") and same_device("cpu", "cpu") and not same_device("cuda", "cpu")
+    assert not same_device("cuda:1", "cuda")
+
+
+def test_the_bound_is_checked_before_a_load_and_room_is_made_first(fresh, dit_dirs, monkeypatch):
+    monkeypatch.setenv("FORA_EXTRA_MODELS", ",".join(dit_dirs))
+    monkeypatch.setenv("FORA_MAX_LOADED_MODELS", "x")
+    with pytest.raises(ValueError, match="FORA_MAX_LOADED_MODELS='x' is not an integer"):
+        fresh.get_model(dit_dirs[0])
+    assert dit_dirs[0] not in fresh._models  # refused before loading, not after
+    monkeypatch.setenv("FORA_MAX_LOADED_MODELS", "1")
+    fresh.get_model(dit_dirs[0])
+    seen = []
+    real = registry.load_pipeline
+
+    def load_and_look(key, **kw):  # what is loaded while the next model loads: the bound, not the bound + 1
+        seen.append(sorted(fresh._models))
+        return real(key, **kw)
+
+    monkeypatch.setattr(registry, "load_pipeline", load_and_look)
+    fresh.get_model(dit_dirs[1])
+    assert seen == [[]] and list(fresh._models) == [dit_dirs[1]]
+
+
+def test_the_requests_waiting_for_a_failed_load_get_its_error(fresh, tmp_path, monkeypatch):
+    """Requests that waited for a load that failed get its error at once, instead of each loading again (k waiters
+    on a stalled download would wait k timeouts)."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline", "transformer": ["x", "y"]}))
+    monkeypatch.setenv("FORA_EXTRA_MODELS", str(broken))
+    loads, release = [], threading.Event()
+    real = registry.load_pipeline
+
+    def slow_load(key, **kw):
+        loads.append(key)
+        release.wait(30)
+        return real(key, **kw)
+
+    monkeypatch.setattr(registry, "load_pipeline", slow_load)
+    errors = []
+
+    def ask():
+        try:
+            fresh.get_model(str(broken))
+        except ModelLoadError as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while not loads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the other two now wait for the first's load
+    release.set()
+    for t in threads:
+        t.join(60)
+    assert len(loads) == 1 and len(errors) == 3 and len(set(errors)) == 1
+    with pytest.raises(ModelLoadError):
+        fresh.get_model(str(broken))
+    assert len(loads) == 2
+
+
+def test_a_failed_start_up_load_shows_unavailable_in_the_page(tmp_path):
+    """On ZeroGPU the models load before the page is built: the model list shows a failed one as unavailable."""
+    import subprocess
+    import sys
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline", "transformer": ["x", "y"]}))
+    code = (
+        "import app, json; from ui import registry; "
+        "model = next(b for b in app.demo.blocks.values() if getattr(b, 'label', None) == 'model'); "
+        "print(json.dumps([list(c) for c in model.choices]))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, SPACES_ZERO_GPU="true", FORA_EXTRA_MODELS=str(broken))
+    env.pop("FORA_HUB_MODELS", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    choices = json.loads(out.stdout.strip().splitlines()[-1])
+    label = next(label for label, value in choices if value == str(broken))
+    assert "unavailable" in label and "its load at start-up failed" in label, label

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from analysis.arena.policies import CALIBRATION_SAMPLES
 from analysis.memory import Bandwidth, measure_bandwidth
 from ui import form, registry
 from ui.stream import stream_comparison, stream_policies, stream_sweep
@@ -29,10 +30,10 @@ except ImportError:  # pragma: no cover - depends on the host
 
 # ZeroGPU reserves the GPU for `duration` seconds per call and stops the call there: the reservation counts every
 # pipeline call the job makes (text encoding, each denoising step, the VAE decode) at its model's cost
-GPU_MAX_SECONDS = int(os.environ.get("FORA_GPU_MAX_SECONDS", "120"))
+GPU_MAX_SECONDS = int(os.environ.get("FORA_GPU_MAX_SECONDS", "300"))  # ZeroGPU's longest reservation: 5 min
 GPU_SECONDS_SCALE = float(os.environ.get("FORA_GPU_SECONDS_SCALE", "1.0"))
 GPU_OVERHEAD_SECONDS = 10  # worker start, moving the model to the GPU
-ASSUMED_TFLOPS = 100.0  # sustained float16 throughput assumed: a tenth of an H200's dense peak
+ASSUMED_TFLOPS = 100.0  # sustained float16 throughput assumed: a tenth of an H200's dense peak (989 TFLOP/s)
 STEP_FLOOR_S = 0.015  # below this a step is bound by kernel launches and the hooks' Python, not by FLOPs
 OBSERVED_STEP_S = 0.01  # an observed step's host reads (similarity, predictions), on top of its doubled cost
 MARGIN = 1.5
@@ -42,17 +43,17 @@ MARGIN = 1.5
 class GpuCost:
     """What one pipeline call of a model costs on the Space's GPU: an estimate to reserve by, not a measurement."""
 
-    step_tflop: float  # one uncached forward pass of the transformer for one image, at the model's resolution
+    step_tmac: float  # one uncached forward pass for one image at the model's resolution, in multiply-adds
     call_s: float  # the rest of a call: text encoding, the VAE decode, the image back to the host
 
     def step_s(self) -> float:
-        """One uncached denoising step, the guidance batch of two included."""
-        return max(STEP_FLOOR_S, 2 * self.step_tflop / ASSUMED_TFLOPS)
+        """One uncached denoising step, the guidance batch of two included (2 FLOPs per multiply-add)."""
+        return max(STEP_FLOOR_S, 2 * 2 * self.step_tmac / ASSUMED_TFLOPS)
 
 
-# forward FLOPs from the DiT paper (Table 4: XL/2 118.6 GFLOPs at 256 px, 524.6 at 512); PixArt-alpha is DiT-XL/2's
-# width and depth plus cross-attention (~0.6 TFLOP at 512 px), and at 1024 px has 4x the tokens (linear layers 4x,
-# attention 16x: ~2.7 TFLOP). Calls: VAE decodes of 256 to 1024 px, and T5-XXL's encoding for PixArt
+# forward cost from the DiT paper (Table 4: XL/2 118.6 "Gflops" at 256 px, 524.6 at 512, counted as multiply-adds);
+# PixArt-alpha is DiT-XL/2's width and depth plus cross-attention (~0.6 T at 512 px), and at 1024 px has 4x the
+# tokens (linear layers 4x, attention 16x: ~2.7 T). Calls: VAE decodes of 256 to 1024 px, T5-XXL's encoding
 GPU_COSTS = {
     "emoji-dit": GpuCost(0.0001, 0.05),
     "dit-xl-2-256": GpuCost(0.119, 0.2),
@@ -90,9 +91,11 @@ def _sweep_seconds(job: form.SweepJob) -> int:
 
 
 def _policies_seconds(job, plans: dict) -> int:
-    # every call counted as observed: most of a Policies job records (calibrations, the policies' own runs)
+    # observed: the baseline, each policy's run and, with a plan to calibrate, the recording of its samples; the
+    # rest (the policies' sweeps, the bisection, the candidates, the timed pairs) runs without observers
     calls = job.denoising_steps(len(job.missing_plans(plans))) // job.request.steps
-    return gpu_seconds(job.model_key, job.request.steps, calls, 0)
+    observed = 1 + len(job.policies) + (CALIBRATION_SAMPLES if job.missing_plans(plans) else 0)
+    return gpu_seconds(job.model_key, job.request.steps, min(observed, calls), max(0, calls - observed))
 
 
 @GPU(duration=_compare_seconds)

@@ -20,6 +20,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,7 @@ def max_loaded() -> int:
 
 
 def on_zerogpu() -> bool:
-    return bool(os.environ.get("SPACES_ZERO_GPU"))
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() not in ("", "0", "false", "no")
 
 
 _models: dict[str, object] = {}  # loaded pipelines, least recently used first
@@ -88,6 +89,7 @@ _pinned: set[str] = {DEFAULT_MODEL}  # never unloaded
 _failed: dict[str, str] = {}  # ZeroGPU: models whose start-up load failed, and why
 _registry_lock = threading.Lock()  # guards the dicts above; never held while a model loads
 _preloading = False  # ZeroGPU: loads are allowed only while `preload` runs
+_load_failures: dict[str, tuple[float, Exception]] = {}  # the last failed load of each model: when, and why
 
 
 def _choice(key: str) -> ModelChoice:
@@ -103,6 +105,7 @@ def get_model(key: str):
     """The loaded pipeline for an allowlisted key (loaded on first use, then kept while it is used) and its lock.
     Take the lock with `hold` to run on it."""
     _choice(key)
+    max_loaded()  # a bad bound is named before anything loads
     with _registry_lock:
         if key in _models:
             _models[key] = _models.pop(key)  # most recently used: last
@@ -111,38 +114,52 @@ def get_model(key: str):
             why = _failed.get(key, "it was not loaded at start-up")
             raise ModelLoadError(f"model {key!r} is not available on this Space: {why}")
         loader = _loaders.setdefault(key, threading.Lock())
+    waited_from = time.monotonic()
     with loader:  # one load per key; the other keys' requests go on meanwhile
         with _registry_lock:
             if key in _models:  # loaded by the request this one waited for
                 return _models[key], _locks[key]
+            failed = _load_failures.get(key)
+            if failed is not None and failed[0] >= waited_from:  # the load this one waited for failed: say so
+                raise ModelLoadError(str(failed[1]))
+            # room first, so that the memory held peaks at the bound; the models a load shares from stay
+            _evict(room_for=0 if key in _pinned else 1)
             others = list(_models.values())
-        pipe = load_pipeline(key, share_from=others)
+        try:
+            pipe = load_pipeline(key, share_from=others)
+        except Exception as e:
+            with _registry_lock:
+                _load_failures[key] = (time.monotonic(), e)
+            raise
         pipe.set_progress_bar_config(disable=True)
         with _registry_lock:
             _models[key], _locks[key] = pipe, threading.Lock()
-            _evict()
+            _evict(room_for=0, keep=key)
             return pipe, _locks[key]
 
 
-def _evict() -> None:
-    """Unload least recently used, unpinned models that no request holds, down to `max_loaded()` (the one just
-    loaded or handed out, last in the order, stays). Called with `_registry_lock` held."""
-    bound = max_loaded()
-    unpinned = [k for k in _models if k not in _pinned]
-    for key in unpinned[:-1]:
-        if len(unpinned) <= bound:
+def _evict(room_for: int, keep: str | None = None) -> None:
+    """Unload least recently used, unpinned models that no request holds, until `room_for` more fit under
+    `max_loaded()`; never `keep` (the one just loaded). Called with `_registry_lock` held."""
+    bound = max_loaded() - room_for
+    unpinned = [k for k in _models if k not in _pinned and k != keep]
+    excess = len(unpinned) + (keep is not None and keep not in _pinned) - bound
+    evicted = 0
+    for key in unpinned:
+        if evicted >= excess:
             break
         if not _locks[key].acquire(blocking=False):  # running: unloaded by a later load once free
             continue
         try:
             del _models[key]
-            unpinned.remove(key)
-            log.info("unloaded model %r to keep %d loaded", key, bound)
+            evicted += 1
+            log.info("unloaded model %r to keep %d loaded", key, max_loaded())
         finally:
             _locks.pop(key).release()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    if evicted:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager
@@ -182,7 +199,7 @@ def _preload(key: str, done: list) -> None:
     try:
         get_model(key)
         done.append(key)
-    except (ModelLoadError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - out of memory, a CUDA error: the app starts without this model
         _pinned.discard(key)
         _failed[key] = f"its load at start-up failed ({type(e).__name__})"
         log.warning("model %r not preloaded: %s", key, e)

@@ -116,7 +116,7 @@ class CompareTab:
         with gr.Row():
             self.block_choice = gr.Dropdown(["0", "2", "3", "5"], value="5", label="block for step x step")
             self.kind_choice = gr.Dropdown(["attn", "mlp", "cross_attn"], value="attn", label="module")
-        self.pairwise = gr.Plot(label="step x step (uncached run)")
+        self.pairwise = gr.Plot(label="step x step (uncached run)", elem_id="pairwise")
         self.err = gr.Plot(label="error per step")
         self.last: gr.State | None = None  # made by `wire`
 
