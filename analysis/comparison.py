@@ -56,9 +56,9 @@ def timed_call(pipe, request: Request):
 
 
 def default_clock(pipe) -> str:
-    """ "cpu" (this process' CPU time) for a pipeline on the CPU, where wall time also counts whatever else the shared
-    cores run (two identical sweeps differed by up to 38% per row in wall time on this project's machine); "wall"
-    (device events) on a GPU."""
+    """ "cpu" (CPU time; `fora.timing.clock_label` says whose) for a pipeline on the CPU, where wall time also counts
+    whatever else the shared cores run (two identical sweeps differed by up to 38% per row in wall time on this
+    project's machine); "wall" (device events) on a GPU."""
     return "cpu" if pipe.device.type == "cpu" else "wall"
 
 

@@ -21,7 +21,7 @@ from torch._dynamo.utils import counters
 from benchmarks.bench_engine import dit_xl_width_pipeline
 from fora import ForaConfig, apply_fora, ideal_speedup, remove_fora
 from fora.generate import Request, generate
-from fora.timing import paired_speedup, time_call
+from fora.timing import CPU_CLOCK_HELP, clock_label, paired_speedup, time_call
 
 
 def compile_transformer(transformer, mode: str = "regional", **compile_kwargs) -> None:
@@ -118,12 +118,12 @@ def main(argv=None):
     p.add_argument("--interval", type=int, default=3)
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall time, or process CPU time (CPU)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help=f"wall time, or cpu: {CPU_CLOCK_HELP}")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.clock} clock, DiT-XL/2 width, "
-        f"{args.blocks} blocks, T={args.steps}, batch 2",
+        f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {clock_label(args.clock)}, DiT-XL/2 "
+        f"width, {args.blocks} blocks, T={args.steps}, batch 2",
         flush=True,
     )
     pipe = dit_xl_width_pipeline(args.blocks, args.device, getattr(torch, args.dtype))

@@ -12,8 +12,9 @@
 
 Speedups come from `paired_speedup` (no observers, a warm-up, ABBA pairs, median of the pair ratios with their
 range); the intervals of (b) are timed together, their pairs interleaved round by round (`paired_speedups`). One
-thread by default: this machine is shared and noisy, and pairing cancels slow drifts. `--clock cpu` times in process
-CPU time, which leaves out the time other processes hold the cores; on a CPU (a) is always also timed that way.
+thread by default: this machine is shared and noisy, and pairing cancels slow drifts. `--clock cpu` times in CPU time
+(the calling thread's with one torch thread, the process's with more), which leaves out the time other processes hold
+the cores; on a CPU (a) is always also timed that way.
 """
 
 import argparse
@@ -24,7 +25,7 @@ import torch
 
 from fora import ForaConfig, apply_fora, ideal_speedup, remove_fora
 from fora.generate import Request, generate
-from fora.timing import paired_speedup, paired_speedups, time_call
+from fora.timing import CPU_CLOCK_HELP, clock_label, paired_speedup, paired_speedups, time_call
 
 
 @torch.no_grad()
@@ -129,7 +130,7 @@ def overhead(args):
             pipe, lambda: generate(pipe, request), ForaConfig(interval=1), pairs=args.pairs, clock=clock
         )
         print(
-            f"(a) overhead at interval=1, 6 blocks x 128, 30 steps, batch 2, {clock} time: no FORA "
+            f"(a) overhead at interval=1, 6 blocks x 128, 30 steps, batch 2, {clock_label(clock)}: no FORA "
             f"{r.baseline_s * 1e3:.1f} ms, FORA {r.fora_s * 1e3:.1f} ms, overhead {(1 / r.ratio - 1) * 100:+.2f}% "
             f"(pair range {(1 / r.high - 1) * 100:+.2f}..{(1 / r.low - 1) * 100:+.2f}%, {r.pairs} pairs; "
             "target <= 1%)",
@@ -192,7 +193,7 @@ def main(argv=None):
         "--clock",
         default="wall",
         choices=["wall", "cpu"],
-        help="wall time (default), or process CPU time on a CPU (robust when other processes share it)",
+        help=f"wall time (default), or cpu on a CPU (robust when other processes share it): {CPU_CLOCK_HELP}",
     )
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--steps", type=int, default=12)
@@ -206,8 +207,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.clock} clock; speedups: median "
-        "of ABBA pair ratios",
+        f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {clock_label(args.clock)}; speedups: "
+        "median of ABBA pair ratios",
         flush=True,
     )
     if args.only in ("a", "all"):

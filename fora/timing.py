@@ -29,6 +29,25 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+# what a `--clock` option's help says of "cpu": the rule `time_call` follows, which `clock_label` names per run
+CPU_CLOCK_HELP = "CPU time: the calling thread's with one torch thread, the whole process's with more"
+
+
+def _times_one_thread() -> bool:
+    """With one torch thread the work runs in the calling thread: `time_call` counts that thread's CPU time."""
+    return torch.get_num_threads() == 1
+
+
+def clock_label(clock: str) -> str:
+    """What `time_call(..., clock=clock)` counts now, in words for a label: "thread CPU time" (one torch thread),
+    "process CPU time" (more) or "wall time" (on a GPU, device events between synchronisations)."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock={clock!r}: allowed 'wall' or 'cpu'")
+    if clock == "wall":
+        return "wall time"
+    return "thread CPU time" if _times_one_thread() else "process CPU time"
+
+
 def time_call(fn: Callable[[], object], device, clock: str = "wall") -> float:
     """Seconds `fn()` takes on `device`: CUDA events between two synchronisations on a GPU, the wall clock else.
 
@@ -43,7 +62,7 @@ def time_call(fn: Callable[[], object], device, clock: str = "wall") -> float:
     if clock == "cpu":
         if device.type != "cpu":
             raise ValueError(f"clock='cpu' times only CPU work, got device {device}")
-        clock_fn = time.thread_time if torch.get_num_threads() == 1 else time.process_time
+        clock_fn = time.thread_time if _times_one_thread() else time.process_time
         t0 = clock_fn()
         fn()
         return clock_fn() - t0

@@ -127,6 +127,51 @@ def test_clocks():
         time_call(lambda: None, "cuda", clock="cpu")
 
 
+def test_cpu_clock_with_one_thread_counts_the_calling_thread_and_says_so():
+    """Issue item 7a: with one torch thread `time_call(clock="cpu")` counts the calling thread's CPU time (a server's
+    other requests stay out), with more the process's; labels said "process CPU time" for both. Here the timed call
+    sleeps while another thread of the process spins: the thread clock counts ~0 s, the process clock the spin."""
+    import threading
+    import time
+
+    from fora.timing import clock_label, time_call
+
+    def timed_while_another_thread_spins() -> tuple[float, float]:
+        stop, spun = threading.Event(), threading.Event()
+
+        def spin():
+            spun.set()
+            while not stop.is_set():
+                pass
+
+        other = threading.Thread(target=spin)
+        other.start()
+        spun.wait()
+        p0 = time.process_time()
+        seconds = time_call(lambda: time.sleep(0.3), "cpu", clock="cpu")
+        process = time.process_time() - p0
+        stop.set()
+        other.join()
+        return seconds, process
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        seconds, process = timed_while_another_thread_spins()
+        assert process > 0.1  # the other thread did run during the call: a process clock would have counted it
+        assert seconds < 0.05  # the sleeping thread itself used next to no CPU
+        assert clock_label("cpu") == "thread CPU time"
+        torch.set_num_threads(2)
+        seconds, process = timed_while_another_thread_spins()
+        assert seconds > 0.1  # the spin, counted
+        assert clock_label("cpu") == "process CPU time"
+    finally:
+        torch.set_num_threads(threads)
+    assert clock_label("wall") == "wall time"
+    with pytest.raises(ValueError, match="clock='gpu'"):
+        clock_label("gpu")
+
+
 def _count_transformer_calls(pipe):
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))

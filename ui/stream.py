@@ -135,7 +135,7 @@ class Progress:
     baseline: RunResult | None = None
     comparison: Comparison | None = None
     speed: SpeedRatio | None = None
-    clock: str = ""  # what timed the pairs: "cpu" (process CPU time) or "wall"
+    clock: str = ""  # what timed the pairs: "cpu" (CPU time, `fora.timing.clock_label`) or "wall"
 
 
 def stream_comparison(

@@ -39,7 +39,7 @@ from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
 from fora.loading import load_pipeline
 from fora.peers import apply_cache, fbcache, taylorseer, taylorseer_steps
-from fora.timing import paired_speedups
+from fora.timing import clock_label, paired_speedups
 
 POLICIES = ("uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache")
 COLUMNS = [
@@ -313,7 +313,7 @@ def run_arena(args, log=print) -> dict:
         "kinds": list(kinds),
         "timing": (
             f"paired_speedups of one sample's call: {args.timing_pairs} ABBA pairs per setting after a warm-up, "
-            f"interleaved round by round, no observers, {args.clock} clock; median of pair ratios (range)"
+            f"interleaved round by round, no observers, {clock_label(args.clock)}; median of pair ratios (range)"
             if args.timing_pairs
             else "not measured (--timing-pairs 0)"
         ),

@@ -11,6 +11,7 @@ from analysis.sweep.experiment import run_sweep
 from analysis.sweep.report import write_outputs
 from fora.generate import Request, is_text_conditional
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
+from fora.timing import CPU_CLOCK_HELP
 
 
 def main(argv=None) -> int:
@@ -40,8 +41,8 @@ def main(argv=None) -> int:
         "--clock",
         choices=["cpu", "wall"],
         default=None,
-        help="what times the pairs (default: process CPU time on a CPU, robust on a shared machine; wall "
-        "time with device events on a GPU)",
+        help=f"what times the pairs (default: cpu on a CPU, robust on a shared machine: {CPU_CLOCK_HELP}; "
+        "wall time with device events on a GPU)",
     )
     p.add_argument(
         "--threads",

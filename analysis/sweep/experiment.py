@@ -19,7 +19,7 @@ from analysis.prompts import samples as sample_set
 from analysis.speed import SpeedRatio, cached_module_fraction
 from fora import ForaConfig, apply_fora, remove_fora
 from fora.generate import Request
-from fora.timing import paired_calls
+from fora.timing import clock_label, paired_calls
 
 COLUMNS = [
     "interval",
@@ -172,7 +172,7 @@ def run_sweep(
         )
     timing = (
         f"paired: {warmup} warm-up and {pairs} ABBA pairs per interval, interleaved, no observers, "
-        f"{runs[0][0]}, {'process CPU time' if clock == 'cpu' else 'wall time'}"
+        f"{runs[0][0]}, {clock_label(clock)}"
     )
     prompts = list(prompts) if prompts is not None else []
     return SweepResult(first, config, list(seeds), rows, images, recorders, per_interval, fraction, timing, prompts)

@@ -20,6 +20,7 @@ from analysis.table.experiment import (
 )
 from analysis.table.experiment import __doc__ as TABLE_DOC
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
+from fora.timing import CPU_CLOCK_HELP
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--clock",
         default="wall",
         choices=("wall", "cpu"),
-        help="wall time (a quiet machine), or this "
-        "process's CPU time (CPU only: robust when other jobs share the machine)",
+        help=f"wall time (a quiet machine), or cpu: {CPU_CLOCK_HELP} (CPU only: robust when other jobs share the "
+        "machine)",
     )
     p.add_argument("--skip-metrics", action="store_true", help="only generate the samples")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / processes)")

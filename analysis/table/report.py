@@ -23,6 +23,7 @@ from PIL import Image
 from analysis.report_files import finite, html_cell, machine, png_base64, write_atomic
 from analysis.samples import SHARD_SIZE, Cell, read_shard, shard_path
 from analysis.table.metrics import reference_description
+from fora.timing import clock_label
 
 COLUMNS = [
     "steps",
@@ -72,7 +73,7 @@ def write_outputs(args, settings, rows: list[dict], notes: dict) -> None:
         "runs": _runs(out),
         "timing": (
             f"paired_speedup: {args.timing_pairs} ABBA pairs of timed calls of {args.timing_batch} samples, "
-            f"no observers, after a warm-up, {args.clock} clock; median of pair ratios (range)"
+            f"no observers, after a warm-up, {clock_label(args.clock)}; median of pair ratios (range)"
             if args.timing_pairs
             else "not measured (--timing-pairs 0)"
         ),

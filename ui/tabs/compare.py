@@ -7,6 +7,7 @@ import gradio as gr
 
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot
 from fora.loading import ModelLoadError
+from fora.timing import clock_label
 from ui import form, gpu, registry, store
 from ui.display import upscale, user_error
 from ui.settings import Settings
@@ -19,7 +20,7 @@ def _metrics_rows(
     m = comp.metrics
     what_ran = m["policy"] + ("" if m["policy"].startswith("FORA") else ", shared schedule")
     if speed is not None:
-        what = {"cpu": " (process CPU time)", "wall": " (wall time)"}.get(clock, "")
+        what = f" ({clock_label(clock)})" if clock else ""
         timed, calls = f"{speed}{what}", f"{speed.baseline_s * 1e3:.0f} ms / {speed.fora_s * 1e3:.0f} ms"
     elif measuring and pairs:
         timed, calls = f"measuring: 1 warm-up + {pairs} pairs of calls without observers...", "..."

@@ -7,6 +7,7 @@ import gradio as gr
 from analysis.arena.policies import POLICIES, PolicyResult
 from analysis.arena.report import pareto_plot, plan_map_figure
 from fora.loading import ModelLoadError
+from fora.timing import clock_label
 from ui import form, gpu, registry, store
 from ui.display import upscale, user_error
 from ui.settings import Settings
@@ -32,7 +33,7 @@ def gallery_and_table(result: PolicyResult) -> tuple[list, list[list]]:
         if row.get("speedup") is not None:
             speed = (
                 f"{row['speedup']:.2f}x, {row['speedup_low']:.2f}-{row['speedup_high']:.2f} over {row['pairs']} "
-                f"pairs ({row['clock']} clock)"
+                f"pairs ({clock_label(row['clock'])})"
             )
         else:
             speed = "measuring..." if not result.timed else "not measured"
