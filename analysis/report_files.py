@@ -11,6 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fora.timing import speedup_decimals
+
+SPEEDUP_COLUMNS = ("speedup", "speedup_low", "speedup_high")
+
 
 def png_base64(image: np.ndarray, scale: int = 1) -> str:
     """A uint8 H x W x 3 image as base64 PNG (for `<img src="data:image/png;base64,...">`), enlarged `scale` times
@@ -53,6 +57,15 @@ def json_safe(v):
     if isinstance(v, np.integer):
         return int(v)
     return finite(v)
+
+
+def speedup_cell(row: dict, column: str) -> str:
+    """A report table's cell of one of `SPEEDUP_COLUMNS`, to the decimals the row's pair range supports
+    (`fora.timing.speedup_decimals`); the CSV and JSON keep every digit."""
+    v, low, high = row.get(column), row.get("speedup_low"), row.get("speedup_high")
+    if not isinstance(v, (int, float)) or low is None or high is None:
+        return html_cell(v)
+    return f"{v:.{speedup_decimals(low, high, row.get('pairs'))}f}"
 
 
 def html_cell(v, digits: int = 3) -> str:

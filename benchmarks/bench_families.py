@@ -32,7 +32,7 @@ import torch
 from analysis.memory import H100_SXM_BANDWIDTH
 from fora import ForaConfig, apply_fora, ideal_speedup, remove_fora
 from fora.apply import find_blocks
-from fora.timing import paired_speedups, time_call
+from fora.timing import clock_label, format_speedup, paired_speedups, time_call
 
 LEAN_FAMILIES = ("sd3.5-medium", "flux.1", "pixart-sigma")  # blocks with a lean reuse step besides the plain one
 
@@ -258,8 +258,8 @@ class Loop:
 def speedups(table: dict, names: list, steps: int, pairs: int, clock: str) -> int:
     ideal = ideal_speedup(steps, 3)
     print(
-        f"{'family':<16} {'N=3 speedup (range)':>22} {'ideal':>6} {'N=1 (range)':>20}  "
-        f"(T = {steps} loop, 512 px, one block of each kind, {clock} clock, {pairs} ABBA pairs)"
+        f"{'family':<16} {'N=3 speedup, range':>22} {'ideal':>6} {'N=1, range':>20}  "
+        f"(T = {steps} loop, 512 px, one block of each kind, {clock_label(clock)}, {pairs} ABBA pairs)"
     )
     for name in names:
         build, inputs, _ = table[name]
@@ -268,8 +268,8 @@ def speedups(table: dict, names: list, steps: int, pairs: int, clock: str) -> in
         t0 = time.perf_counter()
         n3, n1 = paired_speedups(loop, loop, [ForaConfig(interval=3), ForaConfig(interval=1)], pairs, clock=clock)
         print(
-            f"{name:<16} {n3.ratio:>7.2f}x ({n3.low:.2f}-{n3.high:.2f}) {ideal:>5.2f}x "
-            f"{n1.ratio:>7.3f}x ({n1.low:.3f}-{n1.high:.3f})  ({time.perf_counter() - t0:.0f}s)",
+            f"{name:<16} {format_speedup(n3.ratio, n3.low, n3.high):>22} {ideal:>5.2f}x "
+            f"{format_speedup(n1.ratio, n1.low, n1.high):>20}  ({time.perf_counter() - t0:.0f}s)",
             flush=True,
         )
     return 0

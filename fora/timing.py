@@ -2,12 +2,14 @@
 
 Timed calls carry no observers. After a warm-up of both variants, baseline and FORA calls alternate in pairs, in
 ABBA order so that a drift of the machine's speed cancels, and each pair gives one ratio; the result is the median of
-the pair ratios with their range ("2.31x, 2.27-2.36 over 5 pairs"). Several configs (a sweep) are timed together by
+the pair ratios with their range ("2.31x, 2.27-2.36 over 5 pairs", rounded to what the range supports:
+`format_speedup`). Several configs (a sweep) are timed together by
 `paired_speedups`, their pairs interleaved round by round. On a GPU each call is timed with device events
 after a synchronisation; on a CPU with the wall clock. `analysis.speed` and `python -m fora generate --time-pairs`
 both use it.
 """
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -80,6 +82,28 @@ def time_call(fn: Callable[[], object], device, clock: str = "wall") -> float:
     return time.perf_counter() - t0
 
 
+def speedup_decimals(low: float, high: float, pairs: int | None = None) -> int:
+    """Decimals a speedup with the pair range `low`-`high` supports: down to the range's first significant digit, at
+    most 3; one for a single pair (or a range of zero), which has no spread to read a precision from."""
+    spread = high - low
+    if pairs == 1 or not (spread > 0 and math.isfinite(spread)):
+        return 1
+    return min(3, max(0, -math.floor(math.log10(spread) + 1e-9)))  # 1e-9: a spread of 0.1 computed as 0.0999...
+
+
+def format_speedup(ratio: float, low: float, high: float, pairs: int | None = None) -> str:
+    """A measured speedup as every page and CLI of this project shows it, median and range rounded alike to what the
+    range supports (`speedup_decimals`): (2.137, 1.9, 2.4) -> "2.1x, 1.9-2.4"; (2.137, 2.13, 2.15) -> "2.14x,
+    2.13-2.15"; with `pairs` "... over 5 pairs" (one pair: "2.1x over 1 pair", no range)."""
+    d = speedup_decimals(low, high, pairs)
+    text = f"{ratio:.{d}f}x"
+    if pairs != 1:
+        text += f", {low:.{d}f}-{high:.{d}f}"
+    if pairs is not None:
+        text += f" over {pairs} pair{'' if pairs == 1 else 's'}"
+    return text
+
+
 @dataclass(frozen=True)
 class SpeedRatio:
     """A speedup measured in pairs: the median of the per-pair ratios `baseline time / FORA time`, with its spread."""
@@ -93,7 +117,7 @@ class SpeedRatio:
     ratios: tuple[float, ...] = ()  # every pair's ratio, in the order timed (for noise studies; not in as_dict)
 
     def __str__(self) -> str:
-        return f"{self.ratio:.2f}x, {self.low:.2f}-{self.high:.2f} over {self.pairs} pairs"
+        return format_speedup(self.ratio, self.low, self.high, self.pairs)
 
     def as_dict(self) -> dict:
         return {

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from analysis.metrics.quality import compare_images, diff_image, mean_abs_diff, 
 from analysis.metrics.similarity import SimilarityRecorder, cosine, default_blocks
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot, tradeoff_plot
 from analysis.sweep.__main__ import main as sweep_main
-from analysis.sweep.experiment import run_sweep
+from analysis.sweep.experiment import COLUMNS, run_sweep
 from analysis.sweep.report import report_html, write_outputs
 from fora import ForaConfig, ForaRun, apply_fora, full_steps, remove_fora
 from fora.generate import Request
@@ -221,6 +222,12 @@ def test_sweep_end_to_end(tmp_path):
     assert [r["interval"] for r in data["rows"]] == [1, 2, 4] and data["rows"][0]["psnr"] is None  # inf -> null
     html = open(paths["html"]).read()
     assert "plotly" in html and "N=4" in html and "<table>" in html
+    # issue item 7c: one pair has no range to read a precision from: one decimal in the page (it showed 4 digits),
+    # every digit in the CSV and JSON
+    cells = re.findall(r"<tr>((?:<td>[^<]*</td>)+)</tr>", html)
+    speed = [re.findall(r"<td>([^<]*)</td>", c)[COLUMNS.index("speedup")] for c in cells]
+    assert speed == [f"{r.speed.ratio:.1f}" for r in result.rows]
+    assert [r["speedup"] for r in data["rows"]] == [r.speed.ratio for r in result.rows]
     # the same seeds give the same quality numbers
     again = run_sweep(pipe, request, [1, 2, 4], seeds=[0, 1], pairs=1)
     assert [r.psnr for r in again.rows] == [r.psnr for r in result.rows]
@@ -255,6 +262,27 @@ def test_timed_call_gives_the_observed_images():
     finally:
         remove_fora(pipe)
     assert np.array_equal(np.asarray(timed), observed.images)
+
+
+def test_arena_report_tables_round_speedups_to_their_range():
+    """Issue item 7c: the arena's HTML tables gave speedup, low and high to 2 decimals whatever the pair range; now to
+    what the range supports, like every speedup shown (the CSV and JSON keep every digit)."""
+    from analysis.arena.report import _table
+
+    cols = ["policy", "speedup", "speedup_low", "speedup_high", "psnr"]
+    rows = [
+        {"policy": "fora", "speedup": 2.137, "speedup_low": 1.9, "speedup_high": 2.4, "pairs": 3, "psnr": 31.234},
+        {"policy": "fbc", "speedup": 2.137, "speedup_low": 2.1368, "speedup_high": 2.1372, "pairs": 3, "psnr": None},
+        {"policy": "uncached", "speedup": 1.0, "speedup_low": 1.0, "speedup_high": 1.0, "pairs": 0, "psnr": 100.0},
+    ]
+    cells = [
+        re.findall(r"<td>([^<]*)</td>", tr) for tr in re.findall(r"<tr>((?:<td>[^<]*</td>)+)</tr>", _table(rows, cols))
+    ]
+    assert cells == [
+        ["fora", "2.1", "1.9", "2.4", "31.23"],
+        ["fbc", "2.137", "2.137", "2.137", "-"],
+        ["uncached", "1.0", "1.0", "1.0", "100.00"],
+    ]
 
 
 def test_report_escapes_user_input():

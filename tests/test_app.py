@@ -549,6 +549,27 @@ def test_policies_side_by_side_then_the_plan_in_compare(layout):
         run_generate(layout, steps=10, interval=3, policy="calibrated-o1", cache_mlp=False)
 
 
+def test_policies_table_rounds_the_speedup_to_its_range():
+    """Issue item 7c: the Policies table gave two decimals whatever the pair range ("2.14x, 1.90-2.40"); a range 0.5
+    wide supports one, as `fora.timing.format_speedup` gives everywhere."""
+    import numpy as np
+
+    from analysis.arena.policies import PolicyResult
+    from fora.timing import clock_label
+    from ui.tabs.policies import gallery_and_table
+
+    row = dict(policy="fora", setting="N=3", computed_calls=24, computed_fraction=0.4, psnr=30.0, ssim=0.9, pairs=3)
+    rows = [
+        {**row, "speedup": 2.137, "speedup_low": 1.9, "speedup_high": 2.4, "clock": "cpu"},
+        {**row, "setting": "N=2", "speedup": 2.137, "speedup_low": 2.13, "speedup_high": 2.15, "clock": "wall"},
+    ]
+    image = np.zeros((8, 8, 3))
+    result = PolicyResult(image, rows, [image, image], {}, [], 60, 24, timed=True)
+    _, table = gallery_and_table(result)
+    assert table[0][4] == f"2.1x, 1.9-2.4 over 3 pairs ({clock_label('cpu')})"
+    assert table[1][4] == "2.14x, 2.13-2.15 over 3 pairs (wall time)"
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [

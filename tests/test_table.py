@@ -343,6 +343,29 @@ def test_a_corrupt_shard_is_made_again_and_a_busy_folder_is_refused(tiny_model, 
 SHIPPED_TABLE3 = os.path.join(ROOT, "assets", "emoji-dit", "table3")
 
 
+def test_the_table3_tab_rounds_speedups_to_their_range(monkeypatch):
+    """Issue item 7c: the Table 3 tab showed "2.20x (2.17-2.38)", two decimals of a range 0.2 wide; now the shipped
+    table's speedups come to what their range supports, as everywhere else (`fora.timing.format_speedup`)."""
+    import gradio as gr
+
+    from analysis.table.report import DISPLAY_HEADERS, load_table
+    from ui.layout import build_layout
+    from ui.tabs import table3
+
+    monkeypatch.setattr(table3, "TABLE3_DIR", SHIPPED_TABLE3)
+    layout = build_layout()
+    [table] = [b for b in layout.demo.blocks.values() if isinstance(b, gr.Dataframe) and b.headers == DISPLAY_HEADERS]
+    shown = {(r[0], r[1]): r[DISPLAY_HEADERS.index("speedup (range)")] for r in table.value["data"]}
+    rows = {(r["steps"], r["interval"]): r for r in load_table(SHIPPED_TABLE3)["rows"]}
+    t20n3 = rows[20, 3]  # 2.197 over 2.171-2.383: a range 0.21 wide
+    assert (t20n3["speedup"], t20n3["speedup_low"], t20n3["speedup_high"]) == pytest.approx(
+        (2.197, 2.171, 2.383), 1e-3
+    )
+    assert shown[20, 3] == "2.2x, 2.2-2.4"
+    assert shown[50, 10] == "6x, 5-7"  # 5.648 over 5.320-6.537: a range over 1 wide supports whole numbers
+    assert shown[20, 1] == "1.0x, 0.8-1.1" and shown[50, 5] == "2.8x, 2.7-2.9"
+
+
 def _broken_table3(folder, name: str, breakage) -> str:
     """The two files the tab reads copied from the shipped Table 3, `name` rewritten by `breakage(bytes)`."""
     for f in ("table.json", "grid_samples.npz"):

@@ -172,6 +172,20 @@ def test_cpu_clock_with_one_thread_counts_the_calling_thread_and_says_so():
         clock_label("gpu")
 
 
+def test_format_speedup_rounds_to_what_the_range_supports():
+    """Issue item 7c: every speedup shown gives its median and range to the range's first significant digit (at most
+    3 decimals, one for a single pair); they showed two decimals whatever the spread."""
+    from fora.timing import SpeedRatio, format_speedup
+
+    assert format_speedup(2.137, 1.9, 2.4) == "2.1x, 1.9-2.4"
+    assert format_speedup(2.137, 2.13, 2.15) == "2.14x, 2.13-2.15"
+    assert format_speedup(2.137, 2.1368, 2.1372) == "2.137x, 2.137-2.137"  # at most 3 decimals
+    assert format_speedup(2.137, 1.2, 3.5, pairs=5) == "2x, 1-4 over 5 pairs"  # a spread over 1: whole numbers
+    assert format_speedup(2.137, 2.137, 2.137, pairs=1) == "2.1x over 1 pair"  # no range to read a precision from
+    assert format_speedup(1.96, 1.86, 1.96) == "2.0x, 1.9-2.0"  # a spread of 0.1 (0.0999... in floats): one decimal
+    assert str(SpeedRatio(2.137, 2.13, 2.15, 3, 1.0, 0.47)) == "2.14x, 2.13-2.15 over 3 pairs"
+
+
 def _count_transformer_calls(pipe):
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))

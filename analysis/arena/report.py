@@ -14,7 +14,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from analysis.arena.experiment import COLUMNS, EQUAL_COST, at_budget, budget_entries
-from analysis.report_files import finite, html_cell, png_base64, write_text_atomic
+from analysis.report_files import SPEEDUP_COLUMNS, finite, html_cell, png_base64, speedup_cell, write_text_atomic
 
 COLORS = {
     "uncached": "#444",
@@ -133,7 +133,8 @@ def image_grid(columns: list[np.ndarray], scale: int = 3, gap: int = 2) -> np.nd
 
 def _table(rows: list[dict], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html_cell(r.get(c), 2)}</td>" for c in columns) + "</tr>" for r in rows)
+    cell = lambda r, c: speedup_cell(r, c) if c in SPEEDUP_COLUMNS else html_cell(r.get(c), 2)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r, c)}</td>" for c in columns) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

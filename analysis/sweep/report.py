@@ -12,7 +12,7 @@ import os
 import plotly.io as pio
 
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, tradeoff_plot
-from analysis.report_files import json_safe, png_base64
+from analysis.report_files import SPEEDUP_COLUMNS, json_safe, png_base64, speedup_cell
 from analysis.sweep.experiment import COLUMNS, SweepResult
 from fora.generate import to_uint8
 
@@ -70,7 +70,8 @@ def report_html(result: SweepResult, model: str) -> str:
             break
     plots = "".join(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs))
     head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    cell = lambda r, c: speedup_cell(r, c) if c in SPEEDUP_COLUMNS else _fmt(r[c])
+    body = "".join("<tr>" + "".join(f"<td>{cell(r, c)}</td>" for c in COLUMNS) + "</tr>" for r in rows)
     grid = "".join(
         f"<figure><img src='data:image/png;base64,{png_base64(to_uint8(images[n]), scale)}'>"
         f"<figcaption>N={n}</figcaption></figure>"

@@ -23,7 +23,7 @@ from PIL import Image
 from analysis.report_files import finite, html_cell, machine, png_base64, write_atomic
 from analysis.samples import SHARD_SIZE, Cell, read_shard, shard_path
 from analysis.table.metrics import reference_description
-from fora.timing import clock_label
+from fora.timing import clock_label, format_speedup
 
 COLUMNS = [
     "steps",
@@ -336,7 +336,7 @@ def display_rows(meta: dict) -> list[list]:
     out = []
     for r in meta["rows"]:
         speed = (
-            f"{r['speedup']:.2f}x ({r['speedup_low']:.2f}-{r['speedup_high']:.2f})"
+            format_speedup(r["speedup"], r["speedup_low"], r["speedup_high"], r.get("pairs"))
             if r.get("speedup") is not None
             else "-"
         )

@@ -7,7 +7,7 @@ import gradio as gr
 from analysis.arena.policies import POLICIES, PolicyResult
 from analysis.arena.report import pareto_plot, plan_map_figure
 from fora.loading import ModelLoadError
-from fora.timing import clock_label
+from fora.timing import clock_label, format_speedup
 from ui import form, gpu, registry, store
 from ui.display import upscale, user_error
 from ui.settings import Settings
@@ -31,10 +31,8 @@ def gallery_and_table(result: PolicyResult) -> tuple[list, list[list]]:
         name = f"{row['policy']} {row['setting']}"
         gallery.append((upscale(image), f"{name}: {row['psnr']:.1f} dB"))
         if row.get("speedup") is not None:
-            speed = (
-                f"{row['speedup']:.2f}x, {row['speedup_low']:.2f}-{row['speedup_high']:.2f} over {row['pairs']} "
-                f"pairs ({clock_label(row['clock'])})"
-            )
+            speed = format_speedup(row["speedup"], row["speedup_low"], row["speedup_high"], row["pairs"])
+            speed += f" ({clock_label(row['clock'])})"
         else:
             speed = "measuring..." if not result.timed else "not measured"
         table.append(
