@@ -4,7 +4,9 @@ The cache does not fit on-chip (an H100 has 50 MB of L2; DiT-XL/2 at 512 caches 
 reuse step reads it back. This module answers with numbers: the bytes of the cache per configuration, the time to
 read them at a stated memory bandwidth, and the time of the attention and MLP compute they replace at a stated
 throughput, per step and per run. `measure_bandwidth` measures the read on the machine at hand instead (GB/s of a
-streaming read of the cache's size, next to a plain large copy on the same device).
+streaming read of the cache's size, next to a plain large copy on the same device). A small read is bound by the
+call's fixed cost (dispatch, a kernel launch), not by memory: it is timed against the same reduction over one element
+and, when under twice that, shown as a time per read with no GB/s.
 """
 
 import itertools
@@ -106,29 +108,70 @@ def hbm_answer(
     }
 
 
+def size_text(nbytes: float) -> str:
+    """Bytes as MiB, or KiB under one MiB (a small read would read "0.0 MiB")."""
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+
+
+def is_overhead_bound(read_s: float, call_s: float) -> bool:
+    """A read under twice the same call over one element spends most of its time in the call's fixed cost: its
+    bytes / seconds would be no bandwidth."""
+    return read_s < 2 * call_s
+
+
 @dataclass(frozen=True)
 class Bandwidth:
-    """Measured memory bandwidth on one device: reading a buffer of the cache's size, and a plain large copy."""
+    """Measured memory bandwidth on one device: reading a buffer of the cache's size, the same reduction over one
+    element (the call's fixed cost) and a plain large copy."""
 
     device: str
     nbytes: int  # bytes of the buffer read (the cache's size)
     read_s: float  # median seconds to read it once
     copy_bytes: int  # bytes of the reference copy's source
     copy_s: float  # median seconds of the reference copy
+    call_s: float  # median seconds of the same reduction over one element: dispatch, a kernel launch
 
     @property
-    def read_GBps(self) -> float:
-        return self.nbytes / self.read_s / 1e9
+    def overhead_bound(self) -> bool:
+        """The read took under twice the one-element call: bound by the call's fixed cost, not by memory."""
+        return is_overhead_bound(self.read_s, self.call_s)
+
+    @property
+    def read_GBps(self) -> float | None:
+        """Bytes read per second; None for a read bound by the call's fixed cost (no bandwidth to speak of)."""
+        return None if self.overhead_bound else self.nbytes / self.read_s / 1e9
 
     @property
     def copy_GBps(self) -> float:
         """The copy reads and writes every byte: counted twice, as STREAM does."""
         return 2 * self.copy_bytes / self.copy_s / 1e9
 
+    @property
+    def overhead_bytes(self) -> float:
+        """Reads below about this size are bound by the call's fixed cost: at the copy's speed they take less than
+        one call's fixed cost to stream (an estimate; the copy stands in for the device's bandwidth)."""
+        return self.call_s * self.copy_GBps * 1e9
+
+    def read_text(self) -> str:
+        """The read in words: its time and GB/s, or its time per read when the call's fixed cost bounds it."""
+        took = f"reading {size_text(self.nbytes)} took {self.read_s * 1e3:.3g} ms"
+        if self.overhead_bound:
+            return (
+                f"{took} per read, bound by the call's fixed cost ({self.call_s * 1e6:.3g} µs over one element), "
+                "not by memory: no GB/s"
+            )
+        return f"{took}, {self.read_GBps:.1f} GB/s"
+
+    def overhead_text(self) -> str:
+        return (
+            f"reads below about {size_text(self.overhead_bytes)} are bound by the call's fixed cost here "
+            f"({self.call_s * 1e6:.3g} µs per call; the size estimated from the copy's speed)"
+        )
+
     def __str__(self) -> str:
         return (
-            f"read {self.nbytes / 2**20:.1f} MiB in {self.read_s * 1e3:.3f} ms = {self.read_GBps:.1f} GB/s; "
-            f"plain copy of {self.copy_bytes / 2**20:.0f} MiB: {self.copy_GBps:.1f} GB/s ({self.device})"
+            f"{self.read_text()}; plain copy of {self.copy_bytes / 2**20:.0f} MiB: {self.copy_GBps:.1f} GB/s "
+            f"({self.device}); {self.overhead_text()}"
         )
 
 
@@ -160,6 +203,12 @@ def _read_seconds(nbytes: int, device: torch.device, repeats: int, span_bytes: i
     return _median_seconds(read, device, repeats), buffer_bytes
 
 
+def call_seconds(device: str | torch.device = "cpu", repeats: int = 10) -> float:
+    """Median seconds of the read's reduction over a single element on `device`: the fixed cost of the call
+    (Python, dispatch, on a GPU a kernel launch) that every read pays whatever its size."""
+    return _read_seconds(1, torch.device(device), repeats, span_bytes=0)[0]
+
+
 def measure_bandwidth(
     nbytes: int, device: str | torch.device = "cpu", repeats: int = 10, copy_bytes: int = 256 * 2**20
 ) -> Bandwidth:
@@ -169,15 +218,17 @@ def measure_bandwidth(
     A reduction is memory-bound, so it runs at the device's read bandwidth; the reads rotate over copies of the
     buffer so that none is served from the device's caches (`_read_seconds`). Elements are float16 on a GPU and
     float32 on a CPU; bytes are bytes. CUDA events on a GPU, the wall clock on a CPU; median of `repeats` after a
-    warm-up.
+    warm-up. The same reduction over one element gives the call's fixed cost (`call_seconds`): a read under twice
+    that is `overhead_bound`, and gets no GB/s.
     """
     device = torch.device(device)
     read_s, nbytes = _read_seconds(nbytes, device, repeats)
+    call_s = call_seconds(device, repeats)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     src = torch.ones(max(1, copy_bytes // (torch.finfo(dtype).bits // 8)), dtype=dtype, device=device)
     dst = torch.empty_like(src)
     copy_s = _median_seconds(lambda: dst.copy_(src), device, repeats)
-    return Bandwidth(str(device), nbytes, read_s, src.numel() * src.element_size(), copy_s)
+    return Bandwidth(str(device), nbytes, read_s, src.numel() * src.element_size(), copy_s, call_s)
 
 
 def measure_read_seconds(nbytes: int, device: str | torch.device = "cpu", repeats: int = 10) -> float:
@@ -210,7 +261,8 @@ def main(argv=None) -> int:
         f"batch {args.batch} (x2 for guidance), {args.dtype}, T={args.steps}, N={args.interval}; "
         f"{args.bandwidth:g} TB/s, {args.tflops:g} TFLOP/s x {args.utilization:g}"
     )
-    measured = f" {'measured read ms':>16s} {'GB/s':>7s}" if args.measure else ""
+    measured = f" {'measured read ms':>16s} {'GB/s':>10s}" if args.measure else ""
+    ref = measure_bandwidth(2**20, device) if args.measure else None  # the call's fixed cost, the copy's speed
     print(
         f"{'model':18s} {'cache MiB':>9s} {'read ms/step':>12s} {'compute ms/step':>15s} {'ratio':>6s} "
         f"{'saved ms/run':>12s}{measured}"
@@ -232,15 +284,16 @@ def main(argv=None) -> int:
             f"{a['compute_ms_per_step']:15.3f} {a['compute_over_read']:6.0f} {a['saved_ms_per_run']:12.1f}"
         )
         if args.measure:
-            read_s = measure_read_seconds(a["cache_bytes"], device)
-            line += f" {read_s * 1e3:16.3f} {a['cache_bytes'] / read_s / 1e9:7.1f}"
+            read_s, nbytes = _read_seconds(a["cache_bytes"], device, 10)
+            speed = "call-bound" if is_overhead_bound(read_s, ref.call_s) else f"{nbytes / read_s / 1e9:10.1f}"
+            line += f" {read_s * 1e3:16.3f} {speed:>10s}"
         print(line)
     if args.measure:
-        copy = measure_bandwidth(2**20, device)
         print(
             f"measured on {device} with {torch.get_num_threads()} thread(s): one reduction over a buffer of the "
-            f"cache's size, median of 10; for comparison a plain copy of {copy.copy_bytes / 2**20:.0f} MiB on the "
-            f"same device: {copy.copy_GBps:.1f} GB/s (read + write)"
+            f"cache's size, median of 10; for comparison a plain copy of {ref.copy_bytes / 2**20:.0f} MiB on the "
+            f"same device: {ref.copy_GBps:.1f} GB/s (read + write). call-bound: the read took under twice the same "
+            f"reduction over one element, no GB/s; {ref.overhead_text()}"
         )
     return 0
 

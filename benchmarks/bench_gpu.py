@@ -113,7 +113,8 @@ def memory_section(args, pipe, resolution: int) -> None:
             "resolution": resolution,
             "cache_bytes": measured_bytes,
             "read_s": bw.read_s,
-            "read_GBps": bw.read_GBps,
+            "read_GBps": bw.read_GBps,  # None: bound by the call's fixed cost
+            "call_s": bw.call_s,
             "copy_GBps": bw.copy_GBps,
         },
     )

@@ -32,9 +32,9 @@ def _memory_answer(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tfl
         try:
             bw = gpu.measure_read_on_gpu(a["cache_bytes"])
             where = (
-                f"Measured on this machine ({bw.device}): reading {bw.nbytes / 2**20:.1f} MiB took "
-                f"{bw.read_s * 1e3:.3g} ms, {bw.read_GBps:.1f} GB/s; a plain copy of {bw.copy_bytes / 2**20:.0f} "
-                f"MiB on the same device runs at {bw.copy_GBps:.1f} GB/s (read + write)."
+                f"Measured on this machine ({bw.device}): {bw.read_text()}; a plain copy of "
+                f"{bw.copy_bytes / 2**20:.0f} MiB on the same device runs at {bw.copy_GBps:.1f} GB/s (read + write); "
+                f"{bw.overhead_text()}."
             )
         except Exception as e:  # the calculator above stands; say why the measurement is missing
             where = f"Could not measure the read on this machine: {type(e).__name__}: {e}"
