@@ -93,6 +93,11 @@ def timed_speedups(
     )
 
 
+def recorded_kinds(pipe) -> tuple[str, ...]:
+    """The module kinds `observe_run` records on `pipe`: cross-attention too for a text-conditional one."""
+    return ("attn", "cross_attn", "mlp") if hasattr(pipe, "text_encoder") else ("attn", "mlp")
+
+
 def observe_run(
     pipe, request: Request, config: ForaConfig, similarity: bool = True, blocks: list[int] | None = None, on_step=None
 ) -> RunResult:
@@ -102,8 +107,7 @@ def observe_run(
     """
     if get_fora_handle(pipe) is not None:
         raise ValueError("this pipeline already has FORA applied; observe_run applies and removes its own")
-    kinds = ("attn", "cross_attn", "mlp") if hasattr(pipe, "text_encoder") else ("attn", "mlp")
-    recorder = SimilarityRecorder(num_blocks(pipe), kinds=kinds, blocks=blocks) if similarity else None
+    recorder = SimilarityRecorder(num_blocks(pipe), kinds=recorded_kinds(pipe), blocks=blocks) if similarity else None
     handle = apply_fora(pipe, config)
     timer = LoopTimer(pipe.transformer)
     predictions = PredictionRecorder(pipe.transformer)

@@ -162,6 +162,83 @@ def test_bad_inputs_give_clear_errors(layout, kw, message, monkeypatch):
     assert message in str(err.value.message)
 
 
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"block_choice": "x"}, "block 'x': give a block number, one of [0, 2, 3, 5]"),
+        ({"block_choice": "4"}, "block 4 has no step x step map; recorded blocks: [0, 2, 3, 5]"),
+        ({"block_choice": "9" * 500}, f"block '{'9' * 40}...' has no step x step map"),
+        ({"pair_kind": "cross_attn"}, "module='cross_attn'; allowed: attn, mlp"),  # emoji-dit has none
+        ({"pair_kind": None}, "module=None; allowed: attn, mlp"),
+        ({"heat_source": "both"}, "layer x step maps from='both'; allowed: FORA run, uncached baseline"),
+        ({"cache_attn": "false"}, "cache_attn='false': a checkbox is true or false"),  # bool("false") is True
+        ({"cache_mlp": None}, "cache_mlp=None: a checkbox is true or false"),
+        ({"cache_cross_attn": 1}, "cache_cross_attn=1: a checkbox is true or false"),
+        ({"policy": "magic"}, "policy='magic'; allowed: FORA, calibrated, calibrated-o1"),
+        ({"label": "c" * 101}, "class name has 101 characters: allowed at most 100"),
+        ({"steps": "7" * 300}, f"steps='{'7' * 40}...' out of range"),
+    ],
+)
+def test_every_compare_input_is_checked_before_the_model_runs(layout, kw, message):
+    """Issue item 9: the plot choices were read only after both runs (a bad block failed the request at its end, a
+    module the model lacks fell back to attention unsaid) and a checkbox's "false" string was read as True. Every
+    Compare input is checked first: the model never runs, the message names the value (at most 40 characters of it)
+    and what is allowed."""
+    import gradio as gr
+
+    from ui import registry
+
+    pipe, _ = registry.get_model("emoji-dit")
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        with pytest.raises(gr.Error) as err:
+            run_generate(layout, **{"steps": 6, "block_choice": "5", **kw})
+    finally:
+        hook.remove()
+    assert message in err.value.message and len(err.value.message) < 200
+    assert calls == []  # refused before any transformer call
+
+
+def test_the_plot_redraws_check_their_inputs_as_generate_does(layout):
+    """Issue item 9: the redraws use the Generate checks, against what the kept result recorded."""
+    import gradio as gr
+
+    from ui.tabs import compare as compare_tab
+
+    c = layout.compare
+    token = shown(run_generate(layout, steps=6, interval=2, seed=41))[c.last]
+    assert compare_tab.redraw_pairwise(token, "", "mlp").to_dict()["data"]  # empty: the last recorded block
+    for block, kind, message in (
+        ("4", "attn", "block 4 has no step x step map; recorded blocks: [0, 2, 3, 5]"),
+        ("0", "cross_attn", "module='cross_attn'; allowed: attn, mlp"),
+        ("y" * 300, "attn", f"block '{'y' * 40}...': give a block number"),
+    ):
+        with pytest.raises(gr.Error) as err:
+            compare_tab.redraw_pairwise(token, block, kind)
+        assert message in err.value.message and len(err.value.message) < 200
+    with pytest.raises(gr.Error, match="layer x step maps from='both'; allowed: FORA run, uncached baseline"):
+        c.redraw_heatmaps(token, "both")
+
+
+def test_the_module_list_follows_the_model(layout, tiny_model_dir, tmp_path, monkeypatch):
+    """Issue item 9: the module list offered cross_attn for every model; like the block list it now follows the
+    model: cross-attention only for a model that records it, and the chosen module kept where the model has it."""
+    from conftest import make_pixart_pipeline
+
+    pixart = str(tmp_path / "tiny-pixart")
+    make_pixart_pipeline().save_pretrained(pixart)
+    monkeypatch.setenv("FORA_EXTRA_MODELS", f"{tiny_model_dir},{pixart}")
+    s, c = layout.settings, layout.compare
+    assert [v for _, v in c.kind_choice.choices] == ["attn", "mlp"]  # the default model's, at start
+    text_model = s.on_model_change(pixart, "mlp")
+    assert text_model[c.kind_choice]["choices"] == ["attn", "cross_attn", "mlp"]
+    assert text_model[c.kind_choice]["value"] == "mlp"
+    assert text_model[c.block_choice]["choices"] == ["0", "1"]  # its 2 blocks
+    back = s.on_model_change("emoji-dit", "cross_attn")
+    assert back[c.kind_choice]["choices"] == ["attn", "mlp"] and back[c.kind_choice]["value"] == "attn"
+
+
 def test_hub_model_offline_says_so(layout, monkeypatch):
     """An operator lists the hub models, but the machine is offline: loading fails with the reason, at request time."""
     import gradio as gr

@@ -1,13 +1,16 @@
 """The app's form, parsed in one place: raw widget values in, a checked `GenerateJob` or `SweepJob` out.
 
-Every check raises `ValueError` naming the bad value and the allowed range. The limits here are the ones the
-widgets show (the tabs build their sliders from them), and every request is bounded by one budget of denoising
-steps, the sweep included, so that no single click can hold the model for minutes.
+Every check raises `ValueError` naming the bad value (at most `ECHO_MAX` characters of it: `echo`) and the allowed
+range, before any model runs. The limits here are the ones the widgets show (the tabs build their sliders from them),
+and every request is bounded by one budget of denoising steps, the sweep included, so that no single click can hold
+the model for minutes.
 """
 
 import os
 from dataclasses import dataclass, field, replace
 
+from analysis.comparison import recorded_kinds
+from analysis.metrics.similarity import default_blocks
 from fora import ForaConfig
 from fora.generate import Request, class_id, is_text_conditional
 from fora.timing import paired_calls
@@ -16,6 +19,9 @@ STEPS_RANGE = (2, 100)  # the steps slider's range
 SEED_MAX = 2**31 - 1
 GUIDANCE_RANGE = (1.0, 20.0)
 PROMPT_MAX = 500
+LABEL_MAX = 100  # characters of a class name or id: the longest label of any model is far shorter
+ECHO_MAX = 40  # characters of a bad value a message repeats
+HEAT_SOURCES = ("FORA run", "uncached baseline")  # the Compare tab's "layer x step maps from"
 SWEEP_SEEDS_MAX = 8
 SWEEP_INTERVALS = (1, 2, 3, 4, 5, 7, 10)  # the Sweep tab's choices
 # Denoising steps one request may run, counting the baseline, the FORA run and the timed calls. The emoji model runs
@@ -73,15 +79,35 @@ class SweepJob:
         return self.request.steps * sum(self.pipeline_calls())
 
 
+def echo(value) -> str:
+    """`value` as a message repeats it: its repr, cut to `ECHO_MAX` characters of its text."""
+    text = str(value)
+    return repr(value) if len(text) <= ECHO_MAX else repr(text[:ECHO_MAX] + "...")
+
+
 def integer(name: str, value, lo: int, hi: int) -> int:
     """`value` as an int in lo..hi, or `ValueError` naming it and the range."""
     try:
         v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is not a number; allowed {lo}..{hi}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name}={echo(value)} is not a number; allowed {lo}..{hi}") from None
     if not v.is_integer() or not lo <= v <= hi:
-        raise ValueError(f"{name}={value!r} out of range: allowed integers {lo}..{hi}")
+        raise ValueError(f"{name}={echo(value)} out of range: allowed integers {lo}..{hi}")
     return int(v)
+
+
+def boolean(name: str, value) -> bool:
+    """A checkbox's value: True or False only (the string "false" is no False: `bool("false")` is True)."""
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{name}={echo(value)}: a checkbox is true or false")
+
+
+def one_of(name: str, value, allowed) -> str:
+    """`value` if it is one of `allowed` (strings), else `ValueError` naming it and them."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}={echo(value)}; allowed: {', '.join(allowed)}")
+    return value
 
 
 def check_budget(steps: int, what: str) -> None:
@@ -100,7 +126,7 @@ def parse_request(pipe, label, prompt, steps, seed, guidance) -> Request:
     try:
         guidance = float(guidance)
     except (TypeError, ValueError):
-        raise ValueError(f"guidance={guidance!r} is not a number; allowed {lo}..{hi}") from None
+        raise ValueError(f"guidance={echo(guidance)} is not a number; allowed {lo}..{hi}") from None
     if not lo <= guidance <= hi:
         raise ValueError(f"guidance={guidance} out of range: allowed {lo}..{hi}")
     if is_text_conditional(pipe):
@@ -112,6 +138,10 @@ def parse_request(pipe, label, prompt, steps, seed, guidance) -> Request:
         return Request(prompt=prompt, steps=steps, seed=seed, guidance=guidance)
     if label is None or str(label).strip() == "":
         raise ValueError("no class chosen: pick one of the model's classes")
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise ValueError(f"class={echo(label)}: give a class name or id")
+    if len(str(label)) > LABEL_MAX:  # refused before any message repeats it
+        raise ValueError(f"class name has {len(str(label))} characters: allowed at most {LABEL_MAX}")
     # a name goes through the pipeline's own name -> id table: ids need not be 0..K-1
     return Request(label=class_id(pipe, label), steps=steps, seed=seed, guidance=guidance)
 
@@ -121,13 +151,12 @@ def parse_blocks(text: str, num_blocks: int) -> tuple[int, ...] | None:
     text = (text or "").strip()
     if not text:
         return None
-    shown = text if len(text) <= 40 else text[:40] + "..."  # the message echoes at most this much of the input
     if len(text) > 8 * num_blocks + 16:  # longer than every block listed once, with spaces
-        raise ValueError(f"blocks={shown!r}: too long; list at most the {num_blocks} blocks, each once")
+        raise ValueError(f"blocks={echo(text)}: too long; list at most the {num_blocks} blocks, each once")
     try:
         blocks = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise ValueError(f"blocks={shown!r}: give block indices separated by commas, e.g. 0,2,5") from None
+        raise ValueError(f"blocks={echo(text)}: give block indices separated by commas, e.g. 0,2,5") from None
     bad = [b for b in blocks if not 0 <= b < num_blocks]
     if bad:
         raise ValueError(f"blocks={list(bad)[:8]} out of range: allowed 0..{num_blocks - 1}")
@@ -154,9 +183,9 @@ def parse_config(
     end = integer("cache_end", cache_end, 0, steps) if cache_end not in (None, "") else 0
     config = ForaConfig(
         interval=interval,
-        cache_attn=bool(cache_attn),
-        cache_cross_attn=bool(cache_cross_attn),
-        cache_mlp=bool(cache_mlp),
+        cache_attn=boolean("cache_attn", cache_attn),
+        cache_cross_attn=boolean("cache_cross_attn", cache_cross_attn),
+        cache_mlp=boolean("cache_mlp", cache_mlp),
         cache_start=start,
         cache_end=end or None,
         blocks=parse_blocks(blocks, num_blocks),
@@ -167,6 +196,44 @@ def parse_config(
 
 def num_blocks(pipe) -> int:
     return len(pipe.transformer.transformer_blocks)
+
+
+@dataclass(frozen=True)
+class PlotView:
+    """Which of a comparison's maps the Compare tab draws: the step x step map's block and module, and the run the
+    layer x step maps come from."""
+
+    block: int
+    kind: str
+    source: str = HEAT_SOURCES[0]
+
+
+def parse_block_choice(value, blocks: list[int]) -> int:
+    """The block for the step x step map, one of the recorded `blocks` (empty: the last)."""
+    if value is None or str(value).strip() == "":
+        return blocks[-1]
+    try:
+        block = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"block {echo(value)}: give a block number, one of {blocks}") from None
+    if block not in blocks:
+        raise ValueError(f"block {echo(block)} has no step x step map; recorded blocks: {blocks}")
+    return block
+
+
+def parse_view(blocks: list[int], kinds, block_choice, pair_kind="attn", heat_source=HEAT_SOURCES[0]) -> PlotView:
+    """The Compare tab's plot choices as a `PlotView`, checked against the recorded `blocks` and `kinds` (a kept
+    result's, or `recorded_view`'s before a run)."""
+    return PlotView(
+        parse_block_choice(block_choice, blocks),
+        one_of("module", pair_kind, tuple(kinds)),
+        one_of("layer x step maps from", heat_source, HEAT_SOURCES),
+    )
+
+
+def recorded_view(pipe) -> tuple[list[int], tuple[str, ...]]:
+    """The blocks with a step x step map and the module kinds a comparison on `pipe` records."""
+    return default_blocks(num_blocks(pipe)), recorded_kinds(pipe)
 
 
 def parse_generate(
@@ -236,7 +303,7 @@ def parse_sweep(
     try:
         chosen = sorted({int(n) for n in (intervals or [])})
     except (TypeError, ValueError):
-        raise ValueError(f"intervals={intervals!r}: give whole numbers") from None
+        raise ValueError(f"intervals={echo(intervals)}: give whole numbers") from None
     if not chosen:
         raise ValueError("no interval chosen: tick at least one")
     bad = [n for n in chosen if n < 1 or (n != 1 and n > request.steps - 1)]
@@ -264,8 +331,7 @@ def compare_plan(model_key: str, request: Request, interval: int, policy: str, p
     """The calibrated plan the Compare tab runs at FORA N = `interval`'s cost, from the known `plans`."""
     from analysis.arena.policies import plan_key
 
-    if policy not in COMPARE_POLICIES:
-        raise ValueError(f"policy={policy!r}; allowed: {', '.join(COMPARE_POLICIES)}")
+    one_of("policy", policy, COMPARE_POLICIES)
     if policy == "FORA":
         return None
     if interval < 2:
@@ -297,7 +363,7 @@ def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, c
         raise ValueError(f"{len(chosen)} policies chosen: allowed 1..{MAX_POLICIES} side by side")
     unknown = [c for c in chosen if c not in POLICIES]
     if unknown:
-        raise ValueError(f"unknown policies {unknown}; allowed: {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policies {echo(unknown)}; allowed: {', '.join(POLICIES)}")
     if request.steps < 4:
         raise ValueError(f"steps={request.steps}: the Policies tab needs T >= 4")
     interval = integer("cost N", interval, 2, request.steps - 1)
@@ -325,9 +391,9 @@ def parse_memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflop
     from analysis.memory import DTYPE_BYTES, MODEL_SHAPES
 
     if shape_key not in MODEL_SHAPES:
-        raise ValueError(f"unknown model {shape_key!r}; allowed: {', '.join(MODEL_SHAPES)}")
+        raise ValueError(f"unknown model {echo(shape_key)}; allowed: {', '.join(MODEL_SHAPES)}")
     if dtype not in DTYPE_BYTES:
-        raise ValueError(f"dtype={dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
+        raise ValueError(f"dtype={echo(dtype)}; allowed: {', '.join(DTYPE_BYTES)}")
     batch = integer("batch", batch, 1, 64)
     steps = integer("steps", steps, 2, 1000)
     interval = integer("interval", interval, 1, steps - 1)
@@ -340,7 +406,7 @@ def parse_memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflop
         try:
             v = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name}={value!r} is not a number; allowed {lo:g}..{hi:g}") from None
+            raise ValueError(f"{name}={echo(value)} is not a number; allowed {lo:g}..{hi:g}") from None
         if not lo <= v <= hi:
             raise ValueError(f"{name}={v:g} out of range: allowed {lo:g}..{hi:g}")
         numbers.append(v)

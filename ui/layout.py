@@ -52,7 +52,7 @@ def build_layout() -> Layout:
                     memory = MemoryTab()
                 with gr.Tab("Table 3"):
                     table3 = Table3Tab()
-        settings.wire(compare.block_choice)
+        settings.wire(compare.block_choice, compare.kind_choice)
         gpu_events = [compare.wire(), sweep.wire(), policies.wire()]
         settings.stop.click(None, None, None, cancels=gpu_events, api_name=False)
         table3.wire()

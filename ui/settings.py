@@ -5,7 +5,6 @@ import time
 
 import gradio as gr
 
-from analysis.metrics.similarity import default_blocks
 from embedded.emoji.classes import LABELS
 from embedded.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from fora.loading import MODELS, ModelLoadError
@@ -52,29 +51,32 @@ class Settings:
             label="try (class, steps, N, seed)",
         )
         self.block_choice: gr.Dropdown | None = None  # the Compare tab's block list, which follows the model
+        self.kind_choice: gr.Dropdown | None = None  # and its module list
 
     @property
     def advanced(self) -> list[gr.components.Component]:
         """The Advanced settings, in the order the Compare and Sweep handlers take them."""
         return [self.cache_attn, self.cache_cross, self.cache_mlp, self.cache_start, self.cache_end, self.blocks]
 
-    def wire(self, block_choice: gr.Dropdown) -> None:
-        """The column's own events; a model change also refills `block_choice` (the Compare tab's)."""
-        self.block_choice = block_choice
+    def wire(self, block_choice: gr.Dropdown, kind_choice: gr.Dropdown) -> None:
+        """The column's own events; a model change also refills `block_choice` and `kind_choice` (the Compare
+        tab's recorded blocks and modules: no cross-attention for a model without it)."""
+        self.block_choice, self.kind_choice = block_choice, kind_choice
         # a first use loads the model here, holding up only the requests for that model (ui/registry.py): several
         # users' switches to different models load side by side
         self.model.change(
             self.on_model_change,
-            self.model,
-            [self.label, self.prompt, self.steps, block_choice],
+            [self.model, kind_choice],
+            [self.label, self.prompt, self.steps, block_choice, kind_choice],
             api_name=False,
             concurrency_limit=4,
         )
         self.steps.change(on_steps_change, [self.steps, self.interval], self.interval, api_name=False)
         self.randomize.click(random_seed, None, self.seed, api_name=False)
 
-    def on_model_change(self, model_key):
-        """The chosen model's classes (or the prompt box for a text model), default steps and recorded blocks."""
+    def on_model_change(self, model_key, kind=None):
+        """The chosen model's classes (or the prompt box for a text model), default steps, and the blocks and modules
+        a comparison records (`kind` stays chosen where the new model records it)."""
         try:
             pipe, _ = registry.get_model(model_key)
         except (ValueError, ModelLoadError) as e:
@@ -83,7 +85,8 @@ class Settings:
         labels = registry.labels_of(pipe)
         spec = MODELS.get(model_key)
         steps = spec.default_steps if spec else 30
-        blocks = [str(b) for b in default_blocks(form.num_blocks(pipe))]
+        recorded, kinds = form.recorded_view(pipe)
+        blocks = [str(b) for b in recorded]
         if labels:
             label, prompt = gr.update(choices=labels, value=labels[0], visible=True), gr.update(visible=False)
         else:
@@ -93,6 +96,7 @@ class Settings:
             self.prompt: prompt,
             self.steps: gr.update(value=steps),
             self.block_choice: gr.update(choices=blocks, value=blocks[-1]),
+            self.kind_choice: gr.update(choices=list(kinds), value=kind if kind in kinds else kinds[0]),
         }
 
 

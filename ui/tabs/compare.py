@@ -43,8 +43,9 @@ def _metrics_rows(
     ]
 
 
-def _heatmaps(kept: store.Redraws, source):
-    """The self-attention and MLP layer x step maps of the FORA run or of the uncached baseline."""
+def _heatmaps(kept: store.Redraws, source: str):
+    """The self-attention and MLP layer x step maps of the FORA run or of the uncached baseline (`source`, checked:
+    one of `form.HEAT_SOURCES`)."""
     uncached = source == "uncached baseline"
     rec, prefix = (kept.baseline, "uncached") if uncached else (kept.fora, kept.policy)
     return (
@@ -53,12 +54,9 @@ def _heatmaps(kept: store.Redraws, source):
     )
 
 
-def _pairwise(kept: store.Redraws, block, kind):
-    """The step x step map of the uncached run at `block` (the last recorded one if that has none)."""
-    rec = kept.baseline
-    block = int(block) if block not in (None, "") else rec.blocks[-1]
-    block = block if block in rec.blocks else rec.blocks[-1]
-    return pairwise_heatmap(rec, block, kind if kind in rec.kinds else "attn")
+def _pairwise(kept: store.Redraws, view: form.PlotView):
+    """The step x step map of the uncached run at the view's block and module (checked: both recorded)."""
+    return pairwise_heatmap(kept.baseline, view.block, view.kind)
 
 
 def _last_result(token) -> store.Redraws:
@@ -82,16 +80,11 @@ def redraw_pairwise(token, block, kind, model_key=None):
     kept = _last_result(token)
     if model_key is not None and kept.model != model_key:
         return gr.skip()
-    rec = kept.baseline
-    try:
-        block = int(block)
-    except (TypeError, ValueError):
-        raise gr.Error(f"block {str(block)[:20]!r}: give a block number, one of {rec.blocks}", print_exception=False)
-    if block not in rec.blocks:
-        raise gr.Error(f"block {block} has no step x step map; recorded blocks: {rec.blocks}", print_exception=False)
-    if kind not in rec.kinds:
-        raise gr.Error(f"kind {kind!r} not recorded; recorded: {', '.join(rec.kinds)}", print_exception=False)
-    return pairwise_heatmap(rec, block, kind)
+    try:  # the checks a Generate makes before it runs, against what this result recorded
+        view = form.parse_view(kept.baseline.blocks, kept.baseline.kinds, block, kind)
+    except ValueError as e:
+        raise user_error(e) from None
+    return _pairwise(kept, view)
 
 
 class CompareTab:
@@ -107,16 +100,17 @@ class CompareTab:
         self.metrics = gr.Dataframe(headers=["metric", "value"], label="metrics", interactive=False)
         self.strip = gr.Plot(label="schedule")
         self.heat_source = gr.Radio(
-            ["FORA run", "uncached baseline"],
-            value="FORA run",
+            list(form.HEAT_SOURCES),
+            value=form.HEAT_SOURCES[0],
             label="layer x step maps from (FORA: blank columns are reuse steps)",
         )
         with gr.Row():
             self.heat_attn = gr.Plot(label="self-attention: layer x step", elem_id="heat-attn")
             self.heat_mlp = gr.Plot(label="MLP: layer x step", elem_id="heat-mlp")
         with gr.Row():
+            # the default model's blocks and modules (emoji-dit); both lists follow the model (`Settings.wire`)
             self.block_choice = gr.Dropdown(["0", "2", "3", "5"], value="5", label="block for step x step")
-            self.kind_choice = gr.Dropdown(["attn", "mlp", "cross_attn"], value="attn", label="module")
+            self.kind_choice = gr.Dropdown(["attn", "mlp"], value="attn", label="module")
         self.pairwise = gr.Plot(label="step x step (uncached run)", elem_id="pairwise")
         self.err = gr.Plot(label="error per step")
         self.last: gr.State | None = None  # made by `wire`
@@ -214,6 +208,7 @@ class CompareTab:
                 policy,
                 store.known_plans(),
             )
+            view = form.parse_view(*form.recorded_view(pipe), block_choice, pair_kind, heat_source)
         except (ValueError, ModelLoadError) as e:
             raise user_error(e) from None
         key = (model_key, job.request)
@@ -245,7 +240,7 @@ class CompareTab:
                             kept = store.Redraws.of(comp, model_key)  # the redraws skip once the model changed
                             store.RESULTS.put(token, kept)
                             run = comp.fora.run
-                            heat_attn, heat_mlp = _heatmaps(kept, heat_source)
+                            heat_attn, heat_mlp = _heatmaps(kept, view.source)
                             strip = schedule_strip(run.num_steps, run.full_steps, comp.fora.similarity.timesteps)
                             yield {
                                 self.base_img: upscale(comp.baseline.images[0]),
@@ -254,7 +249,7 @@ class CompareTab:
                                 self.metrics: _metrics_rows(comp, cached is not None, pairs=job.pairs),
                                 self.heat_attn: heat_attn,
                                 self.heat_mlp: heat_mlp,
-                                self.pairwise: _pairwise(kept, block_choice, pair_kind),
+                                self.pairwise: _pairwise(kept, view),
                                 self.strip: strip,
                                 self.err: step_error_plot(comp.step_error, run.full_steps),
                                 self.status: f"images ready: {done}, {len(run.full_steps)} full steps of "
@@ -283,5 +278,9 @@ class CompareTab:
         """The layer x step maps of the session's last comparison, from its FORA run or its uncached baseline."""
         if not token:
             return gr.skip()
+        try:
+            source = form.one_of("layer x step maps from", source, form.HEAT_SOURCES)
+        except ValueError as e:
+            raise user_error(e) from None
         heat_attn, heat_mlp = _heatmaps(_last_result(token), source)
         return {self.heat_attn: heat_attn, self.heat_mlp: heat_mlp}
