@@ -5,6 +5,7 @@ maps of the chosen blocks, and the schedule strip to one interactive HTML file.
 """
 
 import argparse
+import html
 
 import plotly.io as pio
 
@@ -50,12 +51,13 @@ def main(argv=None) -> int:
     figs = [schedule_strip(rec.num_steps, rec.full_steps, rec.timesteps)]
     figs += [neighbour_heatmap(rec, k) for k in rec.kinds]
     figs += [pairwise_heatmap(rec, b, k) for b in rec.blocks for k in ("attn", "mlp")]
-    html = "".join(pio.to_html(f, full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
+    plots = "".join(pio.to_html(f, full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs))
+    model = html.escape(args.model)  # a folder's name may hold anything
     with open(args.out, "w") as f:
         f.write(
-            f"<!doctype html><html><head><meta charset='utf-8'><title>{args.model} similarity</title></head>"
-            f"<body style='font-family:sans-serif'><h1>{args.model}: feature similarity across steps "
-            f"(N={args.interval})</h1>{html}</body></html>"
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{model} similarity</title></head>"
+            f"<body style='font-family:sans-serif'><h1>{model}: feature similarity across steps "
+            f"(N={args.interval})</h1>{plots}</body></html>"
         )
     print(f"{result.run.summary()}; recorder held {rec.memory_bytes / 2**20:.1f} MiB; wrote {args.out}")
     return 0

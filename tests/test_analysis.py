@@ -386,6 +386,18 @@ def test_heatmaps_cli(tmp_path, capsys):
     assert "6 steps, 6 full / 0 reuse" in capsys.readouterr().out
 
 
+def test_heatmaps_page_escapes_the_model_name(tmp_path):
+    """Issue item 10: the page wrote --model into its title and heading as HTML; a folder's name may hold a tag."""
+    from analysis.heatmaps import main
+
+    folder = tmp_path / "<b>dit"
+    make_dit_pipeline().save_pretrained(folder)
+    out = tmp_path / "fig2.html"
+    assert main(["--model", str(folder), "--steps", "4", "--class", "1", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "<b>dit" not in page and f"<h1>{str(tmp_path)}/&lt;b&gt;dit: feature similarity" in page
+
+
 def test_heatmap_colour_scale_readable_at_28_layers_by_250_steps():
     """At the paper's size a few dissimilar early steps must not squeeze every other cell into one colour."""
     from types import SimpleNamespace

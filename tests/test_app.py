@@ -110,7 +110,7 @@ def test_generate_on_embedded_model(layout):
     assert compare_tab.redraw_pairwise(token, "27", "mlp", "pixart-alpha-512") == gr.skip()
     assert compare_tab.redraw_pairwise(None, "27", "mlp", "emoji-dit") == gr.skip()
     assert compare_tab.redraw_pairwise(token, "0", "mlp", "emoji-dit").to_dict()["data"]  # the same model: drawn
-    with pytest.raises(gr.Error, match="block 'x<b>'"):  # bad API input: named, not a crash
+    with pytest.raises(gr.Error, match="block 'x&lt;b&gt;'"):  # bad API input: named (as text), not a crash
         compare_tab.redraw_pairwise(token, "x<b>", "mlp")
     # only the interval changes: the baseline comes from the cache, with the very same image
     hits = store.BASELINES.hits
@@ -146,7 +146,7 @@ def test_class_names_map_to_their_ids(layout, tiny_model_dir):
         ({"seed": 2**40}, "seed=1099511627776 out of range"),
         ({"guidance": 50}, "guidance=50.0 out of range: allowed 1.0..20.0"),
         ({"model": "facebook/DiT-XL-2-256"}, "unknown model"),
-        ({"model": "/etc"}, "unknown model '/etc'"),
+        ({"model": "/etc"}, "unknown model 'etc'"),  # absolute paths shortened (issue item 10)
         ({"model": "dit-xl-2-256"}, "unavailable here: needs a GPU and Hugging Face Hub access"),
         ({"blocks": "0,9"}, "blocks=[9] out of range: allowed 0..5"),
         ({"cache_start": 5, "cache_end": 3}, "cache_end=3"),
@@ -237,6 +237,62 @@ def test_the_module_list_follows_the_model(layout, tiny_model_dir, tmp_path, mon
     assert text_model[c.block_choice]["choices"] == ["0", "1"]  # its 2 blocks
     back = s.on_model_change("emoji-dit", "cross_attn")
     assert back[c.kind_choice]["choices"] == ["attn", "mlp"] and back[c.kind_choice]["value"] == "attn"
+
+
+def test_messages_from_input_and_errors_show_as_typed_text_without_server_paths(
+    layout, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Issue item 10: messages repeated input and exception text as it was: Gradio's toasts render HTML (a block
+    choice "<b>x</b>" showed bold, an "<img>" class as an image) and errors named the server's folders. Every message
+    goes through `ui.display.safe_text`: absolute paths cut to their last part, then HTML-escaped."""
+    import warnings
+
+    import gradio as gr
+
+    from ui import gpu, registry
+    from ui.tabs import table3
+
+    def message(**kw) -> str:
+        with pytest.raises(gr.Error) as err:
+            run_generate(layout, **{"steps": 6, **kw})
+        return err.value.message
+
+    assert "block '&lt;b&gt;x&lt;/b&gt;': give a block number" in message(block_choice="<b>x</b>")
+    assert "unknown class '&lt;img src=x onerror=alert(1)&gt;'" in message(label="<img src=x onerror=alert(1)>")
+    # a pipeline folder the operator listed, broken: the message names the folder, not where the server keeps it
+    broken = tmp_path / "broken-dit"
+    shutil.copytree(tiny_model_dir, broken)
+    shutil.rmtree(broken / "transformer")
+    monkeypatch.setenv("FORA_EXTRA_MODELS", f"{tiny_model_dir},{broken}")
+    text = message(model=str(broken))
+    assert "could not load the pipeline folder 'broken-dit'" in text
+    assert not re.search(r"/[\w.-]+/", text) and str(tmp_path) not in text, text
+    with warnings.catch_warnings(record=True) as caught:  # the model switch warns (outside a request: a warning)
+        warnings.simplefilter("always")
+        assert layout.settings.on_model_change(str(broken)) == gr.skip()
+    [warned] = [str(w.message) for w in caught if "broken-dit" in str(w.message)]
+    assert str(tmp_path) not in warned and not re.search(r"/[\w.-]+/", warned)
+    # the operator's folders are listed by name; what loads stays the path
+    name = os.path.basename(tiny_model_dir)
+    assert (f"{name} (added by the operator)", tiny_model_dir) in layout.settings.model.choices
+    assert [c.label for c in registry.model_choices() if c.key == str(broken)] == [
+        "broken-dit (added by the operator)"
+    ]
+
+    # an unexpected failure's message, e.g. from the GPU run
+    def fails(*args):
+        raise RuntimeError("CUDA error in /usr/lib/x86_64-linux-gnu/libcuda.so.1: <b>boom</b>")
+
+    monkeypatch.setattr(gpu, "compare_on_gpu", fails)
+    assert message(seed=77) == "generation failed: RuntimeError: CUDA error in libcuda.so.1: &lt;b&gt;boom&lt;/b&gt;"
+    # the Table 3 tab, its folder gone
+    monkeypatch.setattr(table3, "TABLE3_DIR", str(tmp_path / "no-table3"))
+    with pytest.raises(gr.Error) as err:
+        table3.table3_grid("cat")
+    assert err.value.message.startswith("no samples of class 'cat' in no-table3: [Errno 2] No such file")
+    assert str(tmp_path) not in err.value.message
+    with pytest.raises(gr.Error, match="unknown class '&lt;b&gt;cat'; allowed: cat"):
+        table3.table3_grid("<b>cat")
 
 
 def test_hub_model_offline_says_so(layout, monkeypatch):
@@ -448,6 +504,14 @@ def test_server_with_gradio_client(server):
     assert os.path.exists(images[0]) and os.path.exists(images[1])
     with pytest.raises(Exception, match="interval=10 out of range"):
         client.predict(*{**args, "interval": 10}.values(), api_name="/generate")
+    # issue item 10: what the page gets of a bad value is text, not HTML
+    for bad, shown_as in (
+        ({"block_choice": "<b>x</b>"}, "block '&lt;b&gt;x&lt;/b&gt;'"),
+        ({"blocks": "<b>0"}, "blocks='&lt;b&gt;0'"),
+    ):
+        with pytest.raises(Exception) as err:
+            client.predict(*{**args, **bad}.values(), api_name="/generate")
+        assert shown_as in str(err.value) and "<b>" not in str(err.value)
 
 
 def test_cancel_through_the_server_stops_the_run_and_frees_the_lock(server):
@@ -532,6 +596,13 @@ def test_in_headless_browser(server):
         page.get_by_role("button", name="Generate").click()
         page.wait_for_function("document.body.innerText.includes('seed=-3 out of range')", timeout=60_000)
         assert "Traceback" not in page.inner_text("body")
+        # issue item 10: a toast that repeats a typed value shows it as typed, not as HTML (no bold "0")
+        seed.fill("0")
+        page.get_by_text("Advanced (Compare and Sweep)").click()
+        page.get_by_label("blocks that cache (e.g. 0,2,5; empty = all)").fill("<b>0")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_function("document.body.innerText.includes(\"blocks='<b>0'\")", timeout=60_000)
+        assert page.locator("[data-testid='toast-body'] b").count() == 0
         browser.close()
     assert os.path.getsize(os.path.join(ARTIFACTS, "app.png")) > 10_000
     assert os.path.getsize(os.path.join(ARTIFACTS, "policies.png")) > 10_000

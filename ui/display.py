@@ -1,7 +1,14 @@
 """What every tab shows the same way: small images upscaled for the page, and a bad input as a message."""
 
+import html
+import re
+
 import gradio as gr
 import numpy as np
+
+# an absolute path: a "/" at the start, after a space, quote, bracket, "=" or "," (not in a URL, a hub id "org/name",
+# a unit "GB/s" or a tag "</b>"), and its parts; the last part is kept
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s'\"`(\[=,])/(?:[^\s'\"`:,;()\[\]{}<>/]+/)*([^\s'\"`:,;()\[\]{}<>/]+)/?")
 
 
 def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:
@@ -11,6 +18,20 @@ def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:
     return img.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
+def safe_text(text) -> str:
+    """A message built from user input or an exception, as the page may show it: absolute paths shortened to their
+    last part (the server's folders are no business of the page's), then HTML-escaped (Gradio's toasts render HTML:
+    a value "<b>0" shows as typed, not bold)."""
+    return html.escape(_ABSOLUTE_PATH.sub(lambda m: m.group(1), str(text)), quote=False)
+
+
 def user_error(e: Exception) -> gr.Error:
-    """`e` as the message the page shows: a bad input or an unloadable model is no failure to log a trace of."""
-    return gr.Error(str(e), print_exception=False)
+    """`e` as the message the page shows (`safe_text`): a bad input or an unloadable model is no failure to log a
+    trace of."""
+    return gr.Error(safe_text(e), print_exception=False)
+
+
+def failure(what: str, e: Exception) -> gr.Error:
+    """An unexpected failure (e.g. out of memory) as the page shows it: what failed and why, never a stack trace;
+    the server logs the trace."""
+    return gr.Error(safe_text(f"{what} failed: {type(e).__name__}: {e}"), print_exception=True)

@@ -62,7 +62,9 @@ def model_choices() -> list[ModelChoice]:
             )
             choices.append(ModelChoice(spec.key, f"{spec.key}: {spec.description}", hub_ok, reason))
     for extra in filter(None, (s.strip() for s in os.environ.get("FORA_EXTRA_MODELS", "").split(","))):
-        choices.append(ModelChoice(extra, f"{extra} (added by the operator)", True, ""))
+        # a folder is labelled by its name: the page shows no server paths (the key, what loads, stays the path)
+        name = os.path.basename(os.path.normpath(extra)) if os.path.isabs(extra) else extra
+        choices.append(ModelChoice(extra, f"{name} (added by the operator)", True, ""))
     return [ModelChoice(c.key, c.label, False, _failed[c.key]) if c.key in _failed else c for c in choices]
 
 

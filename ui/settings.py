@@ -9,6 +9,7 @@ from embedded.emoji.classes import LABELS
 from embedded.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from fora.loading import MODELS, ModelLoadError
 from ui import form, registry
+from ui.display import safe_text
 
 
 class Settings:
@@ -80,7 +81,7 @@ class Settings:
         try:
             pipe, _ = registry.get_model(model_key)
         except (ValueError, ModelLoadError) as e:
-            gr.Warning(str(e))
+            gr.Warning(safe_text(e))
             return gr.skip()
         labels = registry.labels_of(pipe)
         spec = MODELS.get(model_key)

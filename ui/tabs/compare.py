@@ -9,7 +9,7 @@ from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, 
 from fora.loading import ModelLoadError
 from fora.timing import clock_label
 from ui import form, gpu, registry, store
-from ui.display import upscale, user_error
+from ui.display import failure, upscale, user_error
 from ui.settings import Settings
 
 
@@ -108,9 +108,13 @@ class CompareTab:
             self.heat_attn = gr.Plot(label="self-attention: layer x step", elem_id="heat-attn")
             self.heat_mlp = gr.Plot(label="MLP: layer x step", elem_id="heat-mlp")
         with gr.Row():
-            # the default model's blocks and modules (emoji-dit); both lists follow the model (`Settings.wire`)
-            self.block_choice = gr.Dropdown(["0", "2", "3", "5"], value="5", label="block for step x step")
-            self.kind_choice = gr.Dropdown(["attn", "mlp"], value="attn", label="module")
+            # the default model's blocks and modules (emoji-dit); both lists follow the model (`Settings.wire`). Any
+            # value reaches the handlers, which check it against what the run records (`form.parse_view`) and say so
+            # safely; Gradio's own refusal would echo the value as HTML
+            self.block_choice = gr.Dropdown(
+                ["0", "2", "3", "5"], value="5", label="block for step x step", allow_custom_value=True
+            )
+            self.kind_choice = gr.Dropdown(["attn", "mlp"], value="attn", label="module", allow_custom_value=True)
         self.pairwise = gr.Plot(label="step x step (uncached run)", elem_id="pairwise")
         self.err = gr.Plot(label="error per step")
         self.last: gr.State | None = None  # made by `wire`
@@ -272,7 +276,7 @@ class CompareTab:
         except gr.Error:
             raise
         except Exception as e:  # e.g. out of memory: say what failed, never show a stack trace
-            raise gr.Error(f"generation failed: {type(e).__name__}: {e}", print_exception=True) from None
+            raise failure("generation", e) from None
 
     def redraw_heatmaps(self, token, source):
         """The layer x step maps of the session's last comparison, from its FORA run or its uncached baseline."""

@@ -6,7 +6,7 @@ import gradio as gr
 
 from analysis.memory import MODEL_SHAPES, hbm_answer
 from ui import form, gpu
-from ui.display import user_error
+from ui.display import safe_text, user_error
 
 
 def _memory_answer(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization, measure: bool):
@@ -37,7 +37,7 @@ def _memory_answer(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tfl
                 f"{bw.overhead_text()}."
             )
         except Exception as e:  # the calculator above stands; say why the measurement is missing
-            where = f"Could not measure the read on this machine: {type(e).__name__}: {e}"
+            where = safe_text(f"Could not measure the read on this machine: {type(e).__name__}: {e}")
     verdict = "yes" if a["compute_over_read"] > 1 else "no"
     step_ms, run_ms = a["compute_ms_per_step"], a["compute_ms_per_step"] * a["reuse_steps"]  # the compute replaced
     return f"""

@@ -9,7 +9,7 @@ from analysis.arena.report import pareto_plot, plan_map_figure
 from fora.loading import ModelLoadError
 from fora.timing import clock_label, format_speedup
 from ui import form, gpu, registry, store
-from ui.display import upscale, user_error
+from ui.display import failure, upscale, user_error
 from ui.settings import Settings
 
 ABOUT = (
@@ -123,4 +123,4 @@ class PoliciesTab:
         except gr.Error:
             raise
         except Exception as e:
-            raise gr.Error(f"policies failed: {type(e).__name__}: {e}", print_exception=True) from None
+            raise failure("policies", e) from None

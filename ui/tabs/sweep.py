@@ -12,7 +12,7 @@ from analysis.sweep import SweepResult
 from analysis.sweep.report import write_outputs
 from fora.loading import ModelLoadError
 from ui import form, gpu, registry
-from ui.display import upscale, user_error
+from ui.display import failure, upscale, user_error
 from ui.settings import Settings
 
 SWEEP_DIR = os.path.join(tempfile.gettempdir(), "fora-sweeps")
@@ -136,8 +136,10 @@ class SweepTab:
                     stream.close()
         except (ValueError, ModelLoadError) as e:
             raise user_error(e) from None
+        except gr.Error:  # already a message for the page
+            raise
         except Exception as e:
-            raise gr.Error(f"sweep failed: {type(e).__name__}: {e}", print_exception=True) from None
+            raise failure("sweep", e) from None
         yield {
             self.plot: tradeoff_plot([r.as_dict() for r in result.rows]),
             self.gallery: [(upscale(img), f"N={n}") for n, img in sorted(result.images.items())],

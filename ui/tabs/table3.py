@@ -18,6 +18,8 @@ from analysis.table.report import (
 )
 from embedded.emoji.classes import LABELS
 from fora.loading import ASSETS
+from ui.display import safe_text
+from ui.form import echo
 
 TABLE3_DIR = os.environ.get("FORA_TABLE3_DIR", os.path.join(ASSETS, "emoji-dit", "table3"))
 TABLE3_COMMAND = (
@@ -29,11 +31,11 @@ TABLE3_COMMAND = (
 def table3_grid(class_name: str):
     """The committed samples of one class at every N (columns), one block of rows per T."""
     if class_name not in LABELS:
-        raise gr.Error(f"unknown class {class_name!r}; allowed: {', '.join(LABELS)}")
+        raise gr.Error(safe_text(f"unknown class {echo(class_name)}; allowed: {', '.join(LABELS)}"))
     try:
         return class_grid(load_grid_samples(TABLE3_DIR), [LABELS.index(class_name)])
     except (FileNotFoundError, IndexError) as e:
-        raise gr.Error(f"no samples of class {class_name!r} in {TABLE3_DIR}: {e}") from None
+        raise gr.Error(safe_text(f"no samples of class {class_name!r} in {TABLE3_DIR}: {e}")) from None
 
 
 class Table3Tab:
