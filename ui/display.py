@@ -1,6 +1,5 @@
 """What every tab shows the same way: small images upscaled for the page, and a bad input as a message."""
 
-import html
 import re
 
 import gradio as gr
@@ -21,8 +20,10 @@ def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:
 def safe_text(text) -> str:
     """A message built from user input or an exception, as the page may show it: absolute paths shortened to their
     last part (the server's folders are no business of the page's), then HTML-escaped (Gradio's toasts render HTML:
-    a value "<b>0" shows as typed, not bold)."""
-    return html.escape(_ABSOLUTE_PATH.sub(lambda m: m.group(1), str(text)), quote=False)
+    a value "<b>0" shows as typed, not bold). Only "&" and "<" are escaped: text without them starts no tag or
+    entity, and an API client reads the rest as it is."""
+    text = _ABSOLUTE_PATH.sub(lambda m: m.group(1), str(text))
+    return text.replace("&", "&amp;").replace("<", "&lt;")  # no tag or entity can start; "T >= 4" stays readable
 
 
 def user_error(e: Exception) -> gr.Error:
