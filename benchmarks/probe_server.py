@@ -155,7 +155,7 @@ def api_checks(url: str, requests: int, server: psutil.Process) -> None:
 
     client = Client(url, verbose=False)
     # 3. a bad block choice: refused before any step runs
-    for blocks, want in (("0,99", "blocks=[99] out of range"), ("<b>1</b>", "&lt;b&gt;")):
+    for blocks, want in (("0,99", "blocks=[99] out of range"), ("<b>1</b>", "&lt;b>1&lt;/b>")):
         args = generate_args(steps=100)
         args[12] = blocks  # the Advanced blocks box, which the app checks itself
         t0 = time.perf_counter()

@@ -96,13 +96,19 @@ def to_uint8(images) -> np.ndarray:
     return (np.clip(np.asarray(images), 0, 1) * 255).round().astype(np.uint8)
 
 
-def generate_batch(pipe, labels, seeds, steps: int, guidance: float) -> np.ndarray:
-    """One call of a class-conditional pipeline for several samples, each with its own class and noise seed
-    (a per-sample generator, so a sample is the same whatever else is in the batch): B x H x W x 3 floats."""
-    if is_text_conditional(pipe):
-        raise ValueError("generate_batch needs a class-conditional model (emoji-dit, DiT); got a text-to-image one")
+def generate_batch(pipe, labels, seeds, steps: int, guidance: float, options: tuple = ()) -> np.ndarray:
+    """Several samples, each with its own condition and noise seed, so that a sample is the same whatever else is
+    in the batch: B x H x W x 3 floats. `labels` are classes (ids or names) for a class-conditional pipeline, run
+    in one call with a generator per sample; prompts for a text-conditional one, run one call per sample (batched
+    prompts are padded together, which can change a prompt's embedding), with the family's `options`."""
     if len(labels) != len(seeds) or not len(labels):
         raise ValueError(f"labels ({len(labels)}) and seeds ({len(seeds)}) must be equally many, at least one")
+    if is_text_conditional(pipe):
+        images = [
+            generate(pipe, Request(prompt=p, steps=steps, seed=int(s), guidance=guidance, options=tuple(options)))[0]
+            for p, s in zip(labels, seeds)
+        ]
+        return np.stack([np.asarray(x) for x in images])
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     torch.manual_seed(int(seeds[0]))  # pipelines whose sampler draws from the global generator stay reproducible
     return pipe(

@@ -48,3 +48,42 @@ def test_a_bad_prompt_file_is_named(tmp_path):
 
 def test_samples_are_every_prompt_with_every_seed():
     assert samples([" a cat ", "a dog"], [3, 4]) == [("a cat", 3), ("a cat", 4), ("a dog", 3), ("a dog", 4)]
+
+
+def test_calibration_grams_add_up_over_calls():
+    """A text model calibrates one call per prompt: the Gram matrices summed over the calls are those of all the
+    samples in one batch (what a class model's single call gives)."""
+    import torch
+
+    from analysis.calibrate.fit import _FeatureRecorder
+    from fora.observers import Observation, RunEvent
+
+    torch.manual_seed(0)
+    outs = torch.randn(2, 3, 4, 5, 8)  # sample, step, batch row, token, channel
+    per_call = _FeatureRecorder(2**30, runs=2)
+    for sample in range(2):
+        per_call.on_run_start(RunEvent(3, (0, 1, 2)))
+        for step in range(3):
+            per_call(Observation(0, "attn", step, 3, 0.0, outs[sample, step]))
+        per_call.on_run_end(RunEvent(3, (0, 1, 2)))
+    batched = _FeatureRecorder(2**30)
+    batched.on_run_start(RunEvent(3, (0, 1, 2)))
+    for step in range(3):
+        batched(Observation(0, "attn", step, 3, 0.0, torch.cat([outs[0, step], outs[1, step]])))
+    import numpy as np
+
+    np.testing.assert_allclose(per_call.grams()[(0, "attn")], batched.grams()[(0, "attn")], rtol=1e-3)
+
+
+def test_a_text_model_calibrates_on_the_calibration_prompts():
+    from pipelines import PIPELINES
+    from pipelines import build as build_pipeline
+
+    from analysis.calibrate.fit import calibrate
+
+    pipe = build_pipeline("sd3")
+    options = tuple((k, v) for k, v in PIPELINES["sd3"][1].items() if k != "guidance_scale")
+    plan = calibrate(pipe, 6, 2, 0, 3.0, num_samples=2, options=options)
+    assert plan.meta["calibration_prompts"] == load_prompts(CALIBRATION_PROMPTS)[:2]
+    assert not set(plan.meta["calibration_prompts"]) & set(load_prompts())  # never an evaluated prompt
+    assert len(plan.shared_steps) == 4 and "context_mlp" in plan.kinds  # FORA N=2's budget at T=6; SD3's kinds

@@ -7,16 +7,21 @@ import sys
 
 from analysis.calibrate.fit import __doc__ as CALIBRATE_DOC
 from analysis.calibrate.fit import calibrate
-from fora.loading import ModelLoadError, load_pipeline
+from fora.loading import ModelLoadError, load_pipeline, resolve_model
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.calibrate", description=CALIBRATE_DOC.split("\n\n")[0])
-    p.add_argument("--model", default="emoji-dit", help="model key, hub id or pipeline folder (class-conditional)")
+    p.add_argument(
+        "--model",
+        default="emoji-dit",
+        help="model key, hub id or pipeline folder (class models calibrate on classes of their own, text models on "
+        "assets/prompts/calibration.txt)",
+    )
     p.add_argument("--steps", type=int, default=30, help="sampling steps T the plan is for")
     p.add_argument("--match-interval", type=int, default=3, help="budget: FORA N's number of computed steps")
     p.add_argument("--order", type=int, default=0, choices=[0, 1], help="reuse (0) or linear extrapolation (1)")
-    p.add_argument("--samples", type=int, default=8, help="calibration samples (own classes and seeds)")
+    p.add_argument("--samples", type=int, default=8, help="calibration samples (own classes or prompts, own seeds)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="plan JSON to write")
@@ -38,7 +43,11 @@ def main(argv=None) -> int:
     try:
         pipe = load_pipeline(args.model, device=args.device)
         pipe.set_progress_bar_config(disable=True)
-        plan = calibrate(pipe, args.steps, args.match_interval, args.order, args.guidance, args.samples)
+        spec = resolve_model(args.model)
+        options = tuple(spec.call_kwargs.items()) if spec else ()
+        plan = calibrate(
+            pipe, args.steps, args.match_interval, args.order, args.guidance, args.samples, options=options
+        )
     except (ValueError, ModelLoadError, RuntimeError) as e:  # RuntimeError: e.g. a device torch does not know
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -37,9 +37,11 @@ import numpy as np
 import torch
 
 from analysis.metrics.quality import psnr
+from analysis.prompts import CALIBRATION_PROMPTS, load_prompts
 from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
-from fora.generate import generate_batch
+from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
+from fora.specs import KINDS
 
 # calibration samples: seeds far from any evaluation's, classes from the top of the label range
 CALIBRATION_SEED = 900_000
@@ -57,44 +59,60 @@ def calibration_set(num_classes: int, count: int = 8, seed: int = CALIBRATION_SE
 class _FeatureRecorder:
     """FORA observer keeping each computed module output (a token subset, float16, on CPU) for Gram matrices."""
 
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, runs: int = 1):
         self.budget = budget_bytes
+        self.runs = runs  # pipeline calls the samples take (text models: one per sample)
         self.features: dict[tuple[int, str], list[torch.Tensor]] = {}
-        self.index: torch.Tensor | None = None
+        self.index: dict[str, torch.Tensor] = {}  # per kind: a context stream has its own token count
         self.num_steps = 0
         self.num_modules = 1  # set once FORA is applied
+        self._grams: dict[tuple[int, str], np.ndarray] = {}
 
     def on_run_start(self, event):
+        self._fold()
         self.num_steps = event.num_steps
+
+    def on_run_end(self, event):
+        self._fold()
+
+    def _fold(self) -> None:
+        """A finished call's features into the Gram sums: summed over calls, a Gram is the one of all the calls'
+        samples in one batch (its entries are sums over the samples' tokens)."""
+        for key, steps in self.features.items():
+            f = torch.stack(steps).double()
+            gram = (f @ f.T).numpy()
+            self._grams[key] = self._grams[key] + gram if key in self._grams else gram
+        self.features = {}
 
     def __call__(self, obs):
         out = obs.output.detach()
         if out.ndim == 2:
             out = out[:, None]
-        if self.index is None:  # the same tokens for every module and step, as many as the budget holds
+        index = self.index.get(obs.kind)
+        if index is None:  # the same tokens for every module and step of a kind, as many as the budget holds
             per_token = out.shape[0] * out.shape[-1] * 2  # bytes of one token, whole batch, float16
             tokens = out.shape[1]
-            keep = max(1, min(tokens, self.budget // (per_token * self.num_steps * self.num_modules)))
-            self.index = torch.linspace(0, tokens - 1, keep).round().long()
-        feats = out[:, self.index].reshape(-1).to("cpu", torch.float16)
+            keep = max(1, min(tokens, self.budget // (per_token * self.num_steps * self.num_modules * self.runs)))
+            index = self.index[obs.kind] = torch.linspace(0, tokens - 1, keep).round().long()
+        feats = out[:, index].reshape(-1).to("cpu", torch.float16)
         self.features.setdefault((obs.block, obs.kind), []).append(feats)
 
     def grams(self) -> dict[tuple[int, str], np.ndarray]:
-        out = {}
-        for key, steps in self.features.items():
-            f = torch.stack(steps).double()
-            out[key] = (f @ f.T).numpy()
-        return out
+        self._fold()
+        return dict(self._grams)
 
 
-def record_grams(pipe, classes, seeds, steps: int, guidance: float, budget_bytes: int = 256 * 2**20):
-    """Run uncached on the calibration samples: (per-module Gram matrices over steps, the uncached images)."""
-    recorder = _FeatureRecorder(budget_bytes)
+def record_grams(
+    pipe, classes, seeds, steps: int, guidance: float, budget_bytes: int = 256 * 2**20, options: tuple = ()
+):
+    """Run uncached on the calibration samples (`classes`: class ids, or prompts for a text model): (per-module
+    Gram matrices over steps, the uncached images)."""
+    recorder = _FeatureRecorder(budget_bytes, runs=len(classes) if is_text_conditional(pipe) else 1)
     handle = apply_fora(pipe, ForaConfig(interval=1))
     handle.add_observer(recorder)
     recorder.num_modules = len(handle.modules)
     try:
-        images = generate_batch(pipe, classes, seeds, steps, guidance)
+        images = generate_batch(pipe, classes, seeds, steps, guidance, options)
     finally:
         remove_fora(pipe)
     return recorder.grams(), images
@@ -175,13 +193,15 @@ def calibrate(
     seed: int = CALIBRATION_SEED,
     num_full: int | None = None,
     recording: tuple | None = None,
+    options: tuple = (),
 ) -> CachePlan:
     """Calibrate a shared schedule for `pipe` at `num_steps` (the module docstring has the algorithm).
 
     The budget is FORA N = `match_interval`'s number of computed steps unless `num_full` gives it. Returns a plan
     named `calibrated` (order 0) or `calibrated-o1` whose `meta` records the calibration and every candidate's score.
     `recording`: what `record_grams` returned for these calibration samples, to calibrate several budgets from one
-    recording.
+    recording. A text model calibrates on the shipped calibration prompts (`analysis.prompts`, never the evaluated
+    ones), one seed each, with the family's pipeline `options`.
     """
     if order not in (0, 1):
         raise ValueError(f"order={order!r}: calibration searches orders 0 and 1")
@@ -198,13 +218,17 @@ def calibrate(
         raise ValueError(f"budget of {num_full} computed steps out of range: allowed 1..{num_steps}")
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples}: must be >= 1")
-    num_classes = class_count(pipe)
-    classes, seeds = calibration_set(num_classes, num_samples, seed)
+    if is_text_conditional(pipe):
+        prompts = load_prompts(CALIBRATION_PROMPTS)
+        classes = [prompts[i % len(prompts)] for i in range(num_samples)]  # prompts, for a text model
+        seeds = [seed + i for i in range(num_samples)]
+    else:
+        classes, seeds = calibration_set(class_count(pipe), num_samples, seed)
     t0 = time.perf_counter()
-    grams, reference = recording or record_grams(pipe, classes, seeds, num_steps, guidance)
+    grams, reference = recording or record_grams(pipe, classes, seeds, num_steps, guidance, options=options)
     costs = reuse_costs(grams, order)
     num_blocks = 1 + max(b for b, _ in grams)
-    kinds = tuple(k for k in ("attn", "cross_attn", "mlp") if any(kk == k for _, kk in grams))
+    kinds = tuple(k for k in KINDS if any(kk == k for _, kk in grams))  # the plan's (observers' context_attn: no)
     candidates = {"fora": fora_steps} if len(fora_steps) == num_full else {}
     for exponent in EXPONENTS:
         for tilt in TILTS:
@@ -216,7 +240,7 @@ def calibrate(
             plan = CachePlan.shared(num_steps, steps, num_blocks, kinds, order=order)
             apply_fora(pipe, ForaConfig(plan=plan))
             try:
-                images = generate_batch(pipe, classes, seeds, num_steps, guidance)
+                images = generate_batch(pipe, classes, seeds, num_steps, guidance, options)
             finally:
                 remove_fora(pipe)
             seen[key] = float(np.mean([min(psnr(x, y), 100.0) for x, y in zip(images, reference)]))
@@ -229,7 +253,7 @@ def calibrate(
         "model": type(pipe.transformer).__name__,
         "num_blocks": num_blocks,
         "guidance": guidance,
-        "calibration_classes": classes,
+        ("calibration_prompts" if is_text_conditional(pipe) else "calibration_classes"): classes,
         "calibration_seeds": seeds,
         "match_interval": match_interval,
         "budget_steps": num_full,
