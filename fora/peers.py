@@ -18,6 +18,8 @@ not call `transformer.cache_context(...)` and have no `CacheMixin`:
 `apply_peer` fixes all three without touching diffusers' code: a run hook on the transformer sets the context on
 each call and resets the stateful hooks whenever the scheduler's timesteps are set anew (a new pipeline call), and
 TaylorSeer gets patterns for `attn1`/`attn2`/`ff`.
+
+cache-dit's DBCache, the third peer, lives in `peer_cache_dit.py`; `apply_cache` and `remove_peer` take it too.
 """
 
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from diffusers.hooks import (
 )
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
+from .peer_cache_dit import CacheDiTConfig, CacheDiTHandle, apply_cache_dit, remove_cache_dit
 from .runs import RunTracker
 
 _PEER_RUN_HOOK = "fora_peer_run"
@@ -195,8 +198,8 @@ def apply_peer(pipe, config: TaylorSeerCacheConfig | FirstBlockCacheConfig) -> P
 
 
 def apply_cache(pipe, config):
-    """Apply FORA (a `ForaConfig`, plans included), a peer (a diffusers TaylorSeer/FBCache config) or nothing
-    (`None`); returns the function that removes it again."""
+    """Apply FORA (a `ForaConfig`, plans included), a peer (a diffusers TaylorSeer/FBCache config, or cache-dit's
+    DBCache as a `CacheDiTConfig`) or nothing (`None`); returns the function that removes it again."""
     from .apply import apply_fora, remove_fora
     from .config import ForaConfig
 
@@ -205,14 +208,22 @@ def apply_cache(pipe, config):
     if isinstance(config, ForaConfig):
         apply_fora(pipe, config)
         return remove_fora
+    if isinstance(config, CacheDiTConfig):
+        apply_cache_dit(pipe, config)
+        return remove_peer
     apply_peer(pipe, config)
     return remove_peer
 
 
 def remove_peer(pipe) -> None:
-    """Remove a peer applied by `apply_peer`: the forward passes are exactly the original ones again."""
+    """Remove a peer applied by `apply_peer` or `apply_cache_dit`: the forward passes are exactly the original ones
+    again."""
     transformer = getattr(pipe, "transformer", pipe)
-    if getattr(transformer, "_peer_handle", None) is None:
+    handle = getattr(transformer, "_peer_handle", None)
+    if handle is None:
+        return
+    if isinstance(handle, CacheDiTHandle):
+        remove_cache_dit(transformer)
         return
     for module in transformer.modules():
         registry = getattr(module, "_diffusers_hook", None)

@@ -1,0 +1,320 @@
+"""cache-dit's DBCache (Dual Block Cache; vipshop/cache-dit, pinned 1.5.3) as a peer of FORA on DiT and PixArt
+pipelines, made correct.
+
+DBCache: every step runs the first `Fn` blocks; when the relative mean absolute change of their residual since the
+last step that computed everything is below a threshold (and the warm-up is over), the middle blocks are skipped and
+the residual they added at that step is added again (with cache-dit's TaylorSeer calibrator, arXiv 2503.06923: its
+Taylor extrapolation over the computed steps); the last `Bn` blocks always run. Fn = 1, Bn = 0 is First Block Cache.
+
+Applied as cache-dit ships it, it is wrong or leaves traces on these pipelines (paths under
+`site-packages/cache_dit/caching/`, version 1.5.3):
+1. `enable_cache(pipe)` patches the pipeline *class* (`cache_adapters/cache_adapter.py:222`): every pipeline of that
+   class enters the first one's cache contexts, and once two are cached and both disabled the class keeps a wrapper
+   (`:574` restores the second one's saved call, which is the first one's wrapper);
+2. on a transformer (a `BlockAdapter` without a pipeline: a persistent context, `cache_adapter.py:197`) nothing resets
+   between calls: the step count runs on, so a second call skips the warm-up and may reuse the first call's residual
+   at its step 0 (`cache_contexts/cache_context.py:172` resets only at the very first call); its own remedy,
+   `num_inference_steps`, refreshes every that many steps (`cache_contexts/cache_manager.py:104`), which cuts a call
+   with another number of steps at the wrong place;
+3. `Fn + Bn` may exceed the blocks: each is checked against the count alone, at the first step
+   (`cache_blocks/pattern_base.py:117-120`), and the overlap then runs twice per step, silently;
+4. `disable_cache` leaves the transformer changed: DiT's patched forward as an instance attribute
+   (`cache_adapter.py:553`, `patch_functors/functor_dit.py:24`), its `_norm1_emb` alias registered as a submodule
+   (`functor_dit.py:23`: one more `named_modules()` and state-dict entry), and `transformer_blocks` moved to the end of
+   the module order (every call swaps it with `unittest.mock.patch.object`, `cache_adapter.py:409`, which deletes and
+   re-adds it);
+5. the `BlockAdapter` constructor already patches the transformer (`block_adapters/block_adapters.py:126`), and an
+   adapter that fails its checks is returned uncached without an error (`cache_adapter.py:99`).
+
+`apply_cache_dit` uses cache-dit's own `BlockAdapter` on the transformer, with DiT's forward pattern (Pattern_3: a
+block takes and returns the hidden states; DiT also gets cache-dit's patch functor for its final layer's read of
+block 0), so no class is patched. A forward pre-hook on the transformer resets every cache context (`reset_context`,
+as cache-dit's own per-call wrapper does) whenever the scheduler's timesteps are set anew (`RunTracker`), with the
+run's length; the knobs are checked against the model before anything is applied; `remove_cache_dit` calls
+`disable_cache` and undoes what it leaves. `cache_dit` is imported on first use: importing it gives each of its
+loggers a stdout handler and adds methods to `logging.Logger` (`cache_dit/logger.py:87-101`).
+"""
+
+import contextlib
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .runs import RunTracker
+
+_MAX_TAYLOR_ORDER = 2
+_SUPPORTED = "DiTPipeline, EmojiDiTPipeline (the embedded model), PixArtAlphaPipeline, PixArtSigmaPipeline"
+_LEFT_BY_DISABLE = ("forward", "_is_patched", "_norm1_emb")  # what disable_cache leaves on the transformer
+
+
+@dataclass(frozen=True)
+class CacheDiTConfig:
+    r"""
+    cache-dit's DBCache on a DiT/PixArt pipeline (`apply_cache_dit`).
+
+    Args:
+        threshold (`float`, defaults to 0.08):
+            cache-dit's `residual_diff_threshold`: the middle blocks are skipped while the first Fn blocks' residual
+            changed by less than this (relative mean absolute difference) since the last step that computed them;
+            >= 0. 0 never skips; cache-dit takes 1 and above as "always similar": every step after the warm-up skips.
+        fn_blocks (`int`, defaults to 1):
+            Fn, the first blocks computed every step (>= 1; cache-dit's default 8 is for models of 28 blocks and more).
+        bn_blocks (`int`, defaults to 0):
+            Bn, the last blocks computed every step (>= 0). Fn + Bn must leave at least one block to skip.
+        warmup (`int`, defaults to 1):
+            First steps always computed (cache-dit's `max_warmup_steps`, >= 0; its default 8 is for 28-50 steps).
+        taylorseer_order (`int`, *optional*):
+            With cache-dit's TaylorSeer calibrator: the order 0..2 of the Taylor extrapolation of the skipped blocks'
+            residual (0 reuses it). `None`: no calibrator, the residual is reused as it is.
+    """
+
+    threshold: float = 0.08
+    fn_blocks: int = 1
+    bn_blocks: int = 0
+    warmup: int = 1
+    taylorseer_order: int | None = None
+
+    def __post_init__(self):
+        value = self.threshold
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"DBCache threshold={value!r}: must be a finite number >= 0")
+        for name, low in (("fn_blocks", 1), ("bn_blocks", 0), ("warmup", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"DBCache {name}={value!r}: must be an integer >= {low}")
+        order = self.taylorseer_order
+        if order is not None and (isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= 2):
+            raise ValueError(f"DBCache taylorseer_order={order!r}: allowed None (no calibrator) or 0..2")
+
+    @property
+    def name(self) -> str:
+        return "dbcache" if self.taylorseer_order is None else "dbcache-taylorseer"
+
+    def cache_dit_configs(self, num_steps: int | None = None) -> tuple:
+        """cache-dit's `DBCacheConfig` and `TaylorSeerCalibratorConfig` (or `None`) for a run of `num_steps`."""
+        from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
+
+        cache = DBCacheConfig(
+            Fn_compute_blocks=self.fn_blocks,
+            Bn_compute_blocks=self.bn_blocks,
+            residual_diff_threshold=float(self.threshold),
+            max_warmup_steps=self.warmup,
+            enable_separate_cfg=False,  # DiT and PixArt batch the guidance halves into one call
+            num_inference_steps=num_steps,
+        )
+        if self.taylorseer_order is None:
+            return cache, None
+        # no encoder stream in these blocks (Pattern_3): its calibrator would stay unused
+        calibrator = TaylorSeerCalibratorConfig(
+            taylorseer_order=self.taylorseer_order, enable_encoder_calibrator=False
+        )
+        return cache, calibrator
+
+
+@dataclass
+class CacheDiTRun:
+    """One run of DBCache: its length, the steps done and, from cache-dit's own record, the steps at which the middle
+    blocks were skipped (module counts come from `analysis.metrics.compute_map`, which sees what really ran)."""
+
+    num_steps: int
+    steps_done: int = 0
+    cached_steps: list[int] = field(default_factory=list)
+
+
+class CacheDiTHandle:
+    """Returned by `apply_cache_dit`: the config, the record of the most recent run, and what removal undoes."""
+
+    def __init__(self, pipeline, config: CacheDiTConfig, num_blocks: int):
+        self.config = config
+        self.num_blocks = num_blocks
+        self.last_run: CacheDiTRun | None = None
+        self.runs = RunTracker(pipeline, transformer=pipeline.transformer)  # a run is one pipeline call
+        self._adapter = None
+        self._manager = None  # cache-dit's context manager, and its contexts' names (one per block list)
+        self._contexts: list[str] = []
+        self._hooks: list = []
+        self._module_order: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def block_calls(self) -> int | None:
+        """Block forwards of the last run by cache-dit's record: all blocks at each computed step, Fn + Bn at each
+        skipping step."""
+        run = self.last_run
+        if run is None:
+            return None
+        skipped = self.num_blocks - self.config.fn_blocks - self.config.bn_blocks
+        return run.steps_done * self.num_blocks - len(run.cached_steps) * skipped
+
+    def _pre_forward(self, module, args, kwargs):
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        new_run = self.runs.begin_call(timestep)
+        if not self.runs.primary:
+            raise RuntimeError(
+                "the pipeline called the transformer a second time in one step (separate guidance calls): DBCache "
+                f"runs here on pipelines with one call per step only ({_SUPPORTED})"
+            )
+        if new_run is not None:
+            cache, calibrator = self.config.cache_dit_configs(new_run)
+            kwargs = {"cache_config": cache} | ({"calibrator_config": calibrator} if calibrator is not None else {})
+            for name in self._contexts:  # a fresh context: step count, buffers, calibrator states
+                self._manager.reset_context(name, **copy.deepcopy(kwargs))
+            self.last_run = CacheDiTRun(new_run)
+
+    def _post_forward(self, module, args, output):
+        self.runs.end_call()
+        self.last_run.steps_done = self.runs.steps_done
+        self.last_run.cached_steps = self._manager.get_context(self._contexts[0]).get_cached_steps()
+
+    def __repr__(self):
+        return f"CacheDiTHandle({self.config!r}, last_run={self.last_run!r})"
+
+
+def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
+    """Apply cache-dit's DBCache to a DiT or PixArt pipeline, correctly (see the module doc): a fresh cache context
+    for every pipeline call, nothing patched on a class. `remove_cache_dit` (or `fora.peers.remove_peer`) restores
+    the transformer exactly. Other pipelines, and knobs the model cannot take, are refused with a `ValueError`.
+
+    Example:
+
+    >>> handle = apply_cache_dit(pipe, CacheDiTConfig(threshold=0.2, fn_blocks=1, warmup=2, taylorseer_order=1))
+    >>> images = pipe(class_labels=[3], num_inference_steps=30).images
+    >>> handle.last_run.cached_steps  # the steps that skipped the middle blocks
+    >>> remove_cache_dit(pipe)
+    """
+    transformer = getattr(pipe, "transformer", None)
+    if not isinstance(transformer, torch.nn.Module) or not hasattr(pipe, "scheduler"):
+        raise TypeError(
+            f"apply_cache_dit needs a diffusers pipeline with .transformer and .scheduler, got {type(pipe)!r}"
+        )
+    if not isinstance(config, CacheDiTConfig):
+        raise TypeError(f"apply_cache_dit takes a CacheDiTConfig, got {type(config)}")
+    if not isinstance(pipe, _supported_pipelines()):
+        raise ValueError(
+            f"{type(pipe).__name__}: cache-dit's DBCache runs here on {_SUPPORTED} (one transformer call per step, "
+            "DiT/PixArt blocks)"
+        )
+    blocks = _block_list(transformer)
+    if blocks is None:
+        raise ValueError(
+            f"{type(pipe).__name__} with a {type(transformer).__name__}: cache-dit's DBCache runs here on "
+            "DiTTransformer2DModel and PixArtTransformer2DModel"
+        )
+    if any(getattr(transformer, a, None) is not None for a in ("_fora_handle", "_peer_handle", "_diffusers_hook")):
+        raise ValueError("a cache is already applied to this model; remove it first (remove_fora / remove_peer)")
+    if "forward" in transformer.__dict__:  # accelerate's offload hooks, torch.compile's wrapper, another cache
+        raise ValueError(
+            f"{type(transformer).__name__}.forward is wrapped on this instance already: DBCache wraps the class's own "
+            "forward only (remove the other wrapper first)"
+        )
+    if getattr(transformer, "_is_cached", False):
+        raise ValueError("cache-dit is already applied to this model; remove it first (cache_dit.disable_cache)")
+    num_blocks = len(blocks)
+    if config.fn_blocks + config.bn_blocks >= num_blocks:
+        raise ValueError(
+            f"DBCache fn_blocks={config.fn_blocks} + bn_blocks={config.bn_blocks} with {num_blocks} blocks: "
+            f"Fn + Bn must be at most {num_blocks - 1}, leaving a block to skip"
+        )
+    import cache_dit
+    from cache_dit import BlockAdapter, ForwardPattern
+    from cache_dit.caching.patch_functors import DiTPatchFunctor
+    from diffusers import DiTTransformer2DModel
+
+    handle = CacheDiTHandle(pipe, config, num_blocks)
+    handle._module_order = list(transformer._modules)
+    cache, calibrator = config.cache_dit_configs()
+    try:
+        with _quiet():
+            handle._adapter = BlockAdapter(
+                transformer=transformer,
+                blocks=blocks,
+                forward_pattern=ForwardPattern.Pattern_3,
+                # DiT's final layer reads block 0's embedding, which the cached block list hides
+                patch_functor=DiTPatchFunctor() if isinstance(transformer, DiTTransformer2DModel) else None,
+                check_forward_pattern=True,
+            )
+            cache_dit.enable_cache(handle._adapter, cache_config=cache, calibrator_config=calibrator)
+        handle._manager = getattr(transformer, "_context_manager", None)
+        handle._contexts = list(getattr(transformer, "_context_names", None) or [])
+        if not getattr(transformer, "_is_cached", False) or handle._manager is None or len(handle._contexts) != 1:
+            raise RuntimeError(f"cache-dit did not cache {type(transformer).__name__}'s blocks")
+    except BaseException:
+        _undo(transformer, handle)
+        raise
+    handle._hooks = [
+        transformer.register_forward_pre_hook(handle._pre_forward, with_kwargs=True),
+        transformer.register_forward_hook(handle._post_forward),
+    ]
+    transformer._peer_handle = handle
+    return handle
+
+
+def remove_cache_dit(pipe) -> None:
+    """Remove DBCache applied by `apply_cache_dit`: the transformer is exactly what it was (forward, submodules and
+    their order, attributes)."""
+    transformer = getattr(pipe, "transformer", pipe)
+    handle = getattr(transformer, "_peer_handle", None)
+    if not isinstance(handle, CacheDiTHandle):
+        return
+    for hook in handle._hooks:
+        hook.remove()
+    _undo(transformer, handle)
+    del transformer._peer_handle
+
+
+def _undo(transformer: torch.nn.Module, handle: CacheDiTHandle) -> None:
+    """cache-dit's `disable_cache`, then what it leaves (module doc, item 4)."""
+    adapter = handle._adapter
+    if adapter is not None and getattr(adapter, "_is_normalized", False):
+        import cache_dit
+
+        with _quiet():
+            cache_dit.disable_cache(adapter)
+    for name in _LEFT_BY_DISABLE:
+        if name not in handle._module_order and (name in transformer.__dict__ or name in transformer._modules):
+            delattr(transformer, name)
+    modules = transformer._modules
+    original = {name: modules[name] for name in handle._module_order}
+    modules.clear()
+    modules.update(original)
+
+
+def _supported_pipelines() -> tuple:
+    from diffusers import DiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline
+
+    from embedded.emoji.pipeline import EmojiDiTPipeline
+
+    return (DiTPipeline, EmojiDiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline)
+
+
+def _block_list(transformer: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The block list DBCache wraps: `transformer_blocks` of a DiT or PixArt transformer (`BasicTransformerBlock`s)."""
+    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
+
+    if not isinstance(transformer, (DiTTransformer2DModel, PixArtTransformer2DModel)):
+        return None
+    return transformer.transformer_blocks
+
+
+@contextlib.contextmanager
+def _quiet():
+    """cache-dit logs every step of applying and removing it at INFO on stdout (its loggers do not propagate), a
+    dozen lines each time the arena applies it; only its errors are let through here."""
+    loggers = [
+        logger
+        for name, logger in list(logging.Logger.manager.loggerDict.items())
+        if name.startswith("cache_dit") and isinstance(logger, logging.Logger)
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
