@@ -23,12 +23,12 @@ at the cost.
 import datetime
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from analysis.arena.fid import distribution_columns
+from analysis.arena.measure import Entry, bisect_threshold, observe
 from analysis.calibrate.fit import calibrate, calibration_set, record_grams
 from analysis.metrics.compute_map import ComputeMap
 from analysis.metrics.quality import psnr, ssim
@@ -38,7 +38,7 @@ from fora import ForaConfig, full_steps
 from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
 from fora.loading import load_pipeline
-from fora.peers import apply_cache, fbcache, taylorseer, taylorseer_steps
+from fora.peers import fbcache, taylorseer, taylorseer_steps
 from fora.timing import clock_label, paired_speedups
 
 POLICIES = ("uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache")
@@ -91,46 +91,6 @@ def budget_entries(entries: list, budget: float) -> list:
     return [entries[0]] + sorted(chosen, key=lambda e: -e.row["psnr"])
 
 
-@dataclass
-class Entry:
-    """One setting of one method: how to apply it and what it measured."""
-
-    policy: str
-    setting: str
-    config: object  # ForaConfig (FORA, plans) or a diffusers peer config; None for uncached
-    interval: int | None = None
-    order: int | None = None
-    threshold: float | None = None
-    row: dict = field(default_factory=dict)
-    images: np.ndarray | None = None  # one per seed
-    maps: dict = field(default_factory=dict)  # kind -> blocks x steps bool (first seed)
-
-
-def observe(pipe, entry: Entry, seeds: list[int], labels: list[int], steps: int, guidance: float) -> None:
-    """Run `entry` once per seed (class `labels[i]`) with a `ComputeMap`: images, mean computed calls, the first
-    seed's maps."""
-    images, calls = [], []
-    remove = apply_cache(pipe, entry.config)
-    try:
-        for i, (seed, label) in enumerate(zip(seeds, labels)):
-            with ComputeMap(pipe.transformer) as cmap:
-                images.append(generate_batch(pipe, [label], [seed], steps, guidance)[0])
-            calls.append(cmap.computed_calls)
-            if i == 0:
-                entry.maps = {kind: cmap.matrix(kind) for kind in cmap.kinds}
-    finally:
-        remove(pipe)
-    entry.images = np.stack(images)
-    entry.row.update(
-        policy=entry.policy,
-        setting=entry.setting,
-        computed_calls=float(np.mean(calls)),
-        interval=entry.interval,
-        order=entry.order,
-        threshold=entry.threshold,
-    )
-
-
 def score(entry: Entry, reference: np.ndarray, total_calls: int, labels: np.ndarray, classifier) -> None:
     values = [min(psnr(a, b), PSNR_CAP) for a, b in zip(entry.images, reference)]
     entry.row.update(
@@ -181,15 +141,16 @@ def time_entries(
 def fbcache_at_budget(pipe, budget: float, seeds, labels, steps, guidance, iterations: int = 7) -> Entry:
     """First Block Cache at the threshold whose mean cost over `seeds` is closest to `budget` (bisection on the
     threshold; cost falls as the threshold rises)."""
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        entry = Entry("fbcache", f"threshold={mid:.4g} (at budget)", fbcache(mid), threshold=round(mid, 6))
-        observe(pipe, entry, seeds, labels, steps, guidance)
-        if best is None or abs(entry.row["computed_calls"] - budget) < abs(best.row["computed_calls"] - budget):
-            best = entry
-        lo, hi = (mid, hi) if entry.row["computed_calls"] > budget else (lo, mid)
-    return best
+    return bisect_threshold(
+        pipe,
+        lambda x: Entry("fbcache", f"threshold={x:.4g} (at budget)", fbcache(x), threshold=round(x, 6)),
+        budget,
+        seeds,
+        labels,
+        steps,
+        guidance,
+        iterations,
+    )
 
 
 def build_entries(pipe, args, calibration: tuple[list[int], list[int]], log) -> list[Entry]:

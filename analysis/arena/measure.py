@@ -1,0 +1,68 @@
+"""One setting of one method on the arena's harness: `Entry` (how to apply it, what it measured), `observe` (its
+images, measured cost and maps over the seeds) and `bisect_threshold`, the search First Block Cache and DBCache share
+for the threshold at a budget."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis.metrics.compute_map import ComputeMap
+from fora.generate import generate_batch
+from fora.peers import apply_cache
+
+
+@dataclass
+class Entry:
+    """One setting of one method: how to apply it and what it measured."""
+
+    policy: str
+    setting: str
+    config: object  # ForaConfig (FORA, plans) or a peer's config (fora.peers); None for uncached
+    interval: int | None = None
+    order: int | None = None
+    threshold: float | None = None
+    row: dict = field(default_factory=dict)
+    images: np.ndarray | None = None  # one per seed
+    maps: dict = field(default_factory=dict)  # kind -> blocks x steps bool (first seed)
+
+
+def observe(pipe, entry: Entry, seeds: list[int], labels: list[int], steps: int, guidance: float) -> None:
+    """Run `entry` once per seed (class `labels[i]`) with a `ComputeMap`: images, mean computed calls, the first
+    seed's maps."""
+    images, calls = [], []
+    remove = apply_cache(pipe, entry.config)
+    try:
+        for i, (seed, label) in enumerate(zip(seeds, labels)):
+            with ComputeMap(pipe.transformer) as cmap:
+                images.append(generate_batch(pipe, [label], [seed], steps, guidance)[0])
+            calls.append(cmap.computed_calls)
+            if i == 0:
+                entry.maps = {kind: cmap.matrix(kind) for kind in cmap.kinds}
+    finally:
+        remove(pipe)
+    entry.images = np.stack(images)
+    entry.row.update(
+        policy=entry.policy,
+        setting=entry.setting,
+        computed_calls=float(np.mean(calls)),
+        interval=entry.interval,
+        order=entry.order,
+        threshold=entry.threshold,
+    )
+
+
+def bisect_threshold(
+    pipe, make: Callable[[float], Entry], budget: float, seeds, labels, steps, guidance, iterations: int = 7
+) -> Entry:
+    """The entry `make(threshold)` whose mean measured cost over `seeds` is closest to `budget`, by bisection on the
+    threshold in [0, 1] (cost falls as the threshold rises); `iterations` runs over the seeds."""
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        entry = make(mid)
+        observe(pipe, entry, seeds, labels, steps, guidance)
+        if best is None or abs(entry.row["computed_calls"] - budget) < abs(best.row["computed_calls"] - budget):
+            best = entry
+        lo, hi = (mid, hi) if entry.row["computed_calls"] > budget else (lo, mid)
+    return best
