@@ -288,6 +288,14 @@ def arena_out(tmp_path_factory):
         "2",
         "--thresholds",
         "0.2",
+        "--dbcache-intervals",
+        "2",
+        "--dbcache-fn",
+        "1",
+        "--dbcache-bn",
+        "0",
+        "--dbcache-warmups",
+        "1",
         "--calibration-samples",
         "2",
         "--timing-pairs",
@@ -306,7 +314,16 @@ def test_arena_writes_every_policy_at_measured_cost(arena_out):
     rows = list(csv.DictReader(open(arena_out / "arena.csv")))
     for column in ("policy", "setting", "computed_calls", "speedup", "psnr", "ssim", "class_accuracy"):
         assert column in rows[0]
-    assert {r["policy"] for r in rows} == {"uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache"}
+    assert {r["policy"] for r in rows} == {
+        "uncached",
+        "fora",
+        "calibrated",
+        "calibrated-o1",
+        "taylorseer",
+        "fbcache",
+        "dbcache",
+        "dbcache-taylorseer",
+    }
     fora = {r["setting"]: float(r["computed_calls"]) for r in rows if r["policy"] == "fora"}
     assert fora == {"N=2": len(full_steps(8, 2)) * 6, "N=3": len(full_steps(8, 3)) * 6}
     calibrated = {r["setting"]: float(r["computed_calls"]) for r in rows if r["policy"] == "calibrated"}
@@ -319,6 +336,12 @@ def test_arena_writes_every_policy_at_measured_cost(arena_out):
     for r in (r for r in rows if r["policy"] == "taylorseer"):
         n, w = int(r["setting"].split()[0][2:]), int(r["setting"].split()[1][7:])
         assert float(r["computed_calls"]) == len(taylorseer_steps(8, n, w)) * 6  # its own rule, measured
+    # DBCache, with and without its TaylorSeer calibrator: its cheapest setting, its threshold bisected to N=2's cost
+    for policy, knobs in (("dbcache", "Fn=1 Bn=0 warmup=1"), ("dbcache-taylorseer", "Fn=1 Bn=0 warmup=1 order=1")):
+        dbcache = {r["setting"]: float(r["computed_calls"]) for r in rows if r["policy"] == policy}
+        assert dbcache[f"{knobs} threshold=1 (cheapest)"] == (8 * 1 + 2) * 2  # T Fn + warm-up (L - Fn), per kind
+        (bisected,) = [c for k, c in dbcache.items() if k.endswith("(at N=2's cost)")]
+        assert abs(bisected - fora["N=2"]) <= 2  # the cost moves in steps of 2 skippable blocks x 2 kinds
     data = json.loads((arena_out / "arena.json").read_text())
     assert data["budget_calls"] == fora["N=2"] and data["at_budget"]
     assert all(r["policy"] != "uncached" for r in data["at_budget"])
@@ -344,6 +367,9 @@ def test_arena_writes_every_policy_at_measured_cost(arena_out):
         (["--orders", "3"], "--orders"),
         (["--seeds", "1", "1"], "distinct seeds"),
         (["--thresholds", "-1"], "--thresholds"),
+        (["--dbcache-fn", "0"], r"--dbcache-fn \[0\]: must be >= 1"),
+        (["--dbcache-intervals", "40"], r"--dbcache-intervals \[40\]: allowed 2..29"),
+        (["--dbcache-orders", "3"], "--dbcache-orders"),
     ],
 )
 def test_arena_bad_input_is_named(tmp_path, args, message):

@@ -7,15 +7,20 @@ import sys
 
 import torch
 
+from analysis.arena.dbcache import BN_BLOCKS, FN_BLOCKS, TAYLORSEER_ORDERS, WARMUPS
+from analysis.arena.experiment import POLICIES, run_arena
 from analysis.arena.experiment import __doc__ as ARENA_DOC
-from analysis.arena.experiment import run_arena
 from analysis.arena.report import write_outputs
 from analysis.calibrate.fit import MAX_STEPS_ORDER1
 from fora.loading import ModelLoadError
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m analysis.arena", description=ARENA_DOC.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.arena",
+        description=ARENA_DOC.split("\n\n")[0],
+        epilog=f"methods: {', '.join(POLICIES)} (analysis/arena/experiment.py, docs/arena.md)",
+    )
     p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
     p.add_argument("--steps", type=int, default=30, help="sampling steps T (DDIM)")
     p.add_argument("--match-interval", type=int, default=3, help="FORA N whose cost is the reference budget")
@@ -39,6 +44,33 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.3], help="First Block Cache thresholds"
+    )
+    p.add_argument(
+        "--dbcache-intervals",
+        type=int,
+        nargs="*",
+        default=None,
+        help="FORA N whose costs DBCache's threshold is bisected to (default: --intervals; none given: no DBCache)",
+    )
+    p.add_argument(
+        "--dbcache-fn", type=int, nargs="+", default=list(FN_BLOCKS), help="DBCache Fn: first blocks always run"
+    )
+    p.add_argument(
+        "--dbcache-bn", type=int, nargs="+", default=list(BN_BLOCKS), help="DBCache Bn: last blocks always run"
+    )
+    p.add_argument(
+        "--dbcache-warmups",
+        type=int,
+        nargs="+",
+        default=list(WARMUPS),
+        help="DBCache warm-up steps (max_warmup_steps)",
+    )
+    p.add_argument(
+        "--dbcache-orders",
+        type=int,
+        nargs="*",
+        default=list(TAYLORSEER_ORDERS),
+        help="orders 0..2 of DBCache's TaylorSeer calibrator (policy dbcache-taylorseer; none: plain DBCache only)",
     )
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     p.add_argument("--calibration-samples", type=int, default=8, help="samples the calibrated plans are fit on")
@@ -75,6 +107,19 @@ def parse_args(argv=None):
         p.error(f"--intervals {bad}: allowed 2..{T - 1} for {T} steps")
     if any(o not in (0, 1, 2) for o in args.orders):
         p.error(f"--orders {args.orders}: allowed 0, 1, 2")
+    args.dbcache_intervals = sorted(set(args.intervals if args.dbcache_intervals is None else args.dbcache_intervals))
+    bad = [n for n in args.dbcache_intervals if not 2 <= n <= T - 1]
+    if bad:
+        p.error(f"--dbcache-intervals {bad}: allowed 2..{T - 1} for {T} steps")
+    for flag, values, low in (
+        ("--dbcache-fn", args.dbcache_fn, 1),
+        ("--dbcache-bn", args.dbcache_bn, 0),
+        ("--dbcache-warmups", args.dbcache_warmups, 0),
+    ):
+        if any(v < low for v in values):
+            p.error(f"{flag} {values}: must be >= {low}")
+    if any(o not in (0, 1, 2) for o in args.dbcache_orders):
+        p.error(f"--dbcache-orders {args.dbcache_orders}: allowed 0, 1, 2")
     if T > MAX_STEPS_ORDER1:
         p.error(f"--steps {T}: the arena calibrates order-1 plans, allowed T <= {MAX_STEPS_ORDER1}")
     if any(w < 1 for w in args.warmups):

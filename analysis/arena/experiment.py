@@ -15,8 +15,11 @@ sample per call (First Block Cache decides from the batch, so batching would cou
 Methods: `uncached`; `fora` at each N of `--intervals`; `calibrated` and `calibrated-o1` (`analysis.calibrate`,
 calibrated on its own classes and seeds) at each FORA N's budget; `taylorseer` (diffusers', orders `--orders` x every
 N of `--intervals` x warm-up `--warmups`: both of its knobs); `fbcache` (diffusers', each `--thresholds`, plus the
-threshold found by bisection whose cost is closest to FORA N = `--match-interval`'s). Writes DIR/arena.csv,
-DIR/arena.json and DIR/report.html. `--fid K` adds distribution columns (`fid.py`) for each method's best setting
+threshold found by bisection whose cost is closest to FORA N = `--match-interval`'s); `dbcache` and
+`dbcache-taylorseer` (cache-dit's, without and with its TaylorSeer calibrator of order `--dbcache-orders`: for each
+Fn `--dbcache-fn` x Bn `--dbcache-bn` x warm-up `--dbcache-warmups`, its cheapest setting and the threshold bisected
+to each FORA N of `--dbcache-intervals` within reach; `dbcache.py`). Writes DIR/arena.csv, DIR/arena.json and
+DIR/report.html. `--fid K` adds distribution columns (`fid.py`) for each method's best setting
 at the cost.
 """
 
@@ -27,8 +30,9 @@ import time
 import numpy as np
 import torch
 
+from analysis.arena.dbcache import dbcache_sweep
 from analysis.arena.fid import distribution_columns
-from analysis.arena.measure import Entry, bisect_threshold, observe
+from analysis.arena.measure import EQUAL_COST, Entry, bisect_threshold, observe
 from analysis.calibrate.fit import calibrate, calibration_set, record_grams
 from analysis.metrics.compute_map import ComputeMap
 from analysis.metrics.quality import psnr, ssim
@@ -41,7 +45,16 @@ from fora.loading import load_pipeline
 from fora.peers import fbcache, taylorseer, taylorseer_steps
 from fora.timing import clock_label, paired_speedups
 
-POLICIES = ("uncached", "fora", "calibrated", "calibrated-o1", "taylorseer", "fbcache")
+POLICIES = (
+    "uncached",
+    "fora",
+    "calibrated",
+    "calibrated-o1",
+    "taylorseer",
+    "fbcache",
+    "dbcache",
+    "dbcache-taylorseer",
+)
 COLUMNS = [
     "policy",
     "setting",
@@ -67,9 +80,6 @@ COLUMNS = [
     "fid_samples",
 ]
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; capped so that means stay finite
-
-
-EQUAL_COST = 0.05  # a setting costing at most 5% over the budget counts as equal cost (cheaper ones count too)
 
 
 def at_budget(rows: list[dict], budget: float) -> list[dict]:
@@ -217,6 +227,23 @@ def run_arena(args, log=print) -> dict:
         observe(pipe, entry, args.seeds, labels.tolist(), args.steps, args.guidance)
     log(f"fbcache: bisecting the threshold to FORA N={args.match_interval}'s budget of {budget} calls")
     entries.append(fbcache_at_budget(pipe, budget, args.seeds, labels.tolist(), args.steps, args.guidance))
+    if args.dbcache_intervals:
+        budgets = {n: len(full_steps(args.steps, n)) * num_blocks * len(kinds) for n in args.dbcache_intervals}
+        log(f"dbcache: thresholds bisected to the costs of FORA N={', '.join(map(str, budgets))}")
+        entries += dbcache_sweep(
+            pipe,
+            budgets,
+            args.seeds,
+            labels.tolist(),
+            args.steps,
+            args.guidance,
+            num_blocks,
+            args.dbcache_fn,
+            args.dbcache_bn,
+            args.dbcache_warmups,
+            (None, *args.dbcache_orders),
+            log=log,
+        )
     reference = entries[0].images
     for entry in entries:
         score(entry, reference, total_calls, labels, classifier)
@@ -266,6 +293,13 @@ def run_arena(args, log=print) -> dict:
             "intervals": args.intervals,
             "orders": args.orders,
             "thresholds": args.thresholds,
+            "dbcache": {
+                "intervals": args.dbcache_intervals,
+                "fn": args.dbcache_fn,
+                "bn": args.dbcache_bn,
+                "warmups": args.dbcache_warmups,
+                "taylorseer_orders": args.dbcache_orders,
+            },
             "calibration": {"classes": classes, "seeds": cal_seeds},
         },
         "budget_calls": budget,

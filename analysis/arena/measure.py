@@ -11,6 +11,8 @@ from analysis.metrics.compute_map import ComputeMap
 from fora.generate import generate_batch
 from fora.peers import apply_cache
 
+EQUAL_COST = 0.05  # a setting costing at most 5% over the budget counts as equal cost (cheaper ones count too)
+
 
 @dataclass
 class Entry:

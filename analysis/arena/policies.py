@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.arena.dbcache import dbcache_at_budget, dbcache_entry
 from analysis.arena.experiment import Entry, fbcache_at_budget, observe, time_entries
 from analysis.calibrate.fit import calibrate, calibration_set, record_grams
 from analysis.comparison import default_clock
@@ -23,12 +24,26 @@ from fora.loading import ASSETS
 from fora.peers import fbcache, taylorseer_at_cost
 from fora.timing import paired_calls
 
-POLICIES = ("FORA", "calibrated", "calibrated-o1", "TaylorSeer order 1", "TaylorSeer order 2", "First Block Cache")
+POLICIES = (
+    "FORA",
+    "calibrated",
+    "calibrated-o1",
+    "TaylorSeer order 1",
+    "TaylorSeer order 2",
+    "First Block Cache",
+    "DBCache",
+    "DBCache + TaylorSeer",
+)
 MAX_POLICIES = 3
 SWEEP_INTERVALS = (2, 3, 4, 6)  # the small sweep behind the Pareto plot: each policy at these N's costs
 CALIBRATION_SAMPLES = 4  # live calibration in the app (the arena and the CLI use 8)
-FBCACHE_ITERATIONS = 5  # bisection steps matching First Block Cache's threshold to the budget
+FBCACHE_ITERATIONS = 5  # bisection steps matching First Block Cache's (and DBCache's) threshold to the budget
 FBCACHE_SWEEP = (0.5, 1.5, 2.5)  # its sweep: these multiples of the threshold found at the budget
+DBCACHE_ORDERS = {"DBCache": None, "DBCache + TaylorSeer": 1}  # cache-dit's TaylorSeer calibrator, its order
+# cache-dit's DBCache here: Fn = 1, Bn = 0, warm-up 1, the setting of the arena's sweep that reaches every FORA N's
+# cost up to N = 6 on the embedded model at T = 30 (the arena sweeps Fn, Bn and the warm-up)
+DBCACHE_KNOBS = {"fn": 1, "bn": 0, "warmup": 1}
+BISECTED = ("First Block Cache", *DBCACHE_ORDERS)  # the policies whose threshold is bisected to the cost
 PLANS_DIR = os.path.join(ASSETS, "emoji-dit", "arena", "plans")  # written by the arena
 
 
@@ -76,14 +91,14 @@ class PolicyJob:
         return [(n, o) for n, o in self.needed_plans() if plan_key(self.model_key, t, g, n, o) not in plans]
 
     def denoising_steps(self, missing_plans: int = 0) -> int:
-        """Steps this job runs: baseline, each policy (First Block Cache: its bisection) and its small sweep, the
-        timed calls and, per missing plan, a calibration (its candidates on a few samples). Exact, except for two
+        """Steps this job runs: baseline, each policy (First Block Cache, DBCache: the bisection) and its small sweep,
+        the timed calls and, per missing plan, a calibration (its candidates on a few samples). Exact, except for two
         upper bounds: a calibrated policy's sweep is counted at every interval (it runs only those whose plans are
         known) and a calibration at 14 candidates (duplicates are run once)."""
         t, k = self.request.steps, len(self.policies)
         runs = 1
         for name in self.policies:
-            if name == "First Block Cache":
+            if name in BISECTED:
                 runs += FBCACHE_ITERATIONS + len(FBCACHE_SWEEP)
             else:
                 runs += 1 + len(self.sweep_intervals())
@@ -167,6 +182,11 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
         emit(f"{name} at N={job.interval}'s cost")
         if name == "First Block Cache":
             entry = fbcache_at_budget(pipe, budget, seed, label, t, g, iterations=FBCACHE_ITERATIONS)
+        elif name in DBCACHE_ORDERS:
+            order = DBCACHE_ORDERS[name]
+            entry = dbcache_at_budget(
+                pipe, budget, seed, label, t, g, order=order, iterations=FBCACHE_ITERATIONS, **DBCACHE_KNOBS
+            )
         else:
             entry = _entry(name, t, job.interval, plans, key)
             observe(pipe, entry, seed, label, t, g)
@@ -176,6 +196,9 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
                 Entry("fbcache", f"threshold={x:.3g}", fbcache(x), threshold=x)
                 for x in (f * entry.threshold for f in FBCACHE_SWEEP)
             ]
+        elif name in DBCACHE_ORDERS:
+            thresholds = (f * entry.threshold for f in FBCACHE_SWEEP)
+            points = [dbcache_entry(x, order=DBCACHE_ORDERS[name], **DBCACHE_KNOBS) for x in thresholds]
         else:
             order = {"calibrated": 0, "calibrated-o1": 1}.get(name)
             points = [

@@ -23,6 +23,8 @@ COLORS = {
     "calibrated-o1": "#ff7f0e",
     "taylorseer": "#2ca02c",
     "fbcache": "#9467bd",
+    "dbcache": "#8c564b",
+    "dbcache-taylorseer": "#e377c2",
 }
 
 
@@ -35,7 +37,7 @@ def pareto_plot(rows: list[dict], x: str = "speedup", title: str | None = None) 
         sub = sorted((r for r in pts if r["policy"] == policy), key=lambda r: r[x])
         if not sub:
             continue
-        if policy == "taylorseer":  # one line per order
+        if policy in ("taylorseer", "dbcache-taylorseer"):  # one line per order
             groups = {o: [r for r in sub if r.get("order") == o] for o in sorted({r.get("order") for r in sub})}
         else:
             groups = {None: sub}
