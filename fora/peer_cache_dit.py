@@ -303,8 +303,8 @@ def _block_list(transformer: torch.nn.Module) -> torch.nn.ModuleList | None:
 
 @contextlib.contextmanager
 def _quiet():
-    """cache-dit logs every step of applying and removing it at INFO on stdout (its loggers do not propagate), a
-    dozen lines each time the arena applies it; only its errors are let through here."""
+    """cache-dit logs every step of applying and removing it at INFO on stdout (its loggers do not propagate), about
+    ten lines each time the arena applies and removes it; only its errors are let through here."""
     loggers = [
         logger
         for name, logger in list(logging.Logger.manager.loggerDict.items())

@@ -1,0 +1,296 @@
+"""cache-dit's DBCache as a peer (`fora/peer_cache_dit.py`) on the embedded model, a tiny DiT and a tiny PixArt: why
+the wrapper exists, resets, measured cost against what ran, exact removal, refusals and the bisection to a budget."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dit_pipeline, make_pixart_pipeline, run_dit, run_pixart
+
+from analysis.arena.dbcache import dbcache_at_budget, dbcache_sweep
+from analysis.metrics.compute_map import ComputeMap
+from fora import ForaConfig, apply_fora, full_steps
+from fora.peer_cache_dit import CacheDiTConfig, apply_cache_dit, remove_cache_dit
+from fora.peers import apply_cache, apply_peer, fbcache, remove_peer
+
+
+def same(a, b) -> bool:
+    return torch.equal(torch.from_numpy(np.asarray(a)), torch.from_numpy(np.asarray(b)))
+
+
+@pytest.fixture(scope="module")
+def emoji():
+    from fora.loading import load_pipeline
+
+    pipe = load_pipeline("emoji-dit", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_emoji(pipe, steps: int, label: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return pipe(
+        class_labels=[label], num_inference_steps=steps, guidance_scale=3.0, generator=g, output_type="np"
+    ).images
+
+
+def snapshot(transformer: torch.nn.Module) -> tuple:
+    """What removal must restore: instance attributes, submodules in order, state-dict keys."""
+    return set(transformer.__dict__), list(transformer._modules), list(transformer.state_dict())
+
+
+# ---- why the wrapper exists ----------------------------------------------------------------------------------------
+def test_cache_dit_as_shipped_patches_the_pipeline_class_and_leaves_it_patched():
+    """`cache_dit.enable_cache(pipe)` replaces `DiTPipeline.__call__` for every instance, and disabling two cached
+    pipelines does not restore it (cache_adapter.py:222, :574). Restored by hand here, for the other tests."""
+    import cache_dit
+    from cache_dit import DBCacheConfig
+    from diffusers import DiTPipeline
+
+    original = DiTPipeline.__dict__["__call__"]
+    first, second = make_dit_pipeline(), make_dit_pipeline()
+    try:
+        cache_dit.enable_cache(first, cache_config=DBCacheConfig(Fn_compute_blocks=1, max_warmup_steps=1))
+        assert type(second).__call__ is not original  # an uncached pipeline of the same class runs the wrapper
+        cache_dit.enable_cache(second, cache_config=DBCacheConfig(Fn_compute_blocks=1, max_warmup_steps=1))
+        cache_dit.disable_cache(first)
+        cache_dit.disable_cache(second)
+        assert DiTPipeline.__dict__["__call__"] is not original  # still wrapped after both were disabled
+    finally:
+        DiTPipeline.__call__ = original
+        for name in ("_original_call", "_is_cached"):
+            if name in DiTPipeline.__dict__:
+                delattr(DiTPipeline, name)
+
+
+def test_cache_dit_on_the_transformer_as_shipped_carries_state_into_the_next_call():
+    """Without a pipeline cache-dit's context persists: the second call starts at step 9 (no warm-up) and reuses the
+    first call's residual, so the same call gives another image; `apply_cache_dit` resets per run (next tests)."""
+    import cache_dit
+    from cache_dit import BlockAdapter, DBCacheConfig, ForwardPattern
+    from cache_dit.caching.patch_functors import DiTPatchFunctor
+
+    pipe = make_dit_pipeline(num_layers=4)
+    t = pipe.transformer
+    adapter = BlockAdapter(
+        transformer=t,
+        blocks=t.transformer_blocks,
+        forward_pattern=ForwardPattern.Pattern_3,
+        patch_functor=DiTPatchFunctor(),
+    )
+    config = DBCacheConfig(
+        Fn_compute_blocks=1, residual_diff_threshold=0.9, max_warmup_steps=2, enable_separate_cfg=False
+    )
+    cache_dit.enable_cache(adapter, cache_config=config)
+    first = run_dit(pipe, steps=9)
+    second = run_dit(pipe, steps=9)
+    cache_dit.disable_cache(adapter)
+    assert not same(first, second)
+    assert "forward" in t.__dict__ and "_norm1_emb" in t._modules  # and disable_cache left these behind
+
+
+# ---- resets, removal -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", [None, 1], ids=["dbcache", "taylorseer"])
+def test_resets_between_calls_and_on_a_change_of_steps_and_removal_is_exact(order):
+    pipe = make_dit_pipeline(num_layers=4)
+    before = snapshot(pipe.transformer)
+    call = type(pipe).__call__
+    base = run_dit(pipe, steps=9)
+    config = CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=2, taylorseer_order=order)
+    handle = apply_cache_dit(pipe, config)
+    alone_12 = run_dit(pipe, steps=12)  # the first call after applying: fresh by construction
+    first = run_dit(pipe, steps=9)
+    assert same(run_dit(pipe, steps=9), first)  # a second call starts from a clean state
+    assert same(run_dit(pipe, steps=12), alone_12)  # a call with other steps equals that call alone
+    assert handle.last_run.num_steps == handle.last_run.steps_done == 12
+    assert same(run_dit(pipe, steps=9), first)  # and back
+    assert handle.last_run.cached_steps and not same(first, base)  # it skipped blocks and changed the image
+    assert type(pipe).__call__ is call  # no class was patched
+    remove_peer(pipe)  # the peers' remover takes DBCache too
+    assert same(run_dit(pipe, steps=9), base)  # removed: exactly the original model
+    assert snapshot(pipe.transformer) == before  # no forward, submodule or attribute left, module order kept
+
+
+def test_embedded_model_resets_and_removal_restores_uncached_output(emoji):
+    before = snapshot(emoji.transformer)
+    base = run_emoji(emoji, steps=8)
+    handle = apply_cache_dit(emoji, CacheDiTConfig(threshold=0.3, fn_blocks=1, warmup=1, taylorseer_order=1))
+    try:
+        alone_6 = run_emoji(emoji, steps=6)
+        first = run_emoji(emoji, steps=10)
+        assert same(run_emoji(emoji, steps=10), first)  # two identical calls, identical images
+        assert same(run_emoji(emoji, steps=6), alone_6)  # other steps after a call with 10 equal that call alone
+        assert handle.last_run.num_steps == 6 and handle.last_run.cached_steps
+    finally:
+        remove_cache_dit(emoji)
+    assert same(run_emoji(emoji, steps=8), base)
+    assert snapshot(emoji.transformer) == before
+
+
+def test_pixart_resets_and_removal_is_exact(pixart_pipe):
+    before = snapshot(pixart_pipe.transformer)
+    base = run_pixart(pixart_pipe, steps=6)
+    apply_cache(pixart_pipe, CacheDiTConfig(threshold=0.5, fn_blocks=1, warmup=1))
+    a = run_pixart(pixart_pipe, steps=6)
+    run_pixart(pixart_pipe, steps=8)
+    b = run_pixart(pixart_pipe, steps=6)
+    remove_peer(pixart_pipe)
+    assert same(a, b) and not same(a, base)
+    assert same(run_pixart(pixart_pipe, steps=6), base) and snapshot(pixart_pipe.transformer) == before
+
+
+def test_taylorseer_order_0_is_plain_dbcache_and_order_1_extrapolates():
+    """The calibrator is wired: order 0 reuses the residual as plain DBCache does (bit for bit), order 1 does not."""
+    pipe = make_dit_pipeline(num_layers=4)
+    images = {}
+    for order in (None, 0, 1):
+        apply_cache_dit(pipe, CacheDiTConfig(threshold=0.5, fn_blocks=1, warmup=1, taylorseer_order=order))
+        images[order] = run_dit(pipe, steps=10)
+        remove_cache_dit(pipe)
+    assert same(images[0], images[None]) and not same(images[1], images[None])
+
+
+def test_fn_1_bn_0_warmup_1_is_diffusers_first_block_cache_bit_for_bit():
+    """The harness agrees with itself: DBCache with Fn = 1, Bn = 0 and a one-step warm-up makes First Block Cache's
+    decisions (block 0's residual against the last computed step's) and gives its images and compute maps exactly."""
+    pipe = make_dit_pipeline(num_layers=4)
+    for threshold in (0.2, 0.5, 0.9):
+        outputs = []
+        for config in (fbcache(threshold), CacheDiTConfig(threshold, fn_blocks=1, bn_blocks=0, warmup=1)):
+            remove = apply_cache(pipe, config)
+            with ComputeMap(pipe.transformer) as cmap:
+                outputs.append((run_dit(pipe, steps=10), cmap.matrix("attn")))
+            remove(pipe)
+        (fbc, fbc_map), (db, db_map) = outputs
+        assert same(fbc, db) and (fbc_map == db_map).all(), threshold
+    assert not db_map.all()  # it did skip
+
+
+# ---- cost ----------------------------------------------------------------------------------------------------------
+def _count_module_calls(transformer) -> tuple[list, list]:
+    """Forward hooks on every block's attention/MLP modules themselves: what really executed."""
+    calls, handles = [], []
+    for block in transformer.transformer_blocks:
+        for name in ("attn1", "attn2", "ff"):
+            module = getattr(block, name, None)
+            if module is not None:
+                handles.append(module.register_forward_hook(lambda m, a, o: calls.append(1)))
+    return calls, handles
+
+
+@pytest.mark.parametrize("model", ["emoji", "dit", "pixart"])
+def test_measured_cost_equals_the_calls_that_executed(model, request):
+    if model == "emoji":
+        pipe, run, config = request.getfixturevalue("emoji"), lambda p: run_emoji(p, 10), CacheDiTConfig(0.3, 1, 1, 1)
+    elif model == "dit":
+        pipe, run, config = (
+            make_dit_pipeline(num_layers=4),
+            lambda p: run_dit(p, steps=10),
+            CacheDiTConfig(0.5, 1, 1, 1),
+        )
+    else:
+        pipe, run, config = make_pixart_pipeline(num_layers=3), lambda p: run_pixart(p, steps=8), CacheDiTConfig(0.5)
+    handle = apply_cache_dit(pipe, config)
+    calls, hooks = _count_module_calls(pipe.transformer)
+    try:
+        with ComputeMap(pipe.transformer) as cmap:
+            run(pipe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        remove_cache_dit(pipe)
+    run_ = handle.last_run
+    blocks, kinds = cmap.num_blocks, len(cmap.kinds)
+    assert run_.cached_steps and cmap.computed_calls < run_.num_steps * blocks * kinds  # it skipped work
+    assert (
+        cmap.computed_calls == len(calls) == handle.block_calls() * kinds
+    )  # measured = executed = cache-dit's record
+    middle = slice(config.fn_blocks, blocks - config.bn_blocks)
+    for kind in cmap.kinds:  # where: the middle blocks at cache-dit's cached steps, nothing else
+        skipped = ~cmap.matrix(kind)
+        assert skipped[middle][:, run_.cached_steps].all() and skipped.sum() == len(run_.cached_steps) * (
+            middle.stop - middle.start
+        )
+
+
+# ---- refusals ------------------------------------------------------------------------------------------------------
+def test_unsupported_pipelines_and_knobs_are_refused_and_leave_the_model_as_it_was(dit_pipe):
+    from pipelines import build
+
+    sd3 = build("sd3")
+    with pytest.raises(ValueError, match=r"StableDiffusion3Pipeline: cache-dit's DBCache runs here on DiTPipeline, "):
+        apply_cache_dit(sd3, CacheDiTConfig())
+    assert not hasattr(sd3.transformer, "_peer_handle") and "forward" not in sd3.transformer.__dict__
+    with pytest.raises(TypeError, match="needs a diffusers pipeline"):
+        apply_cache_dit(dit_pipe.transformer, CacheDiTConfig())
+    before = snapshot(dit_pipe.transformer)
+    with pytest.raises(ValueError, match=r"fn_blocks=2 \+ bn_blocks=1 with 3 blocks: Fn \+ Bn must be at most 2"):
+        apply_cache_dit(dit_pipe, CacheDiTConfig(fn_blocks=2, bn_blocks=1))  # cache-dit would run block 1 twice
+    assert snapshot(dit_pipe.transformer) == before
+    for kwargs, message in (
+        ({"fn_blocks": 0}, "fn_blocks=0: must be an integer >= 1"),
+        ({"bn_blocks": -1}, "bn_blocks=-1"),
+        ({"warmup": 1.5}, "warmup=1.5"),
+        ({"threshold": -0.1}, "threshold=-0.1"),
+        ({"threshold": float("nan")}, "threshold=nan"),
+        ({"taylorseer_order": 3}, r"taylorseer_order=3: allowed None \(no calibrator\) or 0..2"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            CacheDiTConfig(**kwargs)
+    apply_cache_dit(dit_pipe, CacheDiTConfig())
+    with pytest.raises(ValueError, match="already applied"):
+        apply_cache_dit(dit_pipe, CacheDiTConfig())
+    with pytest.raises(ValueError, match="already applied"):
+        apply_peer(dit_pipe, fbcache())
+    with pytest.raises(ValueError, match="a peer cache is already applied"):
+        apply_fora(dit_pipe, ForaConfig(interval=2))
+    remove_peer(dit_pipe)
+    assert snapshot(dit_pipe.transformer) == before
+
+
+# ---- the bisection to a budget --------------------------------------------------------------------------------------
+def test_bisection_reaches_foras_cost_on_the_embedded_model(emoji):
+    steps, blocks, kinds = 10, 6, 2
+    budget = len(full_steps(steps, 3)) * blocks * kinds  # FORA N=3: 4 computed steps of 10, 48 calls
+    entry = dbcache_at_budget(emoji, budget, [0], [3], steps, 3.0, fn=1, bn=0, warmup=1, interval=3)
+    # the cost moves in steps of the 5 skippable blocks x 2 kinds: the closest setting is within half of one
+    assert abs(entry.row["computed_calls"] - budget) <= 5 and 0 < entry.threshold < 1
+    assert entry.policy == "dbcache" and entry.setting.endswith("(at N=3's cost)")
+
+
+def test_sweep_bisects_only_the_budgets_in_reach_and_the_cheapest_cost_is_its_formula(dit_pipe):
+    steps, blocks, kinds = 8, 3, 2
+    budget = len(full_steps(steps, 2)) * blocks * kinds  # 5 computed steps: 30 calls
+    logged = []
+    entries = dbcache_sweep(
+        dit_pipe, {2: budget}, [0], [1], steps, 4.0, blocks, (1, 2), (0, 1), (1,), (None,), log=logged.append
+    )
+    settings = [e.setting for e in entries]
+    assert settings[0] == "Fn=1 Bn=0 warmup=1 threshold=1 (cheapest)" and "(at N=2's cost)" in settings[1]
+    cheapest = {e.setting.split(" threshold")[0]: e.row["computed_calls"] for e in entries if "cheapest" in e.setting}
+    # threshold 1 skips every step after the warm-up: T (Fn + Bn) + warm-up (L - Fn - Bn) block calls per kind
+    assert cheapest == {
+        f"Fn={fn} Bn={bn} warmup=1": (steps * (fn + bn) + (blocks - fn - bn)) * kinds
+        for fn, bn in ((1, 0), (1, 1), (2, 0))
+    }
+    assert len(entries) == 4 and abs(entries[1].row["computed_calls"] - budget) <= 2  # out of reach: not bisected
+    assert any("Fn=2 Bn=1 warmup=1: Fn + Bn leaves none of the 3 blocks to skip" in m for m in logged)
+
+
+def test_policies_tab_runs_dbcache_at_the_cost_with_the_steps_it_announces(dit_pipe):
+    from analysis.arena.policies import PolicyJob, run_policies
+    from fora.generate import Request
+
+    job = PolicyJob("tiny-dit", Request(label=1, steps=8, guidance=4.0), ("DBCache", "DBCache + TaylorSeer"), 2, 0)
+    calls = []
+    hook = dit_pipe.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
+    results = []
+    try:
+        run_policies(dit_pipe, job, {}, lambda event: results.append(event) if not isinstance(event, str) else None)
+    finally:
+        hook.remove()
+    assert len(calls) == job.denoising_steps(0)  # the step budget it announced, exactly
+    (result,) = results
+    assert [r["policy"] for r in result.rows] == ["dbcache", "dbcache-taylorseer"]
+    for row in result.rows:
+        assert abs(row["computed_calls"] - result.budget_calls) <= 2 and row["psnr"] < 100
+    assert {r["policy"] for r in result.sweep_rows} == {"dbcache", "dbcache-taylorseer"}
