@@ -3,7 +3,7 @@
     python -m analysis.arena --model emoji-dit --steps 30 --match-interval 3 --seeds 0 1 2 3 --out DIR
 
 Every method runs on the same pipeline with the same seeds (sample s: class s mod classes, noise seed s), one
-sample per call (First Block Cache decides from the batch, so batching would couple samples). Per setting:
+sample per call (First Block Cache and DBCache decide from the batch, so batching would couple samples). Per setting:
 - `computed_calls`: attention/MLP module calls that really ran per pipeline call, counted by `ComputeMap` (the
   first Linear of each module), mean over seeds; the cost every method is compared at. `computed_fraction` is it
   over the uncached count.
