@@ -320,7 +320,7 @@ def test_sweep_cli(tmp_path, capsys):
     )
     assert rc == 0 and (tmp_path / "out" / "report.html").exists()
     out = capsys.readouterr().out
-    assert "over 1 pairs" in out and "paired: 1 warm-up and 1 ABBA pairs" in out
+    assert "x over 1 pair\n" in out and "paired: 1 warm-up and 1 ABBA pairs" in out  # one pair: no range
     assert sweep_main(["--model", str(tmp_path / "dit"), "--intervals", "9", "--steps", "6", "--class", "1"]) == 2
     assert "interval=9 out of range for 6 steps" in capsys.readouterr().out
 
