@@ -162,9 +162,9 @@ def test_policies_through_the_fork_hand_their_plans_to_the_main_process(zapp):
     )
     assert job.needed_plans() == [(2, 0)]  # the chosen cost's (the sweep shows the known plans only)
     assert job.missing_plans(store.known_plans()) == []  # all calibrated in the child, all kept here
-    assert call.duration == gpu.gpu_seconds("emoji-dit", 7, job.denoising_steps(len(job.needed_plans())) // 7, 0)
+    assert call.duration == gpu._policies_seconds(job, {})  # asked with the plan missing: its calibration counted
     list(zapp.policies.policies("emoji-dit", "cat", "", 7, 11, 3.0, ["calibrated", "FORA"], 2))
-    assert zerogpu.calls[-1].duration == gpu.gpu_seconds("emoji-dit", 7, job.denoising_steps(0) // 7, 0)  # none left
+    assert zerogpu.calls[-1].duration == gpu._policies_seconds(job, store.known_plans()) < call.duration  # none left
 
 
 def test_the_reservation_counts_each_models_calls():
