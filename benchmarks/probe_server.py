@@ -234,8 +234,9 @@ def main(args) -> int:
             log = f.read()
         os.remove(proc.log_path)
         print(f"server log: {log.count('Traceback')} tracebacks")
-        if "Traceback" in log:
-            print("  the first:", log[log.index("Traceback") :][:1500].replace("\n", "\n  "))
+        for block in log.split("Traceback (most recent call last):")[1:]:  # each one's exception line
+            last = [line for line in block.splitlines() if line and not line.startswith(" ")][:1]
+            print("  ", last[0][:200] if last else "(no exception line)")
     print(f"{len(FAILS)} failed" + (f": {', '.join(FAILS)}" if FAILS else ""))
     return 1 if FAILS else 0
 
