@@ -65,7 +65,7 @@ def speedup_cell(row: dict, column: str) -> str:
     v, low, high = row.get(column), row.get("speedup_low"), row.get("speedup_high")
     if not isinstance(v, (int, float)) or low is None or high is None:
         return html_cell(v)
-    return f"{v:.{speedup_decimals(low, high, row.get('pairs'))}f}"
+    return f"{v:.{speedup_decimals(low, high, row.get('pairs'), row.get('speedup'))}f}"
 
 
 def html_cell(v, digits: int = 3) -> str:

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -434,7 +435,14 @@ def test_sweep_on_a_text_family_with_a_prompt_set(family, tmp_path):
     if family == "flux":  # the fused single-stream module: its whole block is what a reuse step skips
         assert any(n.startswith("single_transformer_blocks.") and n.count(".") == 1 for n in names)
     assert 0.2 < result.cached_module_fraction < 1.0
-    psnr = [m["psnr"] for m in result.per_seed[2]]
-    assert len(set(psnr)) > 1  # four different samples, not one sample four times
+    # the prompts are used: at one seed, the two prompts' uncached images differ
+    one_seed = run_sweep(pipe, request, [1], seeds=[0], pairs=1, prompts=["a red cat", "a blue dog"])
+    assert [len(one_seed.per_seed[1])] == [2] and one_seed.images[1].shape == result.images[1].shape
+    from analysis.comparison import baseline_config
+
+    dog = observe_run(pipe, replace(request, prompt="a blue dog", seed=0), baseline_config(ForaConfig()))
+    assert not np.array_equal(dog.images[0], result.images[1])  # result.images: the first sample's, "a red cat"
+    with pytest.raises(ValueError, match="prompts given for a class-conditional model"):
+        run_sweep(make_dit_pipeline(), Request(label=1, steps=4), [1], seeds=[0], pairs=1, prompts=["a cat"])
     paths = write_outputs(result, str(tmp_path), family)
     assert json.load(open(paths["json"]))["prompts"] == ["a red cat", "a blue dog"]

@@ -60,7 +60,7 @@ def test_calibration_grams_add_up_over_calls():
 
     torch.manual_seed(0)
     outs = torch.randn(2, 3, 4, 5, 8)  # sample, step, batch row, token, channel
-    per_call = _FeatureRecorder(2**30, runs=2)
+    per_call = _FeatureRecorder(2**30)
     for sample in range(2):
         per_call.on_run_start(RunEvent(3, (0, 1, 2)))
         for step in range(3):
@@ -73,6 +73,14 @@ def test_calibration_grams_add_up_over_calls():
     import numpy as np
 
     np.testing.assert_allclose(per_call.grams()[(0, "attn")], batched.grams()[(0, "attn")], rtol=1e-3)
+    # a text stream whose length differs per prompt (Qwen-Image trims it): each call reads its own tokens
+    ragged = _FeatureRecorder(2**30)
+    for tokens in (20, 12):
+        ragged.on_run_start(RunEvent(3, (0, 1, 2)))
+        for step in range(3):
+            ragged(Observation(0, "context_attn", step, 3, 0.0, torch.randn(2, tokens, 8)))
+        ragged.on_run_end(RunEvent(3, (0, 1, 2)))
+    assert ragged.grams()[(0, "context_attn")].shape == (3, 3)
 
 
 def test_a_text_model_calibrates_on_the_calibration_prompts():

@@ -186,7 +186,12 @@ def test_format_speedup_rounds_to_what_the_range_supports():
     assert format_speedup(2.137, 1.9, 2.4) == "2.1x, 1.9-2.4"
     assert format_speedup(2.137, 2.13, 2.15) == "2.14x, 2.13-2.15"
     assert format_speedup(2.137, 2.1368, 2.1372) == "2.137x, 2.137-2.137"  # at most 3 decimals
-    assert format_speedup(2.137, 1.2, 3.5, pairs=5) == "2x, 1-4 over 5 pairs"  # a spread over 1: whole numbers
+    assert format_speedup(2.137, 1.2, 3.5, pairs=5) == "2.1x, 1.2-3.5 over 5 pairs"  # never fewer than 1 decimal
+    # the review's cases: never "0x", a range whose ends round alike, or a slowdown shown as 1.0x
+    assert format_speedup(0.45, 0.3, 1.4, pairs=5) == "0.5x, 0.3-1.4 over 5 pairs"
+    assert format_speedup(2.0, 1.95, 2.04) == "2.00x, 1.95-2.04"
+    assert format_speedup(0.96, 0.9, 1.02) == "0.96x, 0.90-1.02"
+    assert format_speedup(0.96, 0.96, 0.96, pairs=1) == "0.96x over 1 pair"
     assert format_speedup(2.137, 2.137, 2.137, pairs=1) == "2.1x over 1 pair"  # no range to read a precision from
     assert format_speedup(1.96, 1.86, 1.96) == "2.0x, 1.9-2.0"  # a spread of 0.1 (0.0999... in floats): one decimal
     assert str(SpeedRatio(2.137, 2.13, 2.15, 3, 1.0, 0.47)) == "2.14x, 2.13-2.15 over 3 pairs"

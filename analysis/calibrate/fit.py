@@ -59,11 +59,10 @@ def calibration_set(num_classes: int, count: int = 8, seed: int = CALIBRATION_SE
 class _FeatureRecorder:
     """FORA observer keeping each computed module output (a token subset, float16, on CPU) for Gram matrices."""
 
-    def __init__(self, budget_bytes: int, runs: int = 1):
-        self.budget = budget_bytes
-        self.runs = runs  # pipeline calls the samples take (text models: one per sample)
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes  # for one call's features: a finished call's are folded into the Grams
         self.features: dict[tuple[int, str], list[torch.Tensor]] = {}
-        self.index: dict[str, torch.Tensor] = {}  # per kind: a context stream has its own token count
+        self.index: dict[str, torch.Tensor] = {}  # per kind and call: a prompt's text stream has its own length
         self.num_steps = 0
         self.num_modules = 1  # set once FORA is applied
         self._grams: dict[tuple[int, str], np.ndarray] = {}
@@ -71,6 +70,7 @@ class _FeatureRecorder:
     def on_run_start(self, event):
         self._fold()
         self.num_steps = event.num_steps
+        self.index = {}
 
     def on_run_end(self, event):
         self._fold()
@@ -92,7 +92,7 @@ class _FeatureRecorder:
         if index is None:  # the same tokens for every module and step of a kind, as many as the budget holds
             per_token = out.shape[0] * out.shape[-1] * 2  # bytes of one token, whole batch, float16
             tokens = out.shape[1]
-            keep = max(1, min(tokens, self.budget // (per_token * self.num_steps * self.num_modules * self.runs)))
+            keep = max(1, min(tokens, self.budget // (per_token * self.num_steps * self.num_modules)))
             index = self.index[obs.kind] = torch.linspace(0, tokens - 1, keep).round().long()
         feats = out[:, index].reshape(-1).to("cpu", torch.float16)
         self.features.setdefault((obs.block, obs.kind), []).append(feats)
@@ -107,7 +107,7 @@ def record_grams(
 ):
     """Run uncached on the calibration samples (`classes`: class ids, or prompts for a text model): (per-module
     Gram matrices over steps, the uncached images)."""
-    recorder = _FeatureRecorder(budget_bytes, runs=len(classes) if is_text_conditional(pipe) else 1)
+    recorder = _FeatureRecorder(budget_bytes)
     handle = apply_fora(pipe, ForaConfig(interval=1))
     handle.add_observer(recorder)
     recorder.num_modules = len(handle.modules)

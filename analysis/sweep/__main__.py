@@ -2,6 +2,7 @@
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 
@@ -63,6 +64,12 @@ def main(argv=None) -> int:
         steps=args.steps or (spec.default_steps if spec else 30),
         guidance=args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0),
     )
+    if args.prompts and args.prompt:
+        p.error("--prompt and --prompts: give one prompt or a prompt set, not both")
+    if args.num_prompts is not None and not args.prompts:
+        p.error("--num-prompts limits a prompt set: give --prompts too")
+    if spec is not None and spec.call_kwargs:  # the model card's arguments, as calibration and the CLI use them
+        request = replace(request, options=tuple(spec.call_kwargs.items()))
     try:
         prompts = load_prompts(args.prompts, args.num_prompts) if args.prompts else None
         pipe = load_pipeline(args.model, device=args.device)

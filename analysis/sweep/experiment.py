@@ -18,7 +18,7 @@ from analysis.comparison import baseline_config, compare_runs, default_clock, ob
 from analysis.prompts import samples as sample_set
 from analysis.speed import SpeedRatio, cached_module_fraction
 from fora import ForaConfig, apply_fora, remove_fora
-from fora.generate import Request
+from fora.generate import Request, is_text_conditional
 from fora.timing import clock_label, paired_calls
 
 COLUMNS = [
@@ -100,6 +100,8 @@ def run_sweep(
         replace(config, interval=n).check_num_steps(request.steps)
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
+    if prompts is not None and not is_text_conditional(pipe):
+        raise ValueError("prompts given for a class-conditional model: give request.label and seeds instead")
     if prompts is not None:
         runs = [
             (f"prompt {i // len(seeds) + 1}, seed {s}", replace(request, prompt=p, seed=s))

@@ -37,7 +37,7 @@ def write_outputs(result: SweepResult, out_dir: str, model: str) -> dict:
         "rows": rows,
         "cached_module_fraction": result.cached_module_fraction,
         "timing": result.timing,
-        "per_seed": {str(k): v for k, v in result.per_seed.items()},
+        "per_seed": {str(k): v for k, v in result.per_seed.items()},  # in sample order: prompt-major, then seed
     }
     with open(paths["json"], "w") as f:
         json.dump(json_safe(meta), f, indent=1, allow_nan=False)
@@ -78,16 +78,22 @@ def report_html(result: SweepResult, model: str) -> str:
         for n in sorted(images)
     )
     req, esc = result.request, html.escape
+    if result.prompts:
+        samples = f"{len(result.prompts)} prompts x seeds {result.seeds}"
+        first = f"prompt {result.prompts[0]!r}, seed {result.seeds[0]}"
+    else:
+        prompt = "" if req.prompt is None else f", prompt {req.prompt!r}"
+        samples = f"label {req.label!r}{prompt}, seeds {result.seeds}"
+        first = f"seed {result.seeds[0]}"
     model = esc(model)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>FORA interval sweep: {model}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:4px;text-align:center}}
 img{{image-rendering:pixelated}}</style></head><body>
 <h1>FORA interval sweep: {model}</h1>
-<p>{req.steps} steps, guidance {req.guidance}, label {esc(repr(req.label))}, prompt {esc(repr(req.prompt))},
-seeds {esc(str(result.seeds))}, settings {esc(str(result.config))}. Quality: median over seeds against the uncached
-image of the same seed. Speed: {esc(result.timing)}; speedup is the median of the pair ratios, low/high their range.
+<p>{req.steps} steps, guidance {req.guidance}, {esc(samples)}, settings {esc(str(result.config))}. Quality: median over
+the samples, each against the uncached image of the same sample. Speed: {esc(result.timing)}; speedup is the median of the pair ratios, low/high their range.
 Measured share of the uncached transformer time spent in the cached modules (attention, MLP):
 {result.cached_module_fraction:.1%}, which bounds what caching can save.</p>
-<table><tr>{head}</tr>{body}</table><h2>Images (seed {result.seeds[0]})</h2>{grid}<h2>Plots</h2>{plots}
+<table><tr>{head}</tr>{body}</table><h2>Images ({esc(first)})</h2>{grid}<h2>Plots</h2>{plots}
 </body></html>"""
