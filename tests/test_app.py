@@ -166,9 +166,9 @@ def test_bad_inputs_give_clear_errors(layout, kw, message, monkeypatch):
     "kw, message",
     [
         ({"block_choice": "x"}, "block 'x': give a block number, one of [0, 2, 3, 5]"),
-        ({"block_choice": "4"}, "block 4 has no step x step map; recorded blocks: [0, 2, 3, 5]"),
+        ({"block_choice": "-1"}, "block -1 has no step x step map; recorded blocks: [0, 2, 3, 5]"),
         ({"block_choice": "9" * 500}, f"block '{'9' * 40}...' has no step x step map"),
-        ({"pair_kind": "cross_attn"}, "module='cross_attn'; allowed: attn, mlp"),  # emoji-dit has none
+        ({"pair_kind": "context_mlp"}, "module='context_mlp'; allowed: attn, mlp"),  # no model's shown kind
         ({"pair_kind": None}, "module=None; allowed: attn, mlp"),
         ({"heat_source": "both"}, "layer x step maps from='both'; allowed: FORA run, uncached baseline"),
         ({"cache_attn": "false"}, "cache_attn='false': a checkbox is true or false"),  # bool("false") is True
@@ -751,3 +751,17 @@ def test_block_lists_and_pair_settings_are_checked_before_anything_runs():
     env = {**os.environ, "FORA_COMPARE_PAIRS": "-1"}
     proc = subprocess.run([sys.executable, "-c", "import ui.form"], cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "FORA_COMPARE_PAIRS=-1: allowed 0" in proc.stderr
+
+
+def test_generate_takes_a_block_left_from_another_model(layout):
+    """A block or module left from another model (Generate pressed before the model change refilled the lists) is
+    not a reason to refuse the run: its maps show this model's last block and first module. A malformed one is."""
+    import gradio as gr
+
+    final = shown(run_generate(layout, steps=6, interval=2, block_choice="27", pair_kind="cross_attn"))
+    assert (
+        final[layout.compare.status].startswith("done")
+        and "layer 5 " in final[layout.compare.pairwise].layout.title.text
+    )
+    with pytest.raises(gr.Error, match="block 'x'"):
+        run_generate(layout, steps=6, interval=2, block_choice="x")

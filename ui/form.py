@@ -208,8 +208,10 @@ class PlotView:
     source: str = HEAT_SOURCES[0]
 
 
-def parse_block_choice(value, blocks: list[int]) -> int:
-    """The block for the step x step map, one of the recorded `blocks` (empty: the last)."""
+def parse_block_choice(value, blocks: list[int], stale_ok: bool = False) -> int:
+    """The block for the step x step map, one of the recorded `blocks` (empty: the last). `stale_ok`: a block
+    number this model does not record (the choice left from another model, whose list had not been refilled when
+    Generate was pressed) gives the last block instead of an error."""
     if value is None or str(value).strip() == "":
         return blocks[-1]
     try:
@@ -217,15 +219,22 @@ def parse_block_choice(value, blocks: list[int]) -> int:
     except ValueError:
         raise ValueError(f"block {echo(value)}: give a block number, one of {blocks}") from None
     if block not in blocks:
+        if stale_ok and 0 <= block < 1000:  # a block number some model has
+            return blocks[-1]
         raise ValueError(f"block {echo(block)} has no step x step map; recorded blocks: {blocks}")
     return block
 
 
-def parse_view(blocks: list[int], kinds, block_choice, pair_kind="attn", heat_source=HEAT_SOURCES[0]) -> PlotView:
+def parse_view(
+    blocks: list[int], kinds, block_choice, pair_kind="attn", heat_source=HEAT_SOURCES[0], stale_ok: bool = False
+) -> PlotView:
     """The Compare tab's plot choices as a `PlotView`, checked against the recorded `blocks` and `kinds` (a kept
-    result's, or `recorded_view`'s before a run)."""
+    result's, or `recorded_view`'s before a run). `stale_ok` (Generate): a block or module of another model's
+    falls back to this one's last block and first module; what is no block or module at all is still refused."""
+    if stale_ok and pair_kind in ("attn", "cross_attn", "mlp") and pair_kind not in kinds:  # any model's
+        pair_kind = kinds[0]
     return PlotView(
-        parse_block_choice(block_choice, blocks),
+        parse_block_choice(block_choice, blocks, stale_ok),
         one_of("module", pair_kind, tuple(kinds)),
         one_of("layer x step maps from", heat_source, HEAT_SOURCES),
     )

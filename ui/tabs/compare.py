@@ -212,7 +212,7 @@ class CompareTab:
                 policy,
                 store.known_plans(),
             )
-            view = form.parse_view(*form.recorded_view(pipe), block_choice, pair_kind, heat_source)
+            view = form.parse_view(*form.recorded_view(pipe), block_choice, pair_kind, heat_source, stale_ok=True)
         except (ValueError, ModelLoadError) as e:
             raise user_error(e) from None
         key = (model_key, job.request)
