@@ -138,8 +138,9 @@ class Bandwidth:
 
     @property
     def read_GBps(self) -> float | None:
-        """Bytes read per second; None for a read bound by the call's fixed cost (no bandwidth to speak of)."""
-        return None if self.overhead_bound else self.nbytes / self.read_s / 1e9
+        """Bytes read per second, the call's fixed cost taken off the read's time (just past the bound, counting it
+        would halve the figure); None for a read bound by that cost (no bandwidth to speak of)."""
+        return None if self.overhead_bound else self.nbytes / (self.read_s - self.call_s) / 1e9
 
     @property
     def copy_GBps(self) -> float:
