@@ -24,8 +24,9 @@ The MMDiT blocks (`mmdit_step_forward`) work alike on both streams: the adaLN ro
 the norm and the shift/scale rows of a module only when it is recomputed (SD3.5's second attention reads the same
 norm of the image tokens as the first, with its own rows; a last SD3 block's context stream is pre-only, and its
 continuous norm runs only with the attention). Each step function returns `(block output, computed outputs by
-kind)` and is bit for bit the block's forward fed with the cached outputs (tested on the CPU at float32; SD3.5's and
-FLUX's also with two threads and at float16 and bfloat16)."""
+kind)` and is bit for bit the block's forward fed with the cached outputs (tested on the CPU at float32; SD3.5's
+also with two threads and at float16 and bfloat16, FLUX's with two threads and at bfloat16: the test loop's FLUX
+timesteps overflow float16 even uncached)."""
 
 import torch
 import torch.nn.functional as F

@@ -32,13 +32,15 @@ block 0), so no class is patched. A forward pre-hook on the transformer resets e
 as cache-dit's own per-call wrapper does) whenever the scheduler's timesteps are set anew (`RunTracker`), with the
 run's length; the knobs are checked against the model before anything is applied; `remove_cache_dit` calls
 `disable_cache` and undoes what it leaves. `cache_dit` is imported on first use: importing it gives each of its
-loggers a stdout handler and adds methods to `logging.Logger` (`cache_dit/logger.py:87-101`).
+loggers a stdout handler and replaces `logging.Logger.warning_once`/`info_once` (transformers') with its own
+(`cache_dit/logger.py:87-101`), for the whole process: importing it is a side effect this module cannot undo.
 """
 
 import contextlib
 import copy
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -65,7 +67,8 @@ class CacheDiTConfig:
         bn_blocks (`int`, defaults to 0):
             Bn, the last blocks computed every step (>= 0). Fn + Bn must leave at least one block to skip.
         warmup (`int`, defaults to 1):
-            First steps always computed (cache-dit's `max_warmup_steps`, >= 0; its default 8 is for 28-50 steps).
+            First steps always computed (cache-dit's `max_warmup_steps`, >= 1: step 0 has nothing to compare with, and
+            cache-dit runs warm-up 0 as 1; its default 8 is for 28-50 steps).
         taylorseer_order (`int`, *optional*):
             With cache-dit's TaylorSeer calibrator: the order 0..2 of the Taylor extrapolation of the skipped blocks'
             residual (0 reuses it). `None`: no calibrator, the residual is reused as it is.
@@ -81,7 +84,7 @@ class CacheDiTConfig:
         value = self.threshold
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
             raise ValueError(f"DBCache threshold={value!r}: must be a finite number >= 0")
-        for name, low in (("fn_blocks", 1), ("bn_blocks", 0), ("warmup", 0)):
+        for name, low in (("fn_blocks", 1), ("bn_blocks", 0), ("warmup", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"DBCache {name}={value!r}: must be an integer >= {low}")
@@ -301,6 +304,9 @@ def _block_list(transformer: torch.nn.Module) -> torch.nn.ModuleList | None:
     return transformer.transformer_blocks
 
 
+_QUIET_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet():
     """cache-dit logs every step of applying and removing it at INFO on stdout (its loggers do not propagate), about
@@ -310,11 +316,12 @@ def _quiet():
         for name, logger in list(logging.Logger.manager.loggerDict.items())
         if name.startswith("cache_dit") and isinstance(logger, logging.Logger)
     ]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    with _QUIET_LOCK:  # two threads' save and restore, interleaved, would leave the loggers at ERROR for good
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)

@@ -272,7 +272,7 @@ def test_sweep_bisects_only_the_budgets_in_reach_and_the_cheapest_cost_is_its_fo
         f"Fn={fn} Bn={bn} warmup=1": (steps * (fn + bn) + (blocks - fn - bn)) * kinds
         for fn, bn in ((1, 0), (1, 1), (2, 0))
     }
-    assert len(entries) == 4 and abs(entries[1].row["computed_calls"] - budget) <= 2  # out of reach: not bisected
+    assert len(entries) == 4 and entries[1].row["computed_calls"] <= 1.05 * budget  # out of reach: not bisected
     assert any("Fn=2 Bn=1 warmup=1: Fn + Bn leaves none of the 3 blocks to skip" in m for m in logged)
 
 

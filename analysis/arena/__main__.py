@@ -114,7 +114,7 @@ def parse_args(argv=None):
     for flag, values, low in (
         ("--dbcache-fn", args.dbcache_fn, 1),
         ("--dbcache-bn", args.dbcache_bn, 0),
-        ("--dbcache-warmups", args.dbcache_warmups, 0),
+        ("--dbcache-warmups", args.dbcache_warmups, 1),  # cache-dit runs warm-up 0 as 1
     ):
         if any(v < low for v in values):
             p.error(f"{flag} {values}: must be >= {low}")

@@ -60,24 +60,33 @@ def bisect_threshold(
 ) -> Entry:
     """The entry `make(threshold)` whose mean measured cost over `seeds` is closest to `budget`: threshold 1 first
     (the cheapest: the methods skip whenever they may, and the cost can drop there only, e.g. cache-dit's DBCache
-    on the embedded model costs the same from 0.75 to 0.99 and less at 1), then `iterations - 1` bisection steps in
-    [0, 1] (cost falls as the threshold rises). An entry still over the budget by more than `EQUAL_COST` says so in
-    its setting: it is the cheapest reached, not an equal-cost one."""
+    on the embedded model costs the same from 0.75 to 0.99 and less at 1), then, if it is under the budget,
+    `iterations` bisection steps in [0, 1] (cost falls as the threshold rises): `iterations + 1` runs over the seeds
+    at most. An entry still over the budget by more than `EQUAL_COST` says so in its setting: the closest reached,
+    not an equal-cost one."""
     best = make(1.0)
     observe(pipe, best, seeds, labels, steps, guidance)
     lo, hi = 0.0, 1.0
     if best.row["computed_calls"] <= budget:
-        for _ in range(iterations - 1):
+        for _ in range(iterations):
             mid = (lo + hi) / 2
             entry = make(mid)
             observe(pipe, entry, seeds, labels, steps, guidance)
-            if abs(entry.row["computed_calls"] - budget) < abs(best.row["computed_calls"] - budget):
+            if _closer(entry.row["computed_calls"], best.row["computed_calls"], budget):
                 best = entry
             lo, hi = (mid, hi) if entry.row["computed_calls"] > budget else (lo, mid)
     cost = best.row["computed_calls"]
     if cost > (1 + EQUAL_COST) * budget:
         best.setting = (
-            re.sub(r" \(at [^)]*\)$", "", best.setting) + f" (cheapest: {cost:.0f} calls, over {budget:.0f})"
+            re.sub(r" \(at [^)]*\)$", "", best.setting)
+            + f" (closest reached: {cost:.0f} calls, over the {budget:.0f} of the budget)"
         )
         best.row["setting"] = best.setting
     return best
+
+
+def _closer(cost: float, than: float, budget: float) -> bool:
+    """Whether `cost` is a better match to `budget` than `than`: one that counts at the budget (at most `EQUAL_COST`
+    over, cheaper included) before one that does not, then the nearer."""
+    over = (cost > (1 + EQUAL_COST) * budget, abs(cost - budget))
+    return over < (than > (1 + EQUAL_COST) * budget, abs(than - budget))

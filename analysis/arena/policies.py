@@ -95,12 +95,13 @@ class PolicyJob:
         """Steps this job runs: baseline, each policy (First Block Cache, DBCache: the bisection) and its small sweep,
         the timed calls and, per missing plan, a calibration (its candidates on a few samples). Exact, except for two
         upper bounds: a calibrated policy's sweep is counted at every interval (it runs only those whose plans are
-        known) and a calibration at 14 candidates (duplicates are run once)."""
+        known), a calibration at 14 candidates (duplicates are run once), and a bisection in full (it stops at
+        threshold 1 when even that costs more than the budget)."""
         t, k = self.request.steps, len(self.policies)
         runs = 1
         for name in self.policies:
             if name in BISECTED:
-                runs += FBCACHE_ITERATIONS + len(FBCACHE_SWEEP)
+                runs += 1 + FBCACHE_ITERATIONS + len(FBCACHE_SWEEP)  # threshold 1, the bisection, the sweep
             else:
                 runs += 1 + len(self.sweep_intervals())
         if self.pairs:  # timed, interleaved

@@ -18,8 +18,9 @@ ABOUT = (
     "fit on the model's own step x step similarity (shared by all blocks; -o1 extrapolates linearly). "
     "*TaylorSeer* and *First Block Cache* are diffusers' implementations (TaylorSeer at interval N with "
     "the warm-up that matches the cost, often FORA's own schedule: the arena searches all its settings; "
-    "FBCache's threshold is bisected to the cost). Plan maps are measured: which block really computed "
-    "attention at which step."
+    "FBCache's threshold is bisected to the cost). *DBCache* is cache-dit's (Fn = 1, Bn = 0, warm-up 1; "
+    "optionally its TaylorSeer calibrator), its threshold bisected to the cost; a row that cannot reach it says "
+    "so. Plan maps are measured: which block really computed attention at which step."
 )
 
 
