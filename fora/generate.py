@@ -104,11 +104,14 @@ def generate_batch(pipe, labels, seeds, steps: int, guidance: float, options: tu
     if len(labels) != len(seeds) or not len(labels):
         raise ValueError(f"labels ({len(labels)}) and seeds ({len(seeds)}) must be equally many, at least one")
     if is_text_conditional(pipe):
-        images = [
-            generate(pipe, Request(prompt=p, steps=steps, seed=int(s), guidance=guidance, options=tuple(options)))[0]
-            for p, s in zip(labels, seeds)
-        ]
-        return np.stack([np.asarray(x) for x in images])
+        if is_video(pipe):
+            raise ValueError(f"generate_batch makes images; {type(pipe).__name__} makes videos")
+        images = []
+        for p, s in zip(labels, seeds):
+            torch.manual_seed(int(s))  # as the class path: a sampler drawing from the global generator repeats
+            request = Request(prompt=p, steps=steps, seed=int(s), guidance=guidance, options=tuple(options))
+            images.append(np.asarray(generate(pipe, request)[0]))
+        return np.stack(images)
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     torch.manual_seed(int(seeds[0]))  # pipelines whose sampler draws from the global generator stay reproducible
     return pipe(

@@ -177,6 +177,7 @@ def test_bad_inputs_give_clear_errors(layout, kw, message, monkeypatch):
         ({"policy": "magic"}, "policy='magic'; allowed: FORA, calibrated, calibrated-o1"),
         ({"label": "c" * 101}, "class name has 101 characters: allowed at most 100"),
         ({"steps": "7" * 300}, f"steps='{'7' * 40}...' out of range"),
+        ({"seed": True}, "seed=True is not a number"),  # float(True) is 1.0
     ],
 )
 def test_every_compare_input_is_checked_before_the_model_runs(layout, kw, message):

@@ -86,7 +86,9 @@ def echo(value) -> str:
 
 
 def integer(name: str, value, lo: int, hi: int) -> int:
-    """`value` as an int in lo..hi, or `ValueError` naming it and the range."""
+    """`value` as an int in lo..hi, or `ValueError` naming it and the range (a checkbox's True is not a number)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not a number; allowed {lo}..{hi}")
     try:
         v = float(value)
     except (TypeError, ValueError, OverflowError):
