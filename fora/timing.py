@@ -86,14 +86,14 @@ def speedup_decimals(low: float, high: float, pairs: int | None = None, ratio: f
     """Decimals a speedup with the pair range `low`-`high` supports: down to the range's first significant digit,
     at least 1 ("0x" or "2x" would say less than was measured) and at most 3; one for a single pair (or a range of
     zero), which has no spread to read a precision from. More where fewer would misstate: a range whose ends round
-    alike, or a slowdown (ratio < 1) that would round to 1."""
+    alike, or a slowdown (the whole range below 1) that would round to 1."""
     spread = high - low
     if pairs == 1 or not (spread > 0 and math.isfinite(spread)):
         d = 1
     else:
         d = min(3, max(1, -math.floor(math.log10(spread) + 1e-9)))  # 1e-9: a spread of 0.1 computed as 0.0999...
     while d < 3 and (
-        (spread > 0 and round(low, d) == round(high, d)) or (ratio is not None and ratio < 1 <= round(ratio, d))
+        (spread > 0 and round(low, d) == round(high, d)) or (ratio is not None and high < 1 <= round(ratio, d))
     ):
         d += 1
     return d
@@ -102,7 +102,7 @@ def speedup_decimals(low: float, high: float, pairs: int | None = None, ratio: f
 def format_speedup(ratio: float, low: float, high: float, pairs: int | None = None) -> str:
     """A measured speedup as every page and CLI of this project shows it, median and range rounded alike to what the
     range supports (`speedup_decimals`): (2.137, 1.9, 2.4) -> "2.1x, 1.9-2.4"; (2.137, 2.13, 2.15) -> "2.14x,
-    2.13-2.15"; (0.96, 0.9, 1.02) -> "0.96x, 0.90-1.02"; with `pairs` "... over 5 pairs" (one pair: "2.1x over 1
+    2.13-2.15"; (0.96, 0.94, 0.97) -> "0.96x, 0.94-0.97"; with `pairs` "... over 5 pairs" (one pair: "2.1x over 1
     pair", no range)."""
     d = speedup_decimals(low, high, pairs, ratio)
     text = f"{ratio:.{d}f}x"

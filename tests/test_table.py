@@ -362,7 +362,7 @@ def test_the_table3_tab_rounds_speedups_to_their_range(monkeypatch):
         (2.197, 2.171, 2.383), 1e-3
     )
     assert shown[20, 3] == "2.2x, 2.2-2.4"
-    assert shown[50, 10] == "6x, 5-7"  # 5.648 over 5.320-6.537: a range over 1 wide supports whole numbers
+    assert shown[50, 10] == "5.6x, 5.3-6.5"  # 5.648 over 5.320-6.537: one decimal at least, never "6x, 5-7"
     assert shown[20, 1] == "1.0x, 0.8-1.1" and shown[50, 5] == "2.8x, 2.7-2.9"
 
 

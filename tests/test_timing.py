@@ -190,7 +190,8 @@ def test_format_speedup_rounds_to_what_the_range_supports():
     # the review's cases: never "0x", a range whose ends round alike, or a slowdown shown as 1.0x
     assert format_speedup(0.45, 0.3, 1.4, pairs=5) == "0.5x, 0.3-1.4 over 5 pairs"
     assert format_speedup(2.0, 1.95, 2.04) == "2.00x, 1.95-2.04"
-    assert format_speedup(0.96, 0.9, 1.02) == "0.96x, 0.90-1.02"
+    assert format_speedup(0.96, 0.9, 1.02) == "1.0x, 0.9-1.0"  # the range holds 1: no change is what was measured
+    assert format_speedup(0.96, 0.93, 0.98) == "0.96x, 0.93-0.98"  # every pair slower: shown as a slowdown
     assert format_speedup(0.96, 0.96, 0.96, pairs=1) == "0.96x over 1 pair"
     assert format_speedup(2.137, 2.137, 2.137, pairs=1) == "2.1x over 1 pair"  # no range to read a precision from
     assert format_speedup(1.96, 1.86, 1.96) == "2.0x, 1.9-2.0"  # a spread of 0.1 (0.0999... in floats): one decimal
