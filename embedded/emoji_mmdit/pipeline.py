@@ -40,7 +40,9 @@ class EmojiMMDiTPipeline(DiffusionPipeline):
         tokenizer: PreTrainedTokenizerFast,
     ):
         super().__init__()
-        self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
+        )
 
     @property
     def sample_size(self) -> int:
@@ -87,7 +89,11 @@ class EmojiMMDiTPipeline(DiffusionPipeline):
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type={output_type!r}; allowed: 'pil', 'np', 'pt'")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or num_inference_steps < 1
+        ):
             raise ValueError(f"num_inference_steps={num_inference_steps!r}; allowed: an integer >= 1")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r}; allowed: an integer >= 1")
@@ -102,7 +108,9 @@ class EmojiMMDiTPipeline(DiffusionPipeline):
             check_prompt(p, self.tokenizer)
             if not p.strip():
                 raise ValueError("prompt is empty: give a caption, e.g. 'a small cat on the left on a red background'")
-        negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, list) else negative_prompt
+        negatives = (
+            [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, list) else negative_prompt
+        )
         if len(negatives) != len(prompts):
             raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
         for p in negatives:

@@ -83,8 +83,12 @@ def sample_grid(pipe, path: str, per_prompt: int = 8, steps: int = DEFAULT_STEPS
 
     g = torch.Generator().manual_seed(0)
     images = pipe(
-        PREVIEW, num_images_per_prompt=per_prompt, num_inference_steps=steps, guidance_scale=guidance,
-        generator=g, output_type="np",
+        PREVIEW,
+        num_images_per_prompt=per_prompt,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=g,
+        output_type="np",
     ).images
     images = (images * 255).round().astype(np.uint8).reshape(len(PREVIEW), per_prompt, 32, 32, 3)
     grid = images.transpose(0, 2, 1, 3, 4).reshape(len(PREVIEW) * 32, per_prompt * 32, 3)
@@ -129,7 +133,9 @@ def main(args):
             nets[name].load_state_dict(module.state_dict())
             ema[name].load_state_dict(module.state_dict())
         step = warmup_from = log.get("total_steps", 0)
-        print(f"resumed from the EMA weights in {args.out} at step {step} (fresh optimizer, {args.warmup}-step warm-up)")
+        print(
+            f"resumed from the EMA weights in {args.out} at step {step} (fresh optimizer, {args.warmup}-step warm-up)"
+        )
     else:
         ema.load_state_dict(nets.state_dict())
     nets.train()
