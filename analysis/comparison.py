@@ -15,6 +15,7 @@ from analysis.metrics.quality import PredictionRecorder, compare_images, diff_im
 from analysis.metrics.similarity import SimilarityRecorder
 from analysis.speed import LoopTimer, SpeedRatio, _sync, paired_speedup, paired_speedups
 from fora import ForaConfig, ForaRun, apply_fora, get_fora_handle, remove_fora
+from fora.apply import find_blocks, observed_kinds
 from fora.generate import Request, generate
 
 
@@ -47,7 +48,8 @@ class RunResult:
 
 
 def num_blocks(pipe) -> int:
-    return len(pipe.transformer.transformer_blocks)
+    """The blocks FORA numbers on `pipe` (`fora.apply.find_blocks`: FLUX's double- then single-stream blocks)."""
+    return len(find_blocks(pipe.transformer))
 
 
 def timed_call(pipe, request: Request):
@@ -94,8 +96,9 @@ def timed_speedups(
 
 
 def recorded_kinds(pipe) -> tuple[str, ...]:
-    """The module kinds `observe_run` records on `pipe`: cross-attention too for a text-conditional one."""
-    return ("attn", "cross_attn", "mlp") if hasattr(pipe, "text_encoder") else ("attn", "mlp")
+    """The module kinds `observe_run` records on `pipe`: every kind its blocks have (`fora.apply.observed_kinds`:
+    cross-attention in PixArt, the context stream's attention and MLP in SD3's joint blocks, ...)."""
+    return observed_kinds(pipe.transformer)
 
 
 def observe_run(

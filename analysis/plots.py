@@ -4,7 +4,16 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-KIND_TITLES = {"attn": "self-attention", "cross_attn": "cross-attention", "mlp": "MLP"}
+KIND_TITLES = {
+    "attn": "self-attention",
+    "context_attn": "joint attention, text stream",
+    "attn2": "second self-attention",
+    "cross_attn": "cross-attention",
+    "mlp": "MLP",
+    "context_mlp": "text-stream MLP",
+    "attn_mlp": "fused attention + MLP",
+}
+ATTENTION_KINDS = ("attn", "context_attn", "attn2", "cross_attn")  # the rest are MLPs (attn_mlp holds both)
 _SCALE = "Viridis"
 
 
@@ -48,6 +57,57 @@ def neighbour_heatmap(recorder, kind: str, title: str | None = None) -> go.Figur
         yaxis_title="layer (block)",
         height=320 if blocks <= 12 else 400,
         margin=dict(l=60, r=20, t=50, b=50),
+    )
+    return fig
+
+
+def neighbour_heatmaps(recorder, kinds, title: str) -> go.Figure:
+    """`neighbour_heatmap` for several kinds side by side on one colour scale (its low end over all panels): every
+    module kind of a family in one figure. A panel's height follows the layers (about 7 px each), so 57 layers x
+    50 steps stay readable; hover shows the exact cell."""
+    kinds = [k for k in kinds if k in recorder.neighbour]
+    if not kinds:
+        raise ValueError(f"none of the kinds {list(kinds)} was recorded; recorded: {list(recorder.neighbour)}")
+    maps = [recorder.neighbour[k] for k in kinds]
+    blocks, steps = maps[0].shape
+    ts = _timestep_labels(recorder.timesteps, steps)
+    floor = _color_floor(np.concatenate([z.ravel() for z in maps]))
+    fig = make_subplots(
+        1,
+        len(kinds),
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        subplot_titles=[KIND_TITLES.get(k, k) for k in kinds],
+    )
+    for i, z in enumerate(maps, 1):
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=list(range(steps)),
+                y=list(range(blocks)),
+                customdata=np.broadcast_to(ts[None, :], z.shape),
+                colorscale=_SCALE,
+                zmax=1.0,
+                zmin=floor,
+                coloraxis="coloraxis",
+                hoverongaps=False,
+                hovertemplate="layer %{y}<br>step %{x} (t=%{customdata})<br>similarity %{z:.4f}<extra></extra>",
+            ),
+            1,
+            i,
+        )
+        fig.update_xaxes(title_text="sampling step", row=1, col=i)
+    fig.update_yaxes(title_text="layer (block)", row=1, col=1)
+    fig.update_layout(
+        title=title,
+        coloraxis=dict(
+            colorscale=_SCALE,
+            cmax=1.0,
+            cmin=floor,
+            colorbar=dict(title="cos" if floor is None else "cos<br>(2nd pct.<br>and below:<br>darkest)"),
+        ),
+        height=max(320, min(900, 120 + 7 * blocks)),
+        margin=dict(l=60, r=20, t=70, b=50),
     )
     return fig
 

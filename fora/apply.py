@@ -28,7 +28,7 @@ from .plan import CachePlan
 from .runs import ForaState, RunTracker
 from .schedule import full_steps
 from .slots import CacheSlot
-from .specs import BlockSpec, enabled_kinds, spec_for, supported
+from .specs import STREAMS, BlockSpec, enabled_kinds, spec_for, supported
 
 
 def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = None) -> "ForaHandle":
@@ -197,6 +197,20 @@ def find_blocks(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module
             f"{type(transformer).__name__}: no transformer block FORA knows; supported block classes: {supported()}"
         )
     return found
+
+
+OBSERVED_ORDER = ("attn", "context_attn", "attn2", "cross_attn", "mlp", "context_mlp", "attn_mlp")
+
+
+def observed_kinds(transformer: torch.nn.Module) -> tuple[str, ...]:
+    """The kinds observers see on `transformer`'s blocks, in `OBSERVED_ORDER`: every cached module's kind, a joint
+    attention's two streams as `attn` and `context_attn` (`fora.specs.STREAMS`)."""
+    seen = set()
+    for _, block, spec in find_blocks(transformer):
+        for child, kind in spec.modules:
+            if getattr(block, child, None) is not None:
+                seen.update(STREAMS[kind] if kind in spec.joint else (kind,))
+    return tuple(k for k in OBSERVED_ORDER if k in seen)
 
 
 def _enclosing_block(modules: dict, name: str) -> tuple[str, torch.nn.Module]:

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# the transformer sample sizes PixArt's and Sana's pipelines keep aspect-ratio bin tables for; their resolution
+# binning refuses any other ("Invalid sample size")
+BINNED_SAMPLE_SIZES = {
+    "PixArtAlphaPipeline": (32, 64, 128),
+    "PixArtSigmaPipeline": (32, 64, 128, 256),
+    "SanaPipeline": (16, 32, 64, 128),
+}
+
 
 @dataclass(frozen=True)
 class Request:
@@ -71,8 +79,18 @@ def generate(pipe, request: Request, output_type: str = "np"):
         batch = "num_videos_per_prompt" if "num_videos_per_prompt" in params else "num_images_per_prompt"
         kwargs[batch] = request.batch
         kwargs.update((k, v) for k, v in (("height", request.height), ("width", request.width)) if v is not None)
-        if ("height" in kwargs or "width" in kwargs) and "use_resolution_binning" in params:
-            kwargs["use_resolution_binning"] = False  # an explicit size is used as given, not snapped to bins
+        if type(pipe).__name__ == "SanaPipeline" and not kwargs.keys() & {"height", "width"}:
+            # Sana's pipeline defaults to 1024 px whatever the checkpoint: its native size is the transformer's
+            # (a multiple of 32, which the pipeline requires)
+            native = -(-pipe.transformer.config.sample_size * pipe.vae_scale_factor // 32) * 32
+            kwargs.update(height=native, width=native)
+        if "use_resolution_binning" in params and (
+            "height" in kwargs
+            or "width" in kwargs
+            or pipe.transformer.config.sample_size not in BINNED_SAMPLE_SIZES.get(type(pipe).__name__, (None,))
+            and type(pipe).__name__ in BINNED_SAMPLE_SIZES
+        ):  # an explicit size is used as given, not snapped to bins; so is a checkpoint's size that has no bin table
+            kwargs["use_resolution_binning"] = False
         kwargs.update(request.options)
         unknown = sorted(set(kwargs) - set(params))
         if unknown:

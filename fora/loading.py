@@ -1,7 +1,8 @@
-"""Load the pipelines the project knows: the embedded emoji DiT (offline) and the hub checkpoints of each family
-FORA supports (DiT, PixArt-alpha/Sigma, SD3.5, FLUX.1, Sana, HunyuanDiT, Lumina 2, Wan 2.1, Qwen-Image).
+"""Load the pipelines the project knows: the embedded emoji DiT and MMDiT (offline) and the hub checkpoints of each
+family FORA supports (DiT, PixArt-alpha/Sigma, SD3.5, FLUX.1, Sana, HunyuanDiT, Lumina 2, Wan 2.1, Qwen-Image).
 
-`load_pipeline("emoji-dit")` needs nothing but this repository. Hub models need internet access on first use (or
+`load_pipeline("emoji-dit")` and `load_pipeline("emoji-mmdit")` (the embedded text-to-image model) need nothing but
+this repository. Hub models need internet access on first use (or
 a filled Hugging Face cache) and realistically a GPU; where the download fails the error says so and names the
 offline alternatives. Any `save_pretrained` folder of a supported pipeline class loads too (its class is read from
 `model_index.json`).
@@ -17,6 +18,8 @@ import torch
 
 from embedded.emoji.pipeline import DEFAULT_GUIDANCE as EMOJI_GUIDANCE
 from embedded.emoji.pipeline import DEFAULT_STEPS as EMOJI_STEPS
+from embedded.emoji_mmdit.pipeline import DEFAULT_GUIDANCE as MMDIT_GUIDANCE
+from embedded.emoji_mmdit.pipeline import DEFAULT_STEPS as MMDIT_STEPS
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 
@@ -60,6 +63,17 @@ MODELS: dict[str, ModelSpec] = {
             EMOJI_GUIDANCE,
             "embedded 32x32 pixel-space DiT, 32 emoji classes, trained by this project (CPU, offline)",
             "EmojiDiTPipeline",
+            runs_on="a CPU, offline (shipped in assets/)",
+        ),
+        ModelSpec(
+            "emoji-mmdit",
+            os.path.join(ASSETS, "emoji-mmdit"),
+            "text",
+            MMDIT_STEPS,
+            MMDIT_GUIDANCE,
+            "embedded 32x32 pixel-space MMDiT (SD3 blocks), emoji scenes from captions, trained by this project "
+            "(CPU, offline)",
+            "EmojiMMDiTPipeline",
             runs_on="a CPU, offline (shipped in assets/)",
         ),
         ModelSpec("dit-xl-2-256", "facebook/DiT-XL-2-256", "class", 50, 4.0, "DiT-XL/2, ImageNet 256x256"),
@@ -179,6 +193,7 @@ _BY_SOURCE = {spec.source: spec for spec in MODELS.values()}
 # bfloat16 for the newer families, whose activations overflow float16; the embedded model stays float32
 PIPELINES = {
     "EmojiDiTPipeline": "float32",
+    "EmojiMMDiTPipeline": "float32",
     "DiTPipeline": "float16",
     "PixArtAlphaPipeline": "float16",
     "PixArtSigmaPipeline": "float16",
@@ -213,6 +228,10 @@ def _pipeline_class(name: str):
         from embedded.emoji.pipeline import EmojiDiTPipeline
 
         return EmojiDiTPipeline
+    if name == "EmojiMMDiTPipeline":
+        from embedded.emoji_mmdit.pipeline import EmojiMMDiTPipeline
+
+        return EmojiMMDiTPipeline
     import diffusers
 
     return getattr(diffusers, name)
@@ -292,8 +311,8 @@ def load_pipeline(
             raise ModelLoadError(
                 f"could not load {source!r} from the Hugging Face Hub ({type(e).__name__}: {str(e)[:300]}). "
                 "This machine may have no internet access and the model is not in the local Hugging Face cache. "
-                "Offline alternatives: the embedded model 'emoji-dit' (the default, shipped in assets/), or a "
-                "pipeline folder written by save_pretrained (pass its path)."
+                "Offline alternatives: the embedded models 'emoji-dit' (the default) and 'emoji-mmdit' "
+                "(text-to-image), shipped in assets/, or a pipeline folder written by save_pretrained (pass its path)."
             ) from e
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(leave=False)

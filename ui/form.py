@@ -137,6 +137,8 @@ def parse_request(pipe, label, prompt, steps, seed, guidance) -> Request:
             raise ValueError("prompt is empty: this model is text-conditional and needs a prompt")
         if len(prompt) > PROMPT_MAX:
             raise ValueError(f"prompt has {len(prompt)} characters: allowed 1..{PROMPT_MAX}")
+        if hasattr(pipe, "check_prompt"):  # a model with its own vocabulary (the embedded MMDiT) names unknown words
+            pipe.check_prompt(prompt)
         return Request(prompt=prompt, steps=steps, seed=seed, guidance=guidance)
     if label is None or str(label).strip() == "":
         raise ValueError("no class chosen: pick one of the model's classes")
@@ -361,11 +363,6 @@ def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, c
     """The Policies tab's values as a checked `PolicyJob` (budget included, counting plans still to calibrate)."""
     from analysis.arena.policies import MAX_POLICIES, POLICIES, PolicyJob
 
-    if is_text_conditional(pipe):
-        raise ValueError(
-            f"the Policies tab runs class-conditional models (emoji-dit, DiT-XL/2); {model_key} is "
-            "text-to-image (its peers run from Python: fora.peers)"
-        )
     request = parse_request(pipe, label, prompt, steps, seed, guidance)
     chosen = list(dict.fromkeys([chosen] if isinstance(chosen, str) else (chosen or [])))
     if not chosen:

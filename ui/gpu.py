@@ -56,6 +56,7 @@ class GpuCost:
 # tokens (linear layers 4x, attention 16x: ~2.7 T). Calls: VAE decodes of 256 to 1024 px, T5-XXL's encoding
 GPU_COSTS = {
     "emoji-dit": GpuCost(0.0001, 0.05),
+    "emoji-mmdit": GpuCost(0.0002, 0.05),
     "dit-xl-2-256": GpuCost(0.119, 0.2),
     "dit-xl-2-512": GpuCost(0.525, 0.5),
     "pixart-alpha-512": GpuCost(0.6, 1.0),

@@ -5,6 +5,7 @@ import time
 
 import gradio as gr
 
+from analysis.prompts import example_prompts
 from embedded.emoji.classes import LABELS
 from embedded.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from fora.loading import MODELS, ModelLoadError
@@ -23,6 +24,9 @@ class Settings:
         self.model = gr.Dropdown(choices, value=registry.DEFAULT_MODEL, label="model")
         self.label = gr.Dropdown(LABELS, value="cat", label="class", allow_custom_value=False)
         self.prompt = gr.Textbox(label="prompt", visible=False, placeholder="an astronaut riding a horse")
+        # a text model's example prompts (its evaluation set's, `analysis.prompts.example_prompts`): picking one
+        # fills the prompt box
+        self.examples = gr.Dropdown([], value=None, label="example prompts", visible=False, allow_custom_value=False)
         self.steps = gr.Slider(form.STEPS_RANGE[0], form.STEPS_RANGE[1], value=DEFAULT_STEPS, step=1, label="steps T")
         self.interval = gr.Slider(1, DEFAULT_STEPS - 1, value=3, step=1, label="cache interval N (1 = uncached)")
         with gr.Row():
@@ -68,10 +72,11 @@ class Settings:
         self.model.change(
             self.on_model_change,
             [self.model, kind_choice],
-            [self.label, self.prompt, self.steps, block_choice, kind_choice],
+            [self.label, self.prompt, self.examples, self.steps, self.guidance, block_choice, kind_choice],
             api_name=False,
             concurrency_limit=4,
         )
+        self.examples.input(lambda example: example or gr.skip(), self.examples, self.prompt, api_name=False)
         self.steps.change(on_steps_change, [self.steps, self.interval], self.interval, api_name=False)
         self.randomize.click(random_seed, None, self.seed, api_name=False)
 
@@ -90,12 +95,17 @@ class Settings:
         blocks = [str(b) for b in recorded]
         if labels:
             label, prompt = gr.update(choices=labels, value=labels[0], visible=True), gr.update(visible=False)
+            examples = gr.update(visible=False)
         else:
-            label, prompt = gr.update(visible=False), gr.update(visible=True)
+            shown = example_prompts(pipe)
+            label, examples = gr.update(visible=False), gr.update(choices=shown, value=None, visible=True)
+            prompt = gr.update(visible=True, value=shown[0], placeholder=shown[-1])
         return {
             self.label: label,
             self.prompt: prompt,
+            self.examples: examples,
             self.steps: gr.update(value=steps),
+            self.guidance: gr.update(value=max(1.0, spec.default_guidance) if spec else DEFAULT_GUIDANCE),
             self.block_choice: gr.update(choices=blocks, value=blocks[-1]),
             self.kind_choice: gr.update(choices=list(kinds), value=kind if kind in kinds else kinds[0]),
         }

@@ -18,8 +18,9 @@ from analysis.arena.experiment import Entry, fbcache_at_budget, observe, time_en
 from analysis.calibrate.fit import calibrate, calibration_set, record_grams
 from analysis.comparison import default_clock
 from analysis.metrics.quality import psnr, ssim
+from analysis.prompts import load_prompts, prompt_set
 from fora import CachePlan, ForaConfig, full_steps
-from fora.generate import Request, num_classes
+from fora.generate import Request, is_text_conditional, num_classes
 from fora.loading import ASSETS
 from fora.peers import fbcache, taylorseer_at_cost
 from fora.timing import paired_calls
@@ -160,14 +161,20 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
     before the timed pairs and once after."""
     req = job.request
     t, g = req.steps, req.guidance
-    label, seed = [int(req.label)], [int(req.seed)]
+    text = is_text_conditional(pipe)
+    label, seed = [req.prompt if text else int(req.label)], [int(req.seed)]
     plans = dict(plans)
     key = lambda n, order: plan_key(job.model_key, t, g, n, order)
     missing = job.missing_plans(plans)
     new_plans = {}
     if missing:
         emit(f"calibrating {len(missing)} plan(s) for T={t}, guidance {g} (first time for these settings)")
-        classes, cal_seeds = calibration_set(num_classes(pipe), CALIBRATION_SAMPLES)
+        if text:  # the model's calibration prompts, never the evaluated ones (`analysis.prompts`)
+            prompts = load_prompts(prompt_set(pipe, "calibration"))
+            _, cal_seeds = calibration_set(1, CALIBRATION_SAMPLES)
+            classes = [prompts[i % len(prompts)] for i in range(CALIBRATION_SAMPLES)]
+        else:
+            classes, cal_seeds = calibration_set(num_classes(pipe), CALIBRATION_SAMPLES)
         recording = record_grams(pipe, classes, cal_seeds, t, g)
         for n, order in missing:
             emit(f"calibrating order {order} at N={n}'s budget")

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from analysis.metrics.quality import psnr
-from analysis.prompts import CALIBRATION_PROMPTS, load_prompts
+from analysis.prompts import load_prompts, prompt_set
 from fora import CachePlan, ForaConfig, apply_fora, full_steps, remove_fora
 from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
@@ -219,7 +219,7 @@ def calibrate(
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples}: must be >= 1")
     if is_text_conditional(pipe):
-        prompts = load_prompts(CALIBRATION_PROMPTS)
+        prompts = load_prompts(prompt_set(pipe, "calibration"))
         classes = [prompts[i % len(prompts)] for i in range(num_samples)]  # prompts, for a text model
         seeds = [seed + i for i in range(num_samples)]
     else:

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from analysis.prompts import EVAL_PROMPTS, load_prompts
+from analysis.prompts import load_prompts, prompt_set
 from analysis.sweep.experiment import __doc__ as SWEEP_DOC
 from analysis.sweep.experiment import run_sweep
 from analysis.sweep.report import write_outputs
@@ -28,11 +28,12 @@ def main(argv=None) -> int:
     p.add_argument(
         "--prompts",
         nargs="?",
-        const=EVAL_PROMPTS,
+        const="default",
         default=None,
         metavar="FILE",
-        help="a prompt set, every prompt with every seed (text models; without FILE the shipped "
-        "assets/prompts/eval.txt: 32 prompts, objects, scenes, text rendering, counts)",
+        help="a prompt set, every prompt with every seed (text models; without FILE the model's shipped set: "
+        "assets/prompts/eval.txt, 32 prompts of objects, scenes, text rendering and counts; emoji-mmdit's "
+        "32 held-out captions)",
     )
     p.add_argument("--num-prompts", type=int, default=None, help="the first K prompts of the set only")
     p.add_argument("--guidance", type=float, default=None)
@@ -71,8 +72,12 @@ def main(argv=None) -> int:
     if spec is not None and spec.call_kwargs:  # the model card's arguments, as calibration and the CLI use them
         request = replace(request, options=tuple(spec.call_kwargs.items()))
     try:
-        prompts = load_prompts(args.prompts, args.num_prompts) if args.prompts else None
+        if args.prompts and args.prompts != "default":
+            load_prompts(args.prompts)  # a bad file is named before a model loads
         pipe = load_pipeline(args.model, device=args.device)
+        if args.prompts == "default":
+            args.prompts = prompt_set(pipe, "eval")
+        prompts = load_prompts(args.prompts, args.num_prompts) if args.prompts else None
         pipe.set_progress_bar_config(disable=True)
         if prompts is not None and not is_text_conditional(pipe):
             raise ValueError(f"--prompts: {args.model} is class-conditional; give --class instead")

@@ -3,6 +3,7 @@
     single:  "a [size] {emoji} [position] [on a {colour} background]"
     count:   "two {emoji} [on a {colour} background]"
     pair:    "a {emoji} and a {emoji} [on a {colour} background]"
+    ("an" replaces "a" before a vowel: "an avocado", "on an orange background")
 
 Square brackets mark optional parts; the emoji are named as the embedded DiT names its classes ("soccer ball",
 "jack-o-lantern"), with "an" before a vowel. A caption names only what it constrains: an omitted size, position or
@@ -69,7 +70,7 @@ class Scene:
             if self.position:
                 text += f" {self.position}"
         if self.colour:
-            text += f" on a {self.colour} background"
+            text += f" on {_article(self.colour)} background"
         return text
 
     def held_out(self) -> bool:

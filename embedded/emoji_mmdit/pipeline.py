@@ -44,6 +44,10 @@ class EmojiMMDiTPipeline(DiffusionPipeline):
             transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
         )
 
+    def check_prompt(self, prompt) -> None:
+        """Refuse a prompt this model cannot read (`ValueError` naming the unknown words and listing the known)."""
+        check_prompt(prompt, self.tokenizer)
+
     @property
     def sample_size(self) -> int:
         return self.transformer.config.sample_size

@@ -5,7 +5,7 @@ import uuid
 
 import gradio as gr
 
-from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, step_error_plot
+from analysis.plots import ATTENTION_KINDS, neighbour_heatmaps, pairwise_heatmap, schedule_strip, step_error_plot
 from fora.loading import ModelLoadError
 from fora.timing import clock_label
 from ui import form, gpu, registry, store
@@ -44,13 +44,22 @@ def _metrics_rows(
 
 
 def _heatmaps(kept: store.Redraws, source: str):
-    """The self-attention and MLP layer x step maps of the FORA run or of the uncached baseline (`source`, checked:
-    one of `form.HEAT_SOURCES`)."""
+    """The layer x step maps of the FORA run or of the uncached baseline (`source`, checked: one of
+    `form.HEAT_SOURCES`): the attention kinds the family has side by side (self-attention, the text stream of
+    joint attention, cross-attention), then its MLP kinds."""
     uncached = source == "uncached baseline"
     rec, prefix = (kept.baseline, "uncached") if uncached else (kept.fora, kept.policy)
+    return _maps(rec, f"{prefix}: ", ", cos to previous computed step")
+
+
+def _maps(rec, before: str, after: str = ""):
+    """The attention and the MLP figure of a recorder (or a live `MapsSnapshot`): every kind it recorded."""
+    kinds = list(rec.neighbour)
+    attention = [k for k in kinds if k in ATTENTION_KINDS]
+    mlps = [k for k in kinds if k not in ATTENTION_KINDS]
     return (
-        neighbour_heatmap(rec, "attn", f"{prefix}: self-attention, cos to previous computed step"),
-        neighbour_heatmap(rec, "mlp", f"{prefix}: MLP, cos to previous computed step"),
+        neighbour_heatmaps(rec, attention, f"{before}attention{after}"),
+        neighbour_heatmaps(rec, mlps, f"{before}MLP{after}"),
     )
 
 
@@ -231,9 +240,10 @@ class CompareTab:
                             yield gr.skip()
                         elif p.phase in ("baseline", "fora"):
                             progress((p.step, p.num_steps), desc=f"{p.phase}: step {p.step}/{p.num_steps}")
+                            heat_attn, heat_mlp = _maps(p.maps, f"{p.phase}: ")
                             yield {
-                                self.heat_attn: neighbour_heatmap(p.maps, "attn", f"{p.phase}: self-attention"),
-                                self.heat_mlp: neighbour_heatmap(p.maps, "mlp", f"{p.phase}: MLP"),
+                                self.heat_attn: heat_attn,
+                                self.heat_mlp: heat_mlp,
                                 self.status: f"running the {p.phase}: step {p.step} of {p.num_steps}",
                             }
                         elif p.phase == "baseline done":

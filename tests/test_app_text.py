@@ -1,0 +1,123 @@
+"""Issue 19 item 1 and issue 20 item 3: text-to-image models through every tab's handler, as the server runs them.
+Tiny random SD3, FLUX, Sana and emoji-mmdit pipelines are saved to folders and registered as an operator does
+(`FORA_EXTRA_MODELS`), then loaded by the app's own path (`fora.loading.load_pipeline`)."""
+
+import numpy as np
+import pipelines
+import pytest
+from test_app import shown
+from test_emoji_mmdit import tiny_pipeline
+
+from analysis.prompts import EMOJI_EVAL_PROMPTS, load_prompts
+from fora import full_steps
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+# the kinds each family's maps show: (attention figure's panels, MLP figure's panels)
+KINDS = {
+    "emoji-mmdit": (["attn", "context_attn"], ["mlp", "context_mlp"]),
+    "sd3": (["attn", "context_attn"], ["mlp", "context_mlp"]),
+    "flux": (["attn", "context_attn"], ["mlp", "context_mlp", "attn_mlp"]),
+    "sana": (["attn", "cross_attn"], ["mlp"]),
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    out = {}
+    for family in KINDS:
+        path = str(tmp_path_factory.mktemp(f"tiny-{family}"))
+        (tiny_pipeline() if family == "emoji-mmdit" else pipelines.build(family)).save_pretrained(path)
+        out[family] = path
+    return out
+
+
+@pytest.fixture(scope="module")
+def layout(folders):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FORA_EXTRA_MODELS", ",".join(folders.values()))
+        mp.setenv("FORA_MAX_LOADED_MODELS", "4")
+        import app  # noqa: F401  (the server's settings: one torch thread)
+        from ui.layout import build_layout
+
+        yield build_layout()
+
+
+def prompt_for(family: str) -> str:
+    return "a small cat on the left on a red background" if family == "emoji-mmdit" else "a red bicycle"
+
+
+def generate(layout, model, prompt, steps=4, interval=2, **kw):
+    args = dict(
+        model_key=model,
+        label=None,
+        prompt=prompt,
+        steps=steps,
+        interval=interval,
+        seed=0,
+        guidance=4.0,
+        cache_attn=True,
+        cache_cross_attn=True,
+        cache_mlp=True,
+        cache_start=0,
+        cache_end=0,
+        blocks="",
+        block_choice="",
+    )
+    args.update(kw)
+    return list(layout.compare.generate(**args))
+
+
+@pytest.mark.parametrize("family", sorted(KINDS))
+def test_a_text_model_through_compare_sweep_and_policies(layout, folders, family):
+    import gradio as gr
+
+    s, c = layout.settings, layout.compare
+    model = folders[family]
+    # choosing it: the prompt box with an example, the example list, the family's modules
+    change = s.on_model_change(model, "attn")
+    assert change[s.prompt]["visible"] and not change[s.label]["visible"]
+    examples = change[s.examples]["choices"]
+    expected = load_prompts(EMOJI_EVAL_PROMPTS) if family == "emoji-mmdit" else load_prompts()
+    assert len(examples) == 8 and set(examples) <= set(expected) and change[s.prompt]["value"] == examples[0]
+    attention, mlps = KINDS[family]
+    assert change[c.kind_choice]["choices"] == [
+        k
+        for k in ("attn", "context_attn", "attn2", "cross_attn", "mlp", "context_mlp", "attn_mlp")
+        if k in attention + mlps
+    ]
+
+    # Compare: images, metrics and a map panel per kind of the family, on one colour scale
+    final = shown(generate(layout, model, prompt_for(family)))
+    assert final[c.status].startswith("done: N=2")
+    base, cached = final[c.base_img], final[c.fora_img]
+    assert base.shape == cached.shape and not np.array_equal(base, cached)
+    for figure, kinds in ((final[c.heat_attn], attention), (final[c.heat_mlp], mlps)):
+        panels = [a.text for a in figure.layout.annotations]
+        assert len(figure.data) == len(kinds) == len(panels), (family, panels)
+        assert all(np.isfinite(np.asarray(t.z, dtype=float)).any() for t in figure.data)
+    table = dict(final[c.metrics])
+    full = len(full_steps(4, 2))
+    assert table["full / reuse steps"] == f"{full} / {4 - full}"
+
+    # a context-stream kind's step x step map redraws from the kept result
+    token = final[c.last]
+    from ui.tabs import compare as compare_tab
+
+    assert compare_tab.redraw_pairwise(token, "0", attention[-1], model).to_dict()["data"]
+
+    # Sweep: the prompt through N = 1, 2 with the same seed
+    outs = list(layout.sweep.sweep(model, None, prompt_for(family), 4, 0, 4.0, ["1", "2"], 1))
+    assert shown(outs)[layout.sweep.status].startswith("done")
+
+    # Policies: FORA and a plan calibrated on the model's calibration prompts
+    outs = list(layout.policies.policies(model, None, prompt_for(family), 6, 0, 4.0, ["FORA", "calibrated"], 2))
+    final = shown(outs)
+    rows = final[layout.policies.table]
+    names = [r[0].split()[0] for r in np.asarray(rows.values if hasattr(rows, "values") else rows)]
+    assert names == ["fora", "calibrated"]
+
+    # a word the emoji model does not know is refused before anything runs, naming it
+    if family == "emoji-mmdit":
+        with pytest.raises(gr.Error, match="unknown word.*'bicycle'"):
+            generate(layout, model, "a red bicycle")
