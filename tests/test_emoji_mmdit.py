@@ -172,3 +172,35 @@ def test_the_shipped_model_loads_offline_and_generates():
     pipe.set_progress_bar_config(disable=True)
     out = images(pipe, steps=4)
     assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+
+
+def test_the_prompt_following_checks_score_renders_as_right_and_catch_wrong_ones():
+    """The checks are validated where the truth is known: renders of held-out captions pass them (their ceiling),
+    and renders of another caption fail the claims that differ."""
+    from analysis.metrics.prompt_following import accuracies, check_scene
+    from embedded.emoji.render import render_glyphs
+    from embedded.emoji_mmdit.classifier import load_object_classifier
+
+    classifier = load_object_classifier()
+    scenes = held_out_captions(128)
+    rng, glyphs = np.random.default_rng(7), render_glyphs()
+    renders = [render_scene(s, rng, 32, glyphs) for s in scenes]
+    right = accuracies([check_scene(im, s, classifier) for im, s in zip(renders, scenes)])
+    assert right["object"]["right"] >= 0.98 and right["colour"]["right"] == 1.0
+    assert right["position"]["right"] >= 0.95 and right["size"]["right"] >= 0.95
+    assert right["count"]["count"] >= 4 and right["count"]["right"] >= 0.75
+    # the same images judged against a caption that says something else
+    wrong = []
+    for im, s in zip(renders, scenes):
+        if len(s.emoji) == 1 and s.colour is not None and s.position is not None:
+            other = Scene(
+                ("rocket" if s.emoji[0] != "rocket" else "cat",),
+                None,
+                "on the right" if s.position == "on the left" else "on the left",
+                "white" if s.colour == "black" else "black",
+            )
+            wrong.append(check_scene(im, other, classifier))
+    assert len(wrong) >= 10
+    caught = accuracies(wrong)
+    assert caught["object"]["right"] <= 0.05 and caught["colour"]["right"] == 0.0
+    assert caught["position"]["right"] <= 0.4  # "in the middle" and the vertical ones are neither left nor right
