@@ -195,6 +195,23 @@ def test_the_reservation_counts_each_models_calls():
         gpu._sweep_seconds(sweep)
     assert gpu._sweep_seconds(replace(sweep, model_key="dit-xl-2-512")) < gpu.GPU_MAX_SECONDS
 
+    # issue 19 item 2: every family has its own rate; a duration grows with the steps and the resolution
+    assert compare("sd3.5-medium") < compare("flux.1-dev") <= gpu.GPU_MAX_SECONDS  # a 1024-px FLUX comparison fits
+    assert compare("sana-1600m-1024") < compare("sd3.5-medium")  # 1024 tokens of Sana's 32x autoencoder
+    assert compare("emoji-mmdit") < compare("dit-xl-2-256")
+    for key in ("pixart-alpha-1024", "flux.1-dev", "sd3.5-medium"):
+        assert compare(key, steps=10) < compare(key, steps=20) < compare(key, steps=30)
+
+    def sized(key, side):
+        job = form.GenerateJob(key, Request(prompt="a cat", steps=20, height=side, width=side), ForaConfig())
+        return gpu._compare_seconds(job)
+
+    assert sized("flux.1-dev", 512) < compare("flux.1-dev") == sized("flux.1-dev", 1024) < sized("flux.1-dev", 1152)
+    # attention is quadratic in the tokens: twice the pixels cost more than twice the steps' share
+    one, two = gpu.GPU_COSTS["sd3.5-medium"].step_s(1024**2), gpu.GPU_COSTS["sd3.5-medium"].step_s(2 * 1024**2)
+    assert 2 * one < two < 4 * one
+    assert gpu.GPU_COSTS["flux.1-dev"].guidance_batch == 1 and gpu.GPU_COSTS["sd3.5-medium"].guidance_batch == 2
+
 
 def test_a_request_past_the_reservation_cap_is_refused_before_the_gpu(zapp, monkeypatch):
     monkeypatch.setitem(gpu.compare_on_gpu.__wrapped__.__globals__, "GPU_MAX_SECONDS", 11)

@@ -13,6 +13,7 @@ from analysis.comparison import recorded_kinds
 from analysis.metrics.similarity import default_blocks
 from fora import ForaConfig
 from fora.generate import Request, class_id, is_text_conditional
+from fora.loading import MODELS
 from fora.timing import paired_calls
 
 STEPS_RANGE = (2, 100)  # the steps slider's range
@@ -120,8 +121,9 @@ def check_budget(steps: int, what: str) -> None:
         )
 
 
-def parse_request(pipe, label, prompt, steps, seed, guidance) -> Request:
-    """Class or prompt, steps, seed and guidance as a `Request` for `pipe`."""
+def parse_request(pipe, label, prompt, steps, seed, guidance, model_key: str | None = None) -> Request:
+    """Class or prompt, steps, seed and guidance as a `Request` for `pipe`; a known model's card arguments
+    (`ModelSpec.call_kwargs`: e.g. Lumina 2's CFG truncation) go with a text model's request."""
     steps = integer("steps", steps, *STEPS_RANGE)
     seed = integer("seed", seed, 0, SEED_MAX)
     lo, hi = GUIDANCE_RANGE
@@ -139,7 +141,9 @@ def parse_request(pipe, label, prompt, steps, seed, guidance) -> Request:
             raise ValueError(f"prompt has {len(prompt)} characters: allowed 1..{PROMPT_MAX}")
         if hasattr(pipe, "check_prompt"):  # a model with its own vocabulary (the embedded MMDiT) names unknown words
             pipe.check_prompt(prompt)
-        return Request(prompt=prompt, steps=steps, seed=seed, guidance=guidance)
+        spec = MODELS.get(model_key) if model_key else None
+        options = tuple(spec.call_kwargs.items()) if spec else ()
+        return Request(prompt=prompt, steps=steps, seed=seed, guidance=guidance, options=options)
     if label is None or str(label).strip() == "":
         raise ValueError("no class chosen: pick one of the model's classes")
     if isinstance(label, bool) or not isinstance(label, (str, int)):
@@ -269,7 +273,7 @@ def parse_generate(
 ) -> GenerateJob:
     """The Compare tab's values as a checked `GenerateJob` (budget included). `policy` "calibrated" or
     "calibrated-o1" runs the known plan (`plans`) at FORA N = `interval`'s cost instead of FORA."""
-    request = parse_request(pipe, label, prompt, steps, seed, guidance)
+    request = parse_request(pipe, label, prompt, steps, seed, guidance, model_key)
     config = parse_config(
         interval,
         request.steps,
@@ -312,7 +316,7 @@ def parse_sweep(
     blocks="",
 ) -> SweepJob:
     """The Sweep tab's values (with the seed and the Advanced settings) as a checked `SweepJob`."""
-    request = parse_request(pipe, label, prompt, steps, seed, guidance)
+    request = parse_request(pipe, label, prompt, steps, seed, guidance, model_key)
     try:
         chosen = sorted({int(n) for n in (intervals or [])})
     except (TypeError, ValueError):
@@ -363,7 +367,7 @@ def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, c
     """The Policies tab's values as a checked `PolicyJob` (budget included, counting plans still to calibrate)."""
     from analysis.arena.policies import MAX_POLICIES, POLICIES, PolicyJob
 
-    request = parse_request(pipe, label, prompt, steps, seed, guidance)
+    request = parse_request(pipe, label, prompt, steps, seed, guidance, model_key)
     chosen = list(dict.fromkeys([chosen] if isinstance(chosen, str) else (chosen or [])))
     if not chosen:
         raise ValueError("no policy chosen: tick one to three")

@@ -34,6 +34,7 @@ GPU_MAX_SECONDS = int(os.environ.get("FORA_GPU_MAX_SECONDS", "300"))  # ZeroGPU'
 GPU_SECONDS_SCALE = float(os.environ.get("FORA_GPU_SECONDS_SCALE", "1.0"))
 GPU_OVERHEAD_SECONDS = 10  # worker start, moving the model to the GPU
 ASSUMED_TFLOPS = 100.0  # sustained float16 throughput assumed: a tenth of an H200's dense peak (989 TFLOP/s)
+LARGE_TFLOPS = 300.0  # for models of 10 T multiply-adds a step and more (FLUX.1 at 1024 px: ~0.4 s a forward)
 STEP_FLOOR_S = 0.015  # below this a step is bound by kernel launches and the hooks' Python, not by FLOPs
 OBSERVED_STEP_S = 0.01  # an observed step's host reads (similarity, predictions), on top of its doubled cost
 MARGIN = 1.5
@@ -45,34 +46,56 @@ class GpuCost:
 
     step_tmac: float  # one uncached forward pass for one image at the model's resolution, in multiply-adds
     call_s: float  # the rest of a call: text encoding, the VAE decode, the image back to the host
+    native_px: int = 1024 * 1024  # the resolution step_tmac is for
+    attention: float = 0.15  # the share of step_tmac in attention's token x token products (quadratic in pixels)
+    guidance_batch: int = 2  # forwards per step: 2 with classifier-free guidance, 1 for guidance-distilled FLUX
+    tflops: float = ASSUMED_TFLOPS  # sustained: 300 for the 10 T multiply-add models, whose matmuls run near peak
 
-    def step_s(self) -> float:
-        """One uncached denoising step, the guidance batch of two included (2 FLOPs per multiply-add)."""
-        return max(STEP_FLOOR_S, 2 * 2 * self.step_tmac / ASSUMED_TFLOPS)
+    def step_s(self, pixels: int | None = None) -> float:
+        """One uncached denoising step at `pixels` (default: native), all its forwards (2 FLOPs per multiply-add);
+        linear layers scale with the pixels, attention with their square."""
+        r = (pixels or self.native_px) / self.native_px
+        tmac = self.step_tmac * ((1 - self.attention) * r + self.attention * r * r)
+        return max(STEP_FLOOR_S, self.guidance_batch * 2 * tmac / self.tflops)
 
 
-# forward cost from the DiT paper (Table 4: XL/2 118.6 "Gflops" at 256 px, 524.6 at 512, counted as multiply-adds);
-# PixArt-alpha is DiT-XL/2's width and depth plus cross-attention (~0.6 T at 512 px), and at 1024 px has 4x the
-# tokens (linear layers 4x, attention 16x: ~2.7 T). Calls: VAE decodes of 256 to 1024 px, T5-XXL's encoding
+# forward multiply-adds per image: from the DiT paper (Table 4: XL/2 118.6 "Gflops" at 256 px, 524.6 at 512,
+# counted as multiply-adds); for the others parameters x tokens plus attention (layers x tokens^2 x width x 2), at
+# their native size: PixArt-alpha/Sigma 1024 (DiT-XL/2's blocks plus cross-attention, 4096 tokens), SD3.5 Medium
+# (2.5B, 4096 + 333 tokens), FLUX.1 (12B, 4096 + 512 tokens, one forward per step), Sana 1.6B (1024 tokens of its
+# 32x autoencoder, linear attention), HunyuanDiT (1.5B, 4096 tokens), Lumina 2 (2.6B, 4096 + 256 tokens),
+# Qwen-Image (20B, 6889 + ~100 tokens at 1328 px). Calls: text encoders (T5-XXL, Gemma-2, Qwen2.5-VL) and the VAE
+# decode at the native size
 GPU_COSTS = {
-    "emoji-dit": GpuCost(0.0001, 0.05),
-    "emoji-mmdit": GpuCost(0.0002, 0.05),
-    "dit-xl-2-256": GpuCost(0.119, 0.2),
-    "dit-xl-2-512": GpuCost(0.525, 0.5),
-    "pixart-alpha-512": GpuCost(0.6, 1.0),
+    "emoji-dit": GpuCost(0.0001, 0.05, 32 * 32),
+    "emoji-mmdit": GpuCost(0.0002, 0.05, 32 * 32),
+    "dit-xl-2-256": GpuCost(0.119, 0.2, 256 * 256, 0.05),
+    "dit-xl-2-512": GpuCost(0.525, 0.5, 512 * 512, 0.15),
+    "pixart-alpha-512": GpuCost(0.6, 1.0, 512 * 512, 0.1),
     "pixart-alpha-1024": GpuCost(2.7, 2.0),
+    "pixart-sigma-1024": GpuCost(2.7, 2.0),
+    "sd3.5-medium": GpuCost(11.0, 2.0, tflops=LARGE_TFLOPS),
+    "flux.1-schnell": GpuCost(62.0, 2.0, guidance_batch=1, tflops=LARGE_TFLOPS),
+    "flux.1-dev": GpuCost(62.0, 2.0, guidance_batch=1, tflops=LARGE_TFLOPS),
+    "sana-1600m-1024": GpuCost(1.7, 1.5, attention=0.02),
+    "hunyuan-dit-1.2": GpuCost(8.0, 2.0, attention=0.25, tflops=LARGE_TFLOPS),
+    "lumina-image-2": GpuCost(13.6, 2.0, attention=0.17, tflops=LARGE_TFLOPS),
+    "qwen-image": GpuCost(158.0, 2.5, 1328 * 1328, 0.11, tflops=LARGE_TFLOPS),
+    "wan2.1-t2v-1.3b": GpuCost(140.0, 8.0, 480 * 832 * 81, 0.7, tflops=LARGE_TFLOPS),
 }
-UNKNOWN_COST = GpuCost(2.7, 2.0)  # an operator's model (FORA_EXTRA_MODELS): the largest listed
+UNKNOWN_COST = GpuCost(2.7, 2.0)  # an operator's model (FORA_EXTRA_MODELS): PixArt at 1024 px
 
 
-def gpu_seconds(model_key: str, steps: int, observed_calls: int, plain_calls: int) -> int:
+def gpu_seconds(model_key: str, steps: int, observed_calls: int, plain_calls: int, pixels: int | None = None) -> int:
     """The `duration` asked of ZeroGPU for a job of pipeline calls of `steps` steps each: `observed_calls` recorded
-    (maps, predictions: twice a step's cost and its host reads) and `plain_calls` timed without observers. Raises
+    (maps, predictions: twice a step's cost and its host reads) and `plain_calls` timed without observers, at
+    `pixels` per image (default: the model's native size; the calls' decode grows with it too). Raises
     `ValueError` past `FORA_GPU_MAX_SECONDS`, before anything runs: ZeroGPU would stop the call there."""
     cost = GPU_COSTS.get(model_key, UNKNOWN_COST)
-    step = cost.step_s()
-    observed = observed_calls * (cost.call_s + steps * (2 * step + OBSERVED_STEP_S))
-    plain = plain_calls * (cost.call_s + steps * step)
+    step = cost.step_s(pixels)
+    call = cost.call_s * max(1.0, (pixels or cost.native_px) / cost.native_px)
+    observed = observed_calls * (call + steps * (2 * step + OBSERVED_STEP_S))
+    plain = plain_calls * (call + steps * step)
     seconds = int(GPU_OVERHEAD_SECONDS + MARGIN * GPU_SECONDS_SCALE * (observed + plain)) + 1
     if seconds > GPU_MAX_SECONDS:
         raise ValueError(
@@ -83,12 +106,18 @@ def gpu_seconds(model_key: str, steps: int, observed_calls: int, plain_calls: in
     return seconds
 
 
+def _pixels(request) -> int | None:
+    """A request's pixels per image when it sets its size (None: the model's native size)."""
+    return request.height * request.width if request.height and request.width else None
+
+
 def _compare_seconds(job: form.GenerateJob, baseline=None) -> int:
-    return gpu_seconds(job.model_key, job.request.steps, *job.pipeline_calls(baseline_cached=baseline is not None))
+    calls = job.pipeline_calls(baseline_cached=baseline is not None)
+    return gpu_seconds(job.model_key, job.request.steps, *calls, pixels=_pixels(job.request))
 
 
 def _sweep_seconds(job: form.SweepJob) -> int:
-    return gpu_seconds(job.model_key, job.request.steps, *job.pipeline_calls())
+    return gpu_seconds(job.model_key, job.request.steps, *job.pipeline_calls(), pixels=_pixels(job.request))
 
 
 def _policies_seconds(job, plans: dict) -> int:
@@ -96,7 +125,8 @@ def _policies_seconds(job, plans: dict) -> int:
     # rest (the policies' sweeps, the bisection, the candidates, the timed pairs) runs without observers
     calls = job.denoising_steps(len(job.missing_plans(plans))) // job.request.steps
     observed = 1 + len(job.policies) + (CALIBRATION_SAMPLES if job.missing_plans(plans) else 0)
-    return gpu_seconds(job.model_key, job.request.steps, min(observed, calls), max(0, calls - observed))
+    observed, plain = min(observed, calls), max(0, calls - observed)
+    return gpu_seconds(job.model_key, job.request.steps, observed, plain, pixels=_pixels(job.request))
 
 
 @GPU(duration=_compare_seconds)
