@@ -1,5 +1,5 @@
-"""cache-dit's DBCache (Dual Block Cache; vipshop/cache-dit, pinned 1.5.3) as a peer of FORA on DiT and PixArt
-pipelines, made correct.
+"""cache-dit's DBCache (Dual Block Cache; vipshop/cache-dit, pinned 1.5.3) as a peer of FORA on DiT, PixArt, SD3
+(and the embedded MMDiT) and Sana pipelines, made correct.
 
 DBCache: every step runs the first `Fn` blocks; when the relative mean absolute change of their residual since the
 last step that computed everything is below a threshold (and the warm-up is over), the middle blocks are skipped and
@@ -26,9 +26,12 @@ Applied as cache-dit ships it, it is wrong or leaves traces on these pipelines (
 5. the `BlockAdapter` constructor already patches the transformer (`block_adapters/block_adapters.py:126`), and an
    adapter that fails its checks is returned uncached without an error (`cache_adapter.py:99`).
 
-`apply_cache_dit` uses cache-dit's own `BlockAdapter` on the transformer, with DiT's forward pattern (Pattern_3: a
-block takes and returns the hidden states; DiT also gets cache-dit's patch functor for its final layer's read of
-block 0), so no class is patched. A forward pre-hook on the transformer resets every cache context (`reset_context`,
+`apply_cache_dit` uses cache-dit's own `BlockAdapter` on the transformer, with the forward pattern cache-dit's own
+adapter registry gives the family (`block_adapters/adapters.py`): Pattern_3 for DiT, PixArt and Sana (a block takes
+and returns the hidden states; DiT also gets cache-dit's patch functor for its final layer's read of block 0),
+Pattern_1 for SD3's joint blocks (they take both streams and return `(encoder_hidden_states, hidden_states)`; both
+streams' residuals are cached, and with Bn >= 1 the TaylorSeer calibrator extrapolates the text stream's too), so no
+class is patched. A forward pre-hook on the transformer resets every cache context (`reset_context`,
 as cache-dit's own per-call wrapper does) whenever the scheduler's timesteps are set anew (`RunTracker`), with the
 run's length; the knobs are checked against the model before anything is applied; `remove_cache_dit` calls
 `disable_cache` and undoes what it leaves. `cache_dit` is imported on first use: importing it gives each of its
@@ -45,17 +48,21 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .apply import timestep_index
 from .runs import RunTracker
 
 _MAX_TAYLOR_ORDER = 2
-_SUPPORTED = "DiTPipeline, EmojiDiTPipeline (the embedded model), PixArtAlphaPipeline, PixArtSigmaPipeline"
+_SUPPORTED = (
+    "DiTPipeline, EmojiDiTPipeline and EmojiMMDiTPipeline (the embedded models), PixArtAlphaPipeline, "
+    "PixArtSigmaPipeline, StableDiffusion3Pipeline, SanaPipeline"
+)
 _LEFT_BY_DISABLE = ("forward", "_is_patched", "_norm1_emb")  # what disable_cache leaves on the transformer
 
 
 @dataclass(frozen=True)
 class CacheDiTConfig:
     r"""
-    cache-dit's DBCache on a DiT/PixArt pipeline (`apply_cache_dit`).
+    cache-dit's DBCache on a DiT, PixArt, SD3 or Sana pipeline (`apply_cache_dit`).
 
     Args:
         threshold (`float`, defaults to 0.08):
@@ -96,8 +103,9 @@ class CacheDiTConfig:
     def name(self) -> str:
         return "dbcache" if self.taylorseer_order is None else "dbcache-taylorseer"
 
-    def cache_dit_configs(self, num_steps: int | None = None) -> tuple:
-        """cache-dit's `DBCacheConfig` and `TaylorSeerCalibratorConfig` (or `None`) for a run of `num_steps`."""
+    def cache_dit_configs(self, num_steps: int | None = None, encoder_stream: bool = False) -> tuple:
+        """cache-dit's `DBCacheConfig` and `TaylorSeerCalibratorConfig` (or `None`) for a run of `num_steps`;
+        `encoder_stream`: the blocks return a text stream too (SD3), which the calibrator then extrapolates."""
         from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
 
         cache = DBCacheConfig(
@@ -105,14 +113,16 @@ class CacheDiTConfig:
             Bn_compute_blocks=self.bn_blocks,
             residual_diff_threshold=float(self.threshold),
             max_warmup_steps=self.warmup,
-            enable_separate_cfg=False,  # DiT and PixArt batch the guidance halves into one call
+            enable_separate_cfg=False,  # these pipelines batch the guidance halves into one call
             num_inference_steps=num_steps,
         )
         if self.taylorseer_order is None:
             return cache, None
-        # no encoder stream in these blocks (Pattern_3): its calibrator would stay unused
+        # Pattern_3 blocks have no encoder stream: its calibrator would stay unused. With Bn = 0, cache-dit 1.5.3's
+        # encoder calibrator fails at the first skipped step (`calibrators/taylorseer.py:229`, "State
+        # 'transformer_blocks_Bn_residual' not found"): there the text stream's residual is reused as it is
         calibrator = TaylorSeerCalibratorConfig(
-            taylorseer_order=self.taylorseer_order, enable_encoder_calibrator=False
+            taylorseer_order=self.taylorseer_order, enable_encoder_calibrator=encoder_stream and self.bn_blocks > 0
         )
         return cache, calibrator
 
@@ -130,9 +140,11 @@ class CacheDiTRun:
 class CacheDiTHandle:
     """Returned by `apply_cache_dit`: the config, the record of the most recent run, and what removal undoes."""
 
-    def __init__(self, pipeline, config: CacheDiTConfig, num_blocks: int):
+    def __init__(self, pipeline, config: CacheDiTConfig, num_blocks: int, encoder_stream: bool = False):
         self.config = config
         self.num_blocks = num_blocks
+        self.encoder_stream = encoder_stream
+        self._timestep_index = timestep_index(pipeline.transformer)
         self.last_run: CacheDiTRun | None = None
         self.runs = RunTracker(pipeline, transformer=pipeline.transformer)  # a run is one pipeline call
         self._adapter = None
@@ -155,7 +167,8 @@ class CacheDiTHandle:
         return run.steps_done * self.num_blocks - len(run.cached_steps) * skipped
 
     def _pre_forward(self, module, args, kwargs):
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        index = self._timestep_index
+        timestep = kwargs.get("timestep", args[index] if index is not None and len(args) > index else None)
         new_run = self.runs.begin_call(timestep)
         if not self.runs.primary:
             raise RuntimeError(
@@ -163,7 +176,7 @@ class CacheDiTHandle:
                 f"runs here on pipelines with one call per step only ({_SUPPORTED})"
             )
         if new_run is not None:
-            cache, calibrator = self.config.cache_dit_configs(new_run)
+            cache, calibrator = self.config.cache_dit_configs(new_run, self.encoder_stream)
             kwargs = {"cache_config": cache} | ({"calibrator_config": calibrator} if calibrator is not None else {})
             for name in self._contexts:  # a fresh context: step count, buffers, calibrator states
                 self._manager.reset_context(name, **copy.deepcopy(kwargs))
@@ -179,9 +192,10 @@ class CacheDiTHandle:
 
 
 def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
-    """Apply cache-dit's DBCache to a DiT or PixArt pipeline, correctly (see the module doc): a fresh cache context
-    for every pipeline call, nothing patched on a class. `remove_cache_dit` (or `fora.peers.remove_peer`) restores
-    the transformer exactly. Other pipelines, and knobs the model cannot take, are refused with a `ValueError`.
+    """Apply cache-dit's DBCache to a DiT, PixArt, SD3 or Sana pipeline, correctly (see the module doc): a fresh
+    cache context for every pipeline call, nothing patched on a class. `remove_cache_dit` (or
+    `fora.peers.remove_peer`) restores the transformer exactly. Other pipelines, and knobs the model cannot take,
+    are refused with a `ValueError`.
 
     Example:
 
@@ -200,13 +214,13 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
     if not isinstance(pipe, _supported_pipelines()):
         raise ValueError(
             f"{type(pipe).__name__}: cache-dit's DBCache runs here on {_SUPPORTED} (one transformer call per step, "
-            "DiT/PixArt blocks)"
+            "one block list)"
         )
-    blocks = _block_list(transformer)
+    blocks, pattern_name = _block_list(transformer)
     if blocks is None:
         raise ValueError(
             f"{type(pipe).__name__} with a {type(transformer).__name__}: cache-dit's DBCache runs here on "
-            "DiTTransformer2DModel and PixArtTransformer2DModel"
+            "DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel and SanaTransformer2DModel"
         )
     if any(getattr(transformer, a, None) is not None for a in ("_fora_handle", "_peer_handle", "_diffusers_hook")):
         raise ValueError("a cache is already applied to this model; remove it first (remove_fora / remove_peer)")
@@ -228,15 +242,16 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
     from cache_dit.caching.patch_functors import DiTPatchFunctor
     from diffusers import DiTTransformer2DModel
 
-    handle = CacheDiTHandle(pipe, config, num_blocks)
+    encoder_stream = pattern_name == "Pattern_1"
+    handle = CacheDiTHandle(pipe, config, num_blocks, encoder_stream)
     handle._module_order = list(transformer._modules)
-    cache, calibrator = config.cache_dit_configs()
+    cache, calibrator = config.cache_dit_configs(encoder_stream=encoder_stream)
     try:
         with _quiet():
             handle._adapter = BlockAdapter(
                 transformer=transformer,
                 blocks=blocks,
-                forward_pattern=ForwardPattern.Pattern_3,
+                forward_pattern=getattr(ForwardPattern, pattern_name),
                 # DiT's final layer reads block 0's embedding, which the cached block list hides
                 patch_functor=DiTPatchFunctor() if isinstance(transformer, DiTTransformer2DModel) else None,
                 check_forward_pattern=True,
@@ -288,20 +303,44 @@ def _undo(transformer: torch.nn.Module, handle: CacheDiTHandle) -> None:
 
 
 def _supported_pipelines() -> tuple:
-    from diffusers import DiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline
+    from diffusers import (
+        DiTPipeline,
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+        SanaPipeline,
+        StableDiffusion3Pipeline,
+    )
 
     from embedded.emoji.pipeline import EmojiDiTPipeline
+    from embedded.emoji_mmdit.pipeline import EmojiMMDiTPipeline
 
-    return (DiTPipeline, EmojiDiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline)
+    return (
+        DiTPipeline,
+        EmojiDiTPipeline,
+        EmojiMMDiTPipeline,
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+        StableDiffusion3Pipeline,
+        SanaPipeline,
+    )
 
 
-def _block_list(transformer: torch.nn.Module) -> torch.nn.ModuleList | None:
-    """The block list DBCache wraps: `transformer_blocks` of a DiT or PixArt transformer (`BasicTransformerBlock`s)."""
-    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
+def _block_list(transformer: torch.nn.Module) -> tuple[torch.nn.ModuleList | None, str]:
+    """The block list DBCache wraps, `transformer_blocks`, and cache-dit's forward pattern for its blocks (what
+    cache-dit's adapter registry uses for the family): Pattern_3 (hidden states in and out) for DiT, PixArt and
+    Sana, Pattern_1 (both streams in, `(encoder, hidden)` out) for SD3's joint blocks."""
+    from diffusers import (
+        DiTTransformer2DModel,
+        PixArtTransformer2DModel,
+        SanaTransformer2DModel,
+        SD3Transformer2DModel,
+    )
 
-    if not isinstance(transformer, (DiTTransformer2DModel, PixArtTransformer2DModel)):
-        return None
-    return transformer.transformer_blocks
+    if isinstance(transformer, (DiTTransformer2DModel, PixArtTransformer2DModel, SanaTransformer2DModel)):
+        return transformer.transformer_blocks, "Pattern_3"
+    if isinstance(transformer, SD3Transformer2DModel):
+        return transformer.transformer_blocks, "Pattern_1"
+    return None, ""
 
 
 _QUIET_LOCK = threading.Lock()

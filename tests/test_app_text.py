@@ -110,12 +110,13 @@ def test_a_text_model_through_compare_sweep_and_policies(layout, folders, family
     outs = list(layout.sweep.sweep(model, None, prompt_for(family), 4, 0, 4.0, ["1", "2"], 1))
     assert shown(outs)[layout.sweep.status].startswith("done")
 
-    # Policies: FORA and a plan calibrated on the model's calibration prompts
-    outs = list(layout.policies.policies(model, None, prompt_for(family), 6, 0, 4.0, ["FORA", "calibrated"], 2))
+    # Policies: FORA, a plan calibrated on the model's calibration prompts, cache-dit's DBCache at the cost
+    chosen = ["FORA", "calibrated"] + ([] if family == "flux" else ["DBCache"])  # DBCache: one block list only
+    outs = list(layout.policies.policies(model, None, prompt_for(family), 6, 0, 4.0, chosen, 2))
     final = shown(outs)
     rows = final[layout.policies.table]
     names = [r[0].split()[0] for r in np.asarray(rows.values if hasattr(rows, "values") else rows)]
-    assert names == ["fora", "calibrated"]
+    assert names == [c.split()[0].lower() for c in chosen]
 
     # a word the emoji model does not know is refused before anything runs, naming it
     if family == "emoji-mmdit":

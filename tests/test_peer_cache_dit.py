@@ -9,6 +9,7 @@ from conftest import make_dit_pipeline, make_pixart_pipeline, run_dit, run_pixar
 from analysis.arena.dbcache import dbcache_at_budget, dbcache_sweep
 from analysis.metrics.compute_map import ComputeMap
 from fora import ForaConfig, apply_fora, full_steps
+from fora.apply import find_blocks
 from fora.peer_cache_dit import CacheDiTConfig, apply_cache_dit, remove_cache_dit
 from fora.peers import apply_cache, apply_peer, fbcache, remove_peer
 
@@ -212,14 +213,57 @@ def test_measured_cost_equals_the_calls_that_executed(model, request):
         )
 
 
+# ---- the text-to-image families: SD3 joint blocks (Pattern_1), Sana (Pattern_3), the embedded MMDiT ---------------
+@pytest.mark.parametrize("family", ["sd3", "sana", "emoji-mmdit"])
+@pytest.mark.parametrize("order", [None, 1], ids=["dbcache", "taylorseer"])
+def test_text_families_reset_between_calls_cost_what_ran_and_remove_exactly(family, order):
+    from pipelines import build
+    from test_emoji_mmdit import tiny_pipeline
+
+    from fora.generate import Request, generate
+
+    pipe = tiny_pipeline() if family == "emoji-mmdit" else build(family)
+    prompt = "a cat" if family == "emoji-mmdit" else "a red bicycle"
+    run = lambda steps: generate(pipe, Request(prompt=prompt, steps=steps, guidance=4.0))  # noqa: E731
+    before = snapshot(pipe.transformer)
+    base = run(10)
+    handle = apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=2, taylorseer_order=order))
+    modules = [  # every attention and MLP module of every block (FORA's block specs name them)
+        m
+        for _, block, spec in find_blocks(pipe.transformer)
+        for m in (getattr(block, child, None) for child, _ in spec.modules)
+        if m is not None
+    ]
+    executed = []
+    hooks = [m.register_forward_hook(lambda mod, a, o: executed.append(mod)) for m in modules]
+    try:
+        with ComputeMap(pipe.transformer) as cmap:
+            first = run(10)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    try:
+        alone_7 = run(7)
+        assert same(run(10), first) and same(run(7), alone_7)  # each call starts clean, whatever ran before
+        assert handle.last_run.num_steps == 7
+    finally:
+        remove_peer(pipe)
+    assert not same(first, base)
+    # cost: what the compute map counted is what executed: every module call of the first run, no more, no fewer
+    assert cmap.computed_calls == len(executed) < 10 * len(modules)
+    attn = cmap.matrix("attn")
+    assert attn[0].all() and attn[:, :2].all() and not attn[1:].all()  # block 0 always; warm-up 2: steps 0, 1
+    assert same(run(10), base) and snapshot(pipe.transformer) == before
+
+
 # ---- refusals ------------------------------------------------------------------------------------------------------
 def test_unsupported_pipelines_and_knobs_are_refused_and_leave_the_model_as_it_was(dit_pipe):
     from pipelines import build
 
-    sd3 = build("sd3")
-    with pytest.raises(ValueError, match=r"StableDiffusion3Pipeline: cache-dit's DBCache runs here on DiTPipeline, "):
-        apply_cache_dit(sd3, CacheDiTConfig())
-    assert not hasattr(sd3.transformer, "_peer_handle") and "forward" not in sd3.transformer.__dict__
+    flux = build("flux")  # two block lists: not wired here (yet)
+    with pytest.raises(ValueError, match=r"FluxPipeline: cache-dit's DBCache runs here on DiTPipeline, "):
+        apply_cache_dit(flux, CacheDiTConfig())
+    assert not hasattr(flux.transformer, "_peer_handle") and "forward" not in flux.transformer.__dict__
     with pytest.raises(TypeError, match="needs a diffusers pipeline"):
         apply_cache_dit(dit_pipe.transformer, CacheDiTConfig())
     before = snapshot(dit_pipe.transformer)
