@@ -92,7 +92,14 @@ def main(argv=None) -> int:
     guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
     classifier = load_object_classifier()
     scenes = held_out_captions(args.captions)
-    result = {"model": args.model, "steps": steps, "guidance": guidance, "captions": len(scenes), "rows": []}
+    result = {
+        "model": args.model,
+        "steps": steps,
+        "guidance": guidance,
+        "captions": len(scenes),
+        "rows": [],
+        "threads": args.threads,
+    }
 
     def log(name, row):
         result["rows"].append({"setting": name, **row})
