@@ -184,6 +184,7 @@ def compare_runs(baseline: RunResult, fora: RunResult) -> Comparison:
         "ideal_speedup": (fora.run.computed_calls + fora.run.reused_calls) / fora.run.computed_calls,
         "policy": describe_config(fora.config),
         "computed_calls": fora.run.computed_calls,
+        "module_calls": fora.run.computed_calls + fora.run.reused_calls,
         "cache_bytes": fora.run.cache_bytes,
         **quality,
     }

@@ -23,49 +23,146 @@ H100_SXM_BF16_FLOPS = 989e12  # dense BF16 tensor-core FLOP/s (datasheet, withou
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
+# What one block of each layout caches and computes, per guidance row: (module outputs as (tokens, width) terms,
+# work as attention sequences and MLP token counts). L: image tokens, T: text tokens.
+# - "dit": self-attention and MLP over the image (DiT); with T > 0 also cross-attention to the text (PixArt, Sana,
+#   HunyuanDiT, Wan), whose output is L x D
+# - "joint": SD3 / FLUX double-stream / Qwen-Image: one attention over L + T tokens returning both streams, an image
+#   MLP (L) and a text MLP (T)
+# - "single": FLUX single-stream: attention and MLP over L + T fused and projected, one output of L + T
+# - "unified": Lumina 2's main blocks: attention and MLP over the concatenated L + T sequence, outputs L + T each
+# - "image": an image-only attention and MLP (Lumina 2's noise refiners); "text": the same over T (its context
+#   refiners); "attn2": SD3.5's second self-attention over the image (dual-attention layers)
+LAYOUTS = ("dit", "joint", "single", "unified", "image", "text", "attn2")
+
+
 @dataclass(frozen=True)
 class ModelShape:
+    r"""
+    A checkpoint's shape at its native size, as the cache and the compute it replaces see it.
+
+    Args:
+        name (`str`): the model key.
+        blocks (`int`): blocks of the first (or only) layout.
+        hidden (`int`): the blocks' width D.
+        tokens (`int`): image tokens per sample L ((resolution / 8 / patch)^2 for latent models; Wan: frames too).
+        text_tokens (`int`, defaults to 0): text tokens T (cross-attention keys, or the text stream of joint blocks).
+        layout (`str`, defaults to `"dit"`): the first blocks' layout (`LAYOUTS`).
+        more (`tuple`, defaults to `()`): further (layout, blocks) groups (FLUX's single-stream blocks, ...).
+        mlp_ratio (`float`, defaults to 4): MLP hidden width over D.
+        linear_attention (`bool`, defaults to `False`): self-attention linear in the tokens (Sana).
+        context_pre_only_last (`bool`, defaults to `False`): the last joint block has no text MLP (SD3, the
+            embedded MMDiT).
+        guidance_rows (`int`, defaults to 2): forwards per image and step: 2 with classifier-free guidance (batched
+            or, in Wan, Qwen-Image and Lumina 2, separate calls with a cache each), 1 for FLUX.1's distilled guidance.
+    """
+
     name: str
     blocks: int
     hidden: int
-    tokens: int  # image tokens per sample: (resolution / 8 / patch)^2 for latent models
-    text_tokens: int = 0  # cross-attention keys (PixArt-alpha: 120 T5 tokens); 0: no cross-attention
+    tokens: int
+    text_tokens: int = 0
+    layout: str = "dit"
+    more: tuple = ()
+    mlp_ratio: float = 4.0
+    linear_attention: bool = False  # Sana: keys and values summarised per head (head width 32): no L x L term
+    context_pre_only_last: bool = False  # SD3: the last joint block has no text MLP
+    guidance_rows: int = 2  # rows per image in a step: 2 with classifier-free guidance, 1 for FLUX.1's distilled
+
+    def __post_init__(self):
+        for layout, _ in self.groups:
+            if layout not in LAYOUTS:
+                raise ValueError(f"{self.name}: layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+
+    @property
+    def groups(self) -> tuple:
+        return ((self.layout, self.blocks), *self.more)
+
+    @property
+    def total_blocks(self) -> int:
+        return sum(n for _, n in self.groups)
 
     @property
     def cached_modules(self) -> int:
-        return 3 if self.text_tokens else 2  # attn1 + ff (+ attn2)
+        """Cached modules per block of the first layout (attn + MLP, + cross-attention with text in "dit")."""
+        return {"dit": 3 if self.text_tokens else 2, "joint": 3, "single": 1, "unified": 2}.get(self.layout, 2)
+
+    def cached_elements(self) -> int:
+        """Elements the cache holds per guidance row: every cached module's output, tokens x width, summed."""
+        L, T, D = self.tokens, self.text_tokens, self.hidden
+        per_block = {
+            "dit": (2 + (1 if T else 0)) * L * D,
+            "joint": (L + T) * D + L * D + T * D,  # attention's two streams, image MLP, text MLP
+            "single": (L + T) * D,
+            "unified": 2 * (L + T) * D,
+            "image": 2 * L * D,
+            "text": 2 * T * D,
+            "attn2": L * D,
+        }
+        last = T * D if self.context_pre_only_last else 0  # its attention still returns the text part
+        return sum(per_block[layout] * n for layout, n in self.groups) - last
+
+    def replaced_flops(self) -> float:
+        """FLOPs of the attention and MLP work one reuse step skips per guidance row (2 per multiply-add)."""
+        L, T, D, r = self.tokens, self.text_tokens, self.hidden, self.mlp_ratio
+
+        def attention(q: int, kv: int | None = None) -> float:  # projections, then QK^T and AV
+            kv = q if kv is None else kv
+            scores = 2 * 2 * q * kv * D if not self.linear_attention or kv != q else 2 * 2 * q * D * 32
+            return 2 * (2 * q + 2 * kv) * D * D + scores
+
+        def mlp(n: int) -> float:
+            return 2 * n * 2 * r * D * D
+
+        per_block = {
+            "dit": attention(L) + mlp(L) + (attention(L, T) if T else 0),
+            "joint": attention(L + T) + mlp(L) + mlp(T),
+            "single": attention(L + T) + mlp(L + T),
+            "unified": attention(L + T) + mlp(L + T),
+            "image": attention(L) + mlp(L),
+            "text": attention(T) + mlp(T),
+            "attn2": attention(L),
+        }
+        last = mlp(T) if self.context_pre_only_last else 0
+        return sum(per_block[layout] * n for layout, n in self.groups) - last
 
 
+# each checkpoint at its native size (the model configs on the hub; text tokens at the pipelines' default lengths)
 MODEL_SHAPES = {
     s.name: s
     for s in [
+        ModelShape("emoji-dit", 6, 128, 256),
+        ModelShape("emoji-mmdit", 6, 128, 256, 16, "joint", context_pre_only_last=True),
         ModelShape("dit-xl-2-256", 28, 1152, 256),
         ModelShape("dit-xl-2-512", 28, 1152, 1024),
         ModelShape("pixart-alpha-512", 28, 1152, 1024, 120),
         ModelShape("pixart-alpha-1024", 28, 1152, 4096, 120),
-        ModelShape("emoji-dit", 6, 128, 256),
+        ModelShape("pixart-sigma-1024", 28, 1152, 4096, 300),
+        ModelShape("sd3.5-medium", 24, 1536, 4096, 333, "joint", (("attn2", 13),), context_pre_only_last=True),
+        ModelShape("flux.1-dev", 19, 3072, 4096, 512, "joint", (("single", 38),), guidance_rows=1),
+        ModelShape("flux.1-schnell", 19, 3072, 4096, 256, "joint", (("single", 38),), guidance_rows=1),
+        ModelShape("sana-1600m-1024", 20, 2240, 1024, 300, mlp_ratio=2.5, linear_attention=True),
+        ModelShape("hunyuan-dit-1.2", 40, 1408, 4096, 333, mlp_ratio=4.3637),
+        ModelShape("lumina-image-2", 26, 2304, 4096, 256, "unified", (("image", 2), ("text", 2))),
+        ModelShape("wan2.1-t2v-1.3b", 30, 1536, 21 * 30 * 52, 512, mlp_ratio=8960 / 1536),
+        ModelShape("qwen-image", 60, 3072, 83 * 83, 128, "joint"),
     ]
 }
 
 
 def cache_bytes(shape: ModelShape, batch: int = 1, dtype: str = "float16", guidance: bool = True) -> int:
-    """Bytes the cache holds: every cached module's output, (blocks x modules x batch x tokens x hidden)."""
+    """Bytes the cache holds: every cached module's output (`ModelShape.cached_elements`) per guidance row."""
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
     if batch < 1:
         raise ValueError(f"batch={batch}: must be >= 1")
-    rows = batch * (2 if guidance else 1)
-    return shape.blocks * shape.cached_modules * rows * shape.tokens * shape.hidden * DTYPE_BYTES[dtype]
+    rows = batch * (shape.guidance_rows if guidance else 1)
+    return rows * shape.cached_elements() * DTYPE_BYTES[dtype]
 
 
 def replaced_flops(shape: ModelShape, batch: int = 1, guidance: bool = True) -> float:
     """FLOPs of the attention and MLP work one reuse step skips (2 FLOPs per multiply-add)."""
-    rows = batch * (2 if guidance else 1)
-    L, D, Lt = shape.tokens, shape.hidden, shape.text_tokens
-    attn = 2 * L * 4 * D * D + 2 * 2 * L * L * D  # q, k, v, out projections; QK^T and AV
-    mlp = 2 * L * 2 * 4 * D * D  # D -> 4D -> D
-    cross = (2 * L * 2 * D * D + 2 * Lt * 2 * D * D + 2 * 2 * L * Lt * D) if Lt else 0
-    return rows * shape.blocks * (attn + mlp + cross)
+    return batch * (shape.guidance_rows if guidance else 1) * shape.replaced_flops()
 
 
 def hbm_answer(

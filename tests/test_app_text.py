@@ -99,6 +99,17 @@ def test_a_text_model_through_compare_sweep_and_policies(layout, folders, family
     table = dict(final[c.metrics])
     full = len(full_steps(4, 2))
     assert table["full / reuse steps"] == f"{full} / {4 - full}"
+    # the share computed, the speedup it allows and the measured one, side by side
+    rows = [r[0] for r in final[c.metrics]]
+    assert rows[:3] == [
+        "attention/MLP calls computed",
+        "speedup, ideal (module calls / computed calls)",
+        "speedup, measured (baseline / FORA, median of pairs)",
+    ]
+    computed, total = (int(x) for x in table["attention/MLP calls computed"].split(" (")[0].split(" of "))
+    assert computed == total * full // 4 and table["speedup, ideal (module calls / computed calls)"] == (
+        f"{total / computed:.2f}x"
+    )
 
     # a context-stream kind's step x step map redraws from the kept result
     token = final[c.last]

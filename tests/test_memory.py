@@ -85,3 +85,48 @@ def test_memory_cli_measures_on_the_given_device(capsys):
     assert "measured read ms" in out and "GB/s" in out and "plain copy of 256 MiB" in out
     assert "reads below about " in out and "call-bound: the read took under twice" in out
     assert "dit-xl-2-256" in out and "pixart" not in out
+
+
+@pytest.mark.parametrize(
+    "family, shape",
+    [  # the tiny models of tests/families.py, as ModelShapes: image tokens L, text tokens 5, width 16
+        ("sd3", dict(blocks=3, tokens=16, layout="joint", context_pre_only_last=True)),
+        ("flux", dict(blocks=1, tokens=16, layout="joint", more=(("single", 2),))),
+        ("qwen_image", dict(blocks=2, tokens=16, layout="joint")),
+        ("sana", dict(blocks=2, tokens=64)),
+        ("pixart_sigma", dict(blocks=2, tokens=16)),
+        ("hunyuan_dit", dict(blocks=4, tokens=16)),
+        ("wan", dict(blocks=2, tokens=32)),
+        ("lumina2", dict(blocks=2, tokens=16, layout="unified", more=(("image", 1), ("text", 1)))),
+    ],
+)
+def test_cache_bytes_per_family_are_what_the_cache_really_holds(family, shape):
+    """Issue 19 item 5: the Memory tab's formula for each family's layout (joint blocks' two streams, FLUX's
+    single-stream blocks, Lumina's refiners, SD3's last block without a text MLP) against the bytes a real FORA
+    run's cache holds on the family's transformer."""
+    import families
+
+    from analysis.memory import ModelShape
+    from fora import ForaConfig, apply_fora, remove_fora
+
+    model, inputs = getattr(families, family)()
+    handle = apply_fora(model.eval(), ForaConfig(interval=2), num_steps=3)
+    with torch.no_grad():
+        for t in (999.0, 600.0, 300.0):
+            model(**inputs, timestep=torch.full((families.B,), t))
+    held = handle.last_run.cache_bytes
+    remove_fora(model)
+    formula = ModelShape(family, hidden=16, text_tokens=families.TEXT, **shape)
+    assert held == cache_bytes(formula, batch=families.B, dtype="float32", guidance=False) > 0
+
+
+def test_every_app_model_has_a_memory_shape_at_its_native_size():
+    from fora.loading import MODELS
+
+    assert set(MODELS) <= set(MODEL_SHAPES)
+    flux, sd3 = MODEL_SHAPES["flux.1-dev"], MODEL_SHAPES["sd3.5-medium"]
+    assert flux.total_blocks == 57 and flux.tokens == 4096 and sd3.total_blocks == 24 + 13
+    # per byte read, a reuse step replaces more compute in a wider model with more tokens (D, and attention's L)
+    assert MODEL_SHAPES["flux.1-dev"].replaced_flops() / cache_bytes(flux) > 3 * (
+        MODEL_SHAPES["dit-xl-2-256"].replaced_flops() / cache_bytes(MODEL_SHAPES["dit-xl-2-256"])
+    )

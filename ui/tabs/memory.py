@@ -39,11 +39,13 @@ def _memory_answer(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tfl
         except Exception as e:  # the calculator above stands; say why the measurement is missing
             where = safe_text(f"Could not measure the read on this machine: {type(e).__name__}: {e}")
     verdict = "yes" if a["compute_over_read"] > 1 else "no"
+    guided = MODEL_SHAPES[q.shape_key].guidance_rows == 2
+    rows = " x 2 for guidance" if guided else "; one forward per step: distilled guidance"
     step_ms, run_ms = a["compute_ms_per_step"], a["compute_ms_per_step"] * a["reuse_steps"]  # the compute replaced
     return f"""
 | | per reuse step | per run ({a["reuse_steps"]} reuse steps of {q.steps}) |
 |---|---|---|
-| cache size ({q.dtype}, batch {q.batch} x 2 for guidance) | {a["cache_bytes"] / 2**20:.1f} MiB | same buffer, reused |
+| cache size ({q.dtype}, batch {q.batch}{rows}) | {a["cache_bytes"] / 2**20:.1f} MiB | same buffer, reused |
 | read the cache at {q.bandwidth_tbps:g} TB/s | {a["read_ms_per_step"]:.3f} ms | {a["read_ms_per_run"]:.2f} ms |
 | attention + MLP it replaces at {q.tflops:g} TFLOP/s x {q.utilization:g} | {step_ms:.3f} ms | {run_ms:.2f} ms |
 | net time saved | {a["compute_ms_per_step"] - a["read_ms_per_step"]:.3f} ms | {a["saved_ms_per_run"]:.2f} ms |
@@ -63,13 +65,22 @@ def memory(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, uti
     return _memory_answer(shape_key, batch, dtype, steps, interval, bandwidth_tbps, tflops, utilization, True)
 
 
+def _shape_label(shape) -> str:
+    text = f" + {shape.text_tokens} text" if shape.text_tokens else ""
+    return f"{shape.name}: {shape.total_blocks} blocks x {shape.hidden}, {shape.tokens} image{text} tokens"
+
+
 class MemoryTab:
     """The tab's widgets, built where this is constructed (inside a `gr.Tab`); its handlers fill one output each."""
 
     def __init__(self):
         gr.Markdown("The cache lives in GPU memory (HBM), not on-chip. Is reading it back fast enough?")
         with gr.Row():
-            self.model = gr.Dropdown(list(MODEL_SHAPES), value="dit-xl-2-256", label="model")
+            self.model = gr.Dropdown(
+                [(_shape_label(shape), key) for key, shape in MODEL_SHAPES.items()],
+                value="dit-xl-2-256",
+                label="model (at its native size)",
+            )
             self.batch = gr.Number(1, label="batch", precision=0)
             self.dtype = gr.Dropdown(["float16", "bfloat16", "float32"], value="float16", label="dtype")
         with gr.Row():
