@@ -78,6 +78,7 @@ def generate(pipe, request: Request, output_type: str = "np"):
             kwargs["guidance_scale"] = request.guidance
         batch = "num_videos_per_prompt" if "num_videos_per_prompt" in params else "num_images_per_prompt"
         kwargs[batch] = request.batch
+        kwargs.update(request.options)  # the model card's arguments; an explicit size below overrides theirs
         kwargs.update((k, v) for k, v in (("height", request.height), ("width", request.width)) if v is not None)
         if type(pipe).__name__ == "SanaPipeline" and not kwargs.keys() & {"height", "width"}:
             # Sana's pipeline defaults to 1024 px whatever the checkpoint: its native size is the transformer's
@@ -91,7 +92,6 @@ def generate(pipe, request: Request, output_type: str = "np"):
             and type(pipe).__name__ in BINNED_SAMPLE_SIZES
         ):  # an explicit size is used as given, not snapped to bins; so is a checkpoint's size that has no bin table
             kwargs["use_resolution_binning"] = False
-        kwargs.update(request.options)
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             raise ValueError(f"{type(pipe).__name__} takes no argument {unknown}")

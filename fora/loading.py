@@ -186,6 +186,8 @@ MODELS: dict[str, ModelSpec] = {
             4.0,
             "Qwen-Image (20B MMDiT, Qwen2.5-VL 7B text encoder), text-to-image 1328x1328; guidance is true CFG",
             "a CUDA GPU: about 57 GB of weights with the Qwen2.5-VL text encoder",
+            height=1328,  # the model card's 1:1 size; the pipeline's own default is 1024
+            width=1328,
         ),
     ]
 }

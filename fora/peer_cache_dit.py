@@ -272,6 +272,16 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
     return handle
 
 
+def supports_cache_dit(pipe) -> bool:
+    """Whether `apply_cache_dit` runs on `pipe`'s pipeline class and transformer (checked before any run)."""
+    transformer = getattr(pipe, "transformer", None)
+    return (
+        isinstance(pipe, _supported_pipelines())
+        and transformer is not None
+        and _block_list(transformer)[0] is not None
+    )
+
+
 def remove_cache_dit(pipe) -> None:
     """Remove DBCache applied by `apply_cache_dit`: the transformer is exactly what it was (forward, submodules and
     their order, attributes)."""

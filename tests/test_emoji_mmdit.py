@@ -204,3 +204,48 @@ def test_the_prompt_following_checks_score_renders_as_right_and_catch_wrong_ones
     caught = accuracies(wrong)
     assert caught["object"]["right"] <= 0.05 and caught["colour"]["right"] == 0.0
     assert caught["position"]["right"] <= 0.4  # "in the middle" and the vertical ones are neither left nor right
+
+
+def test_the_pipeline_guides_against_the_empty_prompt_at_the_trained_timestep_units():
+    """Guidance order and timestep units, read from what the transformer receives: the first half of the batch is
+    the empty prompt's embedding, the second the caption's; the first step is at t = 1000 (noise) and every step's
+    timestep is the scheduler's sigma x 1000, the units the model was trained in (`train.flow_loss`: s * 1000)."""
+    pipe = tiny_pipeline()
+    seen = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    try:
+        images(pipe, prompt="two cat", steps=5)
+    finally:
+        hook.remove()
+    empty, _ = pipe.encode_prompt([""])
+    caption, _ = pipe.encode_prompt(["two cat"])
+    first = seen[0]
+    assert torch.equal(first["encoder_hidden_states"][0], empty[0])
+    assert torch.equal(first["encoder_hidden_states"][1], caption[0])
+    assert float(first["timestep"][0]) == 1000.0
+    sigmas = pipe.scheduler.sigmas[:-1]
+    assert torch.allclose(torch.stack([kw["timestep"][0] for kw in seen]), sigmas * 1000)
+
+
+def test_the_evaluation_runs_every_row_and_writes_them(tiny_dir, tmp_path):
+    """`python -m analysis.emoji_mmdit_eval` end to end on a tiny model: renders, uncached, FORA, FORA with the
+    text MLP computed every step (a plan naming every kind), both calibrated plans, the timing, the JSON."""
+    import json
+
+    from analysis.emoji_mmdit_eval import main
+
+    out = tmp_path / "eval.json"
+    args = ["--model", tiny_dir, "--captions", "6", "--steps", "6", "--intervals", "2", "--plan-interval", "2"]
+    assert main([*args, "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = [r["setting"] for r in result["rows"]]
+    assert names == [
+        "renders (checks' ceiling)",
+        "uncached",
+        "FORA N=2",
+        "FORA N=2, text MLP computed",
+        "calibrated-o0 at N=2's cost",
+        "calibrated-o1 at N=2's cost",
+    ]
+    assert result["rows"][0]["object"] == 1.0 and "psnr" not in result["rows"][1]
+    assert all(0 <= r["ssim"] <= 1 for r in result["rows"][2:]) and result["one_image"]["n"] == 5

@@ -254,6 +254,39 @@ def test_text_families_reset_between_calls_cost_what_ran_and_remove_exactly(fami
     attn = cmap.matrix("attn")
     assert attn[0].all() and attn[:, :2].all() and not attn[1:].all()  # block 0 always; warm-up 2: steps 0, 1
     assert same(run(10), base) and snapshot(pipe.transformer) == before
+    # a warm-up over the whole run computes every block at every step through cache-dit's block wrapper: the
+    # uncached images bit for bit, so the streams go in and come out in the blocks' own order
+    apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=10, taylorseer_order=order))
+    try:
+        assert same(run(10), base)
+    finally:
+        remove_peer(pipe)
+
+
+def test_the_text_stream_calibrator_runs_with_back_blocks_on_joint_blocks():
+    """With Bn >= 1 the TaylorSeer calibrator extrapolates the text stream's residual too (with Bn = 0 cache-dit
+    1.5.3 fails at the first skipped step, so it is off there): a 4-block MMDiT with Fn = 1, Bn = 1."""
+    import torch
+
+    from embedded.emoji_mmdit.text import build_text_encoder, build_tokenizer
+    from embedded.emoji_mmdit.train import build_pipeline, build_transformer
+    from fora.generate import Request, generate
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    pipe = build_pipeline(build_transformer(4, 32, 2, 32).eval(), build_text_encoder(len(tok), 32, 1, 2).eval(), tok)
+    pipe.set_progress_bar_config(disable=True)
+    run = lambda steps: generate(pipe, Request(prompt="two cat", steps=steps, guidance=4.0))  # noqa: E731
+    base = run(10)
+    handle = apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, taylorseer_order=1))
+    try:
+        first = run(10)
+        run(6)
+        assert same(run(10), first) and not same(first, base) and handle.last_run.cached_steps
+        assert handle.encoder_stream
+    finally:
+        remove_peer(pipe)
+    assert same(run(10), base)
 
 
 # ---- refusals ------------------------------------------------------------------------------------------------------

@@ -378,6 +378,14 @@ def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, c
         raise ValueError(f"unknown policies {echo(unknown)}; allowed: {', '.join(POLICIES)}")
     if request.steps < 4:
         raise ValueError(f"steps={request.steps}: the Policies tab needs T >= 4")
+    from fora.peer_cache_dit import _SUPPORTED, supports_cache_dit
+
+    peers = [c for c in chosen if c.startswith("DBCache")]
+    if peers and not supports_cache_dit(pipe):
+        raise ValueError(
+            f"{', '.join(peers)}: cache-dit's DBCache runs here on {_SUPPORTED}; {type(pipe).__name__} is not one "
+            "(untick it)"
+        )
     interval = integer("cost N", interval, 2, request.steps - 1)
     job = PolicyJob(model_key, request, tuple(chosen), interval)
     check_budget(job.denoising_steps(len(job.missing_plans(plans))), f"this comparison ({request.steps} steps)")

@@ -78,7 +78,7 @@ GPU_COSTS = {
     "flux.1-schnell": GpuCost(62.0, 2.0, guidance_batch=1, tflops=LARGE_TFLOPS),
     "flux.1-dev": GpuCost(62.0, 2.0, guidance_batch=1, tflops=LARGE_TFLOPS),
     "sana-1600m-1024": GpuCost(1.7, 1.5, attention=0.02),
-    "hunyuan-dit-1.2": GpuCost(8.0, 2.0, attention=0.25, tflops=LARGE_TFLOPS),
+    "hunyuan-dit-1.2": GpuCost(8.0, 2.0, attention=0.25),
     "lumina-image-2": GpuCost(13.6, 2.0, attention=0.17, tflops=LARGE_TFLOPS),
     "qwen-image": GpuCost(158.0, 2.5, 1328 * 1328, 0.11, tflops=LARGE_TFLOPS),
     "wan2.1-t2v-1.3b": GpuCost(140.0, 8.0, 480 * 832 * 81, 0.7, tflops=LARGE_TFLOPS),

@@ -35,13 +35,25 @@ def dbcache_entry(
 
 
 def dbcache_at_budget(
-    pipe, budget: float, seeds, labels, steps, guidance, fn=1, bn=0, warmup=1, order=None, interval=None, iterations=7
+    pipe,
+    budget: float,
+    seeds,
+    labels,
+    steps,
+    guidance,
+    fn=1,
+    bn=0,
+    warmup=1,
+    order=None,
+    interval=None,
+    iterations=7,
+    options: tuple = (),
 ) -> Entry:
     """DBCache at the threshold whose mean measured cost over `seeds` is closest to `budget` (`bisect_threshold`);
     `interval`: the FORA N whose cost `budget` is, for the setting's name."""
     note = " (at budget)" if interval is None else f" (at N={interval}'s cost)"
     make = lambda x: dbcache_entry(x, fn, bn, warmup, order, interval, note)
-    return bisect_threshold(pipe, make, budget, seeds, labels, steps, guidance, iterations)
+    return bisect_threshold(pipe, make, budget, seeds, labels, steps, guidance, iterations, options)
 
 
 def dbcache_sweep(

@@ -126,6 +126,7 @@ def time_entries(
     clock: str,
     on_round=None,
     warmup: int = 1,
+    options: tuple = (),
 ) -> None:
     """Speedup of each entry against uncached on one sample's call, the entries' pairs interleaved round by round
     (`fora.timing.paired_speedups`), into each entry's row; the uncached entry reads 1.0 (0 pairs)."""
@@ -137,7 +138,7 @@ def time_entries(
         return
     ratios = paired_speedups(
         pipe,
-        lambda: generate_batch(pipe, [label], [seed], steps, guidance),
+        lambda: generate_batch(pipe, [label], [seed], steps, guidance, options),
         [e.config for e in timed],
         pairs=pairs,
         warmup=warmup,
@@ -148,7 +149,9 @@ def time_entries(
         entry.row.update(speedup=ratio.ratio, speedup_low=ratio.low, speedup_high=ratio.high, pairs=ratio.pairs)
 
 
-def fbcache_at_budget(pipe, budget: float, seeds, labels, steps, guidance, iterations: int = 7) -> Entry:
+def fbcache_at_budget(
+    pipe, budget: float, seeds, labels, steps, guidance, iterations: int = 7, options: tuple = ()
+) -> Entry:
     """First Block Cache at the threshold whose mean cost over `seeds` is closest to `budget` (bisection on the
     threshold; cost falls as the threshold rises)."""
     return bisect_threshold(
@@ -160,6 +163,7 @@ def fbcache_at_budget(pipe, budget: float, seeds, labels, steps, guidance, itera
         steps,
         guidance,
         iterations,
+        options,
     )
 
 

@@ -30,15 +30,17 @@ class Entry:
     maps: dict = field(default_factory=dict)  # kind -> blocks x steps bool (first seed)
 
 
-def observe(pipe, entry: Entry, seeds: list[int], labels: list[int], steps: int, guidance: float) -> None:
-    """Run `entry` once per seed (class `labels[i]`) with a `ComputeMap`: images, mean computed calls, the first
-    seed's maps."""
+def observe(
+    pipe, entry: Entry, seeds: list[int], labels: list[int], steps: int, guidance: float, options: tuple = ()
+) -> None:
+    """Run `entry` once per seed (class `labels[i]`, or a prompt) with a `ComputeMap`: images, mean computed calls,
+    the first seed's maps. `options`: a text model's card arguments (`ModelSpec.call_kwargs`)."""
     images, calls = [], []
     remove = apply_cache(pipe, entry.config)
     try:
         for i, (seed, label) in enumerate(zip(seeds, labels)):
             with ComputeMap(pipe.transformer) as cmap:
-                images.append(generate_batch(pipe, [label], [seed], steps, guidance)[0])
+                images.append(generate_batch(pipe, [label], [seed], steps, guidance, options)[0])
             calls.append(cmap.computed_calls)
             if i == 0:
                 entry.maps = {kind: cmap.matrix(kind) for kind in cmap.kinds}
@@ -56,7 +58,15 @@ def observe(pipe, entry: Entry, seeds: list[int], labels: list[int], steps: int,
 
 
 def bisect_threshold(
-    pipe, make: Callable[[float], Entry], budget: float, seeds, labels, steps, guidance, iterations: int = 7
+    pipe,
+    make: Callable[[float], Entry],
+    budget: float,
+    seeds,
+    labels,
+    steps,
+    guidance,
+    iterations: int = 7,
+    options: tuple = (),
 ) -> Entry:
     """The entry `make(threshold)` whose mean measured cost over `seeds` is closest to `budget`: threshold 1 first
     (the cheapest: the methods skip whenever they may, and the cost can drop there only, e.g. cache-dit's DBCache
@@ -65,13 +75,13 @@ def bisect_threshold(
     at most. An entry still over the budget by more than `EQUAL_COST` says so in its setting: the closest reached,
     not an equal-cost one."""
     best = make(1.0)
-    observe(pipe, best, seeds, labels, steps, guidance)
+    observe(pipe, best, seeds, labels, steps, guidance, options)
     lo, hi = 0.0, 1.0
     if best.row["computed_calls"] <= budget:
         for _ in range(iterations):
             mid = (lo + hi) / 2
             entry = make(mid)
-            observe(pipe, entry, seeds, labels, steps, guidance)
+            observe(pipe, entry, seeds, labels, steps, guidance, options)
             if _closer(entry.row["computed_calls"], best.row["computed_calls"], budget):
                 best = entry
             lo, hi = (mid, hi) if entry.row["computed_calls"] > budget else (lo, mid)

@@ -163,6 +163,7 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
     t, g = req.steps, req.guidance
     text = is_text_conditional(pipe)
     label, seed = [req.prompt if text else int(req.label)], [int(req.seed)]
+    opts = tuple(req.options)  # a text model's card arguments, in every run as in the Compare tab
     plans = dict(plans)
     key = lambda n, order: plan_key(job.model_key, t, g, n, order)
     missing = job.missing_plans(plans)
@@ -175,14 +176,14 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
             classes = [prompts[i % len(prompts)] for i in range(CALIBRATION_SAMPLES)]
         else:
             classes, cal_seeds = calibration_set(num_classes(pipe), CALIBRATION_SAMPLES)
-        recording = record_grams(pipe, classes, cal_seeds, t, g)
+        recording = record_grams(pipe, classes, cal_seeds, t, g, options=opts)
         for n, order in missing:
             emit(f"calibrating order {order} at N={n}'s budget")
-            plan = calibrate(pipe, t, n, order, g, CALIBRATION_SAMPLES, recording=recording)
+            plan = calibrate(pipe, t, n, order, g, CALIBRATION_SAMPLES, recording=recording, options=opts)
             plans[key(n, order)] = new_plans[key(n, order)] = plan
     emit("uncached baseline")
     base = Entry("uncached", "T steps computed", None)
-    observe(pipe, base, seed, label, t, g)
+    observe(pipe, base, seed, label, t, g, opts)
     total = base.row["computed_calls"]
     blocks_kinds = total / t
     budget = round(len(full_steps(t, job.interval)) * blocks_kinds)
@@ -190,15 +191,24 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
     for name in job.policies:
         emit(f"{name} at N={job.interval}'s cost")
         if name == "First Block Cache":
-            entry = fbcache_at_budget(pipe, budget, seed, label, t, g, iterations=FBCACHE_ITERATIONS)
+            entry = fbcache_at_budget(pipe, budget, seed, label, t, g, iterations=FBCACHE_ITERATIONS, options=opts)
         elif name in DBCACHE_ORDERS:
             order = DBCACHE_ORDERS[name]
             entry = dbcache_at_budget(
-                pipe, budget, seed, label, t, g, order=order, iterations=FBCACHE_ITERATIONS, **DBCACHE_KNOBS
+                pipe,
+                budget,
+                seed,
+                label,
+                t,
+                g,
+                order=order,
+                iterations=FBCACHE_ITERATIONS,
+                options=opts,
+                **DBCACHE_KNOBS,
             )
         else:
             entry = _entry(name, t, job.interval, plans, key)
-            observe(pipe, entry, seed, label, t, g)
+            observe(pipe, entry, seed, label, t, g, opts)
         chosen.append(entry)
         if name == "First Block Cache":  # its knob is the threshold: a spread around the one at the budget
             points = [
@@ -217,7 +227,7 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
             ]
         for point in points:
             emit(f"sweep: {name} {point.setting}")
-            observe(pipe, point, seed, label, t, g)
+            observe(pipe, point, seed, label, t, g, opts)
             sweep.append(_score(point, base.images[0], total))
     rows = [_score(e, base.images[0], total) for e in chosen]
     result = PolicyResult(
@@ -245,6 +255,7 @@ def run_policies(pipe, job: PolicyJob, plans: dict, emit) -> None:
             clock,
             warmup=job.warmup,
             on_round=lambda r, k: emit(f"timed round {r} of {k}" if r else "timing: warm-up done"),
+            options=opts,
         )
         for entry, row in zip(chosen, result.rows):
             row.update({k: entry.row[k] for k in ("speedup", "speedup_low", "speedup_high", "pairs")}, clock=clock)

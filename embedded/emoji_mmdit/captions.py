@@ -3,7 +3,7 @@
     single:  "a [size] {emoji} [position] [on a {colour} background]"
     count:   "two {emoji} [on a {colour} background]"
     pair:    "a {emoji} and a {emoji} [on a {colour} background]"
-    ("an" replaces "a" before a vowel: "an avocado", "on an orange background")
+    ("an" replaces "a" before a vowel sound: "an avocado", "on an orange background", but "a unicorn")
 
 Square brackets mark optional parts; the emoji are named as the embedded DiT names its classes ("soccer ball",
 "jack-o-lantern"), with "an" before a vowel. A caption names only what it constrains: an omitted size, position or
@@ -11,7 +11,9 @@ colour is drawn at random by the renderer (`scenes.py`), so "a cat" covers every
 
 Held out for evaluation: one background colour and one position per emoji (`HELD_OUT_COLOUR`, `HELD_OUT_POSITION`).
 No training caption pairs an emoji with its held-out colour or position, so the evaluation captions
-(`held_out_captions`) are combinations the model has never seen.
+(`held_out_captions`) are combinations the model has never read: the test is compositional in the captions. (A
+training image whose caption names no colour or position draws them at random, so it may happen to look like a
+held-out pair; what the model never saw is the pair named.)
 """
 
 from dataclasses import dataclass
@@ -80,8 +82,9 @@ class Scene:
         return any(self.position is not None and HELD_OUT_POSITION[e] == self.position for e in self.emoji)
 
 
-def _article(emoji: str) -> str:
-    return f"{'an' if emoji[0] in 'aeiou' else 'a'} {emoji}"
+def _article(word: str) -> str:
+    """ "an" before a vowel sound: "an avocado", "an orange", "a unicorn"."""
+    return f"{'an' if word[0] in 'aeio' else 'a'} {word}"
 
 
 def vocabulary() -> list[str]:

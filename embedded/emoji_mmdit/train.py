@@ -7,8 +7,10 @@ weights), 10% of captions dropped to the empty prompt for classifier-free guidan
 rendered once per session (`scenes.render_dataset`, data seed `--data-seed`; never a held-out combination).
 
 Resumable: the full state (weights, EMA, optimizer, step) goes to --state every --save-every seconds; a new
-session with the same --state continues exactly where the last one stopped. Without a state file (a fresh clone:
-the state is not committed), training resumes from the EMA weights in --out with a fresh optimizer and warm-up.
+session with the same --state resumes at the same step with the same weights, EMA and optimizer (the batches drawn
+from then on differ from an uninterrupted run's: the sampler is re-seeded with the step). Without a state file (a
+fresh clone: the state is not committed), training resumes from the EMA weights in --out with a fresh optimizer and
+warm-up.
 """
 
 import argparse
@@ -150,7 +152,13 @@ def main(args):
     print(f"rendered {len(data)} training scenes in {time.time() - t0:.1f}s")
 
     gen = torch.Generator(device).manual_seed(args.seed + step)
-    session = {"start_step": step, "device": device, "threads": torch.get_num_threads(), "batch_size": args.batch_size}
+    session = {
+        "start_step": step,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "settings": log["settings"],  # this session's recipe (the card reads it)
+    }
     start, last_save, running = time.time(), time.time(), []
 
     def save():
