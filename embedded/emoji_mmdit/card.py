@@ -56,6 +56,7 @@ def render_card(folder: str) -> str:
         if fora3.get(name) is not None and uncached.get(name) is not None and uncached[name] - fora3[name] <= 0.05
     ]
     one = ev["one_image"]
+    st = log.get("settings", {})
     held_colour = ", ".join(f"{e} {c}" for e, c in list(HELD_OUT_COLOUR.items())[:6])
     held_position = ", ".join(f"{e} {p}" for e, p in list(HELD_OUT_POSITION.items())[:4])
     return f"""# emoji-mmdit: the embedded text-to-image model of the FORA explorer
@@ -76,7 +77,8 @@ at the top on a white background; a heart on a green background; an avocado at t
 from a small grammar (`embedded/emoji_mmdit/captions.py`; render rules in `scenes.py`): one emoji with an optional
 size (small, large), position (on the left, on the right, at the top, at the bottom, in the middle) and background
 colour ({", ".join(COLOUR_NAMES)}); "two {{emoji}}"; "a {{emoji}} and a {{emoji}}" (the first on the left). The
-vocabulary has {len(vocabulary())} words. 60,000 training scenes per session (data seed 1). Held out: one colour
+vocabulary has {len(vocabulary())} words. {st.get("scenes", 0):,} training scenes per session (data seed
+{st.get("data_seed")}). Held out: one colour
 and one position per emoji (e.g. {held_colour}; {held_position}; all in `HELD_OUT_COLOUR`/`HELD_OUT_POSITION`):
 no training caption pairs an emoji with them. Evaluated on {ev["captions"]} held-out captions (seed 5005).
 
@@ -88,9 +90,9 @@ hidden states the context stream and its pooled embedding the timestep condition
 {size / 2**20:.1f} MiB of float32 safetensors in all.
 
 ## Training
-Rectified flow (x_t = (1 - s) x0 + s noise, target noise - x0, s logit-normal as in SD3), AdamW (lr 1e-3, warm-up,
-betas 0.9/0.99), gradient clipping 1.0, EMA 0.999 of both networks (the shipped weights), 10% of captions dropped to
-the empty prompt for guidance. `python -m embedded.emoji_mmdit.train --out assets/emoji-mmdit` (resumable; CUDA
+Rectified flow (x_t = (1 - s) x0 + s noise, target noise - x0, s logit-normal as in SD3), AdamW (lr {st.get("lr")},
+{st.get("warmup")}-step warm-up, betas 0.9/0.99), gradient clipping 1.0, EMA {st.get("ema")} of both networks (the
+shipped weights), {st.get("caption_dropout", 0):.0%} of captions dropped to the empty prompt for guidance. `python -m embedded.emoji_mmdit.train --out assets/emoji-mmdit` (resumable; CUDA
 when present).
 
 - optimizer steps: {log["total_steps"]}; wall time {log["total_seconds"] / 3600:.2f} h; sessions: {sessions}
