@@ -92,8 +92,8 @@ hidden states the context stream and its pooled embedding the timestep condition
 ## Training
 Rectified flow (x_t = (1 - s) x0 + s noise, target noise - x0, s logit-normal as in SD3), AdamW (lr {st.get("lr")},
 {st.get("warmup")}-step warm-up, betas 0.9/0.99), gradient clipping 1.0, EMA {st.get("ema")} of both networks (the
-shipped weights), {st.get("caption_dropout", 0):.0%} of captions dropped to the empty prompt for guidance. `python -m embedded.emoji_mmdit.train --out assets/emoji-mmdit` (resumable; CUDA
-when present).
+shipped weights), {st.get("caption_dropout", 0):.0%} of captions dropped to the empty prompt for guidance.
+`python -m embedded.emoji_mmdit.train --out assets/emoji-mmdit` (resumable; CUDA when present).
 
 - optimizer steps: {log["total_steps"]}; wall time {log["total_seconds"] / 3600:.2f} h; sessions: {sessions}
 - final training loss (mean of the last 50 steps): {final_loss:.4f}
