@@ -41,6 +41,27 @@ def test_frechet_distance_matches_the_closed_form_for_two_gaussians():
     assert frechet_distance(x, y) == pytest.approx(25.0 + 1.0, rel=0.02)
 
 
+def test_the_paired_bootstrap_resolves_a_shift_and_not_a_copy():
+    """Issue 21: two identical sets give a difference interval holding 0; a shifted set one that excludes it; sFID
+    (the Frechet distance of spatial features) of a set with itself is 0."""
+    from analysis.metrics.bootstrap import paired_interval
+
+    rng = np.random.default_rng(0)
+    ref, a = rng.normal(size=(1000, 8)), rng.normal(size=(200, 8))
+    same = paired_interval(lambda i: frechet_distance(ref, a[i]) - frechet_distance(ref, a.copy()[i]), 200, 40)
+    assert same.value == 0 and same.low <= 0 <= same.high and not same.excludes(0)
+    shifted = a + 0.4
+    moved = paired_interval(lambda i: frechet_distance(ref, shifted[i]) - frechet_distance(ref, a[i]), 200, 40)
+    assert moved.excludes(0) and moved.low > 0
+    noisy = a + rng.normal(scale=1.0, size=a.shape) * 0.01  # a tiny change: its interval is narrow around it
+    tiny = paired_interval(lambda i: frechet_distance(ref, noisy[i]) - frechet_distance(ref, a[i]), 200, 40)
+    assert tiny.high - tiny.low < moved.high - moved.low
+    spatial = rng.normal(size=(300, 448))
+    assert frechet_distance(spatial, spatial) == pytest.approx(0, abs=1e-4)  # n < d: sqrtm rounding
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        paired_interval(lambda i: 0.0, 1)
+
+
 def test_precision_and_recall_of_constructed_point_sets():
     line = np.arange(100, dtype=np.float64)[:, None]  # k = 3: an inner point's ball has radius 3
     assert precision_recall(line, line + 0.5) == (1.0, 1.0)
@@ -118,6 +139,8 @@ def _table(model, out, *extra, samples=130, torchrun=False):
         "0",
         "--threads",
         "1",
+        "--bootstrap",
+        "20",
         *extra,
     ]
     if torchrun:
@@ -170,6 +193,19 @@ def test_table_writes_samples_and_metrics(one_process):
         assert r["samples"] == "130" and r["class_accuracy"] == "nan"  # 4 classes are not the classifier's 32
     assert rows[0]["fid"] != rows[1]["fid"]  # caching at N = 3 changes the samples, and the metric sees it
     assert rows[0]["psnr_vs_uncached"] == "inf" and np.isfinite(float(rows[1]["psnr_vs_uncached"]))
+    # issue 21: intervals, sFID, and the metrics against the uncached model's own samples of the same seeds
+    for r in rows:
+        assert float(r["fid_low"]) <= float(r["fid"]) <= float(r["fid_high"])
+        assert r["sfid"] == "nan"  # the tiny model's 8 px samples against 32 px renders: maps of other sizes
+    n1, n3 = rows
+    assert float(n1["fd_to_uncached"]) == 0 and float(n1["precision_to_uncached"]) == 1 == float(
+        n1["recall_to_uncached"]
+    )
+    assert float(n1["fid_diff"]) == 0 and float(n1["sfid_to_uncached"]) == 0
+    assert float(n3["fd_to_uncached"]) > 0 and float(n3["fd_to_uncached_low"]) <= float(n3["fd_to_uncached_high"])
+    assert float(n3["sfid_to_uncached"]) > 0
+    assert float(n3["fid_diff"]) == pytest.approx(float(n3["fid"]) - float(n1["fid"]), abs=1e-9)
+    assert float(n3["fid_diff_low"]) <= float(n3["fid_diff"]) <= float(n3["fid_diff_high"])
     names = sorted(os.listdir(out / "samples" / "T4_N3"))
     assert names == [f"shard_0000000-{SHARD_SIZE:07d}.npz", f"shard_{SHARD_SIZE:07d}-0000130.npz"]
     with np.load(out / "samples" / "T4_N3" / names[1]) as z:

@@ -38,6 +38,7 @@ IS_SPLITS = 10
 class Features:
     features: np.ndarray  # n x d, float64
     logits: np.ndarray | None  # n x classes, float32 (None where the extractor has no classifier head)
+    spatial: np.ndarray | None = None  # n x d', mid-level spatial features for sFID (None where not computed)
 
 
 class _Precomputed(torch.nn.Module):
@@ -59,8 +60,16 @@ def _sha256(path: str) -> str:
     return h.hexdigest()[:12]
 
 
+# sFID's spatial features from the emoji classifier, as the paper's sFID takes the first 7 channels of Inception's
+# spatial mixed_6/conv map (17 x 17): the first SPATIAL_CHANNELS channels of the classifier's second stage, an
+# 8 x 8 map (after its pooling: `features[:SPATIAL_LAYER]`), 7 x 64 = 448 values per image
+SPATIAL_LAYER = 8
+SPATIAL_CHANNELS = 7
+
+
 class EmojiFeatures:
-    """Penultimate features and class logits of the emoji classifier; images uint8 N x 32 x 32 x 3."""
+    """Penultimate features, class logits and (for sFID) second-stage spatial features of the emoji classifier;
+    images uint8 N x 32 x 32 x 3."""
 
     def __init__(self, weights: str | None = None, batch_size: int = 512):
         from safetensors.torch import load_file
@@ -76,17 +85,20 @@ class EmojiFeatures:
         self.model.load_state_dict(load_file(weights))
         self.model.eval()
         self.batch_size = batch_size
-        self.key = f"emoji-classifier-{_sha256(weights)}"
+        self.key = f"emoji-classifier-{_sha256(weights)}-spatial{SPATIAL_LAYER}x{SPATIAL_CHANNELS}"
         self.labels = LABELS
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> Features:
-        feats, logits = [], []
+        feats, logits, spatial = [], [], []
+        stem, rest = self.model.features[:SPATIAL_LAYER], self.model.features[SPATIAL_LAYER:]
         for i in range(0, len(images), self.batch_size):
-            f = self.model.embed(_to_tensor(np.ascontiguousarray(images[i : i + self.batch_size])))
+            mid = stem(_to_tensor(np.ascontiguousarray(images[i : i + self.batch_size])))
+            f = rest(mid).mean(dim=(2, 3))  # = self.model.embed
             feats.append(f.double().numpy())
             logits.append(self.model.head(f).numpy())
-        return Features(np.concatenate(feats), np.concatenate(logits))
+            spatial.append(mid[:, :SPATIAL_CHANNELS].flatten(1).double().numpy())
+        return Features(np.concatenate(feats), np.concatenate(logits), np.concatenate(spatial))
 
 
 class InceptionFeatures:
@@ -165,15 +177,35 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEIGHBOURS)
 
 
 def distribution_metrics(real: Features, fake: Features) -> dict:
-    """FD over all reference features; precision/recall against the first len(fake) reference samples (equal sets);
-    the score from the generated samples' logits."""
+    """FD over all reference features; sFID over the spatial ones where both sets have them; precision/recall
+    against the first len(fake) reference samples (equal sets); the score from the generated samples' logits."""
     n = min(len(real.features), len(fake.features))
     precision, recall = precision_recall(real.features[:n], fake.features[:n])
     score, score_std = inception_score(fake.logits) if fake.logits is not None else (float("nan"), float("nan"))
+    # images of another size give spatial maps of another size: no sFID between them (NaN)
+    both = real.spatial is not None and fake.spatial is not None and real.spatial.shape[1] == fake.spatial.shape[1]
     return {
         "fid": frechet_distance(real.features, fake.features),
+        "sfid": frechet_distance(real.spatial, fake.spatial) if both else float("nan"),
         "inception_score": score,
         "inception_score_std": score_std,
         "precision": precision,
         "recall": recall,
     }
+
+
+def save_features(path: str, feats: Features) -> None:
+    """`feats` to an .npz (atomically: a file under the final name is complete)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"
+    arrays = {"features": feats.features}
+    arrays.update({k: v for k, v in (("logits", feats.logits), ("spatial", feats.spatial)) if v is not None})
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_features(path: str) -> Features:
+    with np.load(path) as z:
+        return Features(
+            z["features"], z["logits"] if "logits" in z else None, z["spatial"] if "spatial" in z else None
+        )

@@ -70,6 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"wall time (a quiet machine), or cpu: {CPU_CLOCK_HELP} (CPU only: robust when other jobs share the "
         "machine)",
     )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=200,
+        help="paired-bootstrap resamples of the seeds behind each cell's 95%% intervals (0: no intervals)",
+    )
     p.add_argument("--skip-metrics", action="store_true", help="only generate the samples")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / processes)")
     p.add_argument("--device", default=None, help="default: this process's accelerator, else CPU")

@@ -9,12 +9,16 @@ import os
 
 import numpy as np
 
+from analysis.metrics.bootstrap import BOOTSTRAP_RESAMPLES, paired_interval
 from analysis.metrics.distribution import (
     EmojiFeatures,
     Features,
     InceptionFeatures,
     distribution_metrics,
     frechet_distance,
+    load_features,
+    precision_recall,
+    save_features,
 )
 from analysis.metrics.quality import psnr
 from analysis.samples import Cell, iter_cell
@@ -59,8 +63,7 @@ def reference_features(args, extractor) -> Features:
         key = f"{extractor.key}_{os.path.basename(args.reference_npz)}-{stat.st_size}-{int(stat.st_mtime)}"
     path = os.path.join(args.out, "reference", f"{key}.npz")
     if os.path.isfile(path):
-        with np.load(path) as z:
-            return Features(z["features"], z["logits"] if "logits" in z else None)
+        return load_features(path)
     if args.extractor == "emoji":
         images = _interleaved_renders(per_class, REFERENCE_RENDER_SEED)
     else:
@@ -70,30 +73,32 @@ def reference_features(args, extractor) -> Features:
                 raise ValueError(f"--reference-npz {args.reference_npz!r} has no 'arr_0' or 'images' array")
             images = z[name]
     feats = extractor(images)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"
-    np.savez(tmp, features=feats.features, **({"logits": feats.logits} if feats.logits is not None else {}))
-    os.replace(tmp, path)
+    save_features(path, feats)
     return feats
 
 
 def _cell_features(extractor, args, cell: Cell, twin: Cell | None):
     """Features, labels, generation seconds, and the PSNR of each sample against its uncached twin, shard by shard
     (a paper-size cell of 50,000 images never sits in memory at once)."""
-    feats, logits, labels, psnrs, seconds = [], [], [], [], 0.0
+    feats, logits, spatial, labels, psnrs, seconds = [], [], [], [], [], 0.0
     n = args.samples_by_steps[cell.steps]
     twins = iter_cell(args.out, twin, n, args.seed) if twin is not None else None
     for shard in iter_cell(args.out, cell, n, args.seed):
         f = extractor(shard["images"])
         feats.append(f.features)
         logits.append(f.logits)
+        spatial.append(f.spatial)
         labels.append(shard["labels"])
         seconds += float(shard["seconds"])
         if twins is not None:
             psnrs += [psnr(a, b, 255.0) for a, b in zip(shard["images"], next(twins)["images"])]
-    has_logits = logits[0] is not None
+    has_logits, has_spatial = logits[0] is not None, spatial[0] is not None
     return (
-        Features(np.concatenate(feats), np.concatenate(logits) if has_logits else None),
+        Features(
+            np.concatenate(feats),
+            np.concatenate(logits) if has_logits else None,
+            np.concatenate(spatial) if has_spatial else None,
+        ),
         np.concatenate(labels),
         seconds,
         psnrs,
@@ -109,15 +114,10 @@ def render_floor(args, extractor, real: Features, n: int) -> dict | None:
 
     path = os.path.join(args.out, "reference", f"{extractor.key}_floor-seed{FLOOR_RENDER_SEED}-{n}.npz")
     if os.path.isfile(path):
-        with np.load(path) as z:
-            feats = Features(z["features"], z["logits"])
+        feats = load_features(path)
     else:
-        images = _interleaved_renders(-(-n // NUM_CLASSES), FLOOR_RENDER_SEED)[:n]
-        feats = extractor(images)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"
-        np.savez(tmp, features=feats.features, logits=feats.logits)
-        os.replace(tmp, path)
+        feats = extractor(_interleaved_renders(-(-n // NUM_CLASSES), FLOOR_RENDER_SEED)[:n])
+        save_features(path, feats)
     return {"samples": n, **distribution_metrics(real, feats)}
 
 
@@ -131,9 +131,13 @@ def table_rows(args, cells: list[Cell], speed: dict, extractor) -> tuple[list[di
     # class accuracy needs the generator's classes to be the classifier's (the emoji model's 32)
     has_classes = args.extractor == "emoji" and args.num_classes == len(extractor.labels)
     rows = []
-    for cell in cells:
+    uncached = {}  # T -> the N = 1 cell's features: the reference of "what the cache changed"
+    resamples = getattr(args, "bootstrap", BOOTSTRAP_RESAMPLES)
+    for cell in sorted(cells, key=lambda c: (c.steps, c.interval)):  # N = 1 first within each T
         twin = Cell(cell.steps, 1) if cell.interval > 1 and (cell.steps, 1) in intervals else None
         fake, labels, seconds, psnrs = _cell_features(extractor, args, cell, twin)
+        if cell.interval == 1:
+            uncached[cell.steps] = fake
         row = {
             "steps": cell.steps,
             "interval": cell.interval,
@@ -149,6 +153,7 @@ def table_rows(args, cells: list[Cell], speed: dict, extractor) -> tuple[list[di
         row["psnr_vs_uncached"] = (
             float(np.median(psnrs)) if psnrs else (float("inf") if cell.interval == 1 else float("nan"))
         )
+        row.update(damage_metrics(real, fake, uncached.get(cell.steps), resamples, args.seed))
         row["generation_process_s"] = seconds  # summed over the processes that made the shards, pauses left out
         timing = speed.get(cell)
         keys = ("speedup", "speedup_low", "speedup_high")
@@ -158,4 +163,53 @@ def table_rows(args, cells: list[Cell], speed: dict, extractor) -> tuple[list[di
         row["samples_per_s"] = timing["batch"] / timing["fora_s"] if timing else float("nan")
         rows.append(row)
     floor = render_floor(args, extractor, real, max(args.samples_by_steps[c.steps] for c in cells))
+    order = {(c.steps, c.interval): i for i, c in enumerate(cells)}  # the rows in the cells' order
+    rows.sort(key=lambda r: order[(r["steps"], r["interval"])])
     return rows, {"floor": floor, "common_samples": common if differ else None}
+
+
+def damage_metrics(
+    real: Features, fake: Features, uncached: Features | None, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> dict:
+    """What the cache changed, apart from the model's own bias, with paired-bootstrap intervals over the seeds:
+
+    - FD (and sFID) to the renders with its interval, and the difference from the uncached cell of the same T,
+      resampling the same seed indices for both cells (`*_diff`: this cell minus N = 1; its interval excludes 0
+      only where the samples resolve a change);
+    - FD, sFID, precision and recall against the uncached model's own samples of the same seeds (`*_to_uncached`:
+      0, 1 and 1 for the N = 1 cell itself), FD's with its interval.
+
+    `resamples` = 0 leaves the intervals out (NaN)."""
+    out = {}
+    n = len(fake.features)
+    nan = float("nan")
+
+    def interval(name, statistic):
+        if resamples and n >= 2:
+            ci = paired_interval(statistic, n, resamples, seed=seed)
+            out.update({f"{name}_low": ci.low, f"{name}_high": ci.high})
+        else:
+            out.update({f"{name}_low": nan, f"{name}_high": nan})
+
+    interval("fid", lambda i: frechet_distance(real.features, fake.features[i]))
+    if uncached is None or len(uncached.features) != n:
+        return out
+    base = uncached
+    out["fid_diff"] = frechet_distance(real.features, fake.features) - frechet_distance(real.features, base.features)
+    interval(
+        "fid_diff",
+        lambda i: (
+            frechet_distance(real.features, fake.features[i]) - frechet_distance(real.features, base.features[i])
+        ),
+    )
+    same = fake is base
+    out["fd_to_uncached"] = 0.0 if same else frechet_distance(base.features, fake.features)
+    if same:
+        out.update(fd_to_uncached_low=0.0, fd_to_uncached_high=0.0)
+    else:
+        interval("fd_to_uncached", lambda i: frechet_distance(base.features[i], fake.features[i]))
+    precision, recall = (1.0, 1.0) if same else precision_recall(base.features, fake.features)
+    out.update(precision_to_uncached=precision, recall_to_uncached=recall)
+    if fake.spatial is not None and base.spatial is not None:
+        out["sfid_to_uncached"] = 0.0 if same else frechet_distance(base.spatial, fake.spatial)
+    return out
