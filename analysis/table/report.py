@@ -229,6 +229,18 @@ def fid_heatmap(rows: list[dict], floor: dict | None = None) -> go.Figure:
     return fig
 
 
+def _fd_error(rows: list[dict], key: str) -> dict | None:
+    """FD's 95% bootstrap interval as error bars, where the table has it (not for FD at a common count)."""
+    if key != "fid" or any(r.get("fid_low") is None or r.get("fid_low") != r.get("fid_low") for r in rows):
+        return None
+    return dict(
+        type="data",
+        array=[r["fid_high"] - r["fid"] for r in rows],
+        arrayminus=[r["fid"] - r["fid_low"] for r in rows],
+        visible=True,
+    )
+
+
 def fid_speed_plot(rows: list[dict], floor: dict | None = None) -> go.Figure:
     key, note = _fd_key(rows)
     fig = go.Figure()
@@ -246,13 +258,14 @@ def fid_speed_plot(rows: list[dict], floor: dict | None = None) -> go.Figure:
                 text=[f"N={r['interval']}" for r in rs],
                 textposition="top center",
                 error_x=dict(type="data", array=err_hi, arrayminus=err_lo, visible=True),
+                error_y=_fd_error(rs, key),
                 hovertemplate="N=%{text}<br>speedup %{x:.2f}x<br>FD %{y:.3f}<extra>T=" + str(t) + "</extra>",
             )
         )
     if floor:
         fig.add_hline(y=floor["fid"], line_dash="dot", annotation_text=f"real renders ({floor['samples']})")
     fig.update_layout(
-        title="FD against measured speedup (bars: range over pairs)",
+        title="FD against measured speedup (bars: speedup's range over pairs, FD's 95% bootstrap interval)",
         xaxis_title="measured speedup (x)",
         yaxis_title=f"Frechet distance{note}",
         height=380,
@@ -325,12 +338,27 @@ def floor_text(meta: dict) -> str:
     return " ".join(parts)
 
 
+def ci_cell(r: dict, key: str, digits: int = 2) -> str:
+    """A value with its 95% interval, "8.38 (8.05 to 8.71)"; the value alone where the table has no interval,
+    "-" where it has no value (a table made before the column existed, or a cell without its N = 1 twin)."""
+    value, low, high = r.get(key), r.get(f"{key}_low"), r.get(f"{key}_high")
+    if value is None or value != value:
+        return "-"
+    if low is None or high is None or low != low or high != high:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ({low:.{digits}f} to {high:.{digits}f})"
+
+
 DISPLAY_HEADERS = [
     "T",
     "N",
     "full steps",
     "samples",
-    "FD",
+    "FD to renders (95% CI)",
+    "FD - N=1's (95% CI)",
+    "sFID",
+    "FD to uncached (95% CI)",
+    "precision / recall to uncached",
     "FD at common n",
     "score",
     "precision",
@@ -359,7 +387,15 @@ def display_rows(meta: dict) -> list[list]:
                 r["interval"],
                 r["full_steps"],
                 r["samples"],
-                html_cell(r["fid"]),
+                ci_cell(r, "fid") if r["fid"] is not None else "-",  # a row without FD is no table row
+                ci_cell(r, "fid_diff"),
+                html_cell(r.get("sfid"), 2),
+                ci_cell(r, "fd_to_uncached", 3),
+                (
+                    f"{r['precision_to_uncached']:.3f} / {r['recall_to_uncached']:.3f}"
+                    if r.get("precision_to_uncached") is not None
+                    else "-"
+                ),
                 html_cell(r.get("fid_common")),
                 html_cell(r["inception_score"], 2),
                 html_cell(r["precision"]),

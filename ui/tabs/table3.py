@@ -57,8 +57,12 @@ class Table3Tab:
             return
         gr.Markdown(
             "Distribution quality over many samples per setting, the paper's Table 3 on the embedded "
-            "model. FD: Frechet distance to fresh renders of the emoji (lower is better); score, precision, "
-            "recall and class accuracy from the emoji classifier. " + describe(meta)
+            "model. FD to renders: Frechet distance to fresh renders of the emoji (lower is better; the paper's "
+            "question: are the samples still like the data? It mixes the model's own bias with the cache's "
+            "change). FD to uncached: to the uncached model's own samples of the same seeds (what did the cache "
+            "change?). Intervals: 95%, paired bootstrap over the seeds; a change from N=1 is resolved only where "
+            "its interval excludes 0. Score, precision, recall and class accuracy from the emoji classifier. "
+            + describe(meta)
         )
         gr.Dataframe(value=display_rows(meta), headers=DISPLAY_HEADERS, interactive=False)
         gr.Plot(fid_heatmap(meta["rows"], meta.get("floor")))
