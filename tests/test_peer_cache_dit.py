@@ -371,3 +371,39 @@ def test_policies_tab_runs_dbcache_at_the_cost_with_the_steps_it_announces(dit_p
     for row in result.rows:
         assert abs(row["computed_calls"] - result.budget_calls) <= 2 and row["psnr"] < 100
     assert {r["policy"] for r in result.sweep_rows} == {"dbcache", "dbcache-taylorseer"}
+
+
+def test_observations_are_kept_and_loaded_by_a_resumed_arena(tmp_path, monkeypatch):
+    """Issue 19 item 6: the arena resumes. Inside `resumable(folder)` an observation is written once and a rerun
+    loads it (no generation), with the same images, cost and maps; another setting, seed or model is another key."""
+    import analysis.arena.measure as measure
+    from analysis.arena.measure import Entry, observe, resumable
+
+    pipe = make_dit_pipeline(num_layers=3)
+    runs = []
+    real = measure.generate_batch
+    monkeypatch.setattr(measure, "generate_batch", lambda *a, **k: runs.append(1) or real(*a, **k))
+
+    def entry(threshold=0.5):
+        return Entry("dbcache", f"threshold={threshold}", CacheDiTConfig(threshold, 1, 0, 1))
+
+    with resumable(str(tmp_path)):
+        first = entry()
+        observe(pipe, first, [0, 1], [0, 1], 6, 3.0)
+        assert len(runs) == 2 and len(list(tmp_path.glob("*.npz"))) == 1
+        again = entry()
+        observe(pipe, again, [0, 1], [0, 1], 6, 3.0)
+        assert len(runs) == 2  # loaded, not run
+        assert same(again.images, first.images) and again.row == first.row
+        assert all((again.maps[k] == first.maps[k]).all() for k in first.maps)
+        observe(pipe, entry(0.9), [0, 1], [0, 1], 6, 3.0)  # another threshold
+        observe(pipe, entry(), [0, 2], [0, 1], 6, 3.0)  # another seed
+        assert len(runs) == 6 and len(list(tmp_path.glob("*.npz"))) == 3
+    key = measure.observation_key(pipe, entry(), [0, 1], [0, 1], 6, 3.0, ())
+    (tmp_path / f"{key}.npz").write_bytes(b"cut short")  # a file a killed run left: observed again
+    with resumable(str(tmp_path)):
+        for e in (entry(), entry(0.9), entry()):
+            observe(pipe, e, [0, 1], [0, 1], 6, 3.0)
+    assert len(runs) == 8  # only the broken one ran again (two seeds), then it loads
+    observe(pipe, entry(), [0, 1], [0, 1], 6, 3.0)  # outside: nothing kept or loaded
+    assert len(runs) == 10

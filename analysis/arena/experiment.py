@@ -32,7 +32,7 @@ import torch
 
 from analysis.arena.dbcache import dbcache_sweep
 from analysis.arena.fid import distribution_columns
-from analysis.arena.measure import EQUAL_COST, Entry, bisect_threshold, observe
+from analysis.arena.measure import EQUAL_COST, Entry, bisect_threshold, observe, resumable
 from analysis.calibrate.fit import calibrate, calibration_set, record_grams
 from analysis.metrics.compute_map import ComputeMap
 from analysis.metrics.quality import psnr, ssim
@@ -225,7 +225,14 @@ def run_arena(args, log=print) -> dict:
     total_calls = args.steps * num_blocks * len(kinds)
     budget = len(full_steps(args.steps, args.match_interval)) * num_blocks * len(kinds)
 
-    entries = build_entries(pipe, args, (classes, cal_seeds), log)
+    with resumable(os.path.join(args.out, "observed")):  # a stopped run resumes: observations are kept
+        entries = _observe_all(pipe, args, (classes, cal_seeds), labels, budget, num_blocks, kinds, log)
+    shape = {"calibration": (classes, cal_seeds), "num_blocks": num_blocks, "kinds": kinds}
+    return _finish(pipe, args, entries, labels, classifier, total_calls, budget, t_start, shape, log)
+
+
+def _observe_all(pipe, args, calibration, labels, budget, num_blocks, kinds, log) -> list[Entry]:
+    entries = build_entries(pipe, args, calibration, log)
     for i, entry in enumerate(entries):
         log(f"[{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
         observe(pipe, entry, args.seeds, labels.tolist(), args.steps, args.guidance)
@@ -248,6 +255,12 @@ def run_arena(args, log=print) -> dict:
             (None, *args.dbcache_orders),
             log=log,
         )
+    return entries
+
+
+def _finish(pipe, args, entries, labels, classifier, total_calls, budget, t_start, shape, log) -> dict:
+    """Scores, timings, distribution columns and the JSON-ready result of the observed entries."""
+    (classes, cal_seeds), num_blocks, kinds = shape["calibration"], shape["num_blocks"], shape["kinds"]
     reference = entries[0].images
     for entry in entries:
         score(entry, reference, total_calls, labels, classifier)

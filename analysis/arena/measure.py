@@ -1,14 +1,24 @@
 """One setting of one method on the arena's harness: `Entry` (how to apply it, what it measured), `observe` (its
 images, measured cost and maps over the seeds) and `bisect_threshold`, the search First Block Cache and DBCache share
-for the threshold at a budget."""
+for the threshold at a budget.
 
+Inside `resumable(folder)` every observation is kept in `folder` under a key of everything that made it (the model's
+files, the method's full config, seeds, classes or prompts, steps, guidance, the model card's arguments), so an
+arena run stopped part-way resumes where it stopped: a rerun loads what was observed and runs only the rest."""
+
+import contextlib
+import contextvars
+import hashlib
+import json
+import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from analysis.metrics.compute_map import ComputeMap
+from fora import ForaConfig
 from fora.generate import generate_batch
 from fora.peers import apply_cache
 
@@ -30,11 +40,78 @@ class Entry:
     maps: dict = field(default_factory=dict)  # kind -> blocks x steps bool (first seed)
 
 
+_KEPT: contextvars.ContextVar[str | None] = contextvars.ContextVar("arena_observations", default=None)
+
+
+@contextlib.contextmanager
+def resumable(folder: str):
+    """Keep every `observe` inside in `folder` and load it from there when asked again (module doc)."""
+    os.makedirs(folder, exist_ok=True)
+    token = _KEPT.set(folder)
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+
+
+def observation_key(pipe, entry: Entry, seeds, labels, steps: int, guidance: float, options: tuple) -> str:
+    """A hash of everything an observation depends on (a plan by its full steps, not its summary)."""
+    config = entry.config
+    if isinstance(config, ForaConfig) and config.plan is not None:
+        described = [repr(replace(config, plan=None)), config.plan.to_dict()]
+    else:
+        described = repr(config)
+    model = getattr(pipe, "_fora_folder", None) or getattr(pipe.config, "_name_or_path", "") or type(pipe).__name__
+    text = json.dumps(
+        [
+            model,
+            entry.policy,
+            entry.setting,
+            described,
+            [str(s) for s in seeds],
+            [str(x) for x in labels],
+            steps,
+            guidance,
+            [list(o) for o in options],
+        ],
+        default=str,
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _load(path: str, entry: Entry) -> bool:
+    try:
+        with np.load(path) as z:
+            entry.images = z["images"]
+            calls = float(z["computed_calls"])
+            entry.maps = {k[len("map_") :]: z[k] for k in z.files if k.startswith("map_")}
+    except (OSError, ValueError, KeyError):  # a file cut short: observe again
+        return False
+    entry.row.update(computed_calls=calls)
+    return True
+
+
+def _save(path: str, entry: Entry) -> None:
+    tmp = f"{path[:-4]}.tmp{os.getpid()}.npz"
+    maps = {f"map_{k}": v for k, v in entry.maps.items()}
+    np.savez(tmp, images=entry.images, computed_calls=entry.row["computed_calls"], **maps)
+    os.replace(tmp, path)
+
+
 def observe(
     pipe, entry: Entry, seeds: list[int], labels: list[int], steps: int, guidance: float, options: tuple = ()
 ) -> None:
     """Run `entry` once per seed (class `labels[i]`, or a prompt) with a `ComputeMap`: images, mean computed calls,
-    the first seed's maps. `options`: a text model's card arguments (`ModelSpec.call_kwargs`)."""
+    the first seed's maps. `options`: a text model's card arguments (`ModelSpec.call_kwargs`). Inside `resumable`,
+    an observation made before is loaded instead."""
+    folder = _KEPT.get()
+    path = None
+    if folder is not None:
+        path = os.path.join(folder, observation_key(pipe, entry, seeds, labels, steps, guidance, options) + ".npz")
+        if os.path.isfile(path) and _load(path, entry):
+            _describe(entry)
+            return
     images, calls = [], []
     remove = apply_cache(pipe, entry.config)
     try:
@@ -47,10 +124,16 @@ def observe(
     finally:
         remove(pipe)
     entry.images = np.stack(images)
+    entry.row.update(computed_calls=float(np.mean(calls)))
+    _describe(entry)
+    if path is not None:
+        _save(path, entry)
+
+
+def _describe(entry: Entry) -> None:
     entry.row.update(
         policy=entry.policy,
         setting=entry.setting,
-        computed_calls=float(np.mean(calls)),
         interval=entry.interval,
         order=entry.order,
         threshold=entry.threshold,
