@@ -249,3 +249,31 @@ def test_the_evaluation_runs_every_row_and_writes_them(tiny_dir, tmp_path):
     ]
     assert result["rows"][0]["object"] == 1.0 and "psnr" not in result["rows"][1]
     assert all(0 <= r["ssim"] <= 1 for r in result["rows"][2:]) and result["one_image"]["n"] == 5
+
+
+def test_the_arena_runs_a_text_model_on_its_prompts_and_resumes(tiny_dir, tmp_path):
+    """Issue 19 item 3: the arena on a text model: sample s is prompt s mod P of the model's evaluation set, the
+    plans calibrated on its calibration prompts, DBCache bisected to FORA's measured cost (SD3's last block has no
+    text MLP: the budget counts the calls that run); diffusers' peers are left out with a line saying so. A rerun
+    into the same folder loads every observation."""
+    import json
+
+    from analysis.arena.__main__ import main
+
+    args = ["--model", tiny_dir, "--steps", "6", "--match-interval", "2", "--intervals", "2", "--seeds", "0", "1"]
+    args += ["--calibration-samples", "2", "--timing-pairs", "0", "--dbcache-fn", "1", "--dbcache-bn", "0"]
+    args += ["--dbcache-warmups", "1", "--dbcache-orders", "--guidance", "4", "--out", str(tmp_path)]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "arena.json").read_text())
+    rows = {(r["policy"], r["setting"].split(" (")[0]): r for r in result["rows"]}
+    assert rows[("uncached", "T steps computed")]["computed_fraction"] == 1.0
+    fora = rows[("fora", "N=2")]
+    assert fora["computed_calls"] == result["budget_calls"] == len(full_steps(6, 2)) * (2 * 3 - 1)
+    assert {p for p, _ in rows} == {"uncached", "fora", "calibrated", "calibrated-o1", "dbcache"}
+    assert result["settings"]["prompts"] == sorted(set(load_prompts(EMOJI_EVAL_PROMPTS)[:2]))
+    kept = sorted(p.name for p in (tmp_path / "observed").glob("*.npz"))
+    assert len(kept) >= 5
+    assert main(args) == 0  # resumed: the same rows from the kept observations
+    again = json.loads((tmp_path / "arena.json").read_text())
+    assert [r["psnr"] for r in again["rows"]] == [r["psnr"] for r in result["rows"]]
+    assert sorted(p.name for p in (tmp_path / "observed").glob("*.npz")) == kept

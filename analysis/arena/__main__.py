@@ -21,7 +21,14 @@ def parse_args(argv=None):
         description=ARENA_DOC.split("\n\n")[0],
         epilog=f"methods: {', '.join(POLICIES)} (analysis/arena/experiment.py, docs/arena.md)",
     )
-    p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
+    p.add_argument("--model", default="emoji-dit", help="model key, hub id or pipeline folder")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        metavar="FILE",
+        help="text models: the prompt set (sample s: prompt s mod P; default: the model's evaluation set, "
+        "analysis.prompts.prompt_set); calibration uses the model's calibration prompts",
+    )
     p.add_argument("--steps", type=int, default=30, help="sampling steps T (DDIM)")
     p.add_argument("--match-interval", type=int, default=3, help="FORA N whose cost is the reference budget")
     p.add_argument(

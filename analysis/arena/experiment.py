@@ -2,8 +2,9 @@
 
     python -m analysis.arena --model emoji-dit --steps 30 --match-interval 3 --seeds 0 1 2 3 --out DIR
 
-Every method runs on the same pipeline with the same seeds (sample s: class s mod classes, noise seed s), one
-sample per call (First Block Cache and DBCache decide from the batch, so batching would couple samples). Per setting:
+Every method runs on the same pipeline with the same seeds (sample s: class s mod classes, or for a text model
+prompt s mod P of its prompt set, `--prompts`; noise seed s), one sample per call (First Block Cache and DBCache
+decide from the batch, so batching would couple samples). Per setting:
 - `computed_calls`: attention/MLP module calls that really ran per pipeline call, counted by `ComputeMap` (the
   first Linear of each module), mean over seeds; the cost every method is compared at. `computed_fraction` is it
   over the uncached count.
@@ -36,12 +37,14 @@ from analysis.arena.measure import EQUAL_COST, Entry, bisect_threshold, observe,
 from analysis.calibrate.fit import calibrate, calibration_set, record_grams
 from analysis.metrics.compute_map import ComputeMap
 from analysis.metrics.quality import psnr, ssim
+from analysis.prompts import load_prompts, prompt_set
 from analysis.report_files import machine
 from embedded.emoji.classes import NUM_CLASSES
 from fora import ForaConfig, full_steps
 from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
 from fora.loading import load_pipeline
+from fora.peer_cache_dit import supports_cache_dit
 from fora.peers import fbcache, taylorseer, taylorseer_steps
 from fora.timing import clock_label, paired_speedups
 
@@ -167,6 +170,13 @@ def fbcache_at_budget(
     )
 
 
+def diffusers_peers(pipe) -> bool:
+    """Whether diffusers' TaylorSeer and First Block Cache run here on `pipe` (tested on DiT and PixArt only)."""
+    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
+
+    return isinstance(pipe.transformer, (DiTTransformer2DModel, PixArtTransformer2DModel))
+
+
 def build_entries(pipe, args, calibration: tuple[list[int], list[int]], log) -> list[Entry]:
     entries = [Entry("uncached", "T steps computed", None)]
     entries += [Entry("fora", f"N={n}", ForaConfig(interval=n), interval=n) for n in args.intervals]
@@ -178,6 +188,12 @@ def build_entries(pipe, args, calibration: tuple[list[int], list[int]], log) -> 
             plan = calibrate(pipe, args.steps, n, order, args.guidance, args.calibration_samples, recording=recording)
             name = "calibrated" if order == 0 else "calibrated-o1"
             entries.append(Entry(name, f"budget of N={n}", ForaConfig(plan=plan), interval=n, order=order))
+    if not diffusers_peers(pipe):
+        log(
+            f"diffusers' TaylorSeer and First Block Cache run here on DiT/PixArt only: left out on "
+            f"{type(pipe).__name__}"
+        )
+        return entries
     for o in args.orders:  # every (N, warm-up) of its two knobs, at whatever cost each has
         for n in args.intervals:
             for w in args.warmups:
@@ -194,25 +210,33 @@ def run_arena(args, log=print) -> dict:
     t_start = time.perf_counter()
     pipe = load_pipeline(args.model, device=args.device)
     pipe.set_progress_bar_config(disable=True)
-    if is_text_conditional(pipe):
-        raise ValueError(f"--model {args.model}: the arena runs class-conditional models (emoji-dit, DiT)")
-    num_classes = class_count(pipe)
-    classes, cal_seeds = calibration_set(num_classes, args.calibration_samples)
-    overlap = sorted(set(args.seeds) & set(cal_seeds))
-    if overlap:
-        raise ValueError(f"--seeds {overlap} are calibration seeds; evaluation must use other seeds")
-    shared = sorted({s for s in args.seeds if s % num_classes in classes})
-    if shared:
-        raise ValueError(
-            f"--seeds {shared} ask for calibration classes {sorted({s % num_classes for s in shared})} "
-            f"(class = seed mod {num_classes}); evaluation must use other classes"
-        )
-    labels = np.array([s % num_classes for s in args.seeds])
-    if args.fid and num_classes != NUM_CLASSES:  # checked before the sweep: --fid scores with the emoji classifier
-        raise ValueError(
-            f"--fid scores in the emoji classifier's feature space ({NUM_CLASSES} classes); "
-            f"{args.model} has {num_classes} classes"
-        )
+    text = is_text_conditional(pipe)
+    if text:  # sample s: prompt s mod P of the model's prompt set; calibration on its calibration prompts
+        if args.fid:
+            raise ValueError(f"--fid scores class models in the emoji classifier's feature space; {args.model} is not")
+        prompts = load_prompts(getattr(args, "prompts", None) or prompt_set(pipe, "eval"))
+        calibration_prompts = load_prompts(prompt_set(pipe, "calibration"))
+        _, cal_seeds = calibration_set(1, args.calibration_samples)
+        classes = [calibration_prompts[i % len(calibration_prompts)] for i in range(args.calibration_samples)]
+        labels = np.array([prompts[s % len(prompts)] for s in args.seeds])
+    else:
+        num_classes = class_count(pipe)
+        classes, cal_seeds = calibration_set(num_classes, args.calibration_samples)
+        overlap = sorted(set(args.seeds) & set(cal_seeds))
+        if overlap:
+            raise ValueError(f"--seeds {overlap} are calibration seeds; evaluation must use other seeds")
+        shared = sorted({s for s in args.seeds if s % num_classes in classes})
+        if shared:
+            raise ValueError(
+                f"--seeds {shared} ask for calibration classes {sorted({s % num_classes for s in shared})} "
+                f"(class = seed mod {num_classes}); evaluation must use other classes"
+            )
+        labels = np.array([s % num_classes for s in args.seeds])
+        if args.fid and num_classes != NUM_CLASSES:  # checked before the sweep: --fid scores with the classifier
+            raise ValueError(
+                f"--fid scores in the emoji classifier's feature space ({NUM_CLASSES} classes); "
+                f"{args.model} has {num_classes} classes"
+            )
     classifier = None
     if args.model == "emoji-dit":
         from analysis.emoji_eval import CLASSIFIER_WEIGHTS
@@ -220,10 +244,13 @@ def run_arena(args, log=print) -> dict:
 
         classifier, _ = load_or_train_classifier(CLASSIFIER_WEIGHTS)
     with ComputeMap(pipe.transformer) as probe:
-        generate_batch(pipe, [0], [0], 2, args.guidance)
+        generate_batch(pipe, [labels.tolist()[0]], [0], 2, args.guidance)
     num_blocks, kinds = probe.num_blocks, tuple(probe.kinds)
-    total_calls = args.steps * num_blocks * len(kinds)
-    budget = len(full_steps(args.steps, args.match_interval)) * num_blocks * len(kinds)
+    # module calls per uncached step, as measured: blocks x kinds, less where a block lacks a kind (SD3's last
+    # block has no text MLP)
+    per_step = probe.computed_calls // 2
+    total_calls = args.steps * per_step
+    budget = len(full_steps(args.steps, args.match_interval)) * per_step
 
     with resumable(os.path.join(args.out, "observed")):  # a stopped run resumes: observations are kept
         entries = _observe_all(pipe, args, (classes, cal_seeds), labels, budget, num_blocks, kinds, log)
@@ -236,10 +263,14 @@ def _observe_all(pipe, args, calibration, labels, budget, num_blocks, kinds, log
     for i, entry in enumerate(entries):
         log(f"[{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
         observe(pipe, entry, args.seeds, labels.tolist(), args.steps, args.guidance)
-    log(f"fbcache: bisecting the threshold to FORA N={args.match_interval}'s budget of {budget} calls")
-    entries.append(fbcache_at_budget(pipe, budget, args.seeds, labels.tolist(), args.steps, args.guidance))
-    if args.dbcache_intervals:
-        budgets = {n: len(full_steps(args.steps, n)) * num_blocks * len(kinds) for n in args.dbcache_intervals}
+    if diffusers_peers(pipe):
+        log(f"fbcache: bisecting the threshold to FORA N={args.match_interval}'s budget of {budget} calls")
+        entries.append(fbcache_at_budget(pipe, budget, args.seeds, labels.tolist(), args.steps, args.guidance))
+    if args.dbcache_intervals and not supports_cache_dit(pipe):
+        log(f"cache-dit's DBCache does not run here on {type(pipe).__name__}: left out")
+    elif args.dbcache_intervals:
+        per_step = budget // len(full_steps(args.steps, args.match_interval))
+        budgets = {n: len(full_steps(args.steps, n)) * per_step for n in args.dbcache_intervals}
         log(f"dbcache: thresholds bisected to the costs of FORA N={', '.join(map(str, budgets))}")
         entries += dbcache_sweep(
             pipe,
@@ -270,7 +301,7 @@ def _finish(pipe, args, entries, labels, classifier, total_calls, budget, t_star
             pipe,
             entries,
             args.seeds[0],
-            int(labels[0]),
+            labels.tolist()[0],
             args.steps,
             args.guidance,
             args.timing_pairs,
@@ -318,6 +349,7 @@ def _finish(pipe, args, entries, labels, classifier, total_calls, budget, t_star
                 "taylorseer_orders": args.dbcache_orders,
             },
             "calibration": {"classes": classes, "seeds": cal_seeds},
+            "prompts": sorted(set(labels.tolist())) if is_text_conditional(pipe) else None,
         },
         "budget_calls": budget,
         "total_calls": total_calls,

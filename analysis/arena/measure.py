@@ -57,8 +57,9 @@ def resumable(folder: str):
 def observation_key(pipe, entry: Entry, seeds, labels, steps: int, guidance: float, options: tuple) -> str:
     """A hash of everything an observation depends on (a plan by its full steps, not its summary)."""
     config = entry.config
-    if isinstance(config, ForaConfig) and config.plan is not None:
-        described = [repr(replace(config, plan=None)), config.plan.to_dict()]
+    if isinstance(config, ForaConfig) and config.plan is not None:  # what it computes, not its record (meta)
+        plan = config.plan
+        described = [repr(replace(config, plan=None)), plan.num_steps, plan.order, plan.to_dict()["steps"]]
     else:
         described = repr(config)
     model = getattr(pipe, "_fora_folder", None) or getattr(pipe.config, "_name_or_path", "") or type(pipe).__name__
