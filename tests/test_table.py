@@ -333,19 +333,41 @@ def test_score_is_deterministic_and_leaves_the_global_generator_alone():
     assert inception_score(logits) == first
 
 
-def test_frechet_distance_in_the_emoji_feature_space_grows_with_damage():
+def test_each_feature_space_ranks_controlled_damage_of_real_renders_above_the_floor():
+    """Issue 21 item 4: FD and sFID in the emoji classifier's spaces rank controlled degradations of real renders
+    (shrink, blur, pixel noise, each at two strengths) in order: real renders of another seed (the floor) below
+    the mild damage, the mild below the strong."""
+    from PIL import Image, ImageFilter
+
     from analysis.metrics.distribution import EmojiFeatures
     from embedded.emoji.render import render_dataset
 
     extract = EmojiFeatures()
-    reference = extract(render_dataset(10, seed=3003)[0]).features
-    images = render_dataset(10, seed=4004)[0].astype(np.float64)
+    reference = extract(render_dataset(16, seed=3003)[0])
+    images = render_dataset(16, seed=4004)[0]
     noise = np.random.default_rng(0).normal(size=images.shape)
-    fds = [
-        frechet_distance(reference, extract(np.clip(images + s * noise, 0, 255).astype(np.uint8)).features)
-        for s in (0, 16, 48)
-    ]
-    assert fds[0] < fds[1] < fds[2]
+
+    def shrink(a, f):  # to a fraction of the side, centred on the image's own corner colour
+        out = []
+        for im in a:
+            small = Image.fromarray(im).resize((round(32 * f),) * 2, Image.Resampling.BILINEAR)
+            canvas = Image.new("RGB", (32, 32), tuple(int(v) for v in im[0, 0]))
+            canvas.paste(small, ((32 - small.width) // 2, (32 - small.height) // 2))
+            out.append(np.asarray(canvas))
+        return np.stack(out)
+
+    def blur(a, r):
+        return np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(r))) for im in a])
+
+    def noisy(a, sigma):
+        return np.clip(a + sigma * noise, 0, 255).astype(np.uint8)
+
+    floor = extract(images)
+    for damage, mild, strong in ((shrink, 0.85, 0.6), (blur, 0.6, 1.2), (noisy, 12, 36)):
+        a, b = extract(damage(images, mild)), extract(damage(images, strong))
+        for space in ("features", "spatial"):
+            fd = [frechet_distance(getattr(reference, space), getattr(f, space)) for f in (floor, a, b)]
+            assert fd[0] < fd[1] < fd[2], (damage.__name__, space, fd)
 
 
 def test_ddpm_samples_do_not_depend_on_the_batch_size(tiny_model, tmp_path):
