@@ -80,7 +80,8 @@ class ModelShape:
 
     @property
     def total_blocks(self) -> int:
-        return sum(n for _, n in self.groups)
+        """Transformer blocks (SD3.5's second attentions sit inside its blocks: not counted)."""
+        return sum(n for layout, n in self.groups if layout != "attn2")
 
     @property
     def cached_modules(self) -> int:
@@ -141,7 +142,8 @@ MODEL_SHAPES = {
         ModelShape("sd3.5-medium", 24, 1536, 4096, 333, "joint", (("attn2", 13),), context_pre_only_last=True),
         ModelShape("flux.1-dev", 19, 3072, 4096, 512, "joint", (("single", 38),), guidance_rows=1),
         ModelShape("flux.1-schnell", 19, 3072, 4096, 256, "joint", (("single", 38),), guidance_rows=1),
-        ModelShape("sana-1600m-1024", 20, 2240, 1024, 300, mlp_ratio=2.5, linear_attention=True),
+        # Sana's GLUMBConv: D -> 2 x 2.5D (gated) and 2.5D -> D, 7.5 D^2 multiply-adds a token: mlp_ratio 3.75
+        ModelShape("sana-1600m-1024", 20, 2240, 1024, 300, mlp_ratio=3.75, linear_attention=True),
         ModelShape("hunyuan-dit-1.2", 40, 1408, 4096, 333, mlp_ratio=4.3637),
         ModelShape("lumina-image-2", 26, 2304, 4096, 256, "unified", (("image", 2), ("text", 2))),
         ModelShape("wan2.1-t2v-1.3b", 30, 1536, 21 * 30 * 52, 512, mlp_ratio=8960 / 1536),
@@ -356,7 +358,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(
-        f"batch {args.batch} (x2 for guidance), {args.dtype}, T={args.steps}, N={args.interval}; "
+        f"batch {args.batch} (x2 for guidance, x1 for FLUX.1's distilled guidance), {args.dtype}, T={args.steps}, "
+        f"N={args.interval}; "
         f"{args.bandwidth:g} TB/s, {args.tflops:g} TFLOP/s x {args.utilization:g}"
     )
     measured = f" {'measured read ms':>16s} {'GB/s':>10s}" if args.measure else ""

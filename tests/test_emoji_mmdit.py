@@ -251,7 +251,7 @@ def test_the_evaluation_runs_every_row_and_writes_them(tiny_dir, tmp_path):
     assert all(0 <= r["ssim"] <= 1 for r in result["rows"][2:]) and result["one_image"]["n"] == 5
 
 
-def test_the_arena_runs_a_text_model_on_its_prompts_and_resumes(tiny_dir, tmp_path):
+def test_the_arena_runs_a_text_model_on_its_prompts_and_resumes(tiny_dir, tmp_path, monkeypatch):
     """Issue 19 item 3: the arena on a text model: sample s is prompt s mod P of the model's evaluation set, the
     plans calibrated on its calibration prompts, DBCache bisected to FORA's measured cost (SD3's last block has no
     text MLP: the budget counts the calls that run); diffusers' peers are left out with a line saying so. A rerun
@@ -273,7 +273,13 @@ def test_the_arena_runs_a_text_model_on_its_prompts_and_resumes(tiny_dir, tmp_pa
     assert result["settings"]["prompts"] == sorted(set(load_prompts(EMOJI_EVAL_PROMPTS)[:2]))
     kept = sorted(p.name for p in (tmp_path / "observed").glob("*.npz"))
     assert len(kept) >= 5
-    assert main(args) == 0  # resumed: the same rows from the kept observations
+    import analysis.arena.measure as measure
+
+    observed = []
+    real = measure.generate_batch
+    monkeypatch.setattr(measure, "generate_batch", lambda *a, **k: observed.append(1) or real(*a, **k))
+    assert main(args) == 0  # resumed: the same rows from the kept observations, none generated again
+    assert observed == []
     again = json.loads((tmp_path / "arena.json").read_text())
     assert [r["psnr"] for r in again["rows"]] == [r["psnr"] for r in result["rows"]]
     assert sorted(p.name for p in (tmp_path / "observed").glob("*.npz")) == kept

@@ -120,12 +120,21 @@ def test_cache_bytes_per_family_are_what_the_cache_really_holds(family, shape):
     assert held == cache_bytes(formula, batch=families.B, dtype="float32", guidance=False) > 0
 
 
+def replaced_flops_of(shape):
+    from analysis.memory import replaced_flops
+
+    return replaced_flops(shape)
+
+
 def test_every_app_model_has_a_memory_shape_at_its_native_size():
     from fora.loading import MODELS
 
     assert set(MODELS) <= set(MODEL_SHAPES)
     flux, sd3 = MODEL_SHAPES["flux.1-dev"], MODEL_SHAPES["sd3.5-medium"]
-    assert flux.total_blocks == 57 and flux.tokens == 4096 and sd3.total_blocks == 24 + 13
+    assert flux.total_blocks == 57 and flux.tokens == 4096 and sd3.total_blocks == 24
+    # FLUX.1 [dev]: one forward replaces ~74 T FLOPs of attention and MLP (12B parameters x 4608 tokens, plus
+    # attention's products), and its cache is ~2 GiB in bfloat16 (one forward per step: no guidance batch)
+    assert 70e12 < replaced_flops_of(flux) < 80e12 and 1.9 * 2**30 < cache_bytes(flux, dtype="bfloat16") < 2.1 * 2**30
     # per byte read, a reuse step replaces more compute in a wider model with more tokens (D, and attention's L)
     assert MODEL_SHAPES["flux.1-dev"].replaced_flops() / cache_bytes(flux) > 3 * (
         MODEL_SHAPES["dit-xl-2-256"].replaced_flops() / cache_bytes(MODEL_SHAPES["dit-xl-2-256"])

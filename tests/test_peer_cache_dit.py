@@ -400,10 +400,18 @@ def test_observations_are_kept_and_loaded_by_a_resumed_arena(tmp_path, monkeypat
         observe(pipe, entry(), [0, 2], [0, 1], 6, 3.0)  # another seed
         assert len(runs) == 6 and len(list(tmp_path.glob("*.npz"))) == 3
     key = measure.observation_key(pipe, entry(), [0, 1], [0, 1], 6, 3.0, ())
-    (tmp_path / f"{key}.npz").write_bytes(b"cut short")  # a file a killed run left: observed again
+    whole = (tmp_path / f"{key}.npz").read_bytes()
+    (tmp_path / f"{key}.npz").write_bytes(whole[: len(whole) // 2])  # a file a killed run left: observed again
     with resumable(str(tmp_path)):
         for e in (entry(), entry(0.9), entry()):
             observe(pipe, e, [0, 1], [0, 1], 6, 3.0)
     assert len(runs) == 8  # only the broken one ran again (two seeds), then it loads
     observe(pipe, entry(), [0, 1], [0, 1], 6, 3.0)  # outside: nothing kept or loaded
     assert len(runs) == 10
+    # another model (other weights, same config), another dtype: other keys
+    other = make_dit_pipeline(num_layers=3, seed=1)
+    keys = {measure.observation_key(p, entry(), [0, 1], [0, 1], 6, 3.0, ()) for p in (pipe, other)}
+    assert len(keys) == 2
+    pipe.transformer.to(torch.float64)
+    assert measure.observation_key(pipe, entry(), [0, 1], [0, 1], 6, 3.0, ()) not in keys
+    pipe.transformer.to(torch.float32)

@@ -56,6 +56,11 @@ def test_the_paired_bootstrap_resolves_a_shift_and_not_a_copy():
     noisy = a + rng.normal(scale=1.0, size=a.shape) * 0.01  # a tiny change: its interval is narrow around it
     tiny = paired_interval(lambda i: frechet_distance(ref, noisy[i]) - frechet_distance(ref, a[i]), 200, 40)
     assert tiny.high - tiny.low < moved.high - moved.low
+    # FD of samples from the reference's own distribution: small, and inside its interval (resampling repeats
+    # samples, which raises FD: the interval is re-centred on the estimate)
+    near = rng.normal(size=(256, 8))
+    fd = paired_interval(lambda i: frechet_distance(ref, near[i]), 256, 40)
+    assert fd.low <= fd.value <= fd.high and fd.low >= -0.05
     spatial = rng.normal(size=(300, 448))
     assert frechet_distance(spatial, spatial) == pytest.approx(0, abs=1e-4)  # n < d: sqrtm rounding
     with pytest.raises(ValueError, match="at least 2 samples"):

@@ -70,6 +70,7 @@ def dbcache_sweep(
     orders=(None, *TAYLORSEER_ORDERS),
     iterations: int = 7,
     log=print,
+    options: tuple = (),
 ) -> list[Entry]:
     """For each TaylorSeer order (`None`: plain DBCache) and (Fn, Bn, warm-up): the cheapest setting, then the
     threshold bisected to each budget (FORA N -> computed calls) it can reach. Settings with Fn + Bn >= the blocks
@@ -82,7 +83,7 @@ def dbcache_sweep(
             continue
         cheapest = dbcache_entry(ALWAYS, fn, bn, warmup, order, note=" (cheapest)")
         log(f"{cheapest.policy} {cheapest.setting}")
-        observe(pipe, cheapest, seeds, labels, steps, guidance)
+        observe(pipe, cheapest, seeds, labels, steps, guidance, options)
         entries.append(cheapest)
         floor = cheapest.row["computed_calls"]
         for n, budget in budgets.items():
@@ -91,6 +92,8 @@ def dbcache_sweep(
                 continue
             log(f"{cheapest.policy} {name}: bisecting the threshold to N={n}'s cost of {budget:.0f} calls")
             entries.append(
-                dbcache_at_budget(pipe, budget, seeds, labels, steps, guidance, fn, bn, warmup, order, n, iterations)
+                dbcache_at_budget(
+                    pipe, budget, seeds, labels, steps, guidance, fn, bn, warmup, order, n, iterations, options
+                )
             )
     return entries

@@ -43,7 +43,7 @@ from embedded.emoji.classes import NUM_CLASSES
 from fora import ForaConfig, full_steps
 from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
-from fora.loading import load_pipeline
+from fora.loading import MODELS, load_pipeline
 from fora.peer_cache_dit import supports_cache_dit
 from fora.peers import fbcache, taylorseer, taylorseer_steps
 from fora.timing import clock_label, paired_speedups
@@ -181,11 +181,20 @@ def build_entries(pipe, args, calibration: tuple[list[int], list[int]], log) -> 
     entries = [Entry("uncached", "T steps computed", None)]
     entries += [Entry("fora", f"N={n}", ForaConfig(interval=n), interval=n) for n in args.intervals]
     classes, seeds = calibration
-    recording = record_grams(pipe, classes, seeds, args.steps, args.guidance)
+    recording = record_grams(pipe, classes, seeds, args.steps, args.guidance, options=args.options)
     for order in (0, 1):
         for n in args.intervals:
             log(f"calibrating order {order} at FORA N={n}'s budget")
-            plan = calibrate(pipe, args.steps, n, order, args.guidance, args.calibration_samples, recording=recording)
+            plan = calibrate(
+                pipe,
+                args.steps,
+                n,
+                order,
+                args.guidance,
+                args.calibration_samples,
+                recording=recording,
+                options=args.options,
+            )
             name = "calibrated" if order == 0 else "calibrated-o1"
             entries.append(Entry(name, f"budget of N={n}", ForaConfig(plan=plan), interval=n, order=order))
     if not diffusers_peers(pipe):
@@ -211,6 +220,8 @@ def run_arena(args, log=print) -> dict:
     pipe = load_pipeline(args.model, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     text = is_text_conditional(pipe)
+    spec = MODELS.get(args.model)
+    args.options = tuple(spec.call_kwargs.items()) if text and spec else ()  # the model card's, in every run
     if text:  # sample s: prompt s mod P of the model's prompt set; calibration on its calibration prompts
         if args.fid:
             raise ValueError(f"--fid scores class models in the emoji classifier's feature space; {args.model} is not")
@@ -244,33 +255,37 @@ def run_arena(args, log=print) -> dict:
 
         classifier, _ = load_or_train_classifier(CLASSIFIER_WEIGHTS)
     with ComputeMap(pipe.transformer) as probe:
-        generate_batch(pipe, [labels.tolist()[0]], [0], 2, args.guidance)
+        generate_batch(pipe, [labels.tolist()[0]], [0], 2, args.guidance, args.options)
     num_blocks, kinds = probe.num_blocks, tuple(probe.kinds)
-    # module calls per uncached step, as measured: blocks x kinds, less where a block lacks a kind (SD3's last
-    # block has no text MLP)
-    per_step = probe.computed_calls // 2
-    total_calls = args.steps * per_step
-    budget = len(full_steps(args.steps, args.match_interval)) * per_step
 
     with resumable(os.path.join(args.out, "observed")):  # a stopped run resumes: observations are kept
-        entries = _observe_all(pipe, args, (classes, cal_seeds), labels, budget, num_blocks, kinds, log)
+        entries, budget, total_calls = _observe_all(pipe, args, (classes, cal_seeds), labels, num_blocks, log)
     shape = {"calibration": (classes, cal_seeds), "num_blocks": num_blocks, "kinds": kinds}
     return _finish(pipe, args, entries, labels, classifier, total_calls, budget, t_start, shape, log)
 
 
-def _observe_all(pipe, args, calibration, labels, budget, num_blocks, kinds, log) -> list[Entry]:
+def _observe_all(pipe, args, calibration, labels, num_blocks, log) -> tuple[list[Entry], int, int]:
+    """Every entry observed; (entries, the budget: FORA N = match's calls, the uncached calls)."""
     entries = build_entries(pipe, args, calibration, log)
     for i, entry in enumerate(entries):
         log(f"[{i + 1}/{len(entries)}] {entry.policy} {entry.setting}")
-        observe(pipe, entry, args.seeds, labels.tolist(), args.steps, args.guidance)
+        observe(pipe, entry, args.seeds, labels.tolist(), args.steps, args.guidance, args.options)
+    # module calls per uncached step, as the uncached run made them (mean over seeds): blocks x kinds, less where a
+    # block lacks a kind (SD3's last block has no text MLP), whatever a pipeline does at some steps only
+    per_step = entries[0].row["computed_calls"] / args.steps
+    total_calls = round(args.steps * per_step)
+    budget = round(len(full_steps(args.steps, args.match_interval)) * per_step)
     if diffusers_peers(pipe):
         log(f"fbcache: bisecting the threshold to FORA N={args.match_interval}'s budget of {budget} calls")
-        entries.append(fbcache_at_budget(pipe, budget, args.seeds, labels.tolist(), args.steps, args.guidance))
+        entries.append(
+            fbcache_at_budget(
+                pipe, budget, args.seeds, labels.tolist(), args.steps, args.guidance, options=args.options
+            )
+        )
     if args.dbcache_intervals and not supports_cache_dit(pipe):
         log(f"cache-dit's DBCache does not run here on {type(pipe).__name__}: left out")
     elif args.dbcache_intervals:
-        per_step = budget // len(full_steps(args.steps, args.match_interval))
-        budgets = {n: len(full_steps(args.steps, n)) * per_step for n in args.dbcache_intervals}
+        budgets = {n: round(len(full_steps(args.steps, n)) * per_step) for n in args.dbcache_intervals}
         log(f"dbcache: thresholds bisected to the costs of FORA N={', '.join(map(str, budgets))}")
         entries += dbcache_sweep(
             pipe,
@@ -285,8 +300,9 @@ def _observe_all(pipe, args, calibration, labels, budget, num_blocks, kinds, log
             args.dbcache_warmups,
             (None, *args.dbcache_orders),
             log=log,
+            options=args.options,
         )
-    return entries
+    return entries, budget, total_calls
 
 
 def _finish(pipe, args, entries, labels, classifier, total_calls, budget, t_start, shape, log) -> dict:
@@ -307,6 +323,7 @@ def _finish(pipe, args, entries, labels, classifier, total_calls, budget, t_star
             args.timing_pairs,
             args.clock,
             on_round=lambda r, k: log(f"timed round {r} of {k}" if r else "timing: warm-up done"),
+            options=args.options,
         )
     distribution = None
     if args.fid:

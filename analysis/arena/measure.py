@@ -2,9 +2,10 @@
 images, measured cost and maps over the seeds) and `bisect_threshold`, the search First Block Cache and DBCache share
 for the threshold at a budget.
 
-Inside `resumable(folder)` every observation is kept in `folder` under a key of everything that made it (the model's
-files, the method's full config, seeds, classes or prompts, steps, guidance, the model card's arguments), so an
-arena run stopped part-way resumes where it stopped: a rerun loads what was observed and runs only the rest."""
+Inside `resumable(folder)` every observation is kept in `folder` under a key of everything that made it (the
+model's weights, dtype, device, scheduler and library versions, the method's full config, seeds, classes or prompts,
+steps, guidance, the model card's arguments), so an arena run stopped part-way resumes where it stopped: a rerun
+loads what was observed and runs only the rest."""
 
 import contextlib
 import contextvars
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -62,10 +64,9 @@ def observation_key(pipe, entry: Entry, seeds, labels, steps: int, guidance: flo
         described = [repr(replace(config, plan=None)), plan.num_steps, plan.order, plan.to_dict()["steps"]]
     else:
         described = repr(config)
-    model = getattr(pipe, "_fora_folder", None) or getattr(pipe.config, "_name_or_path", "") or type(pipe).__name__
     text = json.dumps(
         [
-            model,
+            model_fingerprint(pipe),
             entry.policy,
             entry.setting,
             described,
@@ -81,13 +82,32 @@ def observation_key(pipe, entry: Entry, seeds, labels, steps: int, guidance: flo
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def model_fingerprint(pipe) -> str:
+    """What the images depend on besides the method: the weights (each parameter's shape and first values: a
+    retrained or other checkpoint differs), their dtype and device, the scheduler's config and the versions of the
+    libraries that run it."""
+    import cache_dit
+    import diffusers
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in pipe.transformer.named_parameters():
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    transformer = pipe.transformer
+    parts = [type(pipe).__name__, str(transformer.dtype), transformer.device.type, repr(dict(pipe.scheduler.config))]
+    parts += [torch.__version__, diffusers.__version__, getattr(cache_dit, "__version__", "")]
+    h.update(json.dumps(parts, default=str).encode())
+    return h.hexdigest()
+
+
 def _load(path: str, entry: Entry) -> bool:
     try:
         with np.load(path) as z:
             entry.images = z["images"]
             calls = float(z["computed_calls"])
             entry.maps = {k[len("map_") :]: z[k] for k in z.files if k.startswith("map_")}
-    except (OSError, ValueError, KeyError):  # a file cut short: observe again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # a file cut short: observe again
         return False
     entry.row.update(computed_calls=calls)
     return True

@@ -2,9 +2,10 @@
 
 Every cell of a table holds one sample per seed index (sample i of every cell has the same seed and class), so two
 cells are compared by resampling the same indices for both: the interval of a difference then holds the seeds'
-shared variation out. scipy's `stats.bootstrap` does the resampling (`paired=True`, percentile intervals: BCa's
-jackknife would compute a Frechet distance once per sample); the statistic is any function of the resampled index
-array, which picks the rows of every set involved.
+shared variation out. scipy's `stats.bootstrap` does the resampling (`paired=True`, percentile intervals re-centred
+on the estimate, since repeated samples bias a distribution statistic; BCa's jackknife would compute a Frechet
+distance once per sample); the statistic is any function of the resampled index array, which picks the rows of
+every set involved.
 """
 
 from collections.abc import Callable
@@ -57,5 +58,10 @@ def paired_interval(
         method="percentile",
         rng=np.random.default_rng(seed),
     )
+    value = float(statistic(index))
+    # re-centred on the estimate: a resample repeats samples, which alone moves a distribution statistic (FD rises
+    # with repeats: 12.1 on the samples, 20.5 to 22.5 over resamples of 1000 in 192 dimensions), so the percentile
+    # interval is shifted by its bootstrap distribution's median minus the estimate
+    shift = float(np.median(result.bootstrap_distribution)) - value
     ci = result.confidence_interval
-    return Interval(float(statistic(index)), float(ci.low), float(ci.high))
+    return Interval(value, float(ci.low) - shift, float(ci.high) - shift)

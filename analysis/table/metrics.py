@@ -173,13 +173,14 @@ def damage_metrics(
 ) -> dict:
     """What the cache changed, apart from the model's own bias, with paired-bootstrap intervals over the seeds:
 
-    - FD (and sFID) to the renders with its interval, and the difference from the uncached cell of the same T,
-      resampling the same seed indices for both cells (`*_diff`: this cell minus N = 1; its interval excludes 0
-      only where the samples resolve a change);
+    - FD to the renders with its interval, and its difference from the uncached cell of the same T, resampling
+      the same seed indices for both cells (`fid_diff`: this cell minus N = 1; its interval excludes 0 only where
+      the samples resolve a change);
     - FD, sFID, precision and recall against the uncached model's own samples of the same seeds (`*_to_uncached`:
-      0, 1 and 1 for the N = 1 cell itself), FD's with its interval.
+      0, 0, 1 and 1 for the N = 1 cell itself), FD's with its interval (sFID's without).
 
-    `resamples` = 0 leaves the intervals out (NaN)."""
+    Without an N = 1 cell of the same T and sample count the comparisons are NaN. `resamples` = 0 leaves the
+    intervals out (NaN)."""
     out = {}
     n = len(fake.features)
     nan = float("nan")
@@ -192,17 +193,25 @@ def damage_metrics(
             out.update({f"{name}_low": nan, f"{name}_high": nan})
 
     interval("fid", lambda i: frechet_distance(real.features, fake.features[i]))
-    if uncached is None or len(uncached.features) != n:
+    if uncached is None or len(uncached.features) != n:  # no N = 1 twin with the same seeds: not comparable
+        keys = ("fid_diff", "fd_to_uncached", "sfid_to_uncached", "precision_to_uncached", "recall_to_uncached")
+        out.update(dict.fromkeys(keys, nan))
+        out.update({f"{k}_{end}": nan for k in ("fid_diff", "fd_to_uncached") for end in ("low", "high")})
         return out
     base = uncached
-    out["fid_diff"] = frechet_distance(real.features, fake.features) - frechet_distance(real.features, base.features)
-    interval(
-        "fid_diff",
-        lambda i: (
-            frechet_distance(real.features, fake.features[i]) - frechet_distance(real.features, base.features[i])
-        ),
-    )
     same = fake is base
+    if same:  # N = 1 itself: every difference is exactly 0
+        out.update(fid_diff=0.0, fid_diff_low=0.0, fid_diff_high=0.0)
+    else:
+        out["fid_diff"] = frechet_distance(real.features, fake.features) - frechet_distance(
+            real.features, base.features
+        )
+        interval(
+            "fid_diff",
+            lambda i: (
+                frechet_distance(real.features, fake.features[i]) - frechet_distance(real.features, base.features[i])
+            ),
+        )
     out["fd_to_uncached"] = 0.0 if same else frechet_distance(base.features, fake.features)
     if same:
         out.update(fd_to_uncached_low=0.0, fd_to_uncached_high=0.0)
