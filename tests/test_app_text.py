@@ -5,7 +5,7 @@ Tiny random SD3, FLUX, Sana and emoji-mmdit pipelines are saved to folders and r
 import numpy as np
 import pipelines
 import pytest
-from test_app import shown
+from test_app import run_generate, shown
 from test_emoji_mmdit import tiny_pipeline
 
 from analysis.prompts import EMOJI_EVAL_PROMPTS, load_prompts
@@ -48,24 +48,7 @@ def prompt_for(family: str) -> str:
 
 
 def generate(layout, model, prompt, steps=4, interval=2, **kw):
-    args = dict(
-        model_key=model,
-        label=None,
-        prompt=prompt,
-        steps=steps,
-        interval=interval,
-        seed=0,
-        guidance=4.0,
-        cache_attn=True,
-        cache_cross_attn=True,
-        cache_mlp=True,
-        cache_start=0,
-        cache_end=0,
-        blocks="",
-        block_choice="",
-    )
-    args.update(kw)
-    return list(layout.compare.generate(**args))
+    return run_generate(layout, model=model, label=None, prompt=prompt, steps=steps, interval=interval, **kw)
 
 
 @pytest.mark.parametrize("family", sorted(KINDS))

@@ -9,6 +9,17 @@ import os
 from .classes import EMOJI_CLASSES
 
 
+def training_summary(log: dict) -> tuple[float, str]:
+    """(the mean loss of the last logged steps, one phrase per training session) from a `training_log.json`."""
+    final_loss = log["losses"][-1][1] if log["losses"] else float("nan")
+    sessions = "; ".join(
+        f"steps {s['start_step']}-{s.get('end_step', '?')} on {s['device']} ({s['threads']} threads, "
+        f"batch {s['batch_size']}, {s.get('seconds', 0) / 60:.0f} min)"
+        for s in log["sessions"]
+    )
+    return final_loss, sessions
+
+
 def render_card(folder: str) -> str:
     log = json.load(open(os.path.join(folder, "training_log.json")))
     ev = json.load(open(os.path.join(folder, "eval.json")))
@@ -17,12 +28,7 @@ def render_card(folder: str) -> str:
     weights = os.path.getsize(os.path.join(folder, "transformer", "diffusion_pytorch_model.safetensors"))
     default = ev["settings"][0]
     width = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    final_loss = log["losses"][-1][1] if log["losses"] else float("nan")
-    sessions = "; ".join(
-        f"steps {s['start_step']}-{s.get('end_step', '?')} on {s['device']} ({s['threads']} threads, "
-        f"batch {s['batch_size']}, {s.get('seconds', 0) / 60:.0f} min)"
-        for s in log["sessions"]
-    )
+    final_loss, sessions = training_summary(log)
     grid_rows = "\n".join(
         f"| {s['steps']} | {s['guidance']} | {s['accuracy']:.3f} | {s['single_image_seconds']:.3f} s |"
         for s in ev["settings"]

@@ -50,10 +50,15 @@ def train_classifier(per_class: int = 400, epochs: int = 6, seed: int = 0, log=p
     x, y = render_dataset(per_class, seed=CLASSIFIER_DATA_SEED)
     xt, yt = render_dataset(50, seed=CLASSIFIER_TEST_SEED)
     x, y, xt, yt = _to_tensor(x), torch.from_numpy(y), _to_tensor(xt), torch.from_numpy(yt)
-    model = EmojiClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    return fit(EmojiClassifier(), x, y, xt, yt, epochs, 3e-3, seed, log, "classifier", "held-out render")
+
+
+def fit(model, x, y, xt, yt, epochs: int, lr: float, seed: int, log, name: str, held_out: str):
+    """AdamW with a one-cycle schedule over batches of 128, label smoothing 0.05; the model (in eval mode) and its
+    accuracy on (xt, yt) after the last epoch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * (len(x) // 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
@@ -66,7 +71,7 @@ def train_classifier(per_class: int = 400, epochs: int = 6, seed: int = 0, log=p
             opt.step()
             sched.step()
         acc = accuracy(model, xt, yt)
-        log(f"classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, held-out render accuracy {acc:.3f}")
+        log(f"{name} epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, {held_out} accuracy {acc:.3f}")
     return model.eval(), acc
 
 

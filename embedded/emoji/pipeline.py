@@ -14,6 +14,15 @@ DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE = 3.0
 
 
+def pixels_to_output(latents: torch.Tensor, output_type: str):
+    """A pixel-space model's [-1, 1] samples as `output_type`: "pt" (Bx3xHxW in [0, 1]), "np" (BxHxWx3) or "pil"."""
+    images = (latents.float() / 2 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return images
+    arr = images.permute(0, 2, 3, 1).cpu().numpy()
+    return arr if output_type == "np" else [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
+
+
 class EmojiDiTPipeline(DiffusionPipeline):
     r"""
     Class-conditional pixel-space DiT with classifier-free guidance. There is no VAE: the transformer denoises
@@ -124,13 +133,8 @@ class EmojiDiTPipeline(DiffusionPipeline):
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, t, {})
 
-        images = (latents.float() / 2 + 0.5).clamp(0, 1)
+        output = pixels_to_output(latents, output_type)
         self.maybe_free_model_hooks()
-        if output_type == "pt":
-            output = images
-        else:
-            arr = images.permute(0, 2, 3, 1).cpu().numpy()
-            output = arr if output_type == "np" else [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
         if not return_dict:
             return (output,)
         return ImagePipelineOutput(images=output)

@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from embedded.emoji.card import training_summary
+
 from .captions import COLOUR_NAMES, HELD_OUT_COLOUR, HELD_OUT_POSITION, vocabulary
 
 CHECK_NAMES = ("object", "colour", "position", "size", "count")
@@ -28,12 +30,7 @@ def render_card(folder: str) -> str:
         if f.endswith(".safetensors")
     )
     width = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    final_loss = log["losses"][-1][1] if log["losses"] else float("nan")
-    sessions = "; ".join(
-        f"steps {s['start_step']}-{s.get('end_step', '?')} on {s['device']} ({s['threads']} threads, "
-        f"batch {s['batch_size']}, {s.get('seconds', 0) / 60:.0f} min)"
-        for s in log["sessions"]
-    )
+    final_loss, sessions = training_summary(log)
     rows = {r["setting"]: r for r in ev["rows"]}
     header = "| setting | " + " | ".join(CHECK_NAMES) + " | PSNR vs uncached | SSIM |"
     lines = [header, "|" + "---|" * (len(CHECK_NAMES) + 3)]

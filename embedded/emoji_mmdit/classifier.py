@@ -11,11 +11,10 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from embedded.emoji.classes import LABELS
-from embedded.emoji.classifier import EmojiClassifier, accuracy
+from embedded.emoji.classifier import EmojiClassifier, fit
 from embedded.emoji.render import render_glyphs
 
 from .captions import random_scene
@@ -51,24 +50,7 @@ def train(scenes: int = 12000, epochs: int = 6, seed: int = 0, log=print) -> tup
     x, y = crops_dataset(scenes, DATA_SEED)
     xt, yt = crops_dataset(2000, TEST_SEED, "held_out")
     x, y, xt, yt = _tensor(x), torch.from_numpy(y), _tensor(xt), torch.from_numpy(yt)
-    model = EmojiClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    total = epochs * (len(x) // 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=total)
-    g = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(len(x) // 128):
-            idx = perm[i * 128 : (i + 1) * 128]
-            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=0.05)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        acc = accuracy(model, xt, yt)
-        log(f"object classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, held-out crop accuracy {acc:.3f}")
-    return model.eval(), acc
+    return fit(EmojiClassifier(), x, y, xt, yt, epochs, 2e-3, seed, log, "object classifier", "held-out crop")
 
 
 def load_object_classifier(path: str = OBJECT_CLASSIFIER) -> EmojiClassifier:

@@ -1,12 +1,12 @@
 """`EmojiMMDiTPipeline`: text-to-image sampling of the embedded pixel-space MMDiT, called as diffusers'
 StableDiffusion3Pipeline (`pipe(prompt, num_inference_steps=..., guidance_scale=...)`)."""
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput, SD3Transformer2DModel
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
+
+from embedded.emoji.pipeline import pixels_to_output
 
 from .text import check_prompt
 
@@ -149,13 +149,8 @@ class EmojiMMDiTPipeline(DiffusionPipeline):
                 result = callback_on_step_end(self, i, t, {"latents": latents}) or {}
                 latents = result.pop("latents", latents)
 
-        images = (latents.float() / 2 + 0.5).clamp(0, 1)
+        output = pixels_to_output(latents, output_type)
         self.maybe_free_model_hooks()
-        if output_type == "pt":
-            output = images
-        else:
-            arr = images.permute(0, 2, 3, 1).cpu().numpy()
-            output = arr if output_type == "np" else [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
         if not return_dict:
             return (output,)
         return ImagePipelineOutput(images=output)
