@@ -14,6 +14,16 @@ KIND_TITLES = {
     "attn_mlp": "fused attention + MLP",
 }
 ATTENTION_KINDS = ("attn", "context_attn", "attn2", "cross_attn")  # the rest are MLPs (attn_mlp holds both)
+# short panel titles for figures with one panel per kind side by side
+PANEL_TITLES = {
+    "attn": "image attn",
+    "context_attn": "text attn",
+    "attn2": "attn2",
+    "cross_attn": "cross-attn",
+    "mlp": "image MLP",
+    "context_mlp": "text MLP",
+    "attn_mlp": "fused attn+MLP",
+}
 _SCALE = "Viridis"
 
 

@@ -619,6 +619,51 @@ def test_in_headless_browser(server):
 
 
 @pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"), reason="Debian chromium not installed")
+def test_a_text_model_in_the_headless_browser(server):
+    """Issue 19/20: the embedded text-to-image model in the Compare tab of a real browser: choosing it shows the
+    prompt box with an example filled in and the example list; Generate gives both images and maps with the text
+    stream's panels; a word it does not know is refused in the page, naming it."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=_chromium() or "/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1500, "height": 1700})
+        page.goto(server, wait_until="domcontentloaded")
+        model = page.get_by_label("model", exact=True)
+        model.wait_for(timeout=60_000)
+        model.click()
+        page.get_by_role("option", name=re.compile("^emoji-mmdit")).click()
+        prompt = page.get_by_label("prompt", exact=True)
+        prompt.wait_for(state="visible", timeout=60_000)
+        page.wait_for_function(
+            "[...document.querySelectorAll('textarea')].some(t => t.value.length > 0 && t.offsetParent)",
+            timeout=60_000,
+        )
+        prompt.fill("a small cat on the left on a red background")
+        steps = page.locator("input[type=number][aria-label='number input for steps T']")
+        steps.fill("10")
+        steps.press("Tab")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_function("document.body.innerText.includes('done: N=3')", timeout=180_000)
+        assert page.locator("#baseline img").count() and page.locator("#fora img").count()
+        titles = page.inner_text("#heat-attn")
+        assert "text attn" in titles and "image attn" in titles  # the text stream of joint attention too
+        page.screenshot(path=os.path.join(ARTIFACTS, "text.png"), full_page=True)
+        prompt.fill("an astronaut riding a horse")
+        prompt.press("Tab")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_function("document.body.innerText.includes(\"unknown word(s) 'astronaut'\")", timeout=60_000)
+        assert "Traceback" not in page.inner_text("body")
+        browser.close()
+    assert os.path.getsize(os.path.join(ARTIFACTS, "text.png")) > 10_000
+
+
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"), reason="Debian chromium not installed")
 def test_user_leaving_the_page_stops_the_run(server):
     """Closing the tab mid-run: Gradio closes the handler, the run stops at its next step and frees the lock."""
     import time

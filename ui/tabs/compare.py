@@ -115,8 +115,8 @@ class CompareTab:
             label="layer x step maps from (FORA: blank columns are reuse steps)",
         )
         with gr.Row():
-            self.heat_attn = gr.Plot(label="self-attention: layer x step", elem_id="heat-attn")
-            self.heat_mlp = gr.Plot(label="MLP: layer x step", elem_id="heat-mlp")
+            self.heat_attn = gr.Plot(label="attention (each kind of the family): layer x step", elem_id="heat-attn")
+            self.heat_mlp = gr.Plot(label="MLP (each kind of the family): layer x step", elem_id="heat-mlp")
         with gr.Row():
             # the default model's blocks and modules (emoji-dit); both lists follow the model (`Settings.wire`). Any
             # value reaches the handlers, which check it against what the run records (`form.parse_view`) and say so
