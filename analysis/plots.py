@@ -87,8 +87,9 @@ def neighbour_heatmaps(recorder, kinds, title: str) -> go.Figure:
         len(kinds),
         shared_yaxes=True,
         horizontal_spacing=0.04,
-        subplot_titles=[KIND_TITLES.get(k, k) for k in kinds],
+        subplot_titles=[PANEL_TITLES.get(k, k) for k in kinds],
     )
+    fig.update_annotations(font_size=12)
     for i, z in enumerate(maps, 1):
         fig.add_trace(
             go.Heatmap(
