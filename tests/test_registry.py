@@ -188,8 +188,9 @@ def test_zerogpu_loads_every_model_at_start_up(fresh, dit_dirs, tmp_path, monkey
     monkeypatch.setenv("FORA_MAX_LOADED_MODELS", "1")
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     monkeypatch.delenv("FORA_HUB_MODELS", raising=False)
-    assert fresh.preload() == ["emoji-dit", *dit_dirs]
-    assert list(fresh._models) == ["emoji-dit", *dit_dirs]  # pinned: the bound does not apply to them
+    embedded = ["emoji-dit", "emoji-mmdit"]  # both shipped models are on the allowlist
+    assert fresh.preload() == [*embedded, *dit_dirs]
+    assert list(fresh._models) == [*embedded, *dit_dirs]  # pinned: the bound does not apply to them
     choice = next(c for c in fresh.model_choices() if c.key == str(broken))
     assert not choice.available and "its load at start-up failed (ModelLoadError)" in choice.reason
     with pytest.raises(ValueError, match="is unavailable here: its load at start-up failed"):
