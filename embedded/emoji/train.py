@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel
-from tqdm.auto import tqdm
+
+from embedded.training import run_steps
 
 from .classes import LABELS, NUM_CLASSES
 from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, EmojiDiTPipeline
@@ -117,9 +118,9 @@ def main(args):
     alphas_cumprod = DDPMScheduler(**SCHEDULE).alphas_cumprod.to(device)
     gen = torch.Generator(device).manual_seed(args.seed + step)
     session = {"start_step": step, "device": device, "threads": torch.get_num_threads(), "batch_size": args.batch_size}
-    start, last_save, running = time.time(), time.time(), []
+    start = time.time()
 
-    def save():
+    def save(step):
         pipe = build_pipeline(ema)
         pipe.save_pretrained(args.out, safe_serialization=True)
         session.update(end_step=step, seconds=round(time.time() - start, 1))
@@ -137,33 +138,13 @@ def main(args):
 
     log["sessions"].append(session)
     deadline = start + args.minutes * 60 if args.minutes else math.inf
-    bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
-    while step < args.steps and time.time() < deadline:
+
+    def batch_loss():
         idx = torch.randint(0, len(data), (args.batch_size,), device=device, generator=gen)
-        lr = args.lr * min(1.0, (step - warmup_from + 1) / args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = vpred_loss(model, data[idx], targets[idx], alphas_cumprod, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        step += 1
-        running.append(loss.item())
-        bar.update(1)
-        if step % 50 == 0:
-            log["losses"].append([step, round(float(np.mean(running)), 5)])
-            bar.set_postfix(loss=f"{np.mean(running):.4f}", lr=f"{lr:.1e}")
-            running = []
-        if time.time() - last_save > args.save_every:
-            save()
-            last_save = time.time()
-    bar.close()
-    save()
+        return vpred_loss(model, data[idx], targets[idx], alphas_cumprod, gen)
+
+    step = run_steps(model, ema, opt, batch_loss, args, step, warmup_from, log, save, deadline)
+    save(step)
     ema.eval()
     pipe = build_pipeline(ema).to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from tqdm.auto import tqdm
+
+from embedded.training import run_steps
 
 from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, EmojiMMDiTPipeline
 from .scenes import render_dataset
@@ -159,9 +160,9 @@ def main(args):
         "batch_size": args.batch_size,
         "settings": log["settings"],  # this session's recipe (the card reads it)
     }
-    start, last_save, running = time.time(), time.time(), []
+    start = time.time()
 
-    def save():
+    def save(step):
         pipe = build_pipeline(ema["transformer"], ema["text_encoder"], tokenizer)
         pipe.save_pretrained(args.out, safe_serialization=True)
         session.update(end_step=step, seconds=round(time.time() - start, 1))
@@ -179,36 +180,14 @@ def main(args):
 
     log["sessions"].append(session)
     deadline = start + args.minutes * 60 if args.minutes else math.inf
-    bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=30)
-    while step < args.steps and time.time() < deadline:
+
+    def batch_loss():
         idx = torch.randint(0, len(data), (args.batch_size,), device=device, generator=gen)
-        batch_ids = ids[idx]
         drop = torch.rand(args.batch_size, device=device, generator=gen) < args.caption_dropout
-        batch_ids = torch.where(drop[:, None], empty, batch_ids)
-        lr = args.lr * min(1.0, (step - warmup_from + 1) / args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = flow_loss(nets, data[idx], batch_ids, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(nets.parameters(), 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), nets.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        step += 1
-        running.append(loss.item())
-        bar.update(1)
-        if step % 50 == 0:
-            log["losses"].append([step, round(float(np.mean(running)), 5)])
-            bar.set_postfix(loss=f"{np.mean(running):.4f}", lr=f"{lr:.1e}")
-            running = []
-        if time.time() - last_save > args.save_every:
-            save()
-            last_save = time.time()
-    bar.close()
-    save()
+        return flow_loss(nets, data[idx], torch.where(drop[:, None], empty, ids[idx]), gen)
+
+    step = run_steps(nets, ema, opt, batch_loss, args, step, warmup_from, log, save, deadline, mininterval=30)
+    save(step)
     ema.eval()
     pipe = build_pipeline(ema["transformer"], ema["text_encoder"], tokenizer).to(device)
     pipe.set_progress_bar_config(disable=True)
