@@ -332,7 +332,8 @@ def test_sweep_cli(tmp_path, capsys):
     assert "interval=9 out of range for 6 steps" in capsys.readouterr().out
 
 
-def test_compare_images_values():
+def test_compare_images_values(monkeypatch):
+    monkeypatch.delenv("FORA_LPIPS_ALEXNET", raising=False)  # LPIPS only with local weights (tests/test_lpips.py)
     a, b = np.zeros((8, 8, 3)), np.full((8, 8, 3), 0.1)
     # a constant offset: mse 0.01 -> 20 dB; SSIM keeps only its luminance term (no variance), with C1 = (0.01 * 1)^2:
     # (2 * 0 * 0.1 + C1) / (0 + 0.1^2 + C1) = 1 / 101
@@ -340,10 +341,11 @@ def test_compare_images_values():
         "psnr": pytest.approx(20.0),
         "ssim": pytest.approx(1 / 101),
         "mad": pytest.approx(0.1),
+        "lpips": None,
     }
     rng = np.random.default_rng(0)
     x, y = rng.random((12, 10, 3)), rng.random((12, 10, 3))
-    assert compare_images(x, y) == {"psnr": psnr(x, y), "ssim": ssim(x, y), "mad": mean_abs_diff(x, y)}
+    assert compare_images(x, y) == {"psnr": psnr(x, y), "ssim": ssim(x, y), "mad": mean_abs_diff(x, y), "lpips": None}
 
 
 def test_a_comparison_scores_and_shows_the_first_images_of_its_two_runs():

@@ -123,6 +123,24 @@ def test_generate_on_embedded_model(layout):
     assert np.array_equal(same[c.fora_img], base) and dict(same[c.metrics])["PSNR vs baseline"] == "inf (identical)"
 
 
+def test_compare_shows_lpips_only_with_local_alexnet_weights(layout, tmp_path, monkeypatch):
+    """Issue 19 item 1: the LPIPS row holds a distance when FORA_LPIPS_ALEXNET names a backbone file (here random
+    AlexNet weights in torchvision's layout), and says why not when it names none."""
+    import torch
+
+    from analysis.metrics.lpips import alexnet_features
+
+    c = layout.compare
+    monkeypatch.delenv("FORA_LPIPS_ALEXNET", raising=False)
+    row = dict(shown(run_generate(layout, steps=6, interval=3, seed=11))[c.metrics])["LPIPS vs baseline (AlexNet)"]
+    assert row == "not computed: FORA_LPIPS_ALEXNET names no AlexNet weights"
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in alexnet_features().state_dict().items()}, tmp_path / "alexnet.pth")
+    monkeypatch.setenv("FORA_LPIPS_ALEXNET", str(tmp_path / "alexnet.pth"))
+    row = dict(shown(run_generate(layout, steps=6, interval=3, seed=11))[c.metrics])["LPIPS vs baseline (AlexNet)"]
+    assert float(row) > 0
+
+
 def test_class_names_map_to_their_ids(layout, tiny_model_dir):
     """The tiny model's classes are ids 1 and 2 (not 0 and 1): a name must give its id, not its position."""
     from ui import form, registry

@@ -1,9 +1,12 @@
-"""Quality of a FORA image against the uncached baseline with the same seed: PSNR, SSIM, mean absolute difference,
+"""Quality of a FORA image against the uncached baseline with the same seed: PSNR, SSIM, LPIPS, mean absolute difference,
 a difference image, and the per-step error of the transformer's prediction (how error accumulates)."""
 
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
+
+from analysis.metrics.lpips import configured_path as lpips_path
+from analysis.metrics.lpips import lpips
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +44,13 @@ def diff_image(a: np.ndarray, b: np.ndarray, gain: float = 4.0) -> np.ndarray:
 
 
 def compare_images(fora_image: np.ndarray, baseline_image: np.ndarray) -> dict:
+    """PSNR, SSIM and mean |difference|; LPIPS too where AlexNet's weights are given locally (`FORA_LPIPS_ALEXNET`,
+    `analysis/metrics/lpips.py`), else None."""
     return {
         "psnr": psnr(fora_image, baseline_image),
         "ssim": ssim(fora_image, baseline_image),
         "mad": mean_abs_diff(fora_image, baseline_image),
+        "lpips": lpips(fora_image, baseline_image) if lpips_path() else None,
     }
 
 

@@ -5,6 +5,7 @@ import uuid
 
 import gradio as gr
 
+from analysis.metrics.lpips import ENV as LPIPS_ENV
 from analysis.plots import ATTENTION_KINDS, neighbour_heatmaps, pairwise_heatmap, schedule_strip, step_error_plot
 from fora.loading import ModelLoadError
 from fora.timing import clock_label
@@ -38,6 +39,10 @@ def _metrics_rows(
         ["full / reuse steps", f"{m['full_steps']} / {m['reuse_steps']}"],
         ["PSNR vs baseline", "inf (identical)" if m["psnr"] == float("inf") else f"{m['psnr']:.2f} dB"],
         ["SSIM vs baseline", f"{m['ssim']:.4f}"],
+        [
+            "LPIPS vs baseline (AlexNet)",
+            f"{m['lpips']:.4f}" if m.get("lpips") is not None else f"not computed: {LPIPS_ENV} names no AlexNet weights",
+        ],
         ["mean |difference|", f"{m['mad']:.4f}"],
         ["cache memory", f"{m['cache_bytes'] / 2**20:.2f} MiB"],
         ["baseline run", "cached from an earlier request" if cached_baseline else "run for this request"],
