@@ -1,5 +1,5 @@
 """cache-dit's DBCache (Dual Block Cache; vipshop/cache-dit, pinned 1.5.3) as a peer of FORA on DiT, PixArt, SD3
-(and the embedded MMDiT) and Sana pipelines, made correct.
+(and the embedded MMDiT), Sana and FLUX.1 pipelines, made correct.
 
 DBCache: every step runs the first `Fn` blocks; when the relative mean absolute change of their residual since the
 last step that computed everything is below a threshold (and the warm-up is over), the middle blocks are skipped and
@@ -30,8 +30,11 @@ Applied as cache-dit ships it, it is wrong or leaves traces on these pipelines (
 adapter registry gives the family (`block_adapters/adapters.py`): Pattern_3 for DiT, PixArt and Sana (a block takes
 and returns the hidden states; DiT also gets cache-dit's patch functor for its final layer's read of block 0),
 Pattern_1 for SD3's joint blocks (they take both streams and return `(encoder_hidden_states, hidden_states)`; both
-streams' residuals are cached, and with Bn >= 1 the TaylorSeer calibrator extrapolates the text stream's too), so no
-class is patched. A forward pre-hook on the transformer resets every cache context (`reset_context`,
+streams' residuals are cached, and with Bn >= 1 the TaylorSeer calibrator extrapolates the text stream's too), and
+for both of FLUX.1's block lists (its double-stream `transformer_blocks`, then its `single_transformer_blocks`, which
+in diffusers 0.42 also take and return both streams); so no class is patched. With two block lists cache-dit keeps a
+cache context per list, as its FLUX adapter does: each list runs its own first Fn and last Bn blocks and decides
+from its own Fn blocks' residual whether to skip its middle blocks. A forward pre-hook on the transformer resets every cache context (`reset_context`,
 as cache-dit's own per-call wrapper does) whenever the scheduler's timesteps are set anew (`RunTracker`), with the
 run's length; the knobs are checked against the model before anything is applied; `remove_cache_dit` calls
 `disable_cache` and undoes what it leaves. `cache_dit` is imported on first use: importing it gives each of its
@@ -54,7 +57,7 @@ from .runs import RunTracker
 _MAX_TAYLOR_ORDER = 2
 _SUPPORTED = (
     "DiTPipeline, EmojiDiTPipeline and EmojiMMDiTPipeline (the embedded models), PixArtAlphaPipeline, "
-    "PixArtSigmaPipeline, StableDiffusion3Pipeline, SanaPipeline"
+    "PixArtSigmaPipeline, StableDiffusion3Pipeline, SanaPipeline, FluxPipeline"
 )
 _LEFT_BY_DISABLE = ("forward", "_is_patched", "_norm1_emb")  # what disable_cache leaves on the transformer
 
@@ -62,7 +65,7 @@ _LEFT_BY_DISABLE = ("forward", "_is_patched", "_norm1_emb")  # what disable_cach
 @dataclass(frozen=True)
 class CacheDiTConfig:
     r"""
-    cache-dit's DBCache on a DiT, PixArt, SD3 or Sana pipeline (`apply_cache_dit`).
+    cache-dit's DBCache on a DiT, PixArt, SD3, Sana or FLUX.1 pipeline (`apply_cache_dit`).
 
     Args:
         threshold (`float`, defaults to 0.08):
@@ -134,15 +137,17 @@ class CacheDiTRun:
 
     num_steps: int
     steps_done: int = 0
-    cached_steps: list[int] = field(default_factory=list)
+    cached_steps: list[int] = field(default_factory=list)  # of the first block list
+    cached_steps_per_list: list[list[int]] = field(default_factory=list)  # FLUX.1: double-stream, single-stream
 
 
 class CacheDiTHandle:
     """Returned by `apply_cache_dit`: the config, the record of the most recent run, and what removal undoes."""
 
-    def __init__(self, pipeline, config: CacheDiTConfig, num_blocks: int, encoder_stream: bool = False):
+    def __init__(self, pipeline, config: CacheDiTConfig, num_blocks, encoder_stream: bool = False):
         self.config = config
-        self.num_blocks = num_blocks
+        self.list_blocks = (num_blocks,) if isinstance(num_blocks, int) else tuple(num_blocks)  # per block list
+        self.num_blocks = sum(self.list_blocks)
         self.encoder_stream = encoder_stream
         self._timestep_index = timestep_index(pipeline.transformer)
         self.last_run: CacheDiTRun | None = None
@@ -158,13 +163,14 @@ class CacheDiTHandle:
         return self.config.name
 
     def block_calls(self) -> int | None:
-        """Block forwards of the last run by cache-dit's record: all blocks at each computed step, Fn + Bn at each
-        skipping step."""
+        """Block forwards of the last run by cache-dit's record: per block list, all its blocks at each computed step
+        and its Fn + Bn at each step it skipped its middle blocks."""
         run = self.last_run
         if run is None:
             return None
-        skipped = self.num_blocks - self.config.fn_blocks - self.config.bn_blocks
-        return run.steps_done * self.num_blocks - len(run.cached_steps) * skipped
+        lists = run.cached_steps_per_list or [run.cached_steps]
+        edge = self.config.fn_blocks + self.config.bn_blocks
+        return sum(run.steps_done * n - len(cached) * (n - edge) for n, cached in zip(self.list_blocks, lists))
 
     def _pre_forward(self, module, args, kwargs):
         index = self._timestep_index
@@ -185,14 +191,15 @@ class CacheDiTHandle:
     def _post_forward(self, module, args, output):
         self.runs.end_call()
         self.last_run.steps_done = self.runs.steps_done
-        self.last_run.cached_steps = self._manager.get_context(self._contexts[0]).get_cached_steps()
+        per_list = [list(self._manager.get_context(name).get_cached_steps()) for name in self._contexts]
+        self.last_run.cached_steps, self.last_run.cached_steps_per_list = per_list[0], per_list
 
     def __repr__(self):
         return f"CacheDiTHandle({self.config!r}, last_run={self.last_run!r})"
 
 
 def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
-    """Apply cache-dit's DBCache to a DiT, PixArt, SD3 or Sana pipeline, correctly (see the module doc): a fresh
+    """Apply cache-dit's DBCache to a DiT, PixArt, SD3, Sana or FLUX.1 pipeline, correctly (see the module doc): a fresh
     cache context for every pipeline call, nothing patched on a class. `remove_cache_dit` (or
     `fora.peers.remove_peer`) restores the transformer exactly. Other pipelines, and knobs the model cannot take,
     are refused with a `ValueError`.
@@ -216,13 +223,17 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
             f"{type(pipe).__name__}: cache-dit's DBCache runs here on {_SUPPORTED} (one transformer call per step, "
             "one block list)"
         )
-    blocks, pattern_name = _block_list(transformer)
-    if blocks is None:
+    lists = _block_lists(transformer)
+    if not lists:
         raise ValueError(
             f"{type(pipe).__name__} with a {type(transformer).__name__}: cache-dit's DBCache runs here on "
-            "DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel and SanaTransformer2DModel"
+            "DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel, SanaTransformer2DModel and "
+            "FluxTransformer2DModel"
         )
-    if any(getattr(transformer, a, None) is not None for a in ("_fora_handle", "_peer_handle", "_diffusers_hook")):
+    registry = getattr(transformer, "_diffusers_hook", None)  # FLUX's pipeline leaves an empty one (cache_context)
+    if any(getattr(transformer, a, None) is not None for a in ("_fora_handle", "_peer_handle")) or (
+        registry is not None and registry.hooks
+    ):
         raise ValueError("a cache is already applied to this model; remove it first (remove_fora / remove_peer)")
     if "forward" in transformer.__dict__:  # accelerate's offload hooks, torch.compile's wrapper, another cache
         raise ValueError(
@@ -231,27 +242,34 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
         )
     if getattr(transformer, "_is_cached", False):
         raise ValueError("cache-dit is already applied to this model; remove it first (cache_dit.disable_cache)")
-    num_blocks = len(blocks)
-    if config.fn_blocks + config.bn_blocks >= num_blocks:
-        raise ValueError(
-            f"DBCache fn_blocks={config.fn_blocks} + bn_blocks={config.bn_blocks} with {num_blocks} blocks: "
-            f"Fn + Bn must be at most {num_blocks - 1}, leaving a block to skip"
-        )
+    for name, blocks, _ in lists:
+        if config.fn_blocks + config.bn_blocks >= len(blocks):
+            raise ValueError(
+                f"DBCache fn_blocks={config.fn_blocks} + bn_blocks={config.bn_blocks} with {len(blocks)} blocks"
+                + (f" in {name}" if len(lists) > 1 else "")
+                + f": Fn + Bn must be at most {len(blocks) - 1}, leaving a block to skip"
+                + (" in each block list (cache-dit caches each list apart)" if len(lists) > 1 else "")
+            )
     import cache_dit
     from cache_dit import BlockAdapter, ForwardPattern
     from cache_dit.caching.patch_functors import DiTPatchFunctor
     from diffusers import DiTTransformer2DModel
 
-    encoder_stream = pattern_name == "Pattern_1"
-    handle = CacheDiTHandle(pipe, config, num_blocks, encoder_stream)
+    patterns = [pattern for _, _, pattern in lists]
+    encoder_stream = "Pattern_1" in patterns
+    handle = CacheDiTHandle(pipe, config, [len(blocks) for _, blocks, _ in lists], encoder_stream)
     handle._module_order = list(transformer._modules)
     cache, calibrator = config.cache_dit_configs(encoder_stream=encoder_stream)
     try:
         with _quiet():
             handle._adapter = BlockAdapter(
                 transformer=transformer,
-                blocks=blocks,
-                forward_pattern=getattr(ForwardPattern, pattern_name),
+                blocks=lists[0][1] if len(lists) == 1 else [blocks for _, blocks, _ in lists],
+                forward_pattern=(
+                    getattr(ForwardPattern, patterns[0])
+                    if len(lists) == 1
+                    else [getattr(ForwardPattern, p) for p in patterns]
+                ),
                 # DiT's final layer reads block 0's embedding, which the cached block list hides
                 patch_functor=DiTPatchFunctor() if isinstance(transformer, DiTTransformer2DModel) else None,
                 check_forward_pattern=True,
@@ -259,7 +277,11 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
             cache_dit.enable_cache(handle._adapter, cache_config=cache, calibrator_config=calibrator)
         handle._manager = getattr(transformer, "_context_manager", None)
         handle._contexts = list(getattr(transformer, "_context_names", None) or [])
-        if not getattr(transformer, "_is_cached", False) or handle._manager is None or len(handle._contexts) != 1:
+        if (
+            not getattr(transformer, "_is_cached", False)
+            or handle._manager is None
+            or len(handle._contexts) != len(lists)
+        ):
             raise RuntimeError(f"cache-dit did not cache {type(transformer).__name__}'s blocks")
     except BaseException:
         _undo(transformer, handle)
@@ -278,8 +300,15 @@ def supports_cache_dit(pipe) -> bool:
     return (
         isinstance(pipe, _supported_pipelines())
         and transformer is not None
-        and _block_list(transformer)[0] is not None
+        and bool(_block_lists(transformer))
     )
+
+
+def block_list_sizes(pipe) -> list[int]:
+    """The blocks of each list DBCache caches apart (one list; FLUX.1: double-stream, then single-stream); [] when
+    DBCache does not run on the model."""
+    transformer = getattr(pipe, "transformer", pipe)
+    return [len(blocks) for _, blocks, _ in _block_lists(transformer)]
 
 
 def remove_cache_dit(pipe) -> None:
@@ -315,6 +344,7 @@ def _undo(transformer: torch.nn.Module, handle: CacheDiTHandle) -> None:
 def _supported_pipelines() -> tuple:
     from diffusers import (
         DiTPipeline,
+        FluxPipeline,
         PixArtAlphaPipeline,
         PixArtSigmaPipeline,
         SanaPipeline,
@@ -332,25 +362,33 @@ def _supported_pipelines() -> tuple:
         PixArtSigmaPipeline,
         StableDiffusion3Pipeline,
         SanaPipeline,
+        FluxPipeline,
     )
 
 
-def _block_list(transformer: torch.nn.Module) -> tuple[torch.nn.ModuleList | None, str]:
-    """The block list DBCache wraps, `transformer_blocks`, and cache-dit's forward pattern for its blocks (what
+def _block_lists(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.ModuleList, str]]:
+    """The block lists DBCache wraps, each with its name and cache-dit's forward pattern for its blocks (what
     cache-dit's adapter registry uses for the family): Pattern_3 (hidden states in and out) for DiT, PixArt and
-    Sana, Pattern_1 (both streams in, `(encoder, hidden)` out) for SD3's joint blocks."""
+    Sana, Pattern_1 (both streams in, `(encoder, hidden)` out) for SD3's joint blocks and FLUX.1's two lists; []
+    for other transformers."""
     from diffusers import (
         DiTTransformer2DModel,
+        FluxTransformer2DModel,
         PixArtTransformer2DModel,
         SanaTransformer2DModel,
         SD3Transformer2DModel,
     )
 
     if isinstance(transformer, (DiTTransformer2DModel, PixArtTransformer2DModel, SanaTransformer2DModel)):
-        return transformer.transformer_blocks, "Pattern_3"
+        return [("transformer_blocks", transformer.transformer_blocks, "Pattern_3")]
     if isinstance(transformer, SD3Transformer2DModel):
-        return transformer.transformer_blocks, "Pattern_1"
-    return None, ""
+        return [("transformer_blocks", transformer.transformer_blocks, "Pattern_1")]
+    if isinstance(transformer, FluxTransformer2DModel):
+        return [
+            ("transformer_blocks", transformer.transformer_blocks, "Pattern_1"),
+            ("single_transformer_blocks", transformer.single_transformer_blocks, "Pattern_1"),
+        ]
+    return []
 
 
 _QUIET_LOCK = threading.Lock()

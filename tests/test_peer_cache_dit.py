@@ -289,14 +289,81 @@ def test_the_text_stream_calibrator_runs_with_back_blocks_on_joint_blocks():
     assert same(run(10), base)
 
 
+def _flux(double: int = 3, single: int = 3):
+    from diffusers import FluxTransformer2DModel
+    from pipelines import PIPELINES, build
+
+    pipe = build("flux")
+    torch.manual_seed(1)
+    config = {**pipe.transformer.config, "num_layers": double, "num_single_layers": single}
+    pipe.transformer = FluxTransformer2DModel.from_config(config).eval()
+    kwargs = PIPELINES["flux"][1]
+
+    def run(steps: int):
+        g = torch.Generator().manual_seed(0)
+        return pipe("a red bicycle", num_inference_steps=steps, generator=g, output_type="np", **kwargs).images
+
+    return pipe, run
+
+
+@pytest.mark.parametrize("order", [None, 1], ids=["dbcache", "taylorseer"])
+def test_flux_two_block_lists_each_cached_apart_reset_cost_what_ran_and_remove_exactly(order):
+    """FLUX.1: cache-dit's FLUX adapter caches the double-stream and the single-stream list apart (a context each):
+    each list computes its own Fn and Bn blocks every step and skips its middle blocks at its own cached steps."""
+    pipe, run = _flux()
+    base = run(10)
+    before = snapshot(pipe.transformer)  # after a call: FLUX's pipeline leaves an (empty) hook registry of its own
+    handle = apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=2, taylorseer_order=order))
+    modules = [
+        m
+        for _, block, spec in find_blocks(pipe.transformer)
+        for m in (getattr(block, child, None) for child, _ in spec.modules)
+        if m is not None
+    ]
+    executed = []
+    hooks = [m.register_forward_hook(lambda mod, a, o: executed.append(mod)) for m in modules]
+    try:
+        with ComputeMap(pipe.transformer) as cmap:
+            first = run(10)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    try:
+        record, recorded_calls = handle.last_run, handle.block_calls()
+        assert handle.list_blocks == (3, 3) and len(record.cached_steps_per_list) == 2
+        alone_7 = run(7)
+        assert same(run(10), first) and same(run(7), alone_7)  # each call starts clean
+    finally:
+        remove_peer(pipe)
+    assert not same(first, base)
+    assert cmap.computed_calls == len(executed) < 10 * len(modules)  # what the map counted is what executed
+    # per list: blocks 0 and 2 (double-stream: attention, MLPs), 3 and 5 (single-stream: its fused attention+MLP)
+    # every step; the middle block of each list skipped exactly at that list's cached steps
+    block_kind = ((range(0, 3), "attn"), (range(3, 6), "attn_mlp"))
+    for (blocks, kind), cached in zip(block_kind, record.cached_steps_per_list):
+        computed = cmap.matrix(kind)
+        assert cached and computed[blocks.start].all() and computed[blocks.stop - 1].all()
+        assert list(np.flatnonzero(~computed[blocks.start + 1])) == cached
+    # cache-dit's record counts the block forwards the compute map saw (one attention kind per block)
+    assert int(cmap.matrix("attn").sum() + cmap.matrix("attn_mlp").sum()) == recorded_calls
+    assert same(run(10), base) and snapshot(pipe.transformer) == before
+
+
+def test_flux_lists_too_short_for_fn_and_bn_are_refused_by_name():
+    pipe, _ = _flux(double=1, single=3)
+    with pytest.raises(ValueError, match=r"fn_blocks=1 \+ bn_blocks=0 with 1 blocks in transformer_blocks: .* in each "):
+        apply_cache_dit(pipe, CacheDiTConfig(threshold=0.5, fn_blocks=1, bn_blocks=0))
+    assert not hasattr(pipe.transformer, "_peer_handle") and "forward" not in pipe.transformer.__dict__
+
+
 # ---- refusals ------------------------------------------------------------------------------------------------------
 def test_unsupported_pipelines_and_knobs_are_refused_and_leave_the_model_as_it_was(dit_pipe):
     from pipelines import build
 
-    flux = build("flux")  # two block lists: not wired here (yet)
-    with pytest.raises(ValueError, match=r"FluxPipeline: cache-dit's DBCache runs here on DiTPipeline, "):
-        apply_cache_dit(flux, CacheDiTConfig())
-    assert not hasattr(flux.transformer, "_peer_handle") and "forward" not in flux.transformer.__dict__
+    wan = build("wan")  # a video family DBCache is not wired for here
+    with pytest.raises(ValueError, match=r"WanPipeline: cache-dit's DBCache runs here on DiTPipeline, "):
+        apply_cache_dit(wan, CacheDiTConfig())
+    assert not hasattr(wan.transformer, "_peer_handle") and "forward" not in wan.transformer.__dict__
     with pytest.raises(TypeError, match="needs a diffusers pipeline"):
         apply_cache_dit(dit_pipe.transformer, CacheDiTConfig())
     before = snapshot(dit_pipe.transformer)
