@@ -1,7 +1,8 @@
 """Sample sets for distribution metrics: balanced labels, one seed per sample, resumable `.npz` shards.
 
 A sample set is one cell of the table (model, sampler, guidance, steps T, interval N). Sample `i` has class
-`i % num_classes` and its own noise seed derived from `(base_seed, i)`, and every cell uses the same seeds, so the
+`i % num_classes` (a text model: prompt `i % P` of its prompt set, P taking the classes' place) and its own noise
+seed derived from `(base_seed, i)`, and every cell uses the same seeds, so the
 N = 1 set holds the uncached twin of every FORA sample. Samples are generated in shards of `SHARD_SIZE` consecutive
 indices; a shard file is written atomically (temporary name, then rename), so a killed run loses at most the shard
 in progress and a rerun generates only the shards that are missing. Shards are the unit of work split between
@@ -14,13 +15,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fora import ForaConfig, apply_fora, remove_fora
-from fora.generate import to_uint8
+from fora.generate import generate_batch, to_uint8
 
 SHARD_SIZE = 100  # samples per shard file: what a killed run can lose, and the unit split between processes
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "model")  # model: the pipeline's own scheduler, as loaded (text models' flow matching)
 _SHARD_RE = re.compile(r"shard_(\d{7})-(\d{7})\.npz")
 _TMP_RE = re.compile(r"shard_\d{7}-\d{7}\.tmp\d+\.npz")
 
@@ -74,6 +74,8 @@ def set_sampler(pipe, sampler: str) -> None:
 
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    if sampler == "model":
+        return
     cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
@@ -87,6 +89,8 @@ def generate_samples(
     num_classes: int,
     batch_size: int,
     before_batch=None,
+    prompts: tuple[str, ...] | None = None,
+    options: tuple = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Images (uint8, n x H x W x 3), labels, seeds and seconds spent generating (pauses left out) of the given
     sample indices for one cell. `before_batch()` runs before each batch and returns the seconds it waited.
@@ -94,7 +98,9 @@ def generate_samples(
     N = 1 runs the model without FORA at all (the true uncached reference); N > 1 applies FORA for the call.
     DiT-style pipelines draw the noise of each sample from its own generator; `EmojiDiTPipeline` also passes them
     to stochastic samplers, so DDPM samples are fixed per sample too. Other pipelines' DDPM noise comes from the
-    global generator, seeded per batch from its first sample's seed (reproducible for the same shards).
+    global generator, seeded per batch from its first sample's seed (reproducible for the same shards). With
+    `prompts` (a text model) the label is the prompt's index and each sample runs in its own call
+    (`fora.generate.generate_batch`), with the model card's `options`.
     """
     seeds = np.array([sample_seed(base_seed, i) for i in indices], dtype=np.int64)
     labels = sample_labels(indices, num_classes)
@@ -108,16 +114,9 @@ def generate_samples(
         for b in range(0, len(indices), batch_size):
             if before_batch is not None:
                 paused += before_batch() or 0.0
-            batch_seeds = seeds[b : b + batch_size]
-            generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in batch_seeds]
-            torch.manual_seed(int(batch_seeds[0]))
-            out = pipe(
-                class_labels=labels[b : b + batch_size].tolist(),
-                num_inference_steps=cell.steps,
-                guidance_scale=guidance,
-                generator=generators,
-                output_type="np",
-            ).images
+            batch_labels = labels[b : b + batch_size].tolist()
+            conditions = [prompts[i] for i in batch_labels] if prompts else batch_labels
+            out = generate_batch(pipe, conditions, seeds[b : b + batch_size], cell.steps, guidance, options)
             images.append(to_uint8(out))
     finally:
         if config is not None:
@@ -164,6 +163,8 @@ def fill_shard(
     num_classes: int,
     batch_size: int,
     before_batch=None,
+    prompts: tuple[str, ...] | None = None,
+    options: tuple = (),
 ) -> int:
     """Make shard start..end exist; returns how many samples were generated (0 when it was already there).
 
@@ -181,7 +182,16 @@ def fill_shard(
                 break
     first = start + (len(have["images"]) if have else 0)
     images, labels, seeds, seconds = generate_samples(
-        pipe, list(range(first, end)), cell, base_seed, guidance, num_classes, batch_size, before_batch
+        pipe,
+        list(range(first, end)),
+        cell,
+        base_seed,
+        guidance,
+        num_classes,
+        batch_size,
+        before_batch,
+        prompts,
+        options,
     )
     if have:
         images = np.concatenate([have["images"], images])

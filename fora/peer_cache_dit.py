@@ -34,12 +34,12 @@ streams' residuals are cached, and with Bn >= 1 the TaylorSeer calibrator extrap
 for both of FLUX.1's block lists (its double-stream `transformer_blocks`, then its `single_transformer_blocks`, which
 in diffusers 0.42 also take and return both streams); so no class is patched. With two block lists cache-dit keeps a
 cache context per list, as its FLUX adapter does: each list runs its own first Fn and last Bn blocks and decides
-from its own Fn blocks' residual whether to skip its middle blocks. A forward pre-hook on the transformer resets every cache context (`reset_context`,
-as cache-dit's own per-call wrapper does) whenever the scheduler's timesteps are set anew (`RunTracker`), with the
-run's length; the knobs are checked against the model before anything is applied; `remove_cache_dit` calls
-`disable_cache` and undoes what it leaves. `cache_dit` is imported on first use: importing it gives each of its
-loggers a stdout handler and replaces `logging.Logger.warning_once`/`info_once` (transformers') with its own
-(`cache_dit/logger.py:87-101`), for the whole process: importing it is a side effect this module cannot undo.
+from its own Fn blocks' residual whether to skip its middle blocks. A forward pre-hook on the transformer resets
+every cache context (`reset_context`, as cache-dit's own per-call wrapper does) whenever the scheduler's timesteps are
+set anew (`RunTracker`), with the run's length; the knobs are checked against the model before anything is applied;
+`remove_cache_dit` calls `disable_cache` and undoes what it leaves. `cache_dit` is imported on first use: importing it
+gives each of its loggers a stdout handler and replaces `logging.Logger.warning_once`/`info_once` (transformers') with
+its own (`cache_dit/logger.py:87-101`), for the whole process: importing it is a side effect this module cannot undo.
 """
 
 import contextlib
@@ -199,8 +199,8 @@ class CacheDiTHandle:
 
 
 def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
-    """Apply cache-dit's DBCache to a DiT, PixArt, SD3, Sana or FLUX.1 pipeline, correctly (see the module doc): a fresh
-    cache context for every pipeline call, nothing patched on a class. `remove_cache_dit` (or
+    """Apply cache-dit's DBCache to a DiT, PixArt, SD3, Sana or FLUX.1 pipeline, correctly (see the module doc): a
+    fresh cache context for every pipeline call, nothing patched on a class. `remove_cache_dit` (or
     `fora.peers.remove_peer`) restores the transformer exactly. Other pipelines, and knobs the model cannot take,
     are refused with a `ValueError`.
 
@@ -297,11 +297,7 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
 def supports_cache_dit(pipe) -> bool:
     """Whether `apply_cache_dit` runs on `pipe`'s pipeline class and transformer (checked before any run)."""
     transformer = getattr(pipe, "transformer", None)
-    return (
-        isinstance(pipe, _supported_pipelines())
-        and transformer is not None
-        and bool(_block_lists(transformer))
-    )
+    return isinstance(pipe, _supported_pipelines()) and transformer is not None and bool(_block_lists(transformer))
 
 
 def block_list_sizes(pipe) -> list[int]:

@@ -313,7 +313,9 @@ def test_flux_two_block_lists_each_cached_apart_reset_cost_what_ran_and_remove_e
     pipe, run = _flux()
     base = run(10)
     before = snapshot(pipe.transformer)  # after a call: FLUX's pipeline leaves an (empty) hook registry of its own
-    handle = apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=2, taylorseer_order=order))
+    handle = apply_cache_dit(
+        pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=2, taylorseer_order=order)
+    )
     modules = [
         m
         for _, block, spec in find_blocks(pipe.transformer)
@@ -351,7 +353,9 @@ def test_flux_two_block_lists_each_cached_apart_reset_cost_what_ran_and_remove_e
 
 def test_flux_lists_too_short_for_fn_and_bn_are_refused_by_name():
     pipe, _ = _flux(double=1, single=3)
-    with pytest.raises(ValueError, match=r"fn_blocks=1 \+ bn_blocks=0 with 1 blocks in transformer_blocks: .* in each "):
+    with pytest.raises(
+        ValueError, match=r"fn_blocks=1 \+ bn_blocks=0 with 1 blocks in transformer_blocks: .* in each "
+    ):
         apply_cache_dit(pipe, CacheDiTConfig(threshold=0.5, fn_blocks=1, bn_blocks=0))
     assert not hasattr(pipe.transformer, "_peer_handle") and "forward" not in pipe.transformer.__dict__
 

@@ -509,3 +509,37 @@ def test_the_app_serves_with_a_broken_table(tmp_path, monkeypatch):
         assert "| 63.0 MiB |" in answer and "Is HBM fast enough? yes" in answer  # 28 x 2 x 2 x 256 x 1152 x 2 B
     finally:
         demo.close()
+
+
+def test_a_text_model_table_compares_with_its_own_uncached_samples(tmp_path):
+    """Issue 19 item 3: Table 3 on a text-to-image model (a tiny embedded MMDiT, saved as a folder): sample i is
+    prompt i mod P with its own seed, the metrics are against the uncached samples of the same prompts and seeds (no
+    reference set ships), and a bad prompt set or a class-model sampler is refused by name."""
+    from test_emoji_mmdit import tiny_pipeline
+
+    model = str(tmp_path / "mmdit")
+    tiny_pipeline().save_pretrained(model)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# three captions\na cat\na red cat on the left\ntwo dog\n")
+    out = tmp_path / "table"
+    args = ("--prompts", str(prompts), "--samples", "12")
+    done = _table(model, out, *args, samples=12)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {int(r["interval"]): r for r in _rows(out)}
+    assert float(rows[1]["fd_to_uncached"]) == 0 and float(rows[1]["precision_to_uncached"]) == 1
+    assert float(rows[3]["fd_to_uncached"]) > 0 and 0 < float(rows[3]["psnr_vs_uncached"]) < 100
+    assert rows[3]["fid"] == "nan" and rows[3]["class_accuracy"] == "nan"  # no renders, no classes to score
+    with np.load(out / "samples" / "T4_N1" / "shard_0000000-0000012.npz") as z:
+        assert z["labels"].tolist() == [i % 3 for i in range(12)]
+    with open(out / "run.json") as f:
+        settings = json.load(f)
+    assert settings["sampler"] == "model" and settings["prompts"].startswith("prompts.txt:3:")
+    # the same folder with another prompt set is refused, never mixed
+    prompts.write_text("a dog\n")
+    assert _table(model, out, *args, samples=12).returncode == 2
+    for extra, message in (
+        (("--prompts", str(tmp_path / "absent.txt")), "prompt set 'absent.txt' unreadable"),
+        (("--sampler", "ddim"), "--sampler ddim: --model"),
+    ):
+        done = _table(model, tmp_path / "bad", *extra, samples=12)
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]

@@ -1,5 +1,5 @@
-"""Quality of a FORA image against the uncached baseline with the same seed: PSNR, SSIM, LPIPS, mean absolute difference,
-a difference image, and the per-step error of the transformer's prediction (how error accumulates)."""
+"""Quality of a FORA image against the uncached baseline with the same seed: PSNR, SSIM, LPIPS, mean absolute
+difference, a difference image, and the per-step error of the transformer's prediction (how error accumulates)."""
 
 import numpy as np
 import torch

@@ -19,6 +19,7 @@ from analysis.table.experiment import (
     prepare_folder,
 )
 from analysis.table.experiment import __doc__ as TABLE_DOC
+from fora.generate import is_text_conditional
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
 from fora.timing import CPU_CLOCK_HELP
 
@@ -27,7 +28,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m analysis.table", description=TABLE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default="emoji-dit", help="class-conditional model key, hub id or pipeline folder")
+    p.add_argument("--model", default="emoji-dit", help="model key, hub id or pipeline folder")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="text models: the prompt set (sample i: prompt i mod P; default: the model's evaluation set, "
+        "analysis.prompts.prompt_set)",
+    )
     p.add_argument("--steps", type=int, nargs="+", default=[20, 50], help="denoising steps T")
     p.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5, 7, 10], help="cache intervals N")
     p.add_argument(
@@ -38,7 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="samples per cell (>= 4): one value for every T, or one per --steps value",
     )
     p.add_argument("--out", required=True, help="output folder (samples, table, report)")
-    p.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddim (deterministic) or ddpm")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=SAMPLERS,
+        help="class models: ddim (deterministic, the default) or ddpm; model: the pipeline's own scheduler (the only "
+        "one for text models, whose flow-matching schedulers DDIM/DDPM cannot replace)",
+    )
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="base seed; sample i's noise seed derives from (seed, i)")
     p.add_argument("--batch-size", type=int, default=50, help="samples per pipeline call")
@@ -88,6 +101,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _conditions(args, pipe, spec) -> int:
+    """Set the sampler's default, a text model's prompt set (`args.prompt_list`, `args.prompt_tag`) and model-card
+    arguments (`args.options`); returns the number of conditions samples cycle through (classes, or prompts).
+    Raises `ValueError` naming a bad value."""
+    import hashlib
+
+    from analysis.prompts import load_prompts, prompt_set
+
+    args.prompt_list, args.prompt_tag, args.options = None, "", ()
+    if not args.text:
+        if args.prompts:
+            raise ValueError(f"--prompts {args.prompts!r}: --model {args.model!r} is class-conditional (no prompts)")
+        args.sampler = args.sampler or "ddim"
+        return pipe.transformer.config.num_embeds_ada_norm
+    if args.sampler not in (None, "model"):
+        raise ValueError(
+            f"--sampler {args.sampler}: --model {args.model!r} is text-conditional and samples with its own "
+            f"{type(pipe.scheduler).__name__}; allowed: model"
+        )
+    args.sampler = "model"
+    path = args.prompts or prompt_set(pipe, "eval")
+    args.prompt_list = tuple(load_prompts(path))
+    digest = hashlib.sha256("\n".join(args.prompt_list).encode()).hexdigest()[:12]
+    args.prompt_tag = f"{os.path.basename(path)}:{len(args.prompt_list)}:{digest}"
+    args.options = tuple(spec.call_kwargs.items()) if spec else ()
+    return len(args.prompt_list)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -107,30 +148,23 @@ def main(argv=None) -> int:
     spec = resolve_model(args.model)
     args.guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
     args.extractor = args.extractor or default_extractor(args.model)
-    if args.extractor == "inception":
-        try:
-            check_args(args)  # the default extractor needs its files too
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
     try:
         args.device = args.device or str(state.device)  # this process's GPU under torchrun, else CPU
         pipe = load_pipeline(args.model, device=args.device)
     except ModelLoadError as e:
         print(f"error: --model {args.model!r}: {e}", file=sys.stderr)
         return 2
-    if hasattr(pipe, "text_encoder"):
-        print(
-            f"error: --model {args.model!r} is text-conditional; the table needs a class-conditional model "
-            "(a prompt set for text models is not part of this table)",
-            file=sys.stderr,
-        )
+    args.text = is_text_conditional(pipe)
+    try:
+        check_args(args)  # the default extractor needs its files too (a class model's reference set as well)
+        num_classes = _conditions(args, pipe, spec)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=True)
     set_sampler(pipe, args.sampler)
-    num_classes = pipe.transformer.config.num_embeds_ada_norm
     cells = [Cell(t, n) for t in sorted(set(args.steps)) for n in sorted(set(args.intervals))]
-    settings = Settings(args.model, args.sampler, float(args.guidance), args.seed, args.extractor)
+    settings = Settings(args.model, args.sampler, float(args.guidance), args.seed, args.extractor, args.prompt_tag)
     args.command = shlex.join(
         (["torchrun", "--nproc_per_node", str(world)] if world > 1 else ["python"])
         + ["-m", "analysis.table", *(sys.argv[1:] if argv is None else argv)]

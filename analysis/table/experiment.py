@@ -34,6 +34,7 @@ from analysis.samples import (
     shard_path,
     shard_ranges,
 )
+from fora.generate import generate_batch
 from fora.loading import MODELS, resolve_model
 
 
@@ -46,6 +47,7 @@ class Settings:
     guidance: float
     seed: int
     extractor: str
+    prompts: str = ""  # a text model's prompt set: its file name and a hash of its prompts ("" for class models)
 
 
 def check_args(args) -> None:
@@ -77,7 +79,11 @@ def check_args(args) -> None:
     if args.guidance is not None and args.guidance < 1.0:
         raise ValueError(f"--guidance {args.guidance}: allowed >= 1.0 (1.0 turns guidance off)")
     if args.extractor == "inception":
-        for name, path in (("--inception-weights", args.inception_weights), ("--reference-npz", args.reference_npz)):
+        # text models compare with their own uncached samples: no reference set (known once the model is loaded)
+        needed = [("--inception-weights", args.inception_weights)]
+        if getattr(args, "text", None) is False:
+            needed.append(("--reference-npz", args.reference_npz))
+        for name, path in needed:
             if not path or not os.path.isfile(path):
                 raise ValueError(
                     f"{name} {path!r}: no such file; --extractor inception needs local files and never downloads them"
@@ -102,7 +108,7 @@ def check_folder(out_dir: str, settings: Settings) -> bool:
     if not os.path.isfile(path):
         return False
     with open(path) as f:
-        have = json.load(f)
+        have = {"prompts": "", **json.load(f)}  # folders made before prompt sets: class models
     if have != asdict(settings):
         raise ValueError(
             f"--out {out_dir!r} holds samples made with {have}; these settings are "
@@ -112,13 +118,14 @@ def check_folder(out_dir: str, settings: Settings) -> bool:
 
 
 def default_extractor(model: str) -> str:
-    """`emoji` for the embedded model and pipeline folders of the emoji pipeline, `inception` otherwise."""
+    """`emoji` (the emoji classifier's features) for the embedded models and folders of their pipelines, `inception`
+    otherwise."""
     spec = resolve_model(model)
     folder = spec.source if spec else model
     index = os.path.join(folder, "model_index.json")
     if os.path.isfile(index):
         with open(index) as f:
-            if json.load(f).get("_class_name") == "EmojiDiTPipeline":
+            if json.load(f).get("_class_name") in ("EmojiDiTPipeline", "EmojiMMDiTPipeline"):
                 return "emoji"
     return "inception"
 
@@ -186,6 +193,8 @@ def generate_all(pipe, args, todo: list, num_classes: int, rank: int, world: int
             num_classes,
             args.batch_size,
             before_batch=lambda: _wait_while_paused(args.pause_file, rank),
+            prompts=getattr(args, "prompt_list", None),
+            options=getattr(args, "options", ()),
         )
         bar.update(made)
     bar.close()
@@ -196,7 +205,7 @@ def prepare_folder(args, settings: "Settings", cells: list[Cell]) -> list:
     it, delete the temporary files of killed writes, and list the shards still to make. Raises `ValueError`."""
     if not check_folder(args.out, settings):
         os.makedirs(args.out, exist_ok=True)
-        _write_json(os.path.join(args.out, "run.json"), asdict(settings))
+        _write_json(os.path.join(args.out, "run.json"), {k: v for k, v in asdict(settings).items() if v != ""})
     args.lock = lock_folder(args.out)
     remove_partial_writes(args.out)
     with open(os.path.join(args.out, "runs.jsonl"), "a") as f:  # every invocation, for the report
@@ -236,18 +245,12 @@ def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell,
         key = f"{cell.name}_b{args.timing_batch}_p{args.timing_pairs}_{where}"
         if key not in cache:
             _wait_while_paused(args.pause_file, 0)
-            labels = list(range(args.timing_batch))
-            labels = [x % num_classes for x in labels]
-
-            def call():  # noqa: E306
-                g = [torch.Generator().manual_seed(i) for i in range(len(labels))]
-                pipe(
-                    class_labels=labels,
-                    num_inference_steps=cell.steps,
-                    guidance_scale=args.guidance,
-                    generator=g,
-                    output_type="np",
-                )
+            labels = [x % num_classes for x in range(args.timing_batch)]
+            prompts = getattr(args, "prompt_list", None)
+            conditions = [prompts[i] for i in labels] if prompts else labels
+            call = lambda: generate_batch(  # noqa: E731 - what the samples run: one call per prompt for text models
+                pipe, conditions, list(range(len(labels))), cell.steps, args.guidance, getattr(args, "options", ())
+            )
 
             ratio = paired_speedup(
                 pipe, call, ForaConfig(interval=cell.interval), pairs=args.timing_pairs, clock=args.clock

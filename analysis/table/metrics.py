@@ -24,6 +24,7 @@ from analysis.metrics.quality import psnr
 from analysis.samples import Cell, iter_cell
 from fora.schedule import full_steps, ideal_speedup
 
+_TO_REFERENCE = ("fid", "sfid", "inception_score", "inception_score_std", "precision", "recall")  # need renders
 REFERENCE_RENDER_SEED = 3003  # emoji renders: training used data seed 1, the classifier 1001 and 2002
 FLOOR_RENDER_SEED = 4004  # a second set of real renders, scored like a generator's samples
 
@@ -43,6 +44,11 @@ def _interleaved_renders(per_class: int, seed: int) -> np.ndarray:
 
 
 def reference_description(args) -> str:
+    if getattr(args, "prompt_list", None):
+        return (
+            f"none shipped for a text model: each cell against the uncached (N = 1) samples of the same "
+            f"{len(args.prompt_list)} prompts and seeds (prompt set {args.prompt_tag})"
+        )
     if args.extractor == "emoji":
         from embedded.emoji.classes import NUM_CLASSES
 
@@ -123,13 +129,17 @@ def render_floor(args, extractor, real: Features, n: int) -> dict | None:
 
 def table_rows(args, cells: list[Cell], speed: dict, extractor) -> tuple[list[dict], dict]:
     """One row per cell (schedule, distribution metrics, class accuracy, PSNR against the N = 1 twin, speed), and
-    the table's notes: the real-image floor and, when T's sample counts differ, the common count of `fid_common`."""
-    real = reference_features(args, extractor)
+    the table's notes: the real-image floor and, when T's sample counts differ, the common count of `fid_common`.
+
+    A text model (`args.prompt_list`) has no reference set: its rows hold only what the cache changed, against the
+    uncached samples of the same prompts and seeds (`damage_metrics`), and the PSNR to them."""
+    text = bool(getattr(args, "prompt_list", None))
+    real = None if text else reference_features(args, extractor)
     intervals = {(c.steps, c.interval) for c in cells}
     common = min(args.samples_by_steps[c.steps] for c in cells)
     differ = len({args.samples_by_steps[c.steps] for c in cells}) > 1
     # class accuracy needs the generator's classes to be the classifier's (the emoji model's 32)
-    has_classes = args.extractor == "emoji" and args.num_classes == len(extractor.labels)
+    has_classes = not text and args.extractor == "emoji" and args.num_classes == len(extractor.labels)
     rows = []
     uncached = {}  # T -> the N = 1 cell's features: the reference of "what the cache changed"
     resamples = getattr(args, "bootstrap", BOOTSTRAP_RESAMPLES)
@@ -144,9 +154,9 @@ def table_rows(args, cells: list[Cell], speed: dict, extractor) -> tuple[list[di
             "full_steps": len(full_steps(cell.steps, cell.interval)),
             "ideal_speedup": ideal_speedup(cell.steps, cell.interval),
             "samples": len(labels),
-            **distribution_metrics(real, fake),
+            **(distribution_metrics(real, fake) if real is not None else dict.fromkeys(_TO_REFERENCE, float("nan"))),
         }
-        if differ:  # FD's bias depends on the sample count: compare across T at one count
+        if differ and real is not None:  # FD's bias depends on the sample count: compare across T at one count
             row["fid_common"] = frechet_distance(real.features, fake.features[:common])
         row["class_accuracy"] = float(np.mean(fake.logits.argmax(1) == labels)) if has_classes else float("nan")
         # median over samples of the PSNR against the same seed uncached (inf for N = 1 itself)
@@ -162,14 +172,18 @@ def table_rows(args, cells: list[Cell], speed: dict, extractor) -> tuple[list[di
         # throughput from the timed calls (quiet, warm), not from the generation run
         row["samples_per_s"] = timing["batch"] / timing["fora_s"] if timing else float("nan")
         rows.append(row)
-    floor = render_floor(args, extractor, real, max(args.samples_by_steps[c.steps] for c in cells))
+    floor = None if text else render_floor(args, extractor, real, max(args.samples_by_steps[c.steps] for c in cells))
     order = {(c.steps, c.interval): i for i, c in enumerate(cells)}  # the rows in the cells' order
     rows.sort(key=lambda r: order[(r["steps"], r["interval"])])
     return rows, {"floor": floor, "common_samples": common if differ else None}
 
 
 def damage_metrics(
-    real: Features, fake: Features, uncached: Features | None, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+    real: Features | None,
+    fake: Features,
+    uncached: Features | None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
 ) -> dict:
     """What the cache changed, apart from the model's own bias, with paired-bootstrap intervals over the seeds:
 
@@ -179,8 +193,8 @@ def damage_metrics(
     - FD, sFID, precision and recall against the uncached model's own samples of the same seeds (`*_to_uncached`:
       0, 0, 1 and 1 for the N = 1 cell itself), FD's with its interval (sFID's without).
 
-    Without an N = 1 cell of the same T and sample count the comparisons are NaN. `resamples` = 0 leaves the
-    intervals out (NaN)."""
+    Without an N = 1 cell of the same T and sample count the comparisons are NaN; without renders (`real` None: a
+    text model) so is everything against them. `resamples` = 0 leaves the intervals out (NaN)."""
     out = {}
     n = len(fake.features)
     nan = float("nan")
@@ -192,7 +206,10 @@ def damage_metrics(
         else:
             out.update({f"{name}_low": nan, f"{name}_high": nan})
 
-    interval("fid", lambda i: frechet_distance(real.features, fake.features[i]))
+    if real is not None:
+        interval("fid", lambda i: frechet_distance(real.features, fake.features[i]))
+    else:
+        out.update(fid_low=nan, fid_high=nan)
     if uncached is None or len(uncached.features) != n:  # no N = 1 twin with the same seeds: not comparable
         keys = ("fid_diff", "fd_to_uncached", "sfid_to_uncached", "precision_to_uncached", "recall_to_uncached")
         out.update(dict.fromkeys(keys, nan))
@@ -200,7 +217,9 @@ def damage_metrics(
         return out
     base = uncached
     same = fake is base
-    if same:  # N = 1 itself: every difference is exactly 0
+    if real is None:
+        out.update(fid_diff=nan, fid_diff_low=nan, fid_diff_high=nan)
+    elif same:  # N = 1 itself: every difference is exactly 0
         out.update(fid_diff=0.0, fid_diff_low=0.0, fid_diff_high=0.0)
     else:
         out["fid_diff"] = frechet_distance(real.features, fake.features) - frechet_distance(

@@ -197,6 +197,8 @@ def _fd_key(rows: list[dict]) -> tuple[str, str]:
     """Which FD to compare across T: at one common sample count when T's counts differ (FD's bias depends on it)."""
     if any(r.get("fid_common") is not None for r in rows):
         return "fid_common", " at a common sample count"
+    if rows and all(r.get("fid") != r.get("fid") for r in rows):  # NaN everywhere: a text model, no reference set
+        return "fd_to_uncached", " to the uncached samples (same prompts and seeds)"
     return "fid", ""
 
 
@@ -295,6 +297,7 @@ def report_html(meta: dict, grid: np.ndarray) -> str:
         else "Feature space: Inception-v3 (2048 pool features, 1008 logits)."
     )
     esc = html.escape
+    cond = "prompt" if s.get("prompts") else "class"  # a text model's samples cycle through its prompt set
     runs = "".join(
         f"<br><code>{esc(r['command'])}</code> ({esc(r['date'])}, {esc(str(r['device']))}, "
         f"{r['threads']} thread(s) per process)"
@@ -304,8 +307,8 @@ def report_html(meta: dict, grid: np.ndarray) -> str:
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{image-rendering:pixelated}}</style></head><body>
 <h1>FORA Table 3 on {esc(s["model"])}</h1>
-<p>{esc(s["sampler"].upper())} sampler, guidance {s["guidance"]}, {esc(samples_text(meta))} class-balanced samples per
-cell (sample i: class i mod classes, noise seed from (base seed {s["seed"]}, i); the same seeds in every cell).
+<p>{esc(s["sampler"].upper())} sampler, guidance {s["guidance"]}, {esc(samples_text(meta))} {esc(cond)}-balanced samples per
+cell (sample i: {esc(cond)} i mod {esc(cond)}s, noise seed from (base seed {s["seed"]}, i); the same seeds in every cell).
 Reference: {esc(meta.get("reference", "-"))}.
 {esc(feature_note)} Speedup: {esc(meta["timing"])}. Measured on {esc(meta["machine"]["processor"])}
 ({esc(meta["machine"]["device"])}, torch {esc(meta["machine"]["torch"])}), {esc(meta["date"])}.</p>
@@ -313,7 +316,7 @@ Reference: {esc(meta.get("reference", "-"))}.
 {table_html(meta)}
 <p>{esc(floor_text(meta))}</p>
 <h2>Plots</h2>{plots}
-<h2>The same samples across N</h2><p>Rows: the first samples of classes 0..{GRID_CLASSES - 1}, one block per T;
+<h2>The same samples across N</h2><p>Rows: the first samples of {esc(cond)}s 0..{GRID_CLASSES - 1}, one block per T;
 columns: N =
 {", ".join(str(n) for n in sorted({r["interval"] for r in meta["rows"]}))}.</p><img src="data:image/png;base64,{png_base64(grid)}">
 </body></html>"""

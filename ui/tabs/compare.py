@@ -41,7 +41,9 @@ def _metrics_rows(
         ["SSIM vs baseline", f"{m['ssim']:.4f}"],
         [
             "LPIPS vs baseline (AlexNet)",
-            f"{m['lpips']:.4f}" if m.get("lpips") is not None else f"not computed: {LPIPS_ENV} names no AlexNet weights",
+            f"{m['lpips']:.4f}"
+            if m.get("lpips") is not None
+            else f"not computed: {LPIPS_ENV} names no AlexNet weights",
         ],
         ["mean |difference|", f"{m['mad']:.4f}"],
         ["cache memory", f"{m['cache_bytes'] / 2**20:.2f} MiB"],
