@@ -165,13 +165,14 @@ class Comparison:
         return diff_image(self.fora.images[0], self.baseline.images[0])
 
 
-def compare_runs(baseline: RunResult, fora: RunResult) -> Comparison:
-    """Quality of a FORA run against the uncached run of the same request (speed: `timed_speedup`)."""
+def compare_runs(baseline: RunResult, fora: RunResult, with_lpips: bool = False) -> Comparison:
+    """Quality of a FORA run against the uncached run of the same request (speed: `timed_speedup`); LPIPS too with
+    `with_lpips` (where local AlexNet weights are set: `compare_images`)."""
     if baseline.request != fora.request:
         raise ValueError(f"the runs answer different requests: {baseline.request} vs {fora.request}")
     if baseline.config.interval != 1:
         raise ValueError(f"the baseline must be uncached (interval=1), got interval={baseline.config.interval}")
-    quality = compare_images(fora.images[0], baseline.images[0])
+    quality = compare_images(fora.images[0], baseline.images[0], with_lpips)
     steps = fora.run.num_steps
     metrics = {
         "interval": fora.config.interval,

@@ -19,6 +19,11 @@ def main(args):
     from playwright.sync_api import sync_playwright
 
     import app
+    from ui import registry
+
+    keys = [c.key for c in registry.model_choices() if c.available]
+    if args.model not in keys:
+        raise SystemExit(f"--model {args.model!r}: not offered by the app here; offered: {', '.join(keys)}")
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,7 +52,7 @@ def main(args):
             import re
 
             page.get_by_label("model", exact=True).click()
-            page.get_by_role("option", name=re.compile("^" + re.escape(args.model))).click()
+            page.get_by_role("option", name=re.compile("^" + re.escape(args.model) + ":")).click()
             prompt = page.get_by_label("prompt", exact=True)
             prompt.wait_for(state="visible", timeout=60_000)
             page.wait_for_timeout(1_000)  # the model's defaults (steps, guidance, an example prompt) fill in

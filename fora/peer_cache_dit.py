@@ -31,10 +31,11 @@ adapter registry gives the family (`block_adapters/adapters.py`): Pattern_3 for 
 and returns the hidden states; DiT also gets cache-dit's patch functor for its final layer's read of block 0),
 Pattern_1 for SD3's joint blocks (they take both streams and return `(encoder_hidden_states, hidden_states)`; both
 streams' residuals are cached, and with Bn >= 1 the TaylorSeer calibrator extrapolates the text stream's too), and
-for both of FLUX.1's block lists (its double-stream `transformer_blocks`, then its `single_transformer_blocks`, which
-in diffusers 0.42 also take and return both streams); so no class is patched. With two block lists cache-dit keeps a
-cache context per list, as its FLUX adapter does: each list runs its own first Fn and last Bn blocks and decides
-from its own Fn blocks' residual whether to skip its middle blocks. A forward pre-hook on the transformer resets
+and for FLUX.1 as cache-dit's FLUX adapter lays it out by default (`CACHE_DIT_FLUX_ENABLE_DUMMY_BLOCKS=1`): its
+double-stream `transformer_blocks` and its `single_transformer_blocks` as one list of Pattern_1 blocks under the name
+`transformer_blocks` (the single-stream list left empty during a call), with cache-dit's `FluxPatchFunctor` forward;
+so Fn counts from the first double-stream block, Bn from the last single-stream one, and one decision skips all the
+blocks between. No class is patched. A forward pre-hook on the transformer resets
 every cache context (`reset_context`, as cache-dit's own per-call wrapper does) whenever the scheduler's timesteps are
 set anew (`RunTracker`), with the run's length; the knobs are checked against the model before anything is applied;
 `remove_cache_dit` calls `disable_cache` and undoes what it leaves. `cache_dit` is imported on first use: importing it
@@ -137,17 +138,15 @@ class CacheDiTRun:
 
     num_steps: int
     steps_done: int = 0
-    cached_steps: list[int] = field(default_factory=list)  # of the first block list
-    cached_steps_per_list: list[list[int]] = field(default_factory=list)  # FLUX.1: double-stream, single-stream
+    cached_steps: list[int] = field(default_factory=list)
 
 
 class CacheDiTHandle:
     """Returned by `apply_cache_dit`: the config, the record of the most recent run, and what removal undoes."""
 
-    def __init__(self, pipeline, config: CacheDiTConfig, num_blocks, encoder_stream: bool = False):
+    def __init__(self, pipeline, config: CacheDiTConfig, num_blocks: int, encoder_stream: bool = False):
         self.config = config
-        self.list_blocks = (num_blocks,) if isinstance(num_blocks, int) else tuple(num_blocks)  # per block list
-        self.num_blocks = sum(self.list_blocks)
+        self.num_blocks = num_blocks
         self.encoder_stream = encoder_stream
         self._timestep_index = timestep_index(pipeline.transformer)
         self.last_run: CacheDiTRun | None = None
@@ -163,14 +162,13 @@ class CacheDiTHandle:
         return self.config.name
 
     def block_calls(self) -> int | None:
-        """Block forwards of the last run by cache-dit's record: per block list, all its blocks at each computed step
-        and its Fn + Bn at each step it skipped its middle blocks."""
+        """Block forwards of the last run by cache-dit's record: all blocks at each computed step, Fn + Bn at each
+        skipping step."""
         run = self.last_run
         if run is None:
             return None
-        lists = run.cached_steps_per_list or [run.cached_steps]
-        edge = self.config.fn_blocks + self.config.bn_blocks
-        return sum(run.steps_done * n - len(cached) * (n - edge) for n, cached in zip(self.list_blocks, lists))
+        skipped = self.num_blocks - self.config.fn_blocks - self.config.bn_blocks
+        return run.steps_done * self.num_blocks - len(run.cached_steps) * skipped
 
     def _pre_forward(self, module, args, kwargs):
         index = self._timestep_index
@@ -191,8 +189,7 @@ class CacheDiTHandle:
     def _post_forward(self, module, args, output):
         self.runs.end_call()
         self.last_run.steps_done = self.runs.steps_done
-        per_list = [list(self._manager.get_context(name).get_cached_steps()) for name in self._contexts]
-        self.last_run.cached_steps, self.last_run.cached_steps_per_list = per_list[0], per_list
+        self.last_run.cached_steps = self._manager.get_context(self._contexts[0]).get_cached_steps()
 
     def __repr__(self):
         return f"CacheDiTHandle({self.config!r}, last_run={self.last_run!r})"
@@ -221,10 +218,10 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
     if not isinstance(pipe, _supported_pipelines()):
         raise ValueError(
             f"{type(pipe).__name__}: cache-dit's DBCache runs here on {_SUPPORTED} (one transformer call per step, "
-            "one block list)"
+            "one block list as cache-dit's adapter for the family lays it out)"
         )
-    lists = _block_lists(transformer)
-    if not lists:
+    found = _block_list(transformer)
+    if found is None:
         raise ValueError(
             f"{type(pipe).__name__} with a {type(transformer).__name__}: cache-dit's DBCache runs here on "
             "DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel, SanaTransformer2DModel and "
@@ -242,46 +239,33 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
         )
     if getattr(transformer, "_is_cached", False):
         raise ValueError("cache-dit is already applied to this model; remove it first (cache_dit.disable_cache)")
-    for name, blocks, _ in lists:
-        if config.fn_blocks + config.bn_blocks >= len(blocks):
-            raise ValueError(
-                f"DBCache fn_blocks={config.fn_blocks} + bn_blocks={config.bn_blocks} with {len(blocks)} blocks"
-                + (f" in {name}" if len(lists) > 1 else "")
-                + f": Fn + Bn must be at most {len(blocks) - 1}, leaving a block to skip"
-                + (" in each block list (cache-dit caches each list apart)" if len(lists) > 1 else "")
-            )
+    blocks, pattern_name = found
+    num_blocks = len(blocks)
+    if config.fn_blocks + config.bn_blocks >= num_blocks:
+        raise ValueError(
+            f"DBCache fn_blocks={config.fn_blocks} + bn_blocks={config.bn_blocks} with {num_blocks} blocks: "
+            f"Fn + Bn must be at most {num_blocks - 1}, leaving a block to skip"
+        )
     import cache_dit
     from cache_dit import BlockAdapter, ForwardPattern
-    from cache_dit.caching.patch_functors import DiTPatchFunctor
-    from diffusers import DiTTransformer2DModel
 
-    patterns = [pattern for _, _, pattern in lists]
-    encoder_stream = "Pattern_1" in patterns
-    handle = CacheDiTHandle(pipe, config, [len(blocks) for _, blocks, _ in lists], encoder_stream)
+    encoder_stream = pattern_name == "Pattern_1"
+    handle = CacheDiTHandle(pipe, config, num_blocks, encoder_stream)
     handle._module_order = list(transformer._modules)
     cache, calibrator = config.cache_dit_configs(encoder_stream=encoder_stream)
     try:
         with _quiet():
             handle._adapter = BlockAdapter(
                 transformer=transformer,
-                blocks=lists[0][1] if len(lists) == 1 else [blocks for _, blocks, _ in lists],
-                forward_pattern=(
-                    getattr(ForwardPattern, patterns[0])
-                    if len(lists) == 1
-                    else [getattr(ForwardPattern, p) for p in patterns]
-                ),
-                # DiT's final layer reads block 0's embedding, which the cached block list hides
-                patch_functor=DiTPatchFunctor() if isinstance(transformer, DiTTransformer2DModel) else None,
+                blocks=blocks,
+                forward_pattern=getattr(ForwardPattern, pattern_name),
                 check_forward_pattern=True,
+                **_adapter_options(transformer),
             )
             cache_dit.enable_cache(handle._adapter, cache_config=cache, calibrator_config=calibrator)
         handle._manager = getattr(transformer, "_context_manager", None)
         handle._contexts = list(getattr(transformer, "_context_names", None) or [])
-        if (
-            not getattr(transformer, "_is_cached", False)
-            or handle._manager is None
-            or len(handle._contexts) != len(lists)
-        ):
+        if not getattr(transformer, "_is_cached", False) or handle._manager is None or len(handle._contexts) != 1:
             raise RuntimeError(f"cache-dit did not cache {type(transformer).__name__}'s blocks")
     except BaseException:
         _undo(transformer, handle)
@@ -297,14 +281,15 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
 def supports_cache_dit(pipe) -> bool:
     """Whether `apply_cache_dit` runs on `pipe`'s pipeline class and transformer (checked before any run)."""
     transformer = getattr(pipe, "transformer", None)
-    return isinstance(pipe, _supported_pipelines()) and transformer is not None and bool(_block_lists(transformer))
+    return (
+        isinstance(pipe, _supported_pipelines()) and transformer is not None and _block_list(transformer) is not None
+    )
 
 
-def block_list_sizes(pipe) -> list[int]:
-    """The blocks of each list DBCache caches apart (one list; FLUX.1: double-stream, then single-stream); [] when
-    DBCache does not run on the model."""
-    transformer = getattr(pipe, "transformer", pipe)
-    return [len(blocks) for _, blocks, _ in _block_lists(transformer)]
+def cached_blocks(pipe) -> int:
+    """The blocks in the list DBCache wraps (FLUX.1: both of its lists as one); 0 when DBCache does not run on it."""
+    found = _block_list(getattr(pipe, "transformer", pipe))
+    return len(found[0]) if found is not None else 0
 
 
 def remove_cache_dit(pipe) -> None:
@@ -362,11 +347,11 @@ def _supported_pipelines() -> tuple:
     )
 
 
-def _block_lists(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.ModuleList, str]]:
-    """The block lists DBCache wraps, each with its name and cache-dit's forward pattern for its blocks (what
-    cache-dit's adapter registry uses for the family): Pattern_3 (hidden states in and out) for DiT, PixArt and
-    Sana, Pattern_1 (both streams in, `(encoder, hidden)` out) for SD3's joint blocks and FLUX.1's two lists; []
-    for other transformers."""
+def _block_list(transformer: torch.nn.Module) -> tuple[torch.nn.ModuleList, str] | None:
+    """The block list DBCache wraps and cache-dit's forward pattern for its blocks (what cache-dit's adapter
+    registry uses for the family): Pattern_3 (hidden states in and out) for DiT, PixArt and
+    Sana, Pattern_1 (both streams in, `(encoder, hidden)` out) for SD3's joint blocks and FLUX.1's blocks (its two
+    lists as one); None for other transformers."""
     from diffusers import (
         DiTTransformer2DModel,
         FluxTransformer2DModel,
@@ -376,15 +361,30 @@ def _block_lists(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Modul
     )
 
     if isinstance(transformer, (DiTTransformer2DModel, PixArtTransformer2DModel, SanaTransformer2DModel)):
-        return [("transformer_blocks", transformer.transformer_blocks, "Pattern_3")]
+        return transformer.transformer_blocks, "Pattern_3"
     if isinstance(transformer, SD3Transformer2DModel):
-        return [("transformer_blocks", transformer.transformer_blocks, "Pattern_1")]
+        return transformer.transformer_blocks, "Pattern_1"
+    if isinstance(transformer, FluxTransformer2DModel):  # cache-dit's default FLUX layout: one list (module doc)
+        return transformer.transformer_blocks + transformer.single_transformer_blocks, "Pattern_1"
+    return None
+
+
+def _adapter_options(transformer: torch.nn.Module) -> dict:
+    """The rest of cache-dit's adapter for the family: DiT's patch functor (its final layer reads block 0's
+    embedding, which the cached block list hides); FLUX.1's unified list, the emptied single-stream list and its
+    patch functor, as cache-dit's FLUX adapter sets them by default."""
+    from cache_dit.caching.patch_functors import DiTPatchFunctor, FluxPatchFunctor
+    from diffusers import DiTTransformer2DModel, FluxTransformer2DModel
+
+    if isinstance(transformer, DiTTransformer2DModel):
+        return {"patch_functor": DiTPatchFunctor()}
     if isinstance(transformer, FluxTransformer2DModel):
-        return [
-            ("transformer_blocks", transformer.transformer_blocks, "Pattern_1"),
-            ("single_transformer_blocks", transformer.single_transformer_blocks, "Pattern_1"),
-        ]
-    return []
+        return {
+            "blocks_name": "transformer_blocks",
+            "dummy_blocks_names": ["single_transformer_blocks"],
+            "patch_functor": FluxPatchFunctor(),
+        }
+    return {}
 
 
 _QUIET_LOCK = threading.Lock()

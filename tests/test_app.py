@@ -139,6 +139,13 @@ def test_compare_shows_lpips_only_with_local_alexnet_weights(layout, tmp_path, m
     monkeypatch.setenv("FORA_LPIPS_ALEXNET", str(tmp_path / "alexnet.pth"))
     row = dict(shown(run_generate(layout, steps=6, interval=3, seed=11))[c.metrics])["LPIPS vs baseline (AlexNet)"]
     assert float(row) > 0
+    monkeypatch.setenv("FORA_LPIPS_ALEXNET", str(tmp_path / "absent.pth"))  # a wrong path: the images still come
+    final = shown(run_generate(layout, steps=6, interval=3, seed=11))
+    assert (
+        c.fora_img in final
+        and "not computed: FORA_LPIPS_ALEXNET: FileNotFoundError"
+        in dict(final[c.metrics])["LPIPS vs baseline (AlexNet)"]
+    )
 
 
 def test_class_names_map_to_their_ids(layout, tiny_model_dir):

@@ -68,6 +68,7 @@ def test_lpips_matches_torchmetrics_code_and_its_shipped_linear_layers(backbone)
 
 def test_lpips_zero_for_identical_grows_with_damage_symmetric_small_images(backbone):
     rng = np.random.default_rng(0)
+    assert lpips(rng.random((16, 16, 3)), rng.random((16, 16, 3)), backbone) > 0  # upsampled to AlexNet's least size
     image = rng.random((32, 32, 3))
     assert lpips(image, image, backbone) == 0.0
     scores = [lpips(np.clip(image + rng.normal(0, s, image.shape), 0, 1), image, backbone) for s in (0.02, 0.1, 0.4)]
@@ -89,8 +90,18 @@ def test_lpips_refuses_missing_or_wrong_weights_and_bad_images(tmp_path, backbon
         lpips(image, image, str(wrong))
     with pytest.raises(ValueError, match="differ in shape"):
         lpips(image, np.zeros((16, 16, 3)), backbone)
-    with pytest.raises(ValueError, match="HxWx3"):
+    with pytest.raises(ValueError, match="one HxWx3 image per side"):
         lpips(np.zeros((32, 32)), np.zeros((32, 32)), backbone)
+    with pytest.raises(ValueError, match="one HxWx3 image per side"):
+        lpips(np.zeros((2, 32, 32, 3)), np.zeros((2, 32, 32, 3)), backbone)
+    shaped = tmp_path / "shaped.pth"
+    state = {f"features.{k}": v for k, v in alexnet_features().state_dict().items()}
+    state["features.3.weight"] = torch.zeros(192, 64, 3, 3)
+    torch.save(state, shaped)
+    with pytest.raises(
+        ValueError, match=r"features.3.weight has shape \(192, 64, 3, 3\), AlexNet's is \(192, 64, 5, 5\)"
+    ):
+        lpips(image, image, str(shaped))
     monkeypatch.setenv("FORA_LPIPS_ALEXNET", backbone)
     assert lpips(image, image) == 0.0
 
@@ -101,4 +112,12 @@ def test_a_comparison_carries_lpips_when_weights_are_given(backbone, monkeypatch
     rng = np.random.default_rng(3)
     a, b = rng.random((32, 32, 3)), rng.random((32, 32, 3))
     monkeypatch.setenv("FORA_LPIPS_ALEXNET", backbone)
-    assert compare_images(a, b)["lpips"] == pytest.approx(lpips(a, b, backbone))
+    assert compare_images(a, b, with_lpips=True)["lpips"] == pytest.approx(lpips(a, b, backbone))
+    assert compare_images(a, b)["lpips"] is None  # the sweep's comparisons do not pay for it
+    monkeypatch.setenv("FORA_LPIPS_ALEXNET", "/nonexistent/alexnet.pth")  # a bad setting never loses the comparison
+    bad = compare_images(a, b, with_lpips=True)
+    assert (
+        bad["lpips"] is None
+        and "FileNotFoundError" in bad["lpips_note"]
+        and bad["psnr"] == compare_images(a, b)["psnr"]
+    )

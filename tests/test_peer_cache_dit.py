@@ -307,15 +307,15 @@ def _flux(double: int = 3, single: int = 3):
 
 
 @pytest.mark.parametrize("order", [None, 1], ids=["dbcache", "taylorseer"])
-def test_flux_two_block_lists_each_cached_apart_reset_cost_what_ran_and_remove_exactly(order):
-    """FLUX.1: cache-dit's FLUX adapter caches the double-stream and the single-stream list apart (a context each):
-    each list computes its own Fn and Bn blocks every step and skips its middle blocks at its own cached steps."""
+def test_flux_in_cache_dits_default_layout_resets_costs_what_ran_and_removes_exactly(order):
+    """FLUX.1 as cache-dit's FLUX adapter lays it out by default: the double-stream and the single-stream blocks as
+    one list (Fn from the first double-stream block, Bn from the last single-stream one), one decision per step,
+    cache-dit's patched forward; a warm-up over the whole run gives diffusers' own images bit for bit."""
     pipe, run = _flux()
     base = run(10)
     before = snapshot(pipe.transformer)  # after a call: FLUX's pipeline leaves an (empty) hook registry of its own
-    handle = apply_cache_dit(
-        pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=2, taylorseer_order=order)
-    )
+    config = CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=2, taylorseer_order=order)
+    handle = apply_cache_dit(pipe, config)
     modules = [
         m
         for _, block, spec in find_blocks(pipe.transformer)
@@ -331,32 +331,34 @@ def test_flux_two_block_lists_each_cached_apart_reset_cost_what_ran_and_remove_e
         for hook in hooks:
             hook.remove()
     try:
-        record, recorded_calls = handle.last_run, handle.block_calls()
-        assert handle.list_blocks == (3, 3) and len(record.cached_steps_per_list) == 2
+        cached, recorded_calls = list(handle.last_run.cached_steps), handle.block_calls()
+        assert handle.num_blocks == 6 and cached
         alone_7 = run(7)
         assert same(run(10), first) and same(run(7), alone_7)  # each call starts clean
     finally:
         remove_peer(pipe)
     assert not same(first, base)
     assert cmap.computed_calls == len(executed) < 10 * len(modules)  # what the map counted is what executed
-    # per list: blocks 0 and 2 (double-stream: attention, MLPs), 3 and 5 (single-stream: its fused attention+MLP)
-    # every step; the middle block of each list skipped exactly at that list's cached steps
-    block_kind = ((range(0, 3), "attn"), (range(3, 6), "attn_mlp"))
-    for (blocks, kind), cached in zip(block_kind, record.cached_steps_per_list):
-        computed = cmap.matrix(kind)
-        assert cached and computed[blocks.start].all() and computed[blocks.stop - 1].all()
-        assert list(np.flatnonzero(~computed[blocks.start + 1])) == cached
-    # cache-dit's record counts the block forwards the compute map saw (one attention kind per block)
-    assert int(cmap.matrix("attn").sum() + cmap.matrix("attn_mlp").sum()) == recorded_calls
+    # one block's computed steps: double-stream blocks 0..2 by their attention, single-stream 3..5 by their fused
+    # attention+MLP; block 0 (Fn) and block 5 (Bn) every step, blocks 1..4 skipped exactly at cache-dit's steps
+    per_block = np.concatenate([cmap.matrix("attn")[:3], cmap.matrix("attn_mlp")[3:]])
+    assert per_block[0].all() and per_block[5].all()
+    for b in range(1, 5):
+        assert list(np.flatnonzero(~per_block[b])) == cached, b
+    assert int(per_block.sum()) == recorded_calls  # cache-dit's record counts the block forwards that ran
     assert same(run(10), base) and snapshot(pipe.transformer) == before
+    apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=10, taylorseer_order=order))
+    try:
+        assert same(run(10), base)  # cache-dit's patched FLUX forward computes what diffusers' does
+    finally:
+        remove_peer(pipe)
+    assert snapshot(pipe.transformer) == before
 
 
-def test_flux_lists_too_short_for_fn_and_bn_are_refused_by_name():
-    pipe, _ = _flux(double=1, single=3)
-    with pytest.raises(
-        ValueError, match=r"fn_blocks=1 \+ bn_blocks=0 with 1 blocks in transformer_blocks: .* in each "
-    ):
-        apply_cache_dit(pipe, CacheDiTConfig(threshold=0.5, fn_blocks=1, bn_blocks=0))
+def test_flux_fn_and_bn_count_over_both_lists_and_are_refused_past_them():
+    pipe, _ = _flux(double=1, single=2)
+    with pytest.raises(ValueError, match=r"fn_blocks=2 \+ bn_blocks=1 with 3 blocks: Fn \+ Bn must be at most 2"):
+        apply_cache_dit(pipe, CacheDiTConfig(threshold=0.5, fn_blocks=2, bn_blocks=1))
     assert not hasattr(pipe.transformer, "_peer_handle") and "forward" not in pipe.transformer.__dict__
 
 

@@ -386,17 +386,6 @@ def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, c
             f"{', '.join(peers)}: cache-dit's DBCache runs here on {_SUPPORTED}; {type(pipe).__name__} is not one "
             "(untick it)"
         )
-    if peers:
-        from analysis.arena.policies import DBCACHE_KNOBS
-        from fora.peer_cache_dit import block_list_sizes
-
-        edge = DBCACHE_KNOBS["fn"] + DBCACHE_KNOBS["bn"]
-        if min(block_list_sizes(pipe)) <= edge:
-            raise ValueError(
-                f"{', '.join(peers)}: a block list of this {type(pipe.transformer).__name__} has "
-                f"{min(block_list_sizes(pipe))} block(s), and DBCache here always computes its first "
-                f"{DBCACHE_KNOBS['fn']} and last {DBCACHE_KNOBS['bn']}: nothing would be left to skip (untick it)"
-            )
     interval = integer("cost N", interval, 2, request.steps - 1)
     job = PolicyJob(model_key, request, tuple(chosen), interval)
     check_budget(job.denoising_steps(len(job.missing_plans(plans))), f"this comparison ({request.steps} steps)")

@@ -169,7 +169,15 @@ def stream_comparison(
             base = observe_run(pipe, request, baseline_config(config), on_step=observe("baseline")).to_cpu()
             emit(Progress("baseline done", request.steps, request.steps, baseline=base))
         fora = observe_run(pipe, request, config, on_step=observe("fora")).to_cpu()
-        emit(Progress("compared", request.steps, request.steps, baseline=base, comparison=compare_runs(base, fora)))
+        emit(
+            Progress(
+                "compared",
+                request.steps,
+                request.steps,
+                baseline=base,
+                comparison=compare_runs(base, fora, with_lpips=True),
+            )
+        )
         clock = default_clock(pipe)
         speed = timed_speedup(pipe, request, config, pairs=pairs, warmup=warmup, clock=clock) if pairs else None
         emit(Progress("timed", speed=speed, clock=clock))

@@ -74,7 +74,7 @@ def dbcache_sweep(
 ) -> list[Entry]:
     """For each TaylorSeer order (`None`: plain DBCache) and (Fn, Bn, warm-up): the cheapest setting, then the
     threshold bisected to each budget (FORA N -> computed calls) it can reach. Settings with Fn + Bn >= `num_blocks`
-    (the blocks of the shortest list DBCache caches: nothing to skip) are left out."""
+    (the blocks DBCache wraps: nothing to skip) are left out."""
     entries = []
     for order, fn, bn, warmup in product(orders, fn_blocks, bn_blocks, warmups):
         name = knobs(fn, bn, warmup, order)

@@ -8,9 +8,10 @@ LPIPS needs two sets of weights:
 torchmetrics' own LPIPS module builds the backbone through torchvision, whose CPU build does not install against
 this project's torch pin, so the backbone here is AlexNet's feature stack with torchvision's exact layer layout
 (`features.0` ... `features.12`), which loads torchvision's state dict by name. The rest follows LPIPS v0.1: inputs in
-[-1, 1], its scaling layer, the five ReLU outputs, channel-normalised, squared differences weighted by the linear
-layers, averaged over space and summed. Images under 64 px (the patch size LPIPS was trained on) are upsampled
-bilinearly to 64 first, so the deepest layers still see more than one position; 0 means identical.
+[-1, 1], its scaling layer, the five ReLU outputs, channel-normalised (with torchmetrics' eps), squared differences
+weighted by the linear layers, averaged over space and summed; 0 means identical. Images are scored at their own
+size, as torchmetrics does; under 32 px, where AlexNet's second pooling has nothing left to pool, they are upsampled
+bilinearly to 32 first.
 """
 
 import os
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 ENV = "FORA_LPIPS_ALEXNET"
-MIN_SIDE = 64
+MIN_SIDE = 32  # the smallest side AlexNet's stack takes through its fifth ReLU
 TAPS = (1, 4, 7, 9, 11)  # features.N whose outputs (ReLU 1..5) LPIPS compares
 CHANNELS = (64, 192, 384, 256, 256)
 SHIFT = (-0.030, -0.088, -0.188)  # LPIPS v0.1's scaling layer
@@ -61,7 +62,12 @@ class LPIPS(nn.Module):
             raise ValueError(
                 f"{backbone_path!r} is not torchvision's AlexNet state dict: "
                 + (f"missing features.{missing[0]} (and {len(missing) - 1} more)" if missing else "")
-                + (f"{'; ' if missing else ''}wrong shape of features.{wrong[0]}" if wrong else "")
+                + (
+                    f"{'; ' if missing else ''}features.{wrong[0]} has shape {tuple(got[wrong[0]].shape)}, "
+                    f"AlexNet's is {tuple(wanted[wrong[0]].shape)}"
+                    if wrong
+                    else ""
+                )
             )
         self.features.load_state_dict({k: got[k] for k in wanted})
         lin_file = resources.files("torchmetrics") / "functional" / "image" / "lpips_models" / "alex.pth"
@@ -76,7 +82,7 @@ class LPIPS(nn.Module):
 
     def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
-        for i, layer in enumerate(self.features):
+        for i, layer in enumerate(self.features[: TAPS[-1] + 1]):  # the last pooling feeds no tap
             x = layer(x)
             if i in TAPS:
                 out.append(x / torch.sqrt(1e-8 + x.pow(2).sum(dim=1, keepdim=True)))  # LPIPS' channel norm
@@ -103,8 +109,8 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 @lru_cache(maxsize=2)
-def _model(path: str) -> LPIPS:
-    return LPIPS(path)
+def _model(path: str, stamp: tuple) -> LPIPS:
+    return LPIPS(path)  # `stamp` (the file's size and time): a file replaced under the same path loads anew
 
 
 def configured_path() -> str | None:
@@ -119,4 +125,12 @@ def lpips(a: np.ndarray, b: np.ndarray, path: str | None = None) -> float:
         raise ValueError(f"LPIPS needs AlexNet's weights by a local path: set {ENV} (nothing is downloaded)")
     if np.shape(a) != np.shape(b):
         raise ValueError(f"images differ in shape: {np.shape(a)} vs {np.shape(b)}")
-    return float(_model(os.path.abspath(path))(_to_tensor(a), _to_tensor(b))[0])
+    if np.ndim(a) != 3:
+        raise ValueError(f"LPIPS takes one HxWx3 image per side, got shape {np.shape(a)}")
+    path = os.path.abspath(path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = None
+    stamp = (stat.st_size, stat.st_mtime_ns) if stat else None
+    return float(_model(path, stamp)(_to_tensor(a), _to_tensor(b))[0])

@@ -1,10 +1,13 @@
 """Quality of a FORA image against the uncached baseline with the same seed: PSNR, SSIM, LPIPS, mean absolute
 difference, a difference image, and the per-step error of the transformer's prediction (how error accumulates)."""
 
+import pickle
+
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from analysis.metrics.lpips import ENV as LPIPS_ENV
 from analysis.metrics.lpips import configured_path as lpips_path
 from analysis.metrics.lpips import lpips
 
@@ -43,15 +46,24 @@ def diff_image(a: np.ndarray, b: np.ndarray, gain: float = 4.0) -> np.ndarray:
     return np.stack([np.clip(3 * d, 0, 1), np.clip(3 * d - 1, 0, 1), np.clip(3 * d - 2, 0, 1)], axis=-1)
 
 
-def compare_images(fora_image: np.ndarray, baseline_image: np.ndarray) -> dict:
-    """PSNR, SSIM and mean |difference|; LPIPS too where AlexNet's weights are given locally (`FORA_LPIPS_ALEXNET`,
-    `analysis/metrics/lpips.py`), else None."""
-    return {
+def compare_images(fora_image: np.ndarray, baseline_image: np.ndarray, with_lpips: bool = False) -> dict:
+    """PSNR, SSIM and mean |difference|; with `with_lpips`, LPIPS too where AlexNet's weights are given locally
+    (`FORA_LPIPS_ALEXNET`, `analysis/metrics/lpips.py`): `lpips` is None otherwise, and `lpips_note` says why (not
+    set, or what is wrong with the file), so a bad setting never loses the comparison."""
+    out = {
         "psnr": psnr(fora_image, baseline_image),
         "ssim": ssim(fora_image, baseline_image),
         "mad": mean_abs_diff(fora_image, baseline_image),
-        "lpips": lpips(fora_image, baseline_image) if lpips_path() else None,
+        "lpips": None,
     }
+    if not with_lpips:
+        return out
+    if not lpips_path():
+        return {**out, "lpips_note": f"{LPIPS_ENV} names no AlexNet weights"}
+    try:
+        return {**out, "lpips": lpips(fora_image, baseline_image)}
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:  # a missing, foreign or corrupt file
+        return {**out, "lpips_note": f"{LPIPS_ENV}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
 
 
 class PredictionRecorder:

@@ -5,7 +5,6 @@ import uuid
 
 import gradio as gr
 
-from analysis.metrics.lpips import ENV as LPIPS_ENV
 from analysis.plots import ATTENTION_KINDS, neighbour_heatmaps, pairwise_heatmap, schedule_strip, step_error_plot
 from fora.loading import ModelLoadError
 from fora.timing import clock_label
@@ -41,9 +40,7 @@ def _metrics_rows(
         ["SSIM vs baseline", f"{m['ssim']:.4f}"],
         [
             "LPIPS vs baseline (AlexNet)",
-            f"{m['lpips']:.4f}"
-            if m.get("lpips") is not None
-            else f"not computed: {LPIPS_ENV} names no AlexNet weights",
+            f"{m['lpips']:.4f}" if m.get("lpips") is not None else f"not computed: {m.get('lpips_note', '')}",
         ],
         ["mean |difference|", f"{m['mad']:.4f}"],
         ["cache memory", f"{m['cache_bytes'] / 2**20:.2f} MiB"],
