@@ -213,6 +213,26 @@ def test_measured_cost_equals_the_calls_that_executed(model, request):
         )
 
 
+def _mapped_run(pipe, call):
+    """One call under a compute map, with a forward hook on every attention and MLP module of every block (FORA's
+    block specs name them): the images, the map, the modules that executed (in order) and all the modules."""
+    modules = [
+        m
+        for _, block, spec in find_blocks(pipe.transformer)
+        for m in (getattr(block, child, None) for child, _ in spec.modules)
+        if m is not None
+    ]
+    executed = []
+    hooks = [m.register_forward_hook(lambda mod, a, o: executed.append(mod)) for m in modules]
+    try:
+        with ComputeMap(pipe.transformer) as cmap:
+            images = call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return images, cmap, executed, modules
+
+
 # ---- the text-to-image families: SD3 joint blocks (Pattern_1), Sana (Pattern_3), the embedded MMDiT ---------------
 @pytest.mark.parametrize("family", ["sd3", "sana", "emoji-mmdit"])
 @pytest.mark.parametrize("order", [None, 1], ids=["dbcache", "taylorseer"])
@@ -228,20 +248,7 @@ def test_text_families_reset_between_calls_cost_what_ran_and_remove_exactly(fami
     before = snapshot(pipe.transformer)
     base = run(10)
     handle = apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=2, taylorseer_order=order))
-    modules = [  # every attention and MLP module of every block (FORA's block specs name them)
-        m
-        for _, block, spec in find_blocks(pipe.transformer)
-        for m in (getattr(block, child, None) for child, _ in spec.modules)
-        if m is not None
-    ]
-    executed = []
-    hooks = [m.register_forward_hook(lambda mod, a, o: executed.append(mod)) for m in modules]
-    try:
-        with ComputeMap(pipe.transformer) as cmap:
-            first = run(10)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    first, cmap, executed, modules = _mapped_run(pipe, lambda: run(10))
     try:
         alone_7 = run(7)
         assert same(run(10), first) and same(run(7), alone_7)  # each call starts clean, whatever ran before
@@ -316,20 +323,7 @@ def test_flux_in_cache_dits_default_layout_resets_costs_what_ran_and_removes_exa
     before = snapshot(pipe.transformer)  # after a call: FLUX's pipeline leaves an (empty) hook registry of its own
     config = CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=2, taylorseer_order=order)
     handle = apply_cache_dit(pipe, config)
-    modules = [
-        m
-        for _, block, spec in find_blocks(pipe.transformer)
-        for m in (getattr(block, child, None) for child, _ in spec.modules)
-        if m is not None
-    ]
-    executed = []
-    hooks = [m.register_forward_hook(lambda mod, a, o: executed.append(mod)) for m in modules]
-    try:
-        with ComputeMap(pipe.transformer) as cmap:
-            first = run(10)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    first, cmap, executed, modules = _mapped_run(pipe, lambda: run(10))
     try:
         cached, recorded_calls = list(handle.last_run.cached_steps), handle.block_calls()
         assert handle.num_blocks == 6 and cached
