@@ -346,7 +346,20 @@ def test_arena_writes_every_policy_at_measured_cost(arena_out):
     assert data["budget_calls"] == fora["N=2"] and data["at_budget"]
     assert all(r["policy"] != "uncached" for r in data["at_budget"])
     assert any(k.startswith("calibrated") for k in data["plans"])
+    # the cost ladder: at each FORA N's cost, each library's best setting within it, and this project's margin
+    for step in data["cost_ladder"]:
+        budget = fora[f"N={step['interval']}"]
+        assert step["budget_calls"] == budget
+        for family, policies in (("this project", ("fora", "calibrated")), ("cache-dit", ("dbcache",))):
+            best = step[family]
+            fits = [
+                r for r in rows if r["policy"].startswith(policies) and float(r["computed_calls"]) <= 1.05 * budget
+            ]
+            assert best["computed_calls"] <= 1.05 * budget and best["psnr"] == max(float(r["psnr"]) for r in fits)
+        peers = [step[f]["psnr"] for f in ("cache-dit", "diffusers") if step[f]]
+        assert step["margin_db"] == pytest.approx(step["this project"]["psnr"] - max(peers))
     html = (arena_out / "report.html").read_text()
+    assert "At each FORA N's cost: the best of each library" in html
     assert "Pareto front" in html and "Plan maps" in html and "data:image/png;base64," in html
     plans = sorted(p.name for p in (arena_out / "plans").iterdir())
     assert plans == [

@@ -97,6 +97,36 @@ def at_budget(rows: list[dict], budget: float) -> list[dict]:
     return sorted(best.values(), key=lambda r: -r["psnr"])
 
 
+FAMILIES = {  # whose methods: this project's policies, and each library's peers
+    "this project": ("fora", "calibrated", "calibrated-o1"),
+    "cache-dit": ("dbcache", "dbcache-taylorseer"),
+    "diffusers": ("taylorseer", "fbcache"),
+}
+
+
+def cost_ladder(rows: list[dict]) -> list[dict]:
+    """At each FORA N's measured cost: the best setting (highest mean PSNR, at most the cost + `EQUAL_COST`) of this
+    project's policies, of cache-dit's and of diffusers' peers, and this project's margin over the best peer (dB;
+    negative where a peer is ahead). A library with no setting that cheap gets None."""
+    ladder = []
+    for fora in sorted((r for r in rows if r["policy"] == "fora"), key=lambda r: r["interval"]):
+        best = {}
+        for family, policies in FAMILIES.items():
+            fits = at_budget([r for r in rows if r["policy"] in policies], fora["computed_calls"])
+            best[family] = fits[0] if fits else None
+        peers = [best[f]["psnr"] for f in ("cache-dit", "diffusers") if best[f] is not None]
+        ours = best["this project"]
+        ladder.append(
+            {
+                "interval": fora["interval"],
+                "budget_calls": fora["computed_calls"],
+                **best,
+                "margin_db": ours["psnr"] - max(peers) if peers and ours is not None else None,
+            }
+        )
+    return ladder
+
+
 def budget_entries(entries: list, budget: float) -> list:
     """The entries shown side by side: uncached, then each method's best setting at the budget."""
     best = {id(r) for r in at_budget([e.row for e in entries], budget)}

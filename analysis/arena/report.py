@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from analysis.arena.experiment import COLUMNS, EQUAL_COST, at_budget, budget_entries
+from analysis.arena.experiment import COLUMNS, EQUAL_COST, FAMILIES, at_budget, budget_entries, cost_ladder
 from analysis.report_files import SPEEDUP_COLUMNS, finite, html_cell, png_base64, speedup_cell, write_text_atomic
 
 COLORS = {
@@ -170,6 +170,25 @@ def _distribution_body(d: dict | None, rows: list[dict]) -> str:
     )
 
 
+def _ladder_html(ladder: list[dict]) -> str:
+    """`cost_ladder` as a table: each library's best setting and PSNR (worst seed) at each FORA N's cost."""
+
+    def cell(r):
+        return "-" if r is None else f"{r['policy']} {r['setting']}: {r['psnr']:.2f} dB ({r['psnr_min']:.2f})"
+
+    def margin(r):
+        return "-" if r["margin_db"] is None else f"{r['margin_db']:+.2f}"
+
+    head = "".join(f"<th>{h}</th>" for h in ("cost of", "calls", *FAMILIES, "margin over the best peer, dB"))
+    body = "".join(
+        f"<tr><td>N={r['interval']}</td><td>{r['budget_calls']:.0f}</td>"
+        + "".join(f"<td>{html.escape(cell(r[f]))}</td>" for f in FAMILIES)
+        + f"<td>{margin(r)}</td></tr>"
+        for r in ladder
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def report_html(result: dict) -> str:
     s, rows, entries = result["settings"], result["rows"], result["_entries"]
     budget = result["budget_calls"]
@@ -209,6 +228,8 @@ torch {esc(result["machine"]["torch"])}), {esc(result["date"])}, {result["second
 <h2>At FORA N={s["match_interval"]}'s cost (at most {budget} calls + {EQUAL_COST:.0%})</h2>
 {_table(at_budget(rows, budget), cols)}
 {_distribution_html(result.get("distribution"), [e.row for e in shown])}
+<h2>At each FORA N's cost: the best of each library</h2>
+{_ladder_html(cost_ladder(rows))}
 <h2>Plots</h2>{plots}
 <h2>The same seeds</h2><p>Columns: {esc(", ".join(f"{e.policy} {e.setting}" for e in shown))}; rows: the first
 seeds.</p><img src="data:image/png;base64,{png_base64(grid)}">
@@ -274,4 +295,5 @@ def write_outputs(out: str, result: dict) -> None:
     data = {k: v for k, v in result.items() if not k.startswith("_")}
     data["rows"] = [{k: finite(v) for k, v in r.items()} for r in data["rows"]]
     data["at_budget"] = at_budget(data["rows"], result["budget_calls"])
+    data["cost_ladder"] = cost_ladder(data["rows"])
     write_text_atomic(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")
