@@ -35,6 +35,7 @@ from analysis.arena.dbcache import dbcache_sweep
 from analysis.arena.fid import distribution_columns
 from analysis.arena.measure import EQUAL_COST, Entry, bisect_threshold, observe, resumable
 from analysis.calibrate.fit import calibrate, calibration_set, record_grams
+from analysis.metrics.bootstrap import paired_interval
 from analysis.metrics.compute_map import ComputeMap
 from analysis.metrics.quality import psnr, ssim
 from analysis.prompts import load_prompts, prompt_set
@@ -107,21 +108,32 @@ FAMILIES = {  # whose methods: this project's policies, and each library's peers
 def cost_ladder(rows: list[dict]) -> list[dict]:
     """At each FORA N's measured cost: the best setting (highest mean PSNR, at most the cost + `EQUAL_COST`) of this
     project's policies, of cache-dit's and of diffusers' peers, and this project's margin over the best peer (dB;
-    negative where a peer is ahead). A library with no setting that cheap gets None."""
+    negative where a peer is ahead) with its 95% paired-bootstrap interval over the evaluation seeds (the same seeds
+    resampled for both). A library with no setting that cheap gets None."""
     ladder = []
     for fora in sorted((r for r in rows if r["policy"] == "fora"), key=lambda r: r["interval"]):
         best = {}
         for family, policies in FAMILIES.items():
             fits = at_budget([r for r in rows if r["policy"] in policies], fora["computed_calls"])
             best[family] = fits[0] if fits else None
-        peers = [best[f]["psnr"] for f in ("cache-dit", "diffusers") if best[f] is not None]
+        peers = [best[f] for f in ("cache-dit", "diffusers") if best[f] is not None]
         ours = best["this project"]
+        margin = low = high = None
+        if peers and ours is not None:
+            peer = max(peers, key=lambda r: r["psnr"])
+            margin = ours["psnr"] - peer["psnr"]
+            a, b = np.asarray(ours.get("psnr_seeds") or []), np.asarray(peer.get("psnr_seeds") or [])
+            if len(a) == len(b) >= 2:
+                ci = paired_interval(lambda i: float(np.mean(a[i] - b[i])), len(a))
+                low, high = ci.low, ci.high
         ladder.append(
             {
                 "interval": fora["interval"],
                 "budget_calls": fora["computed_calls"],
                 **best,
-                "margin_db": ours["psnr"] - max(peers) if peers and ours is not None else None,
+                "margin_db": margin,
+                "margin_low": low,
+                "margin_high": high,
             }
         )
     return ladder
@@ -139,6 +151,7 @@ def score(entry: Entry, reference: np.ndarray, total_calls: int, labels: np.ndar
     entry.row.update(
         psnr=float(np.mean(values)),
         psnr_min=float(np.min(values)),
+        psnr_seeds=[float(v) for v in values],  # per evaluation seed, in order: paired comparisons (cost_ladder)
         ssim=float(np.mean([ssim(a, b) for a, b in zip(entry.images, reference)])),
         computed_fraction=entry.row["computed_calls"] / total_calls,
     )

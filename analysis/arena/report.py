@@ -177,9 +177,14 @@ def _ladder_html(ladder: list[dict]) -> str:
         return "-" if r is None else f"{r['policy']} {r['setting']}: {r['psnr']:.2f} dB ({r['psnr_min']:.2f})"
 
     def margin(r):
-        return "-" if r["margin_db"] is None else f"{r['margin_db']:+.2f}"
+        if r["margin_db"] is None:
+            return "-"
+        ci = "" if r.get("margin_low") is None else f" ({r['margin_low']:+.2f} to {r['margin_high']:+.2f})"
+        return f"{r['margin_db']:+.2f}{ci}"
 
-    head = "".join(f"<th>{h}</th>" for h in ("cost of", "calls", *FAMILIES, "margin over the best peer, dB"))
+    head = "".join(
+        f"<th>{h}</th>" for h in ("cost of", "calls", *FAMILIES, "margin over the best peer, dB (95% CI over seeds)")
+    )
     body = "".join(
         f"<tr><td>N={r['interval']}</td><td>{r['budget_calls']:.0f}</td>"
         + "".join(f"<td>{html.escape(cell(r[f]))}</td>" for f in FAMILIES)
@@ -275,6 +280,7 @@ def rewrite_tables(out: str, data: dict) -> None:
             section = _distribution_html(data.get("distribution"), scored)
             write_text_atomic(report, page[:start] + section + page[end:])
     data["at_budget"] = at_budget(data["rows"], data["budget_calls"])
+    data["cost_ladder"] = cost_ladder(data["rows"])
     write_text_atomic(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")
 
 
