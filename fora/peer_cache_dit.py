@@ -31,7 +31,7 @@ adapter registry gives the family (`block_adapters/adapters.py`): Pattern_3 for 
 and returns the hidden states; DiT also gets cache-dit's patch functor for its final layer's read of block 0),
 Pattern_1 for SD3's joint blocks (they take both streams and return `(encoder_hidden_states, hidden_states)`; both
 streams' residuals are cached, and with Bn >= 1 the TaylorSeer calibrator extrapolates the text stream's too), and
-and for FLUX.1 as cache-dit's FLUX adapter lays it out by default (`CACHE_DIT_FLUX_ENABLE_DUMMY_BLOCKS=1`): its
+for FLUX.1 as cache-dit's FLUX adapter lays it out by default (`CACHE_DIT_FLUX_ENABLE_DUMMY_BLOCKS=1`): its
 double-stream `transformer_blocks` and its `single_transformer_blocks` as one list of Pattern_1 blocks under the name
 `transformer_blocks` (the single-stream list left empty during a call), with cache-dit's `FluxPatchFunctor` forward;
 so Fn counts from the first double-stream block, Bn from the last single-stream one, and one decision skips all the
@@ -152,7 +152,7 @@ class CacheDiTHandle:
         self.last_run: CacheDiTRun | None = None
         self.runs = RunTracker(pipeline, transformer=pipeline.transformer)  # a run is one pipeline call
         self._adapter = None
-        self._manager = None  # cache-dit's context manager, and its contexts' names (one per block list)
+        self._manager = None  # cache-dit's context manager, and its context's name
         self._contexts: list[str] = []
         self._hooks: list = []
         self._module_order: list[str] = []

@@ -358,6 +358,9 @@ def test_arena_writes_every_policy_at_measured_cost(arena_out):
             assert best["computed_calls"] <= 1.05 * budget and best["psnr"] == max(float(r["psnr"]) for r in fits)
         peers = [step[f]["psnr"] for f in ("cache-dit", "diffusers") if step[f]]
         assert step["margin_db"] == pytest.approx(step["this project"]["psnr"] - max(peers))
+        assert step["margin_low"] <= step["margin_db"] <= step["margin_high"]  # paired over the 2 seeds
+        ours = step["this project"]
+        assert len(ours["psnr_seeds"]) == 2 and np.mean(ours["psnr_seeds"]) == pytest.approx(ours["psnr"])
     html = (arena_out / "report.html").read_text()
     assert "At each FORA N's cost: the best of each library" in html
     assert "Pareto front" in html and "Plan maps" in html and "data:image/png;base64," in html

@@ -531,12 +531,23 @@ def test_a_text_model_table_compares_with_its_own_uncached_samples(tmp_path):
     assert rows[3]["fid"] == "nan" and rows[3]["class_accuracy"] == "nan"  # no renders, no classes to score
     with np.load(out / "samples" / "T4_N1" / "shard_0000000-0000012.npz") as z:
         assert z["labels"].tolist() == [i % 3 for i in range(12)]
+        shard_images, seeds = z["images"], z["seeds"]
+    from fora.generate import generate_batch, to_uint8
+    from fora.loading import load_pipeline
+
+    pipe = load_pipeline(model, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    again = to_uint8(generate_batch(pipe, ["two dog"], [int(seeds[5])], 4, 4.0))[0]  # sample 5: prompt 5 mod 3
+    assert np.array_equal(again, shard_images[5])
+    page = (out / "report.html").read_text()
+    assert "FD to the uncached samples" in page and "prompt i mod prompts" in page
     with open(out / "run.json") as f:
         settings = json.load(f)
     assert settings["sampler"] == "model" and settings["prompts"].startswith("prompts.txt:3:")
     # the same folder with another prompt set is refused, never mixed
     prompts.write_text("a dog\n")
-    assert _table(model, out, *args, samples=12).returncode == 2
+    done = _table(model, out, *args, samples=12)
+    assert done.returncode == 2 and "holds samples made with" in done.stderr
     for extra, message in (
         (("--prompts", str(tmp_path / "absent.txt")), "prompt set 'absent.txt' unreadable"),
         (("--sampler", "ddim"), "--sampler ddim: --model"),

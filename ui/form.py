@@ -386,6 +386,17 @@ def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, c
             f"{', '.join(peers)}: cache-dit's DBCache runs here on {_SUPPORTED}; {type(pipe).__name__} is not one "
             "(untick it)"
         )
+    if peers:
+        from analysis.arena.policies import DBCACHE_KNOBS
+        from fora.peer_cache_dit import cached_blocks
+
+        edge, blocks = DBCACHE_KNOBS["fn"] + DBCACHE_KNOBS["bn"], cached_blocks(pipe)
+        if blocks <= edge:
+            raise ValueError(
+                f"{', '.join(peers)}: this {type(pipe.transformer).__name__} has {blocks} block(s) and DBCache here "
+                f"always computes the first {DBCACHE_KNOBS['fn']} and last {DBCACHE_KNOBS['bn']}: it needs at least "
+                f"{edge + 1} (untick it)"
+            )
     interval = integer("cost N", interval, 2, request.steps - 1)
     job = PolicyJob(model_key, request, tuple(chosen), interval)
     check_budget(job.denoising_steps(len(job.missing_plans(plans))), f"this comparison ({request.steps} steps)")

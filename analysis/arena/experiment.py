@@ -105,37 +105,47 @@ FAMILIES = {  # whose methods: this project's policies, and each library's peers
 }
 
 
+LADDER_RESAMPLES = 10_000  # a mean of 16 differences: cheap, and the 95% ends settle
+
+
+def _best_peer(best: dict):
+    peers = [best[f] for f in ("cache-dit", "diffusers") if best[f] is not None]
+    return max(peers, key=lambda r: r["psnr"]) if peers else None
+
+
+def _margin(ours: dict | None, peer: dict | None) -> tuple:
+    """Mean PSNR of `ours` minus `peer`'s over the same seeds, with its 95% paired-bootstrap interval (Nones when
+    either is missing; no interval without per-seed values)."""
+    if ours is None or peer is None:
+        return None, None, None
+    a, b = np.asarray(ours.get("psnr_seeds") or []), np.asarray(peer.get("psnr_seeds") or [])
+    if not len(a) == len(b) >= 2:
+        return ours["psnr"] - peer["psnr"], None, None
+    ci = paired_interval(lambda i: float(np.mean(a[i] - b[i])), len(a), LADDER_RESAMPLES)
+    return ci.value, ci.low, ci.high
+
+
 def cost_ladder(rows: list[dict]) -> list[dict]:
     """At each FORA N's measured cost: the best setting (highest mean PSNR, at most the cost + `EQUAL_COST`) of this
     project's policies, of cache-dit's and of diffusers' peers, and this project's margin over the best peer (dB;
     negative where a peer is ahead) with its 95% paired-bootstrap interval over the evaluation seeds (the same seeds
-    resampled for both). A library with no setting that cheap gets None."""
+    resampled for both; `margin_*`), and the same against each library's best (`margin_*_vs_cache-dit`,
+    `margin_*_vs_diffusers`).
+    A library with no setting that cheap gets None. The best settings are chosen on the same seeds the intervals
+    resample, so the intervals do not account for that choice (it favours the peer with more settings)."""
     ladder = []
     for fora in sorted((r for r in rows if r["policy"] == "fora"), key=lambda r: r["interval"]):
         best = {}
         for family, policies in FAMILIES.items():
             fits = at_budget([r for r in rows if r["policy"] in policies], fora["computed_calls"])
             best[family] = fits[0] if fits else None
-        peers = [best[f] for f in ("cache-dit", "diffusers") if best[f] is not None]
         ours = best["this project"]
-        margin = low = high = None
-        if peers and ours is not None:
-            peer = max(peers, key=lambda r: r["psnr"])
-            margin = ours["psnr"] - peer["psnr"]
-            a, b = np.asarray(ours.get("psnr_seeds") or []), np.asarray(peer.get("psnr_seeds") or [])
-            if len(a) == len(b) >= 2:
-                ci = paired_interval(lambda i: float(np.mean(a[i] - b[i])), len(a))
-                low, high = ci.low, ci.high
-        ladder.append(
-            {
-                "interval": fora["interval"],
-                "budget_calls": fora["computed_calls"],
-                **best,
-                "margin_db": margin,
-                "margin_low": low,
-                "margin_high": high,
-            }
-        )
+        step = {"interval": fora["interval"], "budget_calls": fora["computed_calls"], **best}
+        for name, peer in [("", _best_peer(best))] + [(f"_vs_{f}", best[f]) for f in ("cache-dit", "diffusers")]:
+            step.update(
+                dict(zip((f"margin_db{name}", f"margin_low{name}", f"margin_high{name}"), _margin(ours, peer)))
+            )
+        ladder.append(step)
     return ladder
 
 

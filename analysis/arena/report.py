@@ -191,7 +191,10 @@ def _ladder_html(ladder: list[dict]) -> str:
         + f"<td>{margin(r)}</td></tr>"
         for r in ladder
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return (
+        f'<div id="ladder"><h2>At each FORA N\'s cost: the best of each library</h2><table><tr>{head}</tr>{body}'
+        "</table></div><!-- /ladder -->"
+    )
 
 
 def report_html(result: dict) -> str:
@@ -233,7 +236,6 @@ torch {esc(result["machine"]["torch"])}), {esc(result["date"])}, {result["second
 <h2>At FORA N={s["match_interval"]}'s cost (at most {budget} calls + {EQUAL_COST:.0%})</h2>
 {_table(at_budget(rows, budget), cols)}
 {_distribution_html(result.get("distribution"), [e.row for e in shown])}
-<h2>At each FORA N's cost: the best of each library</h2>
 {_ladder_html(cost_ladder(rows))}
 <h2>Plots</h2>{plots}
 <h2>The same seeds</h2><p>Columns: {esc(", ".join(f"{e.policy} {e.setting}" for e in shown))}; rows: the first
@@ -277,8 +279,16 @@ def rewrite_tables(out: str, data: dict) -> None:
             start = page.find("<h3>Distribution quality")
             end = page.index("</table>", start) + len("</table>") if start >= 0 else -1
         if start >= 0:
-            section = _distribution_html(data.get("distribution"), scored)
-            write_text_atomic(report, page[:start] + section + page[end:])
+            page = page[:start] + _distribution_html(data.get("distribution"), scored) + page[end:]
+        start = page.find('<div id="ladder">')
+        if start >= 0:
+            end = page.index("<!-- /ladder -->", start) + len("<!-- /ladder -->")
+        else:  # a report written before the ladder had its div: its heading to the end of its table
+            start = page.find("<h2>At each FORA N's cost: the best of each library</h2>")
+            end = page.index("</table>", start) + len("</table>") if start >= 0 else -1
+        if start >= 0:
+            page = page[:start] + _ladder_html(cost_ladder(data["rows"])) + page[end:]
+        write_text_atomic(report, page)
     data["at_budget"] = at_budget(data["rows"], data["budget_calls"])
     data["cost_ladder"] = cost_ladder(data["rows"])
     write_text_atomic(os.path.join(out, "arena.json"), json.dumps(data, indent=1) + "\n")

@@ -53,6 +53,8 @@ class LPIPS(nn.Module):
                 "(alexnet-owt-7be5be79.pth) by a local path; nothing is downloaded"
             )
         state = torch.load(backbone_path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{backbone_path!r} holds a {type(state).__name__}, not torchvision's AlexNet state dict")
         self.features = alexnet_features()
         wanted = self.features.state_dict()
         got = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}

@@ -62,7 +62,7 @@ def compare_images(fora_image: np.ndarray, baseline_image: np.ndarray, with_lpip
         return {**out, "lpips_note": f"{LPIPS_ENV} names no AlexNet weights"}
     try:
         return {**out, "lpips": lpips(fora_image, baseline_image)}
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:  # a missing, foreign or corrupt file
+    except (OSError, EOFError, ValueError, RuntimeError, pickle.UnpicklingError) as e:  # missing, foreign, corrupt
         return {**out, "lpips_note": f"{LPIPS_ENV}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
 
 

@@ -19,7 +19,7 @@ from analysis.table.experiment import (
     prepare_folder,
 )
 from analysis.table.experiment import __doc__ as TABLE_DOC
-from fora.generate import is_text_conditional
+from fora.generate import is_text_conditional, is_video
 from fora.loading import ModelLoadError, load_pipeline, resolve_model
 from fora.timing import CPU_CLOCK_HELP
 
@@ -49,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--sampler",
         default=None,
         choices=SAMPLERS,
-        help="class models: ddim (deterministic, the default) or ddpm; model: the pipeline's own scheduler (the only "
-        "one for text models, whose flow-matching schedulers DDIM/DDPM cannot replace)",
+        help="class models: ddim (deterministic, the default), ddpm, or model (the pipeline's scheduler as loaded); "
+        "text models: model only (their model card's scheduler, e.g. flow matching)",
     )
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="base seed; sample i's noise seed derives from (seed, i)")
@@ -115,10 +115,12 @@ def _conditions(args, pipe, spec) -> int:
             raise ValueError(f"--prompts {args.prompts!r}: --model {args.model!r} is class-conditional (no prompts)")
         args.sampler = args.sampler or "ddim"
         return pipe.transformer.config.num_embeds_ada_norm
+    if is_video(pipe):
+        raise ValueError(f"--model {args.model!r} makes videos; Table 3 takes image models")
     if args.sampler not in (None, "model"):
         raise ValueError(
             f"--sampler {args.sampler}: --model {args.model!r} is text-conditional and samples with its own "
-            f"{type(pipe.scheduler).__name__}; allowed: model"
+            f"{type(pipe.scheduler).__name__} (its model card's); allowed: model"
         )
     args.sampler = "model"
     path = args.prompts or prompt_set(pipe, "eval")
@@ -146,7 +148,6 @@ def main(argv=None) -> int:
     rank, world = state.process_index, state.num_processes
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     spec = resolve_model(args.model)
-    args.guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
     args.extractor = args.extractor or default_extractor(args.model)
     try:
         args.device = args.device or str(state.device)  # this process's GPU under torchrun, else CPU
@@ -158,6 +159,8 @@ def main(argv=None) -> int:
     try:
         check_args(args)  # the default extractor needs its files too (a class model's reference set as well)
         num_classes = _conditions(args, pipe, spec)
+        # the model card's guidance when none is given (FLUX.1-schnell's 0: a distilled embedding, not CFG)
+        args.guidance = args.guidance if args.guidance is not None else (spec.default_guidance if spec else 4.0)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -58,7 +58,8 @@ COLUMNS = [
     "generation_process_s",
 ]
 GRID_PER_CLASS = 2  # samples of each class kept for the grids (sample indices c and c + classes)
-GRID_CLASSES = 6  # classes in the report's grid
+GRID_CLASSES = 6  # classes (a text model's: prompts) in the report's grid
+GRID_TILE = 128  # the largest tile side in the grid: larger samples are shrunk to it
 
 
 def _runs(out: str) -> list[dict]:
@@ -103,7 +104,8 @@ def write_outputs(args, settings, rows: list[dict], notes: dict) -> None:
 
     write_atomic(os.path.join(out, "table.csv"), write_csv)
     steps, intervals = sorted({r["steps"] for r in rows}), sorted({r["interval"] for r in rows})
-    samples = collect_grid_samples(out, steps, intervals, args.num_classes, args.samples_by_steps, args.seed)
+    keep = GRID_CLASSES if getattr(args, "prompt_list", None) else None  # a text model's large images: 6 prompts
+    samples = collect_grid_samples(out, steps, intervals, args.num_classes, args.samples_by_steps, args.seed, keep)
     write_atomic(
         os.path.join(out, "grid_samples.npz"),
         lambda f: np.savez_compressed(f, images=samples, steps=steps, intervals=intervals),
@@ -146,13 +148,20 @@ def load_table(folder: str) -> dict:
 
 
 def collect_grid_samples(
-    out: str, steps: list[int], intervals: list[int], num_classes: int, samples_by_steps: dict[int, int], seed: int
+    out: str,
+    steps: list[int],
+    intervals: list[int],
+    num_classes: int,
+    samples_by_steps: dict[int, int],
+    seed: int,
+    keep: int | None = None,
 ) -> np.ndarray:
     """uint8 [T, N, class, k, H, W, 3]: the first k <= GRID_PER_CLASS samples of each class in every cell (sample
     indices c, c + classes, ...) from the first shard, small enough to commit, so the app can show a class across N
-    without the shards. Models with more classes than the first shard holds keep the classes it holds."""
+    without the shards. Models with more classes than the first shard holds keep the classes it holds; `keep`
+    keeps the first that many at most."""
     shortest = min(SHARD_SIZE, min(samples_by_steps[t] for t in steps))
-    classes = min(num_classes, shortest)
+    classes = min(num_classes, shortest, keep or num_classes)
     per_class = max(1, min(GRID_PER_CLASS, shortest // num_classes))
     idx = [c + k * num_classes for c in range(classes) for k in range(per_class)]
     per_cell = []
@@ -179,7 +188,11 @@ def class_grid(grid: np.ndarray, class_ids: list[int], scale: int = 3) -> np.nda
                 rows.append(np.concatenate(tiles, 1))
         rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))  # gap between T blocks
     image = np.concatenate(rows[:-1], 0)
-    return image.repeat(scale, 0).repeat(scale, 1)
+    side = max(grid.shape[4], grid.shape[5])
+    if side > GRID_TILE:  # a hub model's 1024 px samples: tiles of GRID_TILE px, not a gigapixel page
+        h, w = image.shape[:2]
+        return np.asarray(Image.fromarray(image).resize((w * GRID_TILE // side, h * GRID_TILE // side), Image.LANCZOS))
+    return image.repeat(max(1, scale * 32 // side), 0).repeat(max(1, scale * 32 // side), 1)
 
 
 def load_grid_samples(folder: str) -> np.ndarray:
@@ -197,7 +210,7 @@ def _fd_key(rows: list[dict]) -> tuple[str, str]:
     """Which FD to compare across T: at one common sample count when T's counts differ (FD's bias depends on it)."""
     if any(r.get("fid_common") is not None for r in rows):
         return "fid_common", " at a common sample count"
-    if rows and all(r.get("fid") != r.get("fid") for r in rows):  # NaN everywhere: a text model, no reference set
+    if rows and all(r.get("fid") is None or r["fid"] != r["fid"] for r in rows):  # a text model: no reference set
         return "fd_to_uncached", " to the uncached samples (same prompts and seeds)"
     return "fid", ""
 
