@@ -192,7 +192,8 @@ def class_grid(grid: np.ndarray, class_ids: list[int], scale: int = 3) -> np.nda
     if side > GRID_TILE:  # a hub model's 1024 px samples: tiles of GRID_TILE px, not a gigapixel page
         h, w = image.shape[:2]
         return np.asarray(Image.fromarray(image).resize((w * GRID_TILE // side, h * GRID_TILE // side), Image.LANCZOS))
-    return image.repeat(max(1, scale * 32 // side), 0).repeat(max(1, scale * 32 // side), 1)
+    scale = scale if side <= 32 else 1  # the embedded models' 32 px samples are enlarged; others shown as they are
+    return image.repeat(scale, 0).repeat(scale, 1)
 
 
 def load_grid_samples(folder: str) -> np.ndarray:
