@@ -133,7 +133,7 @@ def test_compare_shows_lpips_only_with_local_alexnet_weights(layout, tmp_path, m
     c = layout.compare
     monkeypatch.delenv("FORA_LPIPS_ALEXNET", raising=False)
     row = dict(shown(run_generate(layout, steps=6, interval=3, seed=11))[c.metrics])["LPIPS vs baseline (AlexNet)"]
-    assert row == "not computed: FORA_LPIPS_ALEXNET names no AlexNet weights"
+    assert row == "not computed: FORA_LPIPS_ALEXNET not set"
     torch.manual_seed(0)
     torch.save({f"features.{k}": v for k, v in alexnet_features().state_dict().items()}, tmp_path / "alexnet.pth")
     monkeypatch.setenv("FORA_LPIPS_ALEXNET", str(tmp_path / "alexnet.pth"))

@@ -59,7 +59,7 @@ def compare_images(fora_image: np.ndarray, baseline_image: np.ndarray, with_lpip
     if not with_lpips:
         return out
     if not lpips_path():
-        return {**out, "lpips_note": f"{LPIPS_ENV} names no AlexNet weights"}
+        return {**out, "lpips_note": f"{LPIPS_ENV} not set"}
     try:
         return {**out, "lpips": lpips(fora_image, baseline_image)}
     except (OSError, EOFError, ValueError, RuntimeError, pickle.UnpicklingError) as e:  # missing, foreign, corrupt
