@@ -1,5 +1,5 @@
-"""What the experiments' reports share: PNG data for HTML pages, atomic file writes, JSON-safe numbers and the
-description of the machine that timed a run."""
+"""What the experiments' reports share: PNG data (animated WebP for videos) for HTML pages, atomic file writes,
+JSON-safe numbers and the description of the machine that timed a run."""
 
 import base64
 import html
@@ -25,6 +25,33 @@ def png_base64(image: np.ndarray, scale: int = 1) -> str:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+VIDEO_FPS = 16  # Wan 2.1's frame rate (its model card exports at 16 fps)
+
+
+def animated_webp(frames: np.ndarray, fps: float = VIDEO_FPS, scale: int = 1, quality: int = 90) -> bytes:
+    """A uint8 F x H x W x 3 clip as an animated WebP that loops (what a page shows of a video without a player or
+    ffmpeg), each frame enlarged `scale` times without smoothing. Lossy at `quality`: the metrics are computed on
+    the frames themselves, never on this file."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise ValueError(f"a clip is uint8 F x H x W x 3 with F >= 1, got {frames.dtype} {frames.shape}")
+    ims = [Image.fromarray(f) for f in frames]
+    if scale > 1:
+        ims = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in ims]
+    buf = io.BytesIO()
+    ims[0].save(
+        buf, format="WEBP", save_all=True, append_images=ims[1:], duration=round(1000 / fps), loop=0, quality=quality
+    )
+    return buf.getvalue()
+
+
+def image_data_uri(image: np.ndarray, scale: int = 1) -> str:
+    """A uint8 H x W x 3 image (PNG) or F x H x W x 3 clip (animated WebP) as a `data:` URI for `<img src>`."""
+    if np.ndim(image) == 4:
+        return "data:image/webp;base64," + base64.b64encode(animated_webp(image, scale=scale)).decode()
+    return "data:image/png;base64," + png_base64(image, scale)
 
 
 def write_atomic(path: str, write) -> None:

@@ -116,14 +116,13 @@ def to_uint8(images) -> np.ndarray:
 
 def generate_batch(pipe, labels, seeds, steps: int, guidance: float, options: tuple = ()) -> np.ndarray:
     """Several samples, each with its own condition and noise seed, so that a sample is the same whatever else is
-    in the batch: B x H x W x 3 floats. `labels` are classes (ids or names) for a class-conditional pipeline, run
-    in one call with a generator per sample; prompts for a text-conditional one, run one call per sample (batched
-    prompts are padded together, which can change a prompt's embedding), with the family's `options`."""
+    in the batch: B x H x W x 3 floats (a video pipeline's: B x F x H x W x 3). `labels` are classes (ids or names)
+    for a class-conditional pipeline, run in one call with a generator per sample; prompts for a text-conditional
+    one, run one call per sample (batched prompts are padded together, which can change a prompt's embedding), with
+    the family's `options`."""
     if len(labels) != len(seeds) or not len(labels):
         raise ValueError(f"labels ({len(labels)}) and seeds ({len(seeds)}) must be equally many, at least one")
     if is_text_conditional(pipe):
-        if is_video(pipe):
-            raise ValueError(f"generate_batch makes images; {type(pipe).__name__} makes videos")
         images = []
         for p, s in zip(labels, seeds):
             torch.manual_seed(int(s))  # as the class path: a sampler drawing from the global generator repeats

@@ -37,7 +37,6 @@ class ModelSpec:
     pipeline: str = "DiTPipeline"  # the diffusers pipeline class
     output: str = "image"  # "image" or "video"
     runs_on: str = "a CUDA GPU"  # where it realistically runs (weights: approximate, from the models' sizes)
-    app: bool = True  # offered by the web app (every image model; Wan's videos: CLI and library only)
     call_kwargs: dict = field(default_factory=dict)  # further pipeline arguments the model card recommends
 
     @property
@@ -49,10 +48,7 @@ class ModelSpec:
 def _hub(key, source, pipeline, steps, guidance, description, runs_on, **extra) -> ModelSpec:
     """A text-to-image (or -video) family checkpoint on the hub."""
     output = extra.pop("output", "image")
-    # the app offers every image family (with FORA_HUB_MODELS=1 or a GPU); videos run from the CLI and the library
-    return ModelSpec(
-        key, source, "text", steps, guidance, description, pipeline, output, runs_on, output == "image", extra
-    )
+    return ModelSpec(key, source, "text", steps, guidance, description, pipeline, output, runs_on, extra)
 
 
 MODELS: dict[str, ModelSpec] = {

@@ -153,7 +153,7 @@ def test_the_model_is_in_the_loader_the_prompt_sets_and_the_form():
     from ui import form
 
     spec = MODELS["emoji-mmdit"]
-    assert spec.conditioning == "text" and spec.pipeline == "EmojiMMDiTPipeline" and spec.app
+    assert spec.conditioning == "text" and spec.pipeline == "EmojiMMDiTPipeline"
     assert spec.default_steps == 28
     pipe = tiny_pipeline()
     assert prompt_set(pipe) == EMOJI_EVAL_PROMPTS and prompt_set(pipe, "calibration") == EMOJI_CALIBRATION_PROMPTS

@@ -77,6 +77,18 @@ def test_lpips_zero_for_identical_grows_with_damage_symmetric_small_images(backb
     assert lpips(image, other, backbone) == pytest.approx(lpips(other, image, backbone), rel=1e-5)
 
 
+def test_lpips_of_a_clip_is_the_mean_over_its_frames(backbone):
+    """Wan's frames: the clip's LPIPS is its frames' mean, computed a few frames per forward."""
+    from analysis.metrics import lpips as module
+
+    rng = np.random.default_rng(5)
+    a, b = rng.random((module.FRAMES_PER_BATCH + 3, 32, 32, 3)), rng.random((module.FRAMES_PER_BATCH + 3, 32, 32, 3))
+    per_frame = [lpips(x, y, backbone) for x, y in zip(a, b)]
+    assert lpips(a, b, backbone) == pytest.approx(np.mean(per_frame), rel=1e-5)
+    assert len(set(np.round(per_frame, 6))) > 1  # the frames differ: a mean of one frame would not pass
+    assert lpips(a, a, backbone) == 0.0
+
+
 def test_lpips_refuses_missing_or_wrong_weights_and_bad_images(tmp_path, backbone, monkeypatch):
     image = np.zeros((32, 32, 3))
     monkeypatch.delenv("FORA_LPIPS_ALEXNET", raising=False)
@@ -90,10 +102,10 @@ def test_lpips_refuses_missing_or_wrong_weights_and_bad_images(tmp_path, backbon
         lpips(image, image, str(wrong))
     with pytest.raises(ValueError, match="differ in shape"):
         lpips(image, np.zeros((16, 16, 3)), backbone)
-    with pytest.raises(ValueError, match="one HxWx3 image per side"):
+    with pytest.raises(ValueError, match=r"one HxWx3 image \(or FxHxWx3 clip\) per side"):
         lpips(np.zeros((32, 32)), np.zeros((32, 32)), backbone)
-    with pytest.raises(ValueError, match="one HxWx3 image per side"):
-        lpips(np.zeros((2, 32, 32, 3)), np.zeros((2, 32, 32, 3)), backbone)
+    with pytest.raises(ValueError, match=r"one HxWx3 image \(or FxHxWx3 clip\) per side"):
+        lpips(np.zeros((1, 2, 32, 32, 3)), np.zeros((1, 2, 32, 32, 3)), backbone)
     shaped = tmp_path / "shaped.pth"
     state = {f"features.{k}": v for k, v in alexnet_features().state_dict().items()}
     state["features.3.weight"] = torch.zeros(192, 64, 3, 3)

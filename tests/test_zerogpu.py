@@ -10,6 +10,7 @@ import gradio as gr
 import pytest
 import zerogpu
 
+from fora.loading import MODELS
 from ui import gpu
 from ui.tabs import compare as compare_tab
 from ui.tabs import memory as memory_tab
@@ -212,6 +213,17 @@ def test_the_reservation_counts_each_models_calls():
     assert 2 * one < two < 4 * one
     assert gpu.GPU_COSTS["flux.1-dev"].guidance_batch == 1 and gpu.GPU_COSTS["sd3.5-medium"].guidance_batch == 2
 
+    # a video's reservation grows with its frames (the model card's size, the frames slider's count): the app's
+    # default of 17 frames fits at the card's 50 steps, the card's 81 does not and says what to lower
+    def video(frames):
+        card = dict(MODELS["wan2.1-t2v-1.3b"].call_kwargs, num_frames=frames)
+        request = Request(prompt="a fox", steps=50, options=tuple(card.items()))
+        return gpu._compare_seconds(form.GenerateJob("wan2.1-t2v-1.3b", request, ForaConfig()))
+
+    assert video(1) < video(5) < video(form.APP_FRAMES) <= gpu.GPU_MAX_SECONDS
+    with pytest.raises(ValueError, match="on wan2.1-t2v-1.3b.*fewer steps, seeds, intervals, policies or frames"):
+        video(81)
+
 
 def test_a_request_past_the_reservation_cap_is_refused_before_the_gpu(zapp, monkeypatch):
     monkeypatch.setitem(gpu.compare_on_gpu.__wrapped__.__globals__, "GPU_MAX_SECONDS", 11)
@@ -233,7 +245,7 @@ def test_a_reused_worker_has_the_models_loaded_before_it_forked(zapp, tmp_path, 
     make_dit_pipeline(num_layers=1).save_pretrained(extra)
     monkeypatch.setenv("FORA_EXTRA_MODELS", extra)
     monkeypatch.delenv("FORA_HUB_MODELS", raising=False)  # preload() below loads what is available: these two
-    for name in ("_failed", "_locks", "_loaders"):  # put back afterwards, so nothing of this test stays
+    for name in ("_failed", "_locks", "_loaders", "_models"):  # put back afterwards, so nothing of this test stays
         monkeypatch.setattr(registry, name, dict(getattr(registry, name)))
     with zerogpu.reuse_workers():
         list(_generate(zapp, steps=4, interval=2, seed=1))

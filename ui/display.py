@@ -1,9 +1,16 @@
-"""What every tab shows the same way: small images upscaled for the page, and a bad input as a message."""
+"""What every tab shows the same way: small images upscaled for the page, a video's frames as an animated image,
+and a bad input as a message."""
 
+import os
 import re
+import tempfile
+import threading
+import uuid
 
 import gradio as gr
 import numpy as np
+
+from analysis.report_files import animated_webp
 
 # an absolute path: a "/" at the start, after a space, quote, bracket, "=" or "," (not in a URL, a hub id "org/name",
 # a unit "GB/s" or a tag "</b>"), and its parts; the last part is kept
@@ -15,6 +22,34 @@ def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:
     img = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     factor = max(1, size // max(img.shape[:2]))
     return img.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+# the animated images of videos, written for Gradio to copy into its cache (which `ui.layout` clears): only the newest
+# CLIPS_KEPT stay here, so a long-running server does not fill its disk
+CLIPS_DIR = os.path.join(tempfile.gettempdir(), f"fora-clips-{os.getpid()}")
+CLIPS_KEPT = 64
+_clips_lock = threading.Lock()
+
+
+def show(media: np.ndarray, size: int = 256):
+    """What an image box or gallery shows of an image (H x W x 3 floats in [0, 1]: `upscale`) or of a video's frames
+    (F x H x W x 3: the path of an animated WebP, each frame enlarged as `upscale` does, looping at Wan's 16 fps)."""
+    media = np.asarray(media)
+    if media.ndim == 3:
+        return upscale(media, size)
+    if media.ndim != 4:
+        raise ValueError(f"an image is H x W x 3 and a video F x H x W x 3, got shape {media.shape}")
+    frames = (np.clip(media, 0, 1) * 255).round().astype(np.uint8)
+    data = animated_webp(frames, scale=max(1, size // max(frames.shape[1:3])))
+    with _clips_lock:
+        os.makedirs(CLIPS_DIR, exist_ok=True)
+        path = os.path.join(CLIPS_DIR, f"{uuid.uuid4().hex}.webp")
+        with open(path, "wb") as f:
+            f.write(data)
+        kept = sorted((os.path.join(CLIPS_DIR, n) for n in os.listdir(CLIPS_DIR)), key=os.path.getmtime)
+        for old in kept[:-CLIPS_KEPT]:
+            os.remove(old)
+    return path
 
 
 def safe_text(text) -> str:

@@ -9,10 +9,10 @@ the model for minutes.
 import os
 from dataclasses import dataclass, field, replace
 
-from analysis.comparison import recorded_kinds
+from analysis.comparison import num_blocks, recorded_kinds
 from analysis.metrics.similarity import default_blocks
 from fora import ForaConfig
-from fora.generate import Request, class_id, is_text_conditional
+from fora.generate import Request, class_id, is_text_conditional, is_video
 from fora.loading import MODELS
 from fora.timing import paired_calls
 
@@ -24,6 +24,8 @@ LABEL_MAX = 100  # characters of a class name or id: the longest label of any mo
 ECHO_MAX = 40  # characters of a bad value a message repeats
 HEAT_SOURCES = ("FORA run", "uncached baseline")  # the Compare tab's "layer x step maps from"
 SWEEP_SEEDS_MAX = 8
+FRAMES_RANGE = (1, 81)  # a video's frames: Wan takes 4k + 1 of them, 81 (5 s at 16 fps) on its model card
+APP_FRAMES = 17  # the frames slider's value for a video model: a second at 16 fps, which fits ZeroGPU's reservation
 SWEEP_INTERVALS = (1, 2, 3, 4, 5, 7, 10)  # the Sweep tab's choices
 # Denoising steps one request may run, counting the baseline, the FORA run and the timed calls. The emoji model runs
 # ~60 steps/s on 2 CPU cores, so the default bounds a request to about a minute there.
@@ -121,9 +123,22 @@ def check_budget(steps: int, what: str) -> None:
         )
 
 
-def parse_request(pipe, label, prompt, steps, seed, guidance, model_key: str | None = None) -> Request:
+def parse_frames(frames) -> int:
+    """A video's frame count: 4k + 1 in `FRAMES_RANGE` (Wan's pipeline rounds any other to that, silently)."""
+    lo, hi = FRAMES_RANGE
+    n = integer("frames", frames, lo, hi)
+    if (n - 1) % 4:
+        raise ValueError(
+            f"frames={n}: a video here has 4k + 1 frames (1, 5, 9, ..., {hi}); {n - (n - 1) % 4} is closest"
+        )
+    return n
+
+
+def parse_request(pipe, label, prompt, steps, seed, guidance, model_key: str | None = None, frames=None) -> Request:
     """Class or prompt, steps, seed and guidance as a `Request` for `pipe`; a known model's card arguments
-    (`ModelSpec.call_kwargs`: e.g. Lumina 2's CFG truncation) go with a text model's request."""
+    (`ModelSpec.call_kwargs`: e.g. Lumina 2's CFG truncation) go with a text model's request. For a video model
+    (Wan), `frames` (checked: `parse_frames`) replaces the card's frame count; None keeps it. Other models ignore
+    `frames` (the slider is hidden, but the page still sends its value)."""
     steps = integer("steps", steps, *STEPS_RANGE)
     seed = integer("seed", seed, 0, SEED_MAX)
     lo, hi = GUIDANCE_RANGE
@@ -142,7 +157,10 @@ def parse_request(pipe, label, prompt, steps, seed, guidance, model_key: str | N
         if hasattr(pipe, "check_prompt"):  # a model with its own vocabulary (the embedded MMDiT) names unknown words
             pipe.check_prompt(prompt)
         spec = MODELS.get(model_key) if model_key else None
-        options = tuple(spec.call_kwargs.items()) if spec else ()
+        options = dict(spec.call_kwargs) if spec else {}
+        if is_video(pipe) and frames is not None:
+            options["num_frames"] = parse_frames(frames)
+        options = tuple(options.items())
         return Request(prompt=prompt, steps=steps, seed=seed, guidance=guidance, options=options)
     if label is None or str(label).strip() == "":
         raise ValueError("no class chosen: pick one of the model's classes")
@@ -200,10 +218,6 @@ def parse_config(
     )
     config.check_num_steps(steps)
     return config
-
-
-def num_blocks(pipe) -> int:
-    return len(pipe.transformer.transformer_blocks)
 
 
 @dataclass(frozen=True)
@@ -270,10 +284,11 @@ def parse_generate(
     blocks="",
     policy="FORA",
     plans: dict | None = None,
+    frames=None,
 ) -> GenerateJob:
     """The Compare tab's values as a checked `GenerateJob` (budget included). `policy` "calibrated" or
     "calibrated-o1" runs the known plan (`plans`) at FORA N = `interval`'s cost instead of FORA."""
-    request = parse_request(pipe, label, prompt, steps, seed, guidance, model_key)
+    request = parse_request(pipe, label, prompt, steps, seed, guidance, model_key, frames)
     config = parse_config(
         interval,
         request.steps,
@@ -314,9 +329,10 @@ def parse_sweep(
     cache_start=0,
     cache_end=0,
     blocks="",
+    frames=None,
 ) -> SweepJob:
     """The Sweep tab's values (with the seed and the Advanced settings) as a checked `SweepJob`."""
-    request = parse_request(pipe, label, prompt, steps, seed, guidance, model_key)
+    request = parse_request(pipe, label, prompt, steps, seed, guidance, model_key, frames)
     try:
         chosen = sorted({int(n) for n in (intervals or [])})
     except (TypeError, ValueError):
@@ -363,11 +379,13 @@ def compare_plan(model_key: str, request: Request, interval: int, policy: str, p
     return plan
 
 
-def parse_policies(pipe, model_key: str, label, prompt, steps, seed, guidance, chosen, interval, plans: dict):
+def parse_policies(
+    pipe, model_key: str, label, prompt, steps, seed, guidance, chosen, interval, plans: dict, frames=None
+):
     """The Policies tab's values as a checked `PolicyJob` (budget included, counting plans still to calibrate)."""
     from analysis.arena.policies import MAX_POLICIES, POLICIES, PolicyJob
 
-    request = parse_request(pipe, label, prompt, steps, seed, guidance, model_key)
+    request = parse_request(pipe, label, prompt, steps, seed, guidance, model_key, frames)
     chosen = list(dict.fromkeys([chosen] if isinstance(chosen, str) else (chosen or [])))
     if not chosen:
         raise ValueError("no policy chosen: tick one to three")

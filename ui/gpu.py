@@ -15,6 +15,7 @@ import torch
 
 from analysis.arena.policies import CALIBRATION_SAMPLES
 from analysis.memory import Bandwidth, measure_bandwidth
+from fora.loading import MODELS
 from ui import form, registry
 from ui.stream import stream_comparison, stream_policies, stream_sweep
 
@@ -98,17 +99,23 @@ def gpu_seconds(model_key: str, steps: int, observed_calls: int, plain_calls: in
     plain = plain_calls * (call + steps * step)
     seconds = int(GPU_OVERHEAD_SECONDS + MARGIN * GPU_SECONDS_SCALE * (observed + plain)) + 1
     if seconds > GPU_MAX_SECONDS:
+        video = model_key in MODELS and MODELS[model_key].output == "video"
         raise ValueError(
             f"this request would reserve the GPU for about {seconds} s ({observed_calls + plain_calls} pipeline "
             f"calls of {steps} steps on {model_key}); one request may reserve at most {GPU_MAX_SECONDS} s here: "
-            "fewer steps, seeds, intervals or policies"
+            f"fewer steps, seeds, intervals{', policies or frames' if video else ' or policies'}"
         )
     return seconds
 
 
 def _pixels(request) -> int | None:
-    """A request's pixels per image when it sets its size (None: the model's native size)."""
-    return request.height * request.width if request.height and request.width else None
+    """A request's pixels per sample when it sets its size, explicitly or by its model card's arguments, times a
+    video's frames (None: the model's native size, as `GpuCost.native_px` counts it)."""
+    options = dict(request.options)
+    height, width = request.height or options.get("height"), request.width or options.get("width")
+    if not (height and width):
+        return None
+    return int(height) * int(width) * int(options.get("num_frames", 1))
 
 
 def _compare_seconds(job: form.GenerateJob, baseline=None) -> int:

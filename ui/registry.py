@@ -47,8 +47,6 @@ def model_choices() -> list[ModelChoice]:
     )
     choices = []
     for spec in MODELS.values():
-        if not spec.app:  # the newer families: from the command line and the library for now
-            continue
         if os.path.isabs(spec.source):  # an embedded model, shipped in assets/
             ok = os.path.isfile(os.path.join(spec.source, "model_index.json"))
             choices.append(

@@ -8,9 +8,13 @@ import gradio as gr
 from analysis.prompts import example_prompts
 from embedded.emoji.classes import LABELS
 from embedded.emoji.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from fora.generate import is_video
 from fora.loading import MODELS, ModelLoadError
 from ui import form, registry
 from ui.display import safe_text
+
+# the examples under Generate: (class, steps, N, seed) of the emoji DiT
+CLASS_EXAMPLES = [["cat", 30, 3, 0], ["rocket", 30, 5, 1], ["rainbow", 50, 10, 2], ["ghost", 30, 2, 3]]
 
 
 class Settings:
@@ -34,6 +38,15 @@ class Settings:
             self.seed = gr.Number(0, label="seed", precision=0)
             self.randomize = gr.Button("🎲 random seed", size="sm")
         self.guidance = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="guidance scale")
+        # a video model's frames (Wan: 4k + 1); shown only for one. Any value reaches the handlers, which check it
+        self.frames = gr.Slider(
+            form.FRAMES_RANGE[0],
+            form.FRAMES_RANGE[1],
+            value=form.APP_FRAMES,
+            step=4,
+            label="frames (video models; 4k + 1)",
+            visible=False,
+        )
         with gr.Accordion("Advanced (Compare and Sweep)", open=False):
             self.cache_attn = gr.Checkbox(True, label="cache self-attention")
             self.cache_cross = gr.Checkbox(True, label="cache cross-attention (PixArt)")
@@ -50,11 +63,12 @@ class Settings:
             self.run = gr.Button("Generate", variant="primary")
             self.stop = gr.Button("Stop", variant="stop")
         self.status = gr.Markdown("")
-        gr.Examples(
-            [["cat", 30, 3, 0], ["rocket", 30, 5, 1], ["rainbow", 50, 10, 2], ["ghost", 30, 2, 3]],
-            [self.label, self.steps, self.interval, self.seed],
-            label="try (class, steps, N, seed)",
-        )
+        with gr.Column() as self.class_examples:  # shown for a model with these classes only (the emoji DiT)
+            gr.Examples(
+                CLASS_EXAMPLES,
+                [self.label, self.steps, self.interval, self.seed],
+                label="try (class, steps, N, seed)",
+            )
         self.block_choice: gr.Dropdown | None = None  # the Compare tab's block list, which follows the model
         self.kind_choice: gr.Dropdown | None = None  # and its module list
 
@@ -72,7 +86,17 @@ class Settings:
         self.model.change(
             self.on_model_change,
             [self.model, kind_choice],
-            [self.label, self.prompt, self.examples, self.steps, self.guidance, block_choice, kind_choice],
+            [
+                self.label,
+                self.prompt,
+                self.examples,
+                self.steps,
+                self.guidance,
+                self.frames,
+                self.class_examples,
+                block_choice,
+                kind_choice,
+            ],
             api_name=False,
             concurrency_limit=4,
         )
@@ -93,6 +117,10 @@ class Settings:
         steps = spec.default_steps if spec else 30
         recorded, kinds = form.recorded_view(pipe)
         blocks = [str(b) for b in recorded]
+        frames = gr.update(visible=False)
+        if is_video(pipe):  # the card's frames where fewer than the app's default (which fits ZeroGPU's reservation)
+            card = dict(spec.call_kwargs).get("num_frames", form.APP_FRAMES) if spec else form.APP_FRAMES
+            frames = gr.update(visible=True, value=min(card, form.APP_FRAMES))
         if labels:
             label, prompt = gr.update(choices=labels, value=labels[0], visible=True), gr.update(visible=False)
             examples = gr.update(visible=False)
@@ -106,6 +134,8 @@ class Settings:
             self.examples: examples,
             self.steps: gr.update(value=steps),
             self.guidance: gr.update(value=max(1.0, spec.default_guidance) if spec else DEFAULT_GUIDANCE),
+            self.frames: frames,
+            self.class_examples: gr.update(visible={e[0] for e in CLASS_EXAMPLES} <= set(labels)),
             self.block_choice: gr.update(choices=blocks, value=blocks[-1]),
             self.kind_choice: gr.update(choices=list(kinds), value=kind if kind in kinds else kinds[0]),
         }

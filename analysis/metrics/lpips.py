@@ -28,6 +28,7 @@ TAPS = (1, 4, 7, 9, 11)  # features.N whose outputs (ReLU 1..5) LPIPS compares
 CHANNELS = (64, 192, 384, 256, 256)
 SHIFT = (-0.030, -0.088, -0.188)  # LPIPS v0.1's scaling layer
 SCALE = (0.458, 0.448, 0.450)
+FRAMES_PER_BATCH = 8  # frames of a clip LPIPS compares per forward
 
 
 def alexnet_features() -> nn.Sequential:
@@ -121,18 +122,27 @@ def configured_path() -> str | None:
 
 
 def lpips(a: np.ndarray, b: np.ndarray, path: str | None = None) -> float:
-    """LPIPS-Alex between two HxWx3 images in [0, 1] (the backbone from `path` or `FORA_LPIPS_ALEXNET`)."""
+    """LPIPS-Alex between two HxWx3 images in [0, 1] (the backbone from `path` or `FORA_LPIPS_ALEXNET`); between
+    two clips (F x H x W x 3, Wan's frames), the mean over their frames."""
     path = path or configured_path()
     if path is None:
         raise ValueError(f"LPIPS needs AlexNet's weights by a local path: set {ENV} (nothing is downloaded)")
     if np.shape(a) != np.shape(b):
         raise ValueError(f"images differ in shape: {np.shape(a)} vs {np.shape(b)}")
-    if np.ndim(a) != 3:
-        raise ValueError(f"LPIPS takes one HxWx3 image per side, got shape {np.shape(a)}")
+    if np.ndim(a) not in (3, 4):
+        raise ValueError(f"LPIPS takes one HxWx3 image (or FxHxWx3 clip) per side, got shape {np.shape(a)}")
     path = os.path.abspath(path)
     try:
         stat = os.stat(path)
     except OSError:
         stat = None
     stamp = (stat.st_size, stat.st_mtime_ns) if stat else None
-    return float(_model(path, stamp)(_to_tensor(a), _to_tensor(b))[0])
+    model = _model(path, stamp)
+    if np.ndim(a) == 3:
+        return float(model(_to_tensor(a), _to_tensor(b))[0])
+    chunks = range(0, len(a), FRAMES_PER_BATCH)  # a clip's frames a few at a time: 81 at 480x832 at once is GBs
+    return float(
+        torch.cat(
+            [model(_to_tensor(a[i : i + FRAMES_PER_BATCH]), _to_tensor(b[i : i + FRAMES_PER_BATCH])) for i in chunks]
+        ).mean()
+    )

@@ -1,5 +1,8 @@
 """Quality of a FORA image against the uncached baseline with the same seed: PSNR, SSIM, LPIPS, mean absolute
-difference, a difference image, and the per-step error of the transformer's prediction (how error accumulates)."""
+difference, a difference image, and the per-step error of the transformer's prediction (how error accumulates).
+
+A video (Wan's frames, F x H x W x 3) is compared as a clip: PSNR and the mean difference over all its pixels, SSIM
+and LPIPS as the mean of the frames' values, the difference image frame by frame."""
 
 import pickle
 
@@ -27,8 +30,11 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
 
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    """Structural similarity (scikit-image) of HxWx3 images; the window shrinks for tiny images."""
+    """Structural similarity (scikit-image) of HxWx3 images, the window shrunk for tiny images; of two clips
+    (F x H x W x 3), the mean over their frames (not a 3-D SSIM that would slide its window across frames)."""
     a, b = _check_pair(a, b)
+    if a.ndim == 4:
+        return float(np.mean([ssim(x, y, data_range) for x, y in zip(a, b)]))
     side = min(a.shape[0], a.shape[1])
     win = min(7, side if side % 2 else side - 1)
     return float(structural_similarity(a, b, data_range=data_range, channel_axis=-1, win_size=win))

@@ -12,7 +12,7 @@ import os
 import plotly.io as pio
 
 from analysis.plots import neighbour_heatmap, pairwise_heatmap, schedule_strip, tradeoff_plot
-from analysis.report_files import SPEEDUP_COLUMNS, json_safe, png_base64, speedup_cell
+from analysis.report_files import SPEEDUP_COLUMNS, image_data_uri, json_safe, speedup_cell
 from analysis.sweep.experiment import COLUMNS, SweepResult
 from fora.generate import to_uint8
 
@@ -55,7 +55,7 @@ def _fmt(v) -> str:
 def report_html(result: SweepResult, model: str) -> str:
     """One self-contained page: the table, the image grid and the plots (plotly inlined once)."""
     rows, images, recorders = [r.as_dict() for r in result.rows], result.images, result.recorders
-    scale = max(1, 128 // images[next(iter(images))].shape[0])
+    scale = max(1, 128 // images[next(iter(images))].shape[-3])  # a clip's frames: F x H x W x 3
     figs = [tradeoff_plot(rows)]
     base = recorders.get(1)
     if base is not None:
@@ -73,8 +73,7 @@ def report_html(result: SweepResult, model: str) -> str:
     cell = lambda r, c: speedup_cell(r, c) if c in SPEEDUP_COLUMNS else _fmt(r[c])
     body = "".join("<tr>" + "".join(f"<td>{cell(r, c)}</td>" for c in COLUMNS) + "</tr>" for r in rows)
     grid = "".join(
-        f"<figure><img src='data:image/png;base64,{png_base64(to_uint8(images[n]), scale)}'>"
-        f"<figcaption>N={n}</figcaption></figure>"
+        f"<figure><img src='{image_data_uri(to_uint8(images[n]), scale)}'><figcaption>N={n}</figcaption></figure>"
         for n in sorted(images)
     )
     req, esc = result.request, html.escape

@@ -9,7 +9,7 @@ from analysis.plots import ATTENTION_KINDS, neighbour_heatmaps, pairwise_heatmap
 from fora.loading import ModelLoadError
 from fora.timing import clock_label
 from ui import form, gpu, registry, store
-from ui.display import failure, upscale, user_error
+from ui.display import failure, show, user_error
 from ui.settings import Settings
 
 
@@ -154,6 +154,7 @@ class CompareTab:
                 self.heat_source,
                 self.kind_choice,
                 s.policy,
+                s.frames,
             ],
             [
                 self.base_img,
@@ -203,6 +204,7 @@ class CompareTab:
         heat_source="FORA run",
         pair_kind="attn",
         policy="FORA",
+        frames=None,
         progress=gr.Progress(),
     ):
         """Baseline and FORA image with the same seed and their heatmaps first, the measured speedup when timed."""
@@ -225,6 +227,7 @@ class CompareTab:
                 blocks,
                 policy,
                 store.known_plans(),
+                frames,
             )
             view = form.parse_view(*form.recorded_view(pipe), block_choice, pair_kind, heat_source, stale_ok=True)
         except (ValueError, ModelLoadError) as e:
@@ -253,7 +256,7 @@ class CompareTab:
                             }
                         elif p.phase == "baseline done":
                             store.BASELINES.put(key, p.baseline)
-                            yield {self.base_img: upscale(p.baseline.images[0])}
+                            yield {self.base_img: show(p.baseline.images[0])}
                         elif p.phase == "compared":
                             comp, token = p.comparison, uuid.uuid4().hex
                             kept = store.Redraws.of(comp, model_key)  # the redraws skip once the model changed
@@ -262,9 +265,9 @@ class CompareTab:
                             heat_attn, heat_mlp = _heatmaps(kept, view.source)
                             strip = schedule_strip(run.num_steps, run.full_steps, comp.fora.similarity.timesteps)
                             yield {
-                                self.base_img: upscale(comp.baseline.images[0]),
-                                self.fora_img: upscale(comp.fora.images[0]),
-                                self.diff_img: upscale(comp.diff_image()),
+                                self.base_img: show(comp.baseline.images[0]),
+                                self.fora_img: show(comp.fora.images[0]),
+                                self.diff_img: show(comp.diff_image()),
                                 self.metrics: _metrics_rows(comp, cached is not None, pairs=job.pairs),
                                 self.heat_attn: heat_attn,
                                 self.heat_mlp: heat_mlp,

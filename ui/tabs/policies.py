@@ -9,7 +9,7 @@ from analysis.arena.report import pareto_plot, plan_map_figure
 from fora.loading import ModelLoadError
 from fora.timing import clock_label, format_speedup
 from ui import form, gpu, registry, store
-from ui.display import failure, upscale, user_error
+from ui.display import failure, show, user_error
 from ui.settings import Settings
 
 ABOUT = (
@@ -26,11 +26,11 @@ ABOUT = (
 
 def gallery_and_table(result: PolicyResult) -> tuple[list, list[list]]:
     """The images with their captions (baseline first) and the equal-cost table, one row per policy."""
-    gallery = [(upscale(result.baseline), "uncached")]
+    gallery = [(show(result.baseline), "uncached")]
     table = []
     for row, image in zip(result.rows, result.images):
         name = f"{row['policy']} {row['setting']}"
-        gallery.append((upscale(image), f"{name}: {row['psnr']:.1f} dB"))
+        gallery.append((show(image), f"{name}: {row['psnr']:.1f} dB"))
         if row.get("speedup") is not None:
             speed = format_speedup(row["speedup"], row["speedup_low"], row["speedup_high"], row["pairs"])
             speed += f" ({clock_label(row['clock'])})"
@@ -75,7 +75,7 @@ class PoliciesTab:
         s = self.settings
         return self.run.click(
             self.policies,
-            [s.model, s.label, s.prompt, s.steps, s.seed, s.guidance, self.chosen, self.interval],
+            [s.model, s.label, s.prompt, s.steps, s.seed, s.guidance, self.chosen, self.interval, s.frames],
             [self.gallery, self.table, self.maps, self.pareto, self.status],
             api_name="policies",
             concurrency_limit=1,
@@ -96,12 +96,16 @@ class PoliciesTab:
         )
         return {self.gallery: gallery, self.table: table, self.maps: maps, self.pareto: pareto, self.status: status}
 
-    def policies(self, model_key, label, prompt, steps, seed, guidance, chosen, interval, progress=gr.Progress()):
+    def policies(
+        self, model_key, label, prompt, steps, seed, guidance, chosen, interval, frames=None, progress=gr.Progress()
+    ):
         """The same seed through up to three policies at FORA N's cost, next to the uncached baseline."""
         try:
             pipe, _ = registry.get_model(model_key)
             plans = store.known_plans()
-            job = form.parse_policies(pipe, model_key, label, prompt, steps, seed, guidance, chosen, interval, plans)
+            job = form.parse_policies(
+                pipe, model_key, label, prompt, steps, seed, guidance, chosen, interval, plans, frames
+            )
         except (ValueError, ModelLoadError) as e:
             raise user_error(e) from None
         try:

@@ -12,7 +12,7 @@ from analysis.sweep import SweepResult
 from analysis.sweep.report import write_outputs
 from fora.loading import ModelLoadError
 from ui import form, gpu, registry
-from ui.display import failure, upscale, user_error
+from ui.display import failure, show, user_error
 from ui.settings import Settings
 
 SWEEP_DIR = os.path.join(tempfile.gettempdir(), "fora-sweeps")
@@ -71,7 +71,18 @@ class SweepTab:
         s = self.settings
         return self.run.click(
             self.sweep,
-            [s.model, s.label, s.prompt, s.steps, s.seed, s.guidance, self.intervals, self.seeds, *s.advanced],
+            [
+                s.model,
+                s.label,
+                s.prompt,
+                s.steps,
+                s.seed,
+                s.guidance,
+                self.intervals,
+                self.seeds,
+                *s.advanced,
+                s.frames,
+            ],
             [self.plot, self.gallery, self.table, self.files, self.status],
             api_name="sweep",
             concurrency_limit=1,
@@ -94,6 +105,7 @@ class SweepTab:
         cache_start=0,
         cache_end=0,
         blocks="",
+        frames=None,
         progress=gr.Progress(),
     ):
         """The interval sweep for the current settings (seed and Advanced included): curve, images, files."""
@@ -115,6 +127,7 @@ class SweepTab:
                 cache_start,
                 cache_end,
                 blocks,
+                frames,
             )
         except (ValueError, ModelLoadError) as e:
             raise user_error(e) from None
@@ -142,7 +155,7 @@ class SweepTab:
             raise failure("sweep", e) from None
         yield {
             self.plot: tradeoff_plot([r.as_dict() for r in result.rows]),
-            self.gallery: [(upscale(img), f"N={n}") for n, img in sorted(result.images.items())],
+            self.gallery: [(show(img), f"N={n}") for n, img in sorted(result.images.items())],
             self.table: table_rows(result),
             self.files: write_report(result, model_key),
             self.status: f"done: {result.timing}",

@@ -1,0 +1,125 @@
+"""Issue 19 item 1: Wan's videos in the app. A tiny random Wan pipeline, saved to a folder and registered as a known
+model with a model card (16 x 16 px, 5 frames), goes through every tab's handler as the server runs them: the frames
+show as animated images (baseline, FORA, difference), with the same metrics and maps as an image model."""
+
+import numpy as np
+import pipelines
+import pytest
+from PIL import Image
+from test_app import run_generate, shown
+
+from analysis.report_files import VIDEO_FPS
+from fora import full_steps
+from fora.loading import MODELS, ModelSpec
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+KEY = "tiny-wan"
+CARD = {"height": 16, "width": 16, "num_frames": 5}
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny-wan"))
+    pipelines.build("wan").save_pretrained(folder)
+    spec = ModelSpec(KEY, folder, "text", 4, 5.0, "tiny Wan", "WanPipeline", "video", call_kwargs=CARD)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(MODELS, KEY, spec)  # a model of the list: its folder is its source, as the embedded models'
+        mp.setenv("FORA_MAX_LOADED_MODELS", "4")
+        import app  # noqa: F401  (the server's settings: one torch thread)
+        from ui.layout import build_layout
+
+        yield build_layout()
+
+
+def clip(path) -> list[np.ndarray]:
+    """The frames of an animated image the page shows, one per video frame at 16 fps (the encoder stores a run of
+    identical frames once, shown for the run's time: they are repeated here)."""
+    assert isinstance(path, str) and path.endswith(".webp"), path
+    frames = []
+    with Image.open(path) as im:
+        for i in range(im.n_frames):
+            im.seek(i)
+            im.load()  # the frame's duration is read with its data
+            repeats, rest = divmod(im.info["duration"], round(1000 / VIDEO_FPS))
+            assert repeats >= 1 and rest == 0, im.info["duration"]
+            frames += [np.asarray(im.convert("RGB"))] * repeats
+    return frames
+
+
+def generate(layout, **kw):
+    return run_generate(layout, model=KEY, label=None, prompt="a red fox running", steps=4, interval=2, **kw)
+
+
+def test_choosing_a_video_model_shows_its_frames_slider_and_hides_the_class_examples(layout):
+    s = layout.settings
+    change = s.on_model_change(KEY, "attn")
+    assert change[s.frames]["visible"] and change[s.frames]["value"] == 5  # the card's, below the app's 17
+    assert not change[s.class_examples]["visible"] and change[s.prompt]["visible"]
+    image_model = s.on_model_change("emoji-mmdit", "attn")
+    assert not image_model[s.frames]["visible"] and not image_model[s.class_examples]["visible"]
+    assert s.on_model_change("emoji-dit", "attn")[s.class_examples]["visible"]
+
+
+def test_compare_shows_the_frames_as_animated_images_with_metrics_and_maps(layout):
+    c = layout.compare
+    final = shown(generate(layout, frames=9))
+    assert final[c.status].startswith("done: N=2")
+    base, cached, diff = (clip(final[k]) for k in (c.base_img, c.fora_img, c.diff_img))
+    assert len(base) == len(cached) == len(diff) == 9  # the slider's 9 frames, not the card's 5
+    assert base[0].shape == (256, 256, 3)  # 16 px enlarged for the page, as images are
+    assert any(not np.array_equal(a, b) for a, b in zip(base, base[1:]))  # frames, not one image repeated
+    table = dict(final[c.metrics])
+    full = len(full_steps(4, 2))
+    assert table["full / reuse steps"] == f"{full} / {4 - full}"
+    psnr = float(table["PSNR vs baseline"].split()[0])
+    assert 0 < psnr < float("inf") and 0 < float(table["SSIM vs baseline"]) <= 1  # cached: not identical
+    for figure in (final[c.heat_attn], final[c.heat_mlp]):
+        assert figure.data and all(np.isfinite(np.asarray(t.z, dtype=float)).any() for t in figure.data)
+    again = shown(generate(layout, frames=9))  # the same request: the baseline comes from the server's store
+    assert dict(again[c.metrics])["baseline run"] == "cached from an earlier request"
+    assert dict(again[c.metrics])["PSNR vs baseline"] == table["PSNR vs baseline"]
+
+
+def test_frames_are_checked_before_anything_runs(layout):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match=r"frames=6: a video here has 4k \+ 1 frames .* 5 is closest"):
+        generate(layout, frames=6)
+    with pytest.raises(gr.Error, match=r"frames=85 out of range: allowed integers 1\.\.81"):
+        generate(layout, frames=85)
+
+
+def test_sweep_and_policies_show_animated_images(layout):
+    import gradio as gr
+
+    outs = list(layout.sweep.sweep(KEY, None, "a red fox running", 4, 0, 5.0, ["1", "2"], 1, frames=5))
+    final = shown(outs)
+    assert final[layout.sweep.status].startswith("done")
+    gallery = final[layout.sweep.gallery]
+    assert [caption for _, caption in gallery] == ["N=1", "N=2"]
+    assert all(len(clip(path)) == 5 for path, _ in gallery)
+
+    # FORA and a plan calibrated on the model's calibration prompts (its samples are clips too)
+    outs = list(layout.policies.policies(KEY, None, "a red fox running", 6, 0, 5.0, ["FORA", "calibrated"], 2, 5))
+    final = shown(outs)
+    gallery = final[layout.policies.gallery]
+    assert [c.split(":")[0] for _, c in gallery] == ["uncached", *[r[0] for r in final[layout.policies.table]]]
+    assert all(len(clip(path)) == 5 for path, _ in gallery)
+    # cache-dit's DBCache tells the guidance halves apart by call parity: refused on Wan's separate calls, by name
+    with pytest.raises(gr.Error, match="DBCache.*WanPipeline is not one"):
+        list(layout.policies.policies(KEY, None, "a red fox running", 6, 0, 5.0, ["DBCache"], 2, 5))
+
+
+def test_a_clip_is_compared_over_all_its_frames():
+    """PSNR and the mean difference over every pixel of the clip; SSIM the mean of its frames' (no 3-D window)."""
+    from analysis.metrics.quality import compare_images, psnr, ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.random((5, 16, 16, 3))
+    b = np.clip(a + rng.normal(0, 0.05, a.shape) * np.arange(1, 6)[:, None, None, None], 0, 1)  # worse each frame
+    frames = [ssim(x, y) for x, y in zip(a, b)]
+    assert ssim(a, b) == pytest.approx(np.mean(frames)) and frames[0] > frames[-1]
+    mse = np.mean((a - b) ** 2)
+    assert compare_images(b, a)["psnr"] == pytest.approx(10 * np.log10(1 / mse))
+    assert psnr(b, a) < psnr(b[0], a[0])
