@@ -123,3 +123,24 @@ def test_a_clip_is_compared_over_all_its_frames():
     mse = np.mean((a - b) ** 2)
     assert compare_images(b, a)["psnr"] == pytest.approx(10 * np.log10(1 / mse))
     assert psnr(b, a) < psnr(b[0], a[0])
+
+
+@pytest.mark.parametrize("family", ["wan", "lumina2", "hunyuan-dit", "qwen-image", "flux2"])
+def test_the_form_counts_every_familys_blocks(family):
+    """The form counted `transformer.transformer_blocks`, which Wan, HunyuanDiT ("blocks") and Lumina 2 ("layers")
+    lack: choosing one in the app failed. It counts the blocks FORA numbers (`fora.apply.find_blocks`)."""
+    from types import SimpleNamespace
+
+    import families
+
+    from fora.apply import find_blocks
+    from ui import form
+
+    model = families.FAMILIES[family][0]()[0]
+    pipe = SimpleNamespace(transformer=model)  # the form reads only the transformer here
+    blocks, kinds = form.recorded_view(pipe)
+    count = len(find_blocks(model))
+    assert count >= 2 and blocks[-1] == count - 1 and "attn" in kinds
+    assert form.parse_config(2, 6, form.num_blocks(pipe), blocks=str(count - 1)).blocks == (count - 1,)
+    with pytest.raises(ValueError, match=rf"blocks=\[{count}\] out of range: allowed 0\.\.{count - 1}"):
+        form.parse_config(2, 6, form.num_blocks(pipe), blocks=str(count))
