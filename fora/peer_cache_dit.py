@@ -47,6 +47,7 @@ import contextlib
 import copy
 import logging
 import math
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -58,7 +59,8 @@ from .runs import RunTracker
 _MAX_TAYLOR_ORDER = 2
 _SUPPORTED = (
     "DiTPipeline, EmojiDiTPipeline and EmojiMMDiTPipeline (the embedded models), PixArtAlphaPipeline, "
-    "PixArtSigmaPipeline, StableDiffusion3Pipeline, SanaPipeline, FluxPipeline"
+    "PixArtSigmaPipeline, StableDiffusion3Pipeline, SanaPipeline, FluxPipeline, WanPipeline (Wan 2.1: one "
+    "transformer), QwenImagePipeline"
 )
 _LEFT_BY_DISABLE = ("forward", "_is_patched", "_norm1_emb")  # what disable_cache leaves on the transformer
 
@@ -107,9 +109,13 @@ class CacheDiTConfig:
     def name(self) -> str:
         return "dbcache" if self.taylorseer_order is None else "dbcache-taylorseer"
 
-    def cache_dit_configs(self, num_steps: int | None = None, encoder_stream: bool = False) -> tuple:
+    def cache_dit_configs(
+        self, num_steps: int | None = None, encoder_stream: bool = False, separate_cfg: bool = False
+    ) -> tuple:
         """cache-dit's `DBCacheConfig` and `TaylorSeerCalibratorConfig` (or `None`) for a run of `num_steps`;
-        `encoder_stream`: the blocks return a text stream too (SD3), which the calibrator then extrapolates."""
+        `encoder_stream`: the blocks return a text stream too (SD3), which the calibrator then extrapolates;
+        `separate_cfg`: the pipeline calls the transformer twice a step, conditional first (Wan, Qwen-Image with
+        guidance), and cache-dit keeps each half's residuals and decisions apart, telling them by call parity."""
         from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
 
         cache = DBCacheConfig(
@@ -117,7 +123,8 @@ class CacheDiTConfig:
             Bn_compute_blocks=self.bn_blocks,
             residual_diff_threshold=float(self.threshold),
             max_warmup_steps=self.warmup,
-            enable_separate_cfg=False,  # these pipelines batch the guidance halves into one call
+            enable_separate_cfg=separate_cfg,
+            cfg_compute_first=False,  # the conditional call comes first in both pipelines
             num_inference_steps=num_steps,
         )
         if self.taylorseer_order is None:
@@ -139,6 +146,8 @@ class CacheDiTRun:
     num_steps: int
     steps_done: int = 0
     cached_steps: list[int] = field(default_factory=list)
+    calls_per_step: int = 1  # 2 where the guidance halves are separate calls
+    cfg_cached_steps: list[int] = field(default_factory=list)  # the unconditional call's skipping steps
 
 
 class CacheDiTHandle:
@@ -149,6 +158,8 @@ class CacheDiTHandle:
         self.num_blocks = num_blocks
         self.encoder_stream = encoder_stream
         self._timestep_index = timestep_index(pipeline.transformer)
+        self._calls_per_step = _GUIDANCE_CALLS.get(type(pipeline).__name__)  # None: one call a step
+        self._calls = 0  # transformer calls of the current run
         self.last_run: CacheDiTRun | None = None
         self.runs = RunTracker(pipeline, transformer=pipeline.transformer)  # a run is one pipeline call
         self._adapter = None
@@ -168,28 +179,44 @@ class CacheDiTHandle:
         if run is None:
             return None
         skipped = self.num_blocks - self.config.fn_blocks - self.config.bn_blocks
-        return run.steps_done * self.num_blocks - len(run.cached_steps) * skipped
+        cached = len(run.cached_steps) + len(run.cfg_cached_steps)
+        return run.steps_done * run.calls_per_step * self.num_blocks - cached * skipped
 
     def _pre_forward(self, module, args, kwargs):
         index = self._timestep_index
         timestep = kwargs.get("timestep", args[index] if index is not None and len(args) > index else None)
         new_run = self.runs.begin_call(timestep)
-        if not self.runs.primary:
-            raise RuntimeError(
-                "the pipeline called the transformer a second time in one step (separate guidance calls): DBCache "
-                f"runs here on pipelines with one call per step only ({_SUPPORTED})"
-            )
         if new_run is not None:
-            cache, calibrator = self.config.cache_dit_configs(new_run, self.encoder_stream)
+            calls = self._calls_per_step(self.runs._calling_pipeline()) if self._calls_per_step else 1
+            cache, calibrator = self.config.cache_dit_configs(new_run, self.encoder_stream, calls == 2)
             kwargs = {"cache_config": cache} | ({"calibrator_config": calibrator} if calibrator is not None else {})
             for name in self._contexts:  # a fresh context: step count, buffers, calibrator states
                 self._manager.reset_context(name, **copy.deepcopy(kwargs))
-            self.last_run = CacheDiTRun(new_run)
+            self.last_run, self._calls = CacheDiTRun(new_run, calls_per_step=calls), 0
+        # cache-dit tells the guidance halves apart by call parity alone (even: conditional, odd: unconditional):
+        # every call is checked against it, so a step with one call where two were due (or a third) stops the run
+        # instead of mixing the halves' residuals
+        calls = self.last_run.calls_per_step
+        if calls == 1 and not self.runs.primary:
+            raise RuntimeError(
+                f"{type(module).__name__} was called a second time in step {self.runs.step}: DBCache runs here with "
+                "one call a step, or with the two guidance halves as separate calls on Wan 2.1 and Qwen-Image only"
+            )
+        if calls == 2 and self.runs.primary != (self._calls % 2 == 0):
+            raise RuntimeError(
+                f"DBCache with the guidance halves as separate calls: call {self._calls} of the run (step "
+                f"{self.runs.step}) is not the {'conditional' if self._calls % 2 == 0 else 'unconditional'} one that "
+                "cache-dit expects by call parity; every step must call the conditional, then the unconditional half"
+            )
+        self._calls += 1
 
     def _post_forward(self, module, args, output):
         self.runs.end_call()
         self.last_run.steps_done = self.runs.steps_done
-        self.last_run.cached_steps = self._manager.get_context(self._contexts[0]).get_cached_steps()
+        context = self._manager.get_context(self._contexts[0])
+        self.last_run.cached_steps = context.get_cached_steps()
+        if self.last_run.calls_per_step == 2:
+            self.last_run.cfg_cached_steps = context.get_cfg_cached_steps()
 
     def __repr__(self):
         return f"CacheDiTHandle({self.config!r}, last_run={self.last_run!r})"
@@ -224,8 +251,13 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
     if found is None:
         raise ValueError(
             f"{type(pipe).__name__} with a {type(transformer).__name__}: cache-dit's DBCache runs here on "
-            "DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel, SanaTransformer2DModel and "
-            "FluxTransformer2DModel"
+            "DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel, SanaTransformer2DModel, "
+            "FluxTransformer2DModel, WanTransformer3DModel and QwenImageTransformer2DModel"
+        )
+    if getattr(pipe, "transformer_2", None) is not None:
+        raise ValueError(
+            f"{type(pipe).__name__} with a second expert (transformer_2, Wan 2.2): DBCache runs here on one "
+            "transformer (Wan 2.1)"
         )
     registry = getattr(transformer, "_diffusers_hook", None)  # FLUX's pipeline leaves an empty one (cache_context)
     if any(getattr(transformer, a, None) is not None for a in ("_fora_handle", "_peer_handle")) or (
@@ -328,8 +360,10 @@ def _supported_pipelines() -> tuple:
         FluxPipeline,
         PixArtAlphaPipeline,
         PixArtSigmaPipeline,
+        QwenImagePipeline,
         SanaPipeline,
         StableDiffusion3Pipeline,
+        WanPipeline,
     )
 
     from embedded.emoji.pipeline import EmojiDiTPipeline
@@ -344,26 +378,32 @@ def _supported_pipelines() -> tuple:
         StableDiffusion3Pipeline,
         SanaPipeline,
         FluxPipeline,
+        WanPipeline,
+        QwenImagePipeline,
     )
 
 
 def _block_list(transformer: torch.nn.Module) -> tuple[torch.nn.ModuleList, str] | None:
     """The block list DBCache wraps and cache-dit's forward pattern for its blocks (what cache-dit's adapter
     registry uses for the family): Pattern_3 (hidden states in and out) for DiT, PixArt and
-    Sana, Pattern_1 (both streams in, `(encoder, hidden)` out) for SD3's joint blocks and FLUX.1's blocks (its two
-    lists as one); None for other transformers."""
+    Sana, Pattern_1 (both streams in, `(encoder, hidden)` out) for SD3's, Qwen-Image's and FLUX.1's blocks (its two
+    lists as one), Pattern_2 (both streams in, hidden states out) for Wan's; None for other transformers."""
     from diffusers import (
         DiTTransformer2DModel,
         FluxTransformer2DModel,
         PixArtTransformer2DModel,
+        QwenImageTransformer2DModel,
         SanaTransformer2DModel,
         SD3Transformer2DModel,
+        WanTransformer3DModel,
     )
 
     if isinstance(transformer, (DiTTransformer2DModel, PixArtTransformer2DModel, SanaTransformer2DModel)):
         return transformer.transformer_blocks, "Pattern_3"
-    if isinstance(transformer, SD3Transformer2DModel):
+    if isinstance(transformer, (SD3Transformer2DModel, QwenImageTransformer2DModel)):
         return transformer.transformer_blocks, "Pattern_1"
+    if type(transformer) is WanTransformer3DModel:  # not WanVACE's (its blocks take hints: a patch functor)
+        return transformer.blocks, "Pattern_2"
     if isinstance(transformer, FluxTransformer2DModel):  # cache-dit's default FLUX layout: one list (module doc)
         return transformer.transformer_blocks + transformer.single_transformer_blocks, "Pattern_1"
     return None
@@ -386,6 +426,30 @@ def _adapter_options(transformer: torch.nn.Module) -> dict:
         }
     return {}
 
+
+def _wan_calls(pipe) -> int:
+    """Wan's transformer calls a step: 2 with classifier-free guidance (its `do_classifier_free_guidance`, set
+    before the first call), else 1."""
+    return 2 if pipe.do_classifier_free_guidance else 1
+
+
+def _qwen_calls(pipe) -> int:
+    """Qwen-Image's transformer calls a step: 2 with true CFG, which its `__call__` decides in a local
+    (`do_true_cfg = true_cfg_scale > 1 and has_neg_prompt`) and keeps nowhere else; read from that call's frame."""
+    code = getattr(type(pipe).__call__, "__wrapped__", type(pipe).__call__).__code__
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    if frame is None or "do_true_cfg" not in frame.f_locals:
+        raise RuntimeError(
+            f"{type(pipe).__name__}: cannot tell whether this call runs true CFG (its __call__ has no do_true_cfg: "
+            "another diffusers version); DBCache is refused rather than guessing the calls a step"
+        )
+    return 2 if frame.f_locals["do_true_cfg"] else 1
+
+
+# the pipelines that run the guidance halves as separate transformer calls, and how many each run makes a step
+_GUIDANCE_CALLS = {"WanPipeline": _wan_calls, "QwenImagePipeline": _qwen_calls}
 
 _QUIET_LOCK = threading.Lock()
 

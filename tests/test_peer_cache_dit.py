@@ -356,12 +356,104 @@ def test_flux_fn_and_bn_count_over_both_lists_and_are_refused_past_them():
     assert not hasattr(pipe.transformer, "_peer_handle") and "forward" not in pipe.transformer.__dict__
 
 
+# ---- the guidance halves as separate calls: Wan 2.1 (Pattern_2) and Qwen-Image (Pattern_1) -------------------------
+def _separate(family: str, guided: bool = True):
+    """A tiny pipeline of a family that calls the transformer once per guidance half, and a call of `steps`: Wan's
+    whole pipeline (guidance 5, or 1: one call a step), Qwen-Image's on embeddings (true CFG with a negative
+    prompt, or without one: one call a step)."""
+    import families
+    from pipelines import PIPELINES, build
+
+    if family == "wan":
+        pipe = build("wan")
+        kwargs = {**PIPELINES["wan"][1], "guidance_scale": 5.0 if guided else 1.0}
+
+        def run(steps):
+            g = torch.Generator().manual_seed(0)
+            return pipe("a red fox", num_inference_steps=steps, generator=g, output_type="np", **kwargs).frames
+
+        return pipe, run
+    torch.manual_seed(0)
+    pipe, kwargs = families._guided_pipeline("qwen-image", families.qwen_image()[0])
+    if not guided:
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("negative_")}
+
+    def run(steps):
+        g = torch.Generator().manual_seed(0)
+        return pipe(num_inference_steps=steps, generator=g, **kwargs).images
+
+    return pipe, run
+
+
+@pytest.mark.parametrize("family", ["wan", "qwen-image"])
+@pytest.mark.parametrize("order", [None, 1], ids=["dbcache", "taylorseer"])
+def test_separate_guidance_halves_are_cached_apart_reset_cost_what_ran_and_remove_exactly(family, order):
+    """cache-dit's separate-CFG mode, as its Wan and Qwen-Image adapters set it: each half keeps its own residuals
+    and decisions. Each call starts clean; the compute map (which counts both halves' calls) equals what executed
+    and cache-dit's record of both halves; a warm-up over the whole run gives the uncached output bit for bit."""
+    pipe, run = _separate(family)
+    base = run(10)
+    before = snapshot(pipe.transformer)
+    config = CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=2, taylorseer_order=order)
+    handle = apply_cache_dit(pipe, config)
+    first, cmap, executed, modules = _mapped_run(pipe, lambda: run(10))
+    try:
+        record, recorded_calls = handle.last_run, handle.block_calls()
+        assert record.calls_per_step == 2 and record.cached_steps and record.cfg_cached_steps
+        alone_7 = run(7)
+        assert same(run(10), first) and same(run(7), alone_7)  # each call starts clean
+    finally:
+        remove_peer(pipe)
+    assert not same(first, base)
+    assert cmap.num_steps == 20  # the map's columns are the transformer's calls: two a step
+    # what the map counted is what executed, and cache-dit's record of both halves says the same
+    assert cmap.computed_calls == len(executed) < 20 * len(modules)
+    assert cmap.computed_calls == recorded_calls * len(modules) // cmap.num_blocks
+    # where: the conditional call is the even column, the unconditional the odd one; block 0 computes at both
+    attn = cmap.matrix("attn")
+    assert attn[0].all()
+    assert [s for s in range(10) if not attn[1:, 2 * s].any()] == record.cached_steps
+    assert [s for s in range(10) if not attn[1:, 2 * s + 1].any()] == record.cfg_cached_steps
+    assert same(run(10), base) and snapshot(pipe.transformer) == before
+    apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=10, taylorseer_order=order))
+    try:
+        assert same(run(10), base)
+    finally:
+        remove_peer(pipe)
+
+
+@pytest.mark.parametrize("family", ["wan", "qwen-image"])
+def test_one_call_a_step_without_guidance_and_a_broken_parity_stops_the_run(family):
+    """Without guidance (Wan at guidance 1, Qwen-Image without a negative prompt) the pipeline calls the
+    transformer once a step, which the run reads from the pipeline and caches as one stream. Were the calls a step
+    misjudged, cache-dit would mix the halves by parity: the check on every call stops the run instead."""
+    pipe, run = _separate(family, guided=False)
+    handle = apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=2))
+    try:
+        with ComputeMap(pipe.transformer) as cmap:
+            run(8)
+        assert handle.last_run.calls_per_step == 1 and not handle.last_run.cfg_cached_steps
+        assert cmap.num_steps == 8 and cmap.computed_calls == handle.block_calls() * len(cmap.kinds)
+        handle._calls_per_step = lambda p: 2  # as if the pipeline had said it runs both halves
+        with pytest.raises(RuntimeError, match=r"call 1 of the run \(step 1\) is not the unconditional one"):
+            run(8)
+    finally:
+        remove_peer(pipe)
+
+
 # ---- refusals ------------------------------------------------------------------------------------------------------
 def test_unsupported_pipelines_and_knobs_are_refused_and_leave_the_model_as_it_was(dit_pipe):
+    import families
     from pipelines import build
 
-    wan = build("wan")  # a video family DBCache is not wired for here
-    with pytest.raises(ValueError, match=r"WanPipeline: cache-dit's DBCache runs here on DiTPipeline, "):
+    lumina, _ = families.GUIDED["lumina2"](families.lumina2()[0])  # CFG truncated after a quarter of the steps
+    with pytest.raises(ValueError, match=r"Lumina2Pipeline: cache-dit's DBCache runs here on DiTPipeline, "):
+        apply_cache_dit(lumina, CacheDiTConfig())
+    assert not hasattr(lumina.transformer, "_peer_handle") and "forward" not in lumina.transformer.__dict__
+    wan = build("wan")
+    wan.transformer_2 = None
+    wan.register_modules(transformer_2=families.wan()[0])  # Wan 2.2's two experts
+    with pytest.raises(ValueError, match=r"second expert \(transformer_2, Wan 2.2\): DBCache runs here on one"):
         apply_cache_dit(wan, CacheDiTConfig())
     assert not hasattr(wan.transformer, "_peer_handle") and "forward" not in wan.transformer.__dict__
     with pytest.raises(TypeError, match="needs a diffusers pipeline"):
