@@ -29,7 +29,8 @@ class RunResult:
     record_s: float  # time the similarity observer took (left out of the two above)
     run: ForaRun
     similarity: SimilarityRecorder | None
-    predictions: list = field(default_factory=list, repr=False)
+    predictions: list = field(default_factory=list, repr=False)  # the transformer's output at each call
+    prediction_steps: list = field(default_factory=list, repr=False)  # the step of each call
 
     def to_cpu(self) -> "RunResult":
         """Every tensor moved to the CPU, so that the result can cross a process boundary (ZeroGPU) and be kept."""
@@ -113,7 +114,7 @@ def observe_run(
     recorder = SimilarityRecorder(num_blocks(pipe), kinds=recorded_kinds(pipe), blocks=blocks) if similarity else None
     handle = apply_fora(pipe, config)
     timer = LoopTimer(pipe.transformer)
-    predictions = PredictionRecorder(pipe.transformer)
+    predictions = PredictionRecorder(pipe.transformer, step_of=lambda: handle.state.step)
     step_hook = None
     if on_step is not None:
 
@@ -147,6 +148,7 @@ def observe_run(
         run,
         recorder,
         predictions.outputs,
+        predictions.steps,
     )
 
 
@@ -159,10 +161,27 @@ class Comparison:
 
     @property
     def step_error(self) -> np.ndarray:
-        return prediction_error(self.fora.predictions, self.baseline.predictions)
+        """The relative error of the transformer's prediction at each denoising step. Where a step makes several
+        calls (Wan's and Qwen-Image's guidance halves, Lumina 2's, SD3's skip-layer call), they are taken together:
+        one error per step, over all of its calls' outputs."""
+        fora, base = (per_step(r.predictions, r.prediction_steps) for r in (self.fora, self.baseline))
+        return prediction_error(fora, base)
 
     def diff_image(self) -> np.ndarray:
         return diff_image(self.fora.images[0], self.baseline.images[0])
+
+
+def per_step(predictions: list[torch.Tensor], steps: list[int]) -> list[torch.Tensor]:
+    """A run's transformer outputs, one tensor per denoising step: where a step made several calls (`steps`: the
+    step of each call), their outputs flattened and joined in call order."""
+    if len(steps) != len(predictions):
+        raise ValueError(f"{len(predictions)} outputs but {len(steps)} step indices")
+    if len(set(steps)) == len(steps):
+        return list(predictions)
+    grouped: dict[int, list[torch.Tensor]] = {}
+    for step, p in zip(steps, predictions):
+        grouped.setdefault(step, []).append(p.flatten())
+    return [torch.cat(grouped[s]) for s in sorted(grouped)]
 
 
 def compare_runs(baseline: RunResult, fora: RunResult, with_lpips: bool = False) -> Comparison:

@@ -74,6 +74,8 @@ def test_compare_shows_the_frames_as_animated_images_with_metrics_and_maps(layou
     assert table["full / reuse steps"] == f"{full} / {4 - full}"
     psnr = float(table["PSNR vs baseline"].split()[0])
     assert 0 < psnr < float("inf") and 0 < float(table["SSIM vs baseline"]) <= 1  # cached: not identical
+    # the error per step: one point per denoising step, both guidance halves' outputs taken together
+    assert len(final[c.err].data[0].x) == 4 and len(final[c.err].data[0].y) == 4
     for figure in (final[c.heat_attn], final[c.heat_mlp]):
         assert figure.data and all(np.isfinite(np.asarray(t.z, dtype=float)).any() for t in figure.data)
     again = shown(generate(layout, frames=9))  # the same request: the baseline comes from the server's store
@@ -143,3 +145,60 @@ def test_the_form_counts_every_familys_blocks(family):
     assert form.parse_config(2, 6, form.num_blocks(pipe), blocks=str(count - 1)).blocks == (count - 1,)
     with pytest.raises(ValueError, match=rf"blocks=\[{count}\] out of range: allowed 0\.\.{count - 1}"):
         form.parse_config(2, 6, form.num_blocks(pipe), blocks=str(count))
+
+
+@pytest.fixture(scope="module")
+def server(layout):
+    from test_app import _free_port
+
+    port = _free_port()
+    layout.demo.queue(max_size=16, default_concurrency_limit=1).launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
+    yield f"http://127.0.0.1:{port}/"
+    layout.demo.close()
+
+
+def test_a_video_model_in_the_headless_browser(server, tmp_path):
+    """The tiny Wan in the Compare tab of a real browser: choosing it shows the frames slider; Generate shows the
+    baseline and FORA as animated WebP files of the slider's frames, served by the page, and the metrics."""
+    import os
+    import re
+
+    from playwright.sync_api import sync_playwright
+    from test_app import ARTIFACTS, _chromium
+
+    if _chromium() is None and not os.environ.get("CI"):
+        pytest.skip("Debian chromium not installed")
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=_chromium() or "/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1500, "height": 1700})
+        page.goto(server, wait_until="domcontentloaded")
+        model = page.get_by_label("model", exact=True)
+        model.wait_for(timeout=60_000)
+        model.click()
+        page.get_by_role("option", name=re.compile(f"^{KEY}")).click()
+        frames = page.locator("input[type=number][aria-label='number input for frames (video models; 4k + 1)']")
+        frames.wait_for(state="visible", timeout=60_000)
+        assert frames.input_value() == "5"
+        frames.fill("9")
+        frames.press("Tab")
+        page.get_by_label("prompt", exact=True).fill("a red fox running")
+        steps = page.locator("input[type=number][aria-label='number input for steps T']")
+        steps.fill("4")
+        steps.press("Tab")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_function("document.body.innerText.includes('done: N=3')", timeout=180_000)
+        assert "PSNR vs baseline" in page.inner_text("body")
+        for box in ("#baseline", "#fora", "#diff"):
+            src = page.locator(f"{box} img").first.get_attribute("src")
+            assert src and src.endswith(".webp"), src
+            path = tmp_path / f"{box[1:]}.webp"
+            path.write_bytes(page.request.get(src).body())  # what the browser was served
+            assert len(clip(str(path))) == 9
+        page.screenshot(path=os.path.join(ARTIFACTS, "video.png"), full_page=True)
+        assert "Traceback" not in page.inner_text("body")
+        browser.close()

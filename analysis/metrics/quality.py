@@ -73,15 +73,19 @@ def compare_images(fora_image: np.ndarray, baseline_image: np.ndarray, with_lpip
 
 
 class PredictionRecorder:
-    """Forward hook keeping the transformer's output of every step (on CPU, float32) for error curves."""
+    """Forward hook keeping the transformer's output of every call (on CPU, float32) for error curves; with
+    `step_of`, also the denoising step each call belongs to (`steps`: a step may make several calls)."""
 
-    def __init__(self, transformer):
+    def __init__(self, transformer, step_of=None):
         self.outputs: list[torch.Tensor] = []
+        self.steps: list[int] = []
+        self._step_of = step_of
         self._handle = transformer.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
         sample = output[0] if isinstance(output, tuple) else output.sample
         self.outputs.append(sample.detach().to("cpu", torch.float32))
+        self.steps.append(self._step_of() if self._step_of is not None else len(self.steps))
 
     def remove(self):
         self._handle.remove()
