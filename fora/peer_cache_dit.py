@@ -1,5 +1,5 @@
 """cache-dit's DBCache (Dual Block Cache; vipshop/cache-dit, pinned 1.5.3) as a peer of FORA on DiT, PixArt, SD3
-(and the embedded MMDiT), Sana and FLUX.1 pipelines, made correct.
+(and the embedded MMDiT), Sana, FLUX.1, HunyuanDiT, Wan 2.1 and Qwen-Image pipelines, made correct.
 
 DBCache: every step runs the first `Fn` blocks; when the relative mean absolute change of their residual since the
 last step that computed everything is below a threshold (and the warm-up is over), the middle blocks are skipped and
@@ -25,10 +25,18 @@ Applied as cache-dit ships it, it is wrong or leaves traces on these pipelines (
    re-adds it);
 5. the `BlockAdapter` constructor already patches the transformer (`block_adapters/block_adapters.py:126`), and an
    adapter that fails its checks is returned uncached without an error (`cache_adapter.py:99`).
+6. on HunyuanDiT its patch functor (`patch_functors/functor_hunyuan_dit.py`) passes the long skip connections as a
+   stack that the first half's blocks push and the second half's pop; on a step that skips the middle blocks only the
+   first Fn push, so the last Bn pop the right partners only where Bn = 0 or Bn = min(Fn, L/2 - 1) for L blocks:
+   otherwise they get other blocks' outputs, silently, or the stack runs out. It also leaves each block's patched
+   `forward` and its `_num_layers`/`_layer_id` on the block instances after `disable_cache`.
 
 `apply_cache_dit` uses cache-dit's own `BlockAdapter` on the transformer, with the forward pattern cache-dit's own
-adapter registry gives the family (`block_adapters/adapters.py`): Pattern_3 for DiT, PixArt and Sana (a block takes
-and returns the hidden states; DiT also gets cache-dit's patch functor for its final layer's read of block 0),
+adapter registry gives the family (`block_adapters/adapters.py`): Pattern_3 for DiT, PixArt, Sana and HunyuanDiT (a
+block takes and returns the hidden states; DiT also gets cache-dit's patch functor for its final layer's read of
+block 0, HunyuanDiT its functor for the long skip connections, with the knobs item 6 allows), Pattern_2 for Wan 2.1
+(both streams in, the image stream out), Pattern_1 for Qwen-Image; the last two run the guidance halves as separate
+calls, cached apart in cache-dit's separate-CFG mode with every call checked against its parity,
 Pattern_1 for SD3's joint blocks (they take both streams and return `(encoder_hidden_states, hidden_states)`; both
 streams' residuals are cached, and with Bn >= 1 the TaylorSeer calibrator extrapolates the text stream's too), and
 for FLUX.1 as cache-dit's FLUX adapter lays it out by default (`CACHE_DIT_FLUX_ENABLE_DUMMY_BLOCKS=1`): its
@@ -60,7 +68,7 @@ _MAX_TAYLOR_ORDER = 2
 _SUPPORTED = (
     "DiTPipeline, EmojiDiTPipeline and EmojiMMDiTPipeline (the embedded models), PixArtAlphaPipeline, "
     "PixArtSigmaPipeline, StableDiffusion3Pipeline, SanaPipeline, FluxPipeline, WanPipeline (Wan 2.1: one "
-    "transformer), QwenImagePipeline"
+    "transformer), QwenImagePipeline, HunyuanDiTPipeline"
 )
 _LEFT_BY_DISABLE = ("forward", "_is_patched", "_norm1_emb")  # what disable_cache leaves on the transformer
 
@@ -167,6 +175,7 @@ class CacheDiTHandle:
         self._contexts: list[str] = []
         self._hooks: list = []
         self._module_order: list[str] = []
+        self._block_attrs: list[tuple[torch.nn.Module, set]] = []  # each block and its instance attributes before
 
     @property
     def name(self) -> str:
@@ -252,7 +261,7 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
         raise ValueError(
             f"{type(pipe).__name__} with a {type(transformer).__name__}: cache-dit's DBCache runs here on "
             "DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel, SanaTransformer2DModel, "
-            "FluxTransformer2DModel, WanTransformer3DModel and QwenImageTransformer2DModel"
+            "FluxTransformer2DModel, WanTransformer3DModel, QwenImageTransformer2DModel and HunyuanDiT2DModel"
         )
     if getattr(pipe, "transformer_2", None) is not None:
         raise ValueError(
@@ -273,17 +282,14 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
         raise ValueError("cache-dit is already applied to this model; remove it first (cache_dit.disable_cache)")
     blocks, pattern_name = found
     num_blocks = len(blocks)
-    if config.fn_blocks + config.bn_blocks >= num_blocks:
-        raise ValueError(
-            f"DBCache fn_blocks={config.fn_blocks} + bn_blocks={config.bn_blocks} with {num_blocks} blocks: "
-            f"Fn + Bn must be at most {num_blocks - 1}, leaving a block to skip"
-        )
+    check_knobs(transformer, config.fn_blocks, config.bn_blocks)
     import cache_dit
     from cache_dit import BlockAdapter, ForwardPattern
 
     encoder_stream = pattern_name == "Pattern_1"
     handle = CacheDiTHandle(pipe, config, num_blocks, encoder_stream)
     handle._module_order = list(transformer._modules)
+    handle._block_attrs = [(block, set(block.__dict__)) for block in blocks]
     cache, calibrator = config.cache_dit_configs(encoder_stream=encoder_stream)
     try:
         with _quiet():
@@ -308,6 +314,30 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
     ]
     transformer._peer_handle = handle
     return handle
+
+
+def check_knobs(transformer: torch.nn.Module, fn_blocks: int, bn_blocks: int) -> None:
+    """`ValueError` for Fn and Bn that DBCache cannot run faithfully on this transformer: Fn + Bn leaving no block to
+    skip; on HunyuanDiT, Bn other than 0 or Fn, or Fn past the first half (module doc, item 6)."""
+    from diffusers import HunyuanDiT2DModel
+
+    found = _block_list(transformer)
+    num_blocks = len(found[0]) if found is not None else 0
+    if fn_blocks + bn_blocks >= num_blocks:
+        raise ValueError(
+            f"DBCache fn_blocks={fn_blocks} + bn_blocks={bn_blocks} with {num_blocks} blocks: "
+            f"Fn + Bn must be at most {num_blocks - 1}, leaving a block to skip"
+        )
+    if isinstance(transformer, HunyuanDiT2DModel):
+        # blocks 0 .. half - 1 push a long skip connection onto a stack and the last half - 1 pop theirs; on a
+        # skipping step only the first Fn push (min(Fn, half) entries), and the last Bn pop from the top
+        half = num_blocks // 2 - 1
+        if bn_blocks and bn_blocks != min(fn_blocks, half):
+            raise ValueError(
+                f"DBCache fn_blocks={fn_blocks}, bn_blocks={bn_blocks} on HunyuanDiT ({num_blocks} blocks): its long "
+                f"skip connections pair the last Bn blocks with the first Bn, which on a skipping step is right only "
+                f"with Bn = 0 or Bn = min(Fn, {half})"
+            )
 
 
 def supports_cache_dit(pipe) -> bool:
@@ -348,6 +378,9 @@ def _undo(transformer: torch.nn.Module, handle: CacheDiTHandle) -> None:
     for name in _LEFT_BY_DISABLE:
         if name not in handle._module_order and (name in transformer.__dict__ or name in transformer._modules):
             delattr(transformer, name)
+    for block, attrs in handle._block_attrs:  # HunyuanDiT's functor patches every block (module doc, item 6)
+        for name in set(block.__dict__) - attrs:
+            delattr(block, name)
     modules = transformer._modules
     original = {name: modules[name] for name in handle._module_order}
     modules.clear()
@@ -358,6 +391,7 @@ def _supported_pipelines() -> tuple:
     from diffusers import (
         DiTPipeline,
         FluxPipeline,
+        HunyuanDiTPipeline,
         PixArtAlphaPipeline,
         PixArtSigmaPipeline,
         QwenImagePipeline,
@@ -380,6 +414,7 @@ def _supported_pipelines() -> tuple:
         FluxPipeline,
         WanPipeline,
         QwenImagePipeline,
+        HunyuanDiTPipeline,
     )
 
 
@@ -391,6 +426,7 @@ def _block_list(transformer: torch.nn.Module) -> tuple[torch.nn.ModuleList, str]
     from diffusers import (
         DiTTransformer2DModel,
         FluxTransformer2DModel,
+        HunyuanDiT2DModel,
         PixArtTransformer2DModel,
         QwenImageTransformer2DModel,
         SanaTransformer2DModel,
@@ -400,6 +436,8 @@ def _block_list(transformer: torch.nn.Module) -> tuple[torch.nn.ModuleList, str]
 
     if isinstance(transformer, (DiTTransformer2DModel, PixArtTransformer2DModel, SanaTransformer2DModel)):
         return transformer.transformer_blocks, "Pattern_3"
+    if type(transformer) is HunyuanDiT2DModel:  # its patch functor (`_adapter_options`) passes the skip connections
+        return transformer.blocks, "Pattern_3"
     if isinstance(transformer, (SD3Transformer2DModel, QwenImageTransformer2DModel)):
         return transformer.transformer_blocks, "Pattern_1"
     if type(transformer) is WanTransformer3DModel:  # not WanVACE's (its blocks take hints: a patch functor)
@@ -413,11 +451,13 @@ def _adapter_options(transformer: torch.nn.Module) -> dict:
     """The rest of cache-dit's adapter for the family: DiT's patch functor (its final layer reads block 0's
     embedding, which the cached block list hides); FLUX.1's unified list, the emptied single-stream list and its
     patch functor, as cache-dit's FLUX adapter sets them by default."""
-    from cache_dit.caching.patch_functors import DiTPatchFunctor, FluxPatchFunctor
-    from diffusers import DiTTransformer2DModel, FluxTransformer2DModel
+    from cache_dit.caching.patch_functors import DiTPatchFunctor, FluxPatchFunctor, HunyuanDiTPatchFunctor
+    from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, HunyuanDiT2DModel
 
     if isinstance(transformer, DiTTransformer2DModel):
         return {"patch_functor": DiTPatchFunctor()}
+    if isinstance(transformer, HunyuanDiT2DModel):  # the long skip connections, as cache-dit's HunyuanDiT adapter
+        return {"patch_functor": HunyuanDiTPatchFunctor()}
     if isinstance(transformer, FluxTransformer2DModel):
         return {
             "blocks_name": "transformer_blocks",

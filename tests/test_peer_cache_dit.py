@@ -441,6 +441,125 @@ def test_one_call_a_step_without_guidance_and_a_broken_parity_stops_the_run(fami
         remove_peer(pipe)
 
 
+# ---- HunyuanDiT: cache-dit's patch functor for its long skip connections -------------------------------------------
+def _hunyuan():
+    """A tiny HunyuanDiT pipeline (4 blocks: block 3 takes block 0's output as its long skip) run on embeddings."""
+    import families
+    from diffusers import DDPMScheduler, HunyuanDiTPipeline
+
+    torch.manual_seed(0)
+    model = families.hunyuan_dit()[0].eval()
+    pipe = HunyuanDiTPipeline(
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        transformer=model,
+        scheduler=DDPMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    text = lambda: torch.randn(1, families.TEXT, 16)  # noqa: E731
+    mask = torch.ones(1, families.TEXT)
+    kwargs = {
+        **{f"{k}prompt_embeds{n}": text() for k in ("", "negative_") for n in ("", "_2")},
+        **{f"{k}prompt_attention_mask{n}": mask for k in ("", "negative_") for n in ("", "_2")},
+    }
+
+    def run(steps):
+        g = torch.Generator().manual_seed(0)
+        return pipe(
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            height=64,
+            width=64,
+            use_resolution_binning=False,
+            output_type="latent",
+            generator=g,
+            **kwargs,
+        ).images
+
+    return pipe, run
+
+
+def test_hunyuan_dit_pairs_its_skip_connections_right_on_skipping_steps_and_removes_exactly():
+    """With Fn = Bn = 1, a skipping step runs blocks 0 and 3 only: block 3's long skip input must be block 0's output
+    of the same call, as in the uncached model. Resets, cost as executed, a full warm-up bit for bit, and removal
+    leaves the transformer and every block as they were (the functor patches each block)."""
+    pipe, run = _hunyuan()
+    blocks = pipe.transformer.blocks
+    base = run(10)
+    before = snapshot(pipe.transformer), [set(b.__dict__) for b in blocks]
+    handle = apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=2))
+    outputs, skips = [], []
+    hooks = [
+        blocks[0].register_forward_hook(lambda m, a, o: outputs.append(o.detach().clone())),
+        blocks[3].skip_norm.register_forward_pre_hook(lambda m, a: skips.append(a[0][..., 16:].detach().clone())),
+    ]
+    try:
+        first, cmap, executed, modules = _mapped_run(pipe, lambda: run(10))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    try:
+        cached, recorded = list(handle.last_run.cached_steps), handle.block_calls()
+        assert cached and len(skips) == len(outputs) == 10  # blocks 0 and 3 run at every step
+        assert all(torch.equal(s, o) for s, o in zip(skips, outputs))  # the partner of the same step, every step
+        assert cmap.computed_calls == len(executed) == recorded * len(modules) // len(blocks)
+        assert [s for s in range(10) if not cmap.matrix("attn")[1:3, s].any()] == cached
+        alone_7 = run(7)
+        assert same(run(10), first) and same(run(7), alone_7)
+    finally:
+        remove_peer(pipe)
+    assert not same(first, base) and same(run(10), base)
+    assert (snapshot(pipe.transformer), [set(b.__dict__) for b in blocks]) == before
+    apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=10))
+    try:
+        assert same(run(10), base)  # the functor's forward computes what diffusers' does
+    finally:
+        remove_peer(pipe)
+
+
+def test_hunyuan_dit_knobs_that_pair_the_wrong_skip_connection_are_refused(monkeypatch):
+    """On 6 blocks (blocks 0, 1 push a long skip; 4, 5 pop, 5 pairing with 0), Fn = 2, Bn = 1 runs blocks 0, 1 and 5
+    on a skipping step: as cache-dit ships it block 5 then gets block 1's output, not block 0's. Refused; Bn = 2
+    pairs right and runs."""
+    from diffusers import HunyuanDiT2DModel
+
+    import fora.peer_cache_dit as peer
+
+    pipe, run = _hunyuan()
+    torch.manual_seed(0)
+    pipe.transformer = HunyuanDiT2DModel.from_config({**pipe.transformer.config, "num_layers": 6}).eval()
+    blocks = pipe.transformer.blocks
+
+    def pairs(fn, bn):
+        handle = apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=fn, bn_blocks=bn, warmup=2))
+        outputs, skips = [], []
+        hooks = [
+            blocks[0].register_forward_hook(lambda m, a, o: outputs.append(o.detach().clone())),
+            blocks[5].skip_norm.register_forward_pre_hook(lambda m, a: skips.append(a[0][..., 16:].detach().clone())),
+        ]
+        try:
+            run(6)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            remove_peer(pipe)
+        cached = handle.last_run.cached_steps
+        assert cached and len(skips) == len(outputs) == 6
+        return [torch.equal(s, o) for s, o in zip(skips, outputs)], [s not in cached for s in range(6)]
+
+    with pytest.raises(ValueError, match=r"fn_blocks=2, bn_blocks=1 on HunyuanDiT \(6 blocks\).*Bn = min\(Fn, 2\)"):
+        apply_cache_dit(pipe, CacheDiTConfig(fn_blocks=2, bn_blocks=1))
+    right, _ = pairs(2, 2)
+    assert right == [True] * 6
+    monkeypatch.setattr(peer, "check_knobs", lambda *a: None)  # as cache-dit ships it
+    right, computed = pairs(2, 1)
+    assert right == computed  # every skipping step pairs block 5 with the wrong block, every computed step right
+
+
 # ---- refusals ------------------------------------------------------------------------------------------------------
 def test_unsupported_pipelines_and_knobs_are_refused_and_leave_the_model_as_it_was(dit_pipe):
     import families
@@ -498,7 +617,7 @@ def test_sweep_bisects_only_the_budgets_in_reach_and_the_cheapest_cost_is_its_fo
     budget = len(full_steps(steps, 2)) * blocks * kinds  # 5 computed steps: 30 calls
     logged = []
     entries = dbcache_sweep(
-        dit_pipe, {2: budget}, [0], [1], steps, 4.0, blocks, (1, 2), (0, 1), (1,), (None,), log=logged.append
+        dit_pipe, {2: budget}, [0], [1], steps, 4.0, (1, 2), (0, 1), (1,), (None,), log=logged.append
     )
     settings = [e.setting for e in entries]
     assert settings[0] == "Fn=1 Bn=0 warmup=1 threshold=1 (cheapest)" and "(at N=2's cost)" in settings[1]
@@ -509,7 +628,7 @@ def test_sweep_bisects_only_the_budgets_in_reach_and_the_cheapest_cost_is_its_fo
         for fn, bn in ((1, 0), (1, 1), (2, 0))
     }
     assert len(entries) == 4 and entries[1].row["computed_calls"] <= 1.05 * budget  # out of reach: not bisected
-    assert any("Fn=2 Bn=1 warmup=1: Fn + Bn leaves none of the 3 blocks to skip" in m for m in logged)
+    assert any("Fn=2 Bn=1 warmup=1: DBCache fn_blocks=2 + bn_blocks=1 with 3 blocks: Fn + Bn" in m for m in logged)
 
 
 def test_policies_tab_runs_dbcache_at_the_cost_with_the_steps_it_announces(dit_pipe):

@@ -12,7 +12,7 @@ cheapest setting once and bisects the threshold only to the budgets within `EQUA
 from itertools import product
 
 from analysis.arena.measure import EQUAL_COST, Entry, bisect_threshold, observe
-from fora.peer_cache_dit import CacheDiTConfig
+from fora.peer_cache_dit import CacheDiTConfig, check_knobs
 
 FN_BLOCKS = (1, 2)  # the small sweep of the arena
 BN_BLOCKS = (0, 1)
@@ -63,7 +63,6 @@ def dbcache_sweep(
     labels,
     steps: int,
     guidance: float,
-    num_blocks: int,
     fn_blocks=FN_BLOCKS,
     bn_blocks=BN_BLOCKS,
     warmups=WARMUPS,
@@ -73,13 +72,16 @@ def dbcache_sweep(
     options: tuple = (),
 ) -> list[Entry]:
     """For each TaylorSeer order (`None`: plain DBCache) and (Fn, Bn, warm-up): the cheapest setting, then the
-    threshold bisected to each budget (FORA N -> computed calls) it can reach. Settings with Fn + Bn >= `num_blocks`
-    (the blocks DBCache wraps: nothing to skip) are left out."""
+    threshold bisected to each budget (FORA N -> computed calls) it can reach. Settings the model cannot take
+    (`fora.peer_cache_dit.check_knobs`: Fn + Bn leaving none of the blocks DBCache wraps to skip, HunyuanDiT's skip
+    connections with 0 < Bn != Fn) are left out, saying why."""
     entries = []
     for order, fn, bn, warmup in product(orders, fn_blocks, bn_blocks, warmups):
         name = knobs(fn, bn, warmup, order)
-        if fn + bn >= num_blocks:
-            log(f"dbcache {name}: Fn + Bn leaves none of the {num_blocks} blocks to skip; left out")
+        try:  # Fn + Bn leaving no block to skip; HunyuanDiT's skip connections with 0 < Bn != Fn
+            check_knobs(pipe.transformer, fn, bn)
+        except ValueError as e:
+            log(f"dbcache {name}: {e}; left out")
             continue
         cheapest = dbcache_entry(ALWAYS, fn, bn, warmup, order, note=" (cheapest)")
         log(f"{cheapest.policy} {cheapest.setting}")

@@ -45,7 +45,7 @@ from fora import ForaConfig, full_steps
 from fora.generate import generate_batch, is_text_conditional
 from fora.generate import num_classes as class_count
 from fora.loading import MODELS, load_pipeline
-from fora.peer_cache_dit import cached_blocks, supports_cache_dit
+from fora.peer_cache_dit import supports_cache_dit
 from fora.peers import fbcache, taylorseer, taylorseer_steps
 from fora.timing import clock_label, paired_speedups
 
@@ -347,7 +347,6 @@ def _observe_all(pipe, args, calibration, labels, num_blocks, log) -> tuple[list
             labels.tolist(),
             args.steps,
             args.guidance,
-            cached_blocks(pipe),  # FLUX.1: both of its lists as one
             args.dbcache_fn,
             args.dbcache_bn,
             args.dbcache_warmups,
