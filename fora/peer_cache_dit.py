@@ -318,7 +318,7 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
 
 def check_knobs(transformer: torch.nn.Module, fn_blocks: int, bn_blocks: int) -> None:
     """`ValueError` for Fn and Bn that DBCache cannot run faithfully on this transformer: Fn + Bn leaving no block to
-    skip; on HunyuanDiT, Bn other than 0 or Fn, or Fn past the first half (module doc, item 6)."""
+    skip; on HunyuanDiT, Bn other than 0 or min(Fn, L/2 - 1) for its L blocks (module doc, item 6)."""
     from diffusers import HunyuanDiT2DModel
 
     found = _block_list(transformer)

@@ -86,10 +86,24 @@ def test_compare_shows_the_frames_as_animated_images_with_metrics_and_maps(layou
 def test_frames_are_checked_before_anything_runs(layout):
     import gradio as gr
 
-    with pytest.raises(gr.Error, match=r"frames=6: a video here has 4k \+ 1 frames .* 5 is closest"):
-        generate(layout, frames=6)
-    with pytest.raises(gr.Error, match=r"frames=85 out of range: allowed integers 1\.\.81"):
-        generate(layout, frames=85)
+    from ui import registry
+
+    pipe, _ = registry.get_model(KEY)
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        for frames, closest in ((6, 5), (8, 9), (3, 5), (80, 81)):
+            with pytest.raises(
+                gr.Error, match=rf"frames={frames}: a video here has 4k \+ 1 frames .* {closest} is closest"
+            ):
+                generate(layout, frames=frames)
+        with pytest.raises(gr.Error, match=r"frames=85 out of range: allowed integers 1\.\.81"):
+            generate(layout, frames=85)
+        with pytest.raises(gr.Error, match=r"frames='many' is not a number"):
+            generate(layout, frames="many")
+    finally:
+        hook.remove()
+    assert not calls  # refused before the model ran
 
 
 def test_sweep_and_policies_show_animated_images(layout):
@@ -126,22 +140,22 @@ def test_a_clip_is_compared_over_all_its_frames():
     assert psnr(b, a) < psnr(b[0], a[0])
 
 
-@pytest.mark.parametrize("family", ["wan", "lumina2", "hunyuan-dit", "qwen-image", "flux2"])
-def test_the_form_counts_every_familys_blocks(family):
+@pytest.mark.parametrize(
+    "family, count", [("wan", 2), ("lumina2", 4), ("hunyuan-dit", 4), ("qwen-image", 2), ("flux2", 3)]
+)
+def test_the_form_counts_every_familys_blocks(family, count):
     """The form counted `transformer.transformer_blocks`, which Wan, HunyuanDiT ("blocks") and Lumina 2 ("layers")
     lack: choosing one in the app failed. It counts the blocks FORA numbers (`fora.apply.find_blocks`)."""
     from types import SimpleNamespace
 
     import families
 
-    from fora.apply import find_blocks
     from ui import form
 
     model = families.FAMILIES[family][0]()[0]
     pipe = SimpleNamespace(transformer=model)  # the form reads only the transformer here
     blocks, kinds = form.recorded_view(pipe)
-    count = len(find_blocks(model))
-    assert count >= 2 and blocks[-1] == count - 1 and "attn" in kinds
+    assert form.num_blocks(pipe) == count and blocks[-1] == count - 1 and "attn" in kinds  # the tiny model's blocks
     assert form.parse_config(2, 6, form.num_blocks(pipe), blocks=str(count - 1)).blocks == (count - 1,)
     with pytest.raises(ValueError, match=rf"blocks=\[{count}\] out of range: allowed 0\.\.{count - 1}"):
         form.parse_config(2, 6, form.num_blocks(pipe), blocks=str(count))

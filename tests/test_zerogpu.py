@@ -10,7 +10,6 @@ import gradio as gr
 import pytest
 import zerogpu
 
-from fora.loading import MODELS
 from ui import gpu
 from ui.tabs import compare as compare_tab
 from ui.tabs import memory as memory_tab
@@ -213,16 +212,28 @@ def test_the_reservation_counts_each_models_calls():
     assert 2 * one < two < 4 * one
     assert gpu.GPU_COSTS["flux.1-dev"].guidance_batch == 1 and gpu.GPU_COSTS["sd3.5-medium"].guidance_batch == 2
 
-    # a video's reservation grows with its frames (the model card's size, the frames slider's count): the app's
-    # default of 17 frames fits at the card's 50 steps, the card's 81 does not and says what to lower
-    def video(frames):
-        card = dict(MODELS["wan2.1-t2v-1.3b"].call_kwargs, num_frames=frames)
-        request = Request(prompt="a fox", steps=50, options=tuple(card.items()))
-        return gpu._compare_seconds(form.GenerateJob("wan2.1-t2v-1.3b", request, ForaConfig()))
+    # a video's reservation grows with its latent frames (Wan's VAE keeps 1 + (F - 1) / 4), through the form as the
+    # frames slider sends them, at the model card's 480x832 and 50 steps: the app's default fits, 17 frames do not;
+    # the message names frames only where fewer would fit (a default sweep does not at any)
+    import pipelines
 
-    assert video(1) < video(5) < video(form.APP_FRAMES) <= gpu.GPU_MAX_SECONDS
-    with pytest.raises(ValueError, match="on wan2.1-t2v-1.3b.*fewer steps, seeds, intervals, policies or frames"):
-        video(81)
+    wan = pipelines.build("wan")
+
+    def video(frames):
+        job = form.parse_generate(wan, "wan2.1-t2v-1.3b", None, "a fox", 50, 2, 0, 5.0, frames=frames)
+        assert dict(job.request.options)["num_frames"] == frames and job.request.options[:2] == (
+            ("height", 480),
+            ("width", 832),
+        )
+        return gpu._compare_seconds(job)
+
+    assert [video(f) for f in (1, 5, form.APP_FRAMES)] == [159, 191, 271]  # docs/app.md quotes these
+    assert form.APP_FRAMES == 13 and gpu.latent_frames(13) == 4 and gpu.latent_frames(81) == 21
+    with pytest.raises(ValueError, match=r"about 319 s .* fewer steps, seeds, intervals, policies or frames$"):
+        video(17)
+    sweep = form.parse_sweep(wan, "wan2.1-t2v-1.3b", None, "a fox", 50, 0, 5.0, [1, 2, 3, 5, 7, 10], 2, frames=1)
+    with pytest.raises(ValueError, match=r"fewer steps, seeds, intervals or policies$"):
+        gpu._sweep_seconds(sweep)
 
 
 def test_a_request_past_the_reservation_cap_is_refused_before_the_gpu(zapp, monkeypatch):

@@ -1,10 +1,14 @@
 """What every tab shows the same way: small images upscaled for the page, a video's frames as an animated image,
 and a bad input as a message."""
 
+import atexit
+import contextlib
 import os
 import re
+import shutil
 import tempfile
 import threading
+import time
 import uuid
 
 import gradio as gr
@@ -24,11 +28,20 @@ def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:
     return img.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-# the animated images of videos, written for Gradio to copy into its cache (which `ui.layout` clears): only the newest
-# CLIPS_KEPT stay here, so a long-running server does not fill its disk
-CLIPS_DIR = os.path.join(tempfile.gettempdir(), f"fora-clips-{os.getpid()}")
-CLIPS_KEPT = 64
+# the animated images of videos, written for Gradio to copy into its cache (which `ui.layout` clears), into a folder
+# of this process's own (mode 700, removed at exit). Gradio copies a file as soon as the handler yields it, so one
+# older than CLIP_LIFETIME_S has been served and is deleted: a long-running server does not fill its disk
+CLIP_LIFETIME_S = 600
+_clips_dir: str | None = None
 _clips_lock = threading.Lock()
+
+
+def _clip_folder() -> str:
+    global _clips_dir
+    if _clips_dir is None or not os.path.isdir(_clips_dir):
+        _clips_dir = tempfile.mkdtemp(prefix="fora-clips-")
+        atexit.register(shutil.rmtree, _clips_dir, ignore_errors=True)
+    return _clips_dir
 
 
 def show(media: np.ndarray, size: int = 256):
@@ -42,13 +55,16 @@ def show(media: np.ndarray, size: int = 256):
     frames = (np.clip(media, 0, 1) * 255).round().astype(np.uint8)
     data = animated_webp(frames, scale=max(1, size // max(frames.shape[1:3])))
     with _clips_lock:
-        os.makedirs(CLIPS_DIR, exist_ok=True)
-        path = os.path.join(CLIPS_DIR, f"{uuid.uuid4().hex}.webp")
+        folder = _clip_folder()
+        now = time.time()
+        for name in os.listdir(folder):
+            old = os.path.join(folder, name)
+            with contextlib.suppress(FileNotFoundError):
+                if now - os.path.getmtime(old) > CLIP_LIFETIME_S:
+                    os.remove(old)
+        path = os.path.join(folder, f"{uuid.uuid4().hex}.webp")
         with open(path, "wb") as f:
             f.write(data)
-        kept = sorted((os.path.join(CLIPS_DIR, n) for n in os.listdir(CLIPS_DIR)), key=os.path.getmtime)
-        for old in kept[:-CLIPS_KEPT]:
-            os.remove(old)
     return path
 
 

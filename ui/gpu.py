@@ -15,7 +15,6 @@ import torch
 
 from analysis.arena.policies import CALIBRATION_SAMPLES
 from analysis.memory import Bandwidth, measure_bandwidth
-from fora.loading import MODELS
 from ui import form, registry
 from ui.stream import stream_comparison, stream_policies, stream_sweep
 
@@ -82,49 +81,79 @@ GPU_COSTS = {
     "hunyuan-dit-1.2": GpuCost(8.0, 2.0, attention=0.25),
     "lumina-image-2": GpuCost(13.6, 2.0, attention=0.17, tflops=LARGE_TFLOPS),
     "qwen-image": GpuCost(158.0, 2.5, 1328 * 1328, 0.11, tflops=LARGE_TFLOPS),
-    "wan2.1-t2v-1.3b": GpuCost(140.0, 8.0, 480 * 832 * 81, 0.7, tflops=LARGE_TFLOPS),
+    # Wan: per 480x832 clip of 81 frames, 21 latent frames (its VAE keeps 1 + (F - 1) / 4 of F frames)
+    "wan2.1-t2v-1.3b": GpuCost(140.0, 8.0, 480 * 832 * 21, 0.7, tflops=LARGE_TFLOPS),
 }
 UNKNOWN_COST = GpuCost(2.7, 2.0)  # an operator's model (FORA_EXTRA_MODELS): PixArt at 1024 px
 
 
-def gpu_seconds(model_key: str, steps: int, observed_calls: int, plain_calls: int, pixels: int | None = None) -> int:
+def gpu_seconds(
+    model_key: str,
+    steps: int,
+    observed_calls: int,
+    plain_calls: int,
+    pixels: int | None = None,
+    least_pixels: int | None = None,
+) -> int:
     """The `duration` asked of ZeroGPU for a job of pipeline calls of `steps` steps each: `observed_calls` recorded
     (maps, predictions: twice a step's cost and its host reads) and `plain_calls` timed without observers, at
     `pixels` per image (default: the model's native size; the calls' decode grows with it too). Raises
-    `ValueError` past `FORA_GPU_MAX_SECONDS`, before anything runs: ZeroGPU would stop the call there."""
+    `ValueError` past `FORA_GPU_MAX_SECONDS`, before anything runs: ZeroGPU would stop the call there.
+    `least_pixels`: a video's pixels at one frame; the message suggests fewer frames only where that would fit."""
+    seconds = _estimate(model_key, steps, observed_calls, plain_calls, pixels)
+    if seconds > GPU_MAX_SECONDS:
+        frames = least_pixels is not None and _estimate(model_key, steps, observed_calls, plain_calls, least_pixels)
+        fewer = (
+            "steps, seeds, intervals, policies or frames"
+            if frames and frames <= GPU_MAX_SECONDS
+            else ("steps, seeds, intervals or policies")
+        )
+        raise ValueError(
+            f"this request would reserve the GPU for about {seconds} s ({observed_calls + plain_calls} pipeline "
+            f"calls of {steps} steps on {model_key}); one request may reserve at most {GPU_MAX_SECONDS} s here: "
+            f"fewer {fewer}"
+        )
+    return seconds
+
+
+def _estimate(model_key: str, steps: int, observed_calls: int, plain_calls: int, pixels: int | None) -> int:
     cost = GPU_COSTS.get(model_key, UNKNOWN_COST)
     step = cost.step_s(pixels)
     call = cost.call_s * max(1.0, (pixels or cost.native_px) / cost.native_px)
     observed = observed_calls * (call + steps * (2 * step + OBSERVED_STEP_S))
     plain = plain_calls * (call + steps * step)
-    seconds = int(GPU_OVERHEAD_SECONDS + MARGIN * GPU_SECONDS_SCALE * (observed + plain)) + 1
-    if seconds > GPU_MAX_SECONDS:
-        video = model_key in MODELS and MODELS[model_key].output == "video"
-        raise ValueError(
-            f"this request would reserve the GPU for about {seconds} s ({observed_calls + plain_calls} pipeline "
-            f"calls of {steps} steps on {model_key}); one request may reserve at most {GPU_MAX_SECONDS} s here: "
-            f"fewer steps, seeds, intervals{', policies or frames' if video else ' or policies'}"
-        )
-    return seconds
+    return int(GPU_OVERHEAD_SECONDS + MARGIN * GPU_SECONDS_SCALE * (observed + plain)) + 1
 
 
-def _pixels(request) -> int | None:
+def _pixels(request, frames: int | None = None) -> int | None:
     """A request's pixels per sample when it sets its size, explicitly or by its model card's arguments, times a
-    video's frames (None: the model's native size, as `GpuCost.native_px` counts it)."""
+    video's latent frames (Wan's VAE keeps 1 + (F - 1) / 4 of F frames: the transformer's tokens grow with those;
+    `frames` in place of the request's); None: the model's native size, as `GpuCost.native_px` counts it."""
     options = dict(request.options)
     height, width = request.height or options.get("height"), request.width or options.get("width")
     if not (height and width):
         return None
-    return int(height) * int(width) * int(options.get("num_frames", 1))
+    return int(height) * int(width) * latent_frames(frames or options.get("num_frames", 1))
+
+
+def _sizes(request) -> dict:
+    """`gpu_seconds`' size arguments for a request: its pixels, and a video's at one frame."""
+    video = "num_frames" in dict(request.options)
+    return {"pixels": _pixels(request), "least_pixels": _pixels(request, frames=1) if video else None}
+
+
+def latent_frames(frames: int) -> int:
+    """The latent frames of a video of `frames` frames (Wan 2.1's VAE: the first frame, then one per 4)."""
+    return 1 + (int(frames) - 1) // 4
 
 
 def _compare_seconds(job: form.GenerateJob, baseline=None) -> int:
     calls = job.pipeline_calls(baseline_cached=baseline is not None)
-    return gpu_seconds(job.model_key, job.request.steps, *calls, pixels=_pixels(job.request))
+    return gpu_seconds(job.model_key, job.request.steps, *calls, **_sizes(job.request))
 
 
 def _sweep_seconds(job: form.SweepJob) -> int:
-    return gpu_seconds(job.model_key, job.request.steps, *job.pipeline_calls(), pixels=_pixels(job.request))
+    return gpu_seconds(job.model_key, job.request.steps, *job.pipeline_calls(), **_sizes(job.request))
 
 
 def _policies_seconds(job, plans: dict) -> int:
@@ -133,7 +162,7 @@ def _policies_seconds(job, plans: dict) -> int:
     calls = job.denoising_steps(len(job.missing_plans(plans))) // job.request.steps
     observed = 1 + len(job.policies) + (CALIBRATION_SAMPLES if job.missing_plans(plans) else 0)
     observed, plain = min(observed, calls), max(0, calls - observed)
-    return gpu_seconds(job.model_key, job.request.steps, observed, plain, pixels=_pixels(job.request))
+    return gpu_seconds(job.model_key, job.request.steps, observed, plain, **_sizes(job.request))
 
 
 @GPU(duration=_compare_seconds)

@@ -74,11 +74,11 @@ def dbcache_sweep(
     """For each TaylorSeer order (`None`: plain DBCache) and (Fn, Bn, warm-up): the cheapest setting, then the
     threshold bisected to each budget (FORA N -> computed calls) it can reach. Settings the model cannot take
     (`fora.peer_cache_dit.check_knobs`: Fn + Bn leaving none of the blocks DBCache wraps to skip, HunyuanDiT's skip
-    connections with 0 < Bn != Fn) are left out, saying why."""
+    connections with Bn not 0 or min(Fn, L/2 - 1)) are left out, saying why."""
     entries = []
     for order, fn, bn, warmup in product(orders, fn_blocks, bn_blocks, warmups):
         name = knobs(fn, bn, warmup, order)
-        try:  # Fn + Bn leaving no block to skip; HunyuanDiT's skip connections with 0 < Bn != Fn
+        try:  # Fn + Bn leaving no block to skip; HunyuanDiT's skip connections with Bn not 0 or min(Fn, L/2 - 1)
             check_knobs(pipe.transformer, fn, bn)
         except ValueError as e:
             log(f"dbcache {name}: {e}; left out")
