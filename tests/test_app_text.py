@@ -72,7 +72,7 @@ def test_a_text_model_through_compare_sweep_and_policies(layout, folders, family
 
     # Compare: images, metrics and a map panel per kind of the family, on one colour scale
     final = shown(generate(layout, model, prompt_for(family)))
-    assert final[c.status].startswith("done: N=2")
+    assert final[c.status].startswith("done: N=2") and not final[c.frame]["visible"]  # the frame slider: videos'
     base, cached = final[c.base_img], final[c.fora_img]
     assert base.shape == cached.shape and not np.array_equal(base, cached)
     for figure, kinds in ((final[c.heat_attn], attention), (final[c.heat_mlp], mlps)):

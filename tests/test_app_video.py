@@ -78,6 +78,21 @@ def test_compare_shows_the_frames_as_animated_images_with_metrics_and_maps(layou
     assert len(final[c.err].data[0].x) == 4 and len(final[c.err].data[0].y) == 4
     for figure in (final[c.heat_attn], final[c.heat_mlp]):
         assert figure.data and all(np.isfinite(np.asarray(t.z, dtype=float)).any() for t in figure.data)
+    # the frame slider: one frame in all three boxes, the same frame of each clip; 0 plays the clips again
+    import gradio as gr
+
+    from ui import store
+
+    assert final[c.frame]["visible"] and final[c.frame]["maximum"] == 9 and final[c.frame]["value"] == 0
+    kept = store.RESULTS.get(final[c.last])
+    still = c.redraw_frame(final[c.last], 3)
+    for box, kept_clip in zip((c.base_img, c.fora_img, c.diff_img), kept.clips):
+        assert still[box].shape == (256, 256, 3)
+        assert np.array_equal(still[box][::16, ::16], kept_clip[2])  # frame 3, enlarged 16x without smoothing
+    assert not np.array_equal(still[c.base_img], c.redraw_frame(final[c.last], 4)[c.base_img])
+    assert all(len(clip(p)) == 9 for p in c.redraw_frame(final[c.last], 0).values())
+    with pytest.raises(gr.Error, match=r"frame=10 out of range: allowed integers 0\.\.9"):
+        c.redraw_frame(final[c.last], 10)
     again = shown(generate(layout, frames=9))  # the same request: the baseline comes from the server's store
     assert dict(again[c.metrics])["baseline run"] == "cached from an earlier request"
     assert dict(again[c.metrics])["PSNR vs baseline"] == table["PSNR vs baseline"]
@@ -213,6 +228,17 @@ def test_a_video_model_in_the_headless_browser(server, tmp_path):
             path = tmp_path / f"{box[1:]}.webp"
             path.write_bytes(page.request.get(src).body())  # what the browser was served
             assert len(clip(str(path))) == 9
+        # one frame in all three boxes: stills, the same frame of each clip
+        frame = page.locator("input[type=number][aria-label='number input for frame (0 = play)']")
+        frame.wait_for(state="visible", timeout=30_000)
+        frame.fill("3")
+        frame.press("Tab")
+        page.wait_for_function(
+            "!document.querySelector('#fora img').getAttribute('src').endsWith('.webp')", timeout=60_000
+        )
+        for box in ("#baseline", "#fora", "#diff"):
+            src = page.locator(f"{box} img").first.get_attribute("src")
+            assert src and src.endswith(".png"), src
         page.screenshot(path=os.path.join(ARTIFACTS, "video.png"), full_page=True)
         assert "Traceback" not in page.inner_text("body")
         browser.close()

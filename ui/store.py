@@ -9,29 +9,37 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
+
 from analysis.metrics.similarity import SimilarityRecorder
+from fora.generate import to_uint8
 
 
 @dataclass(frozen=True)
 class Redraws:
     """What the plots of a finished comparison redraw from, and all the server keeps of it: both runs' maps (a
-    finished recorder keeps only its maps), the policy that ran and the model. Kilobytes to a few megabytes, where
-    the comparison holds images and every step's prediction too."""
+    finished recorder keeps only its maps), the policy that ran and the model, and a video's frames. Kilobytes to a
+    few megabytes (tens for a video), where the comparison holds every step's prediction too."""
 
     baseline: SimilarityRecorder
     fora: SimilarityRecorder
     policy: str
     model: str
+    clips: tuple = ()  # a video's (baseline, FORA, |difference|) frames, uint8 F x H x W x 3: the frame slider's
 
     @classmethod
     def of(cls, comparison, model: str) -> "Redraws":
-        return cls(comparison.baseline.similarity, comparison.fora.similarity, comparison.metrics["policy"], model)
+        base, fora = comparison.baseline.images[0], comparison.fora.images[0]
+        clips = tuple(to_uint8(c) for c in (base, fora, comparison.diff_image())) if np.ndim(base) == 4 else ()
+        return cls(
+            comparison.baseline.similarity, comparison.fora.similarity, comparison.metrics["policy"], model, clips
+        )
 
 
 def result_bytes(result) -> int:
     """Memory a kept `RunResult`, `Comparison` or `Redraws` holds: maps, per-step predictions, images."""
     if isinstance(result, Redraws):
-        return result.baseline.memory_bytes + result.fora.memory_bytes
+        return result.baseline.memory_bytes + result.fora.memory_bytes + sum(c.nbytes for c in result.clips)
     runs = [result.baseline, result.fora] if hasattr(result, "fora") else [result]
     total = 0
     for run in runs:

@@ -111,6 +111,8 @@ class CompareTab:
             self.base_img = gr.Image(label="uncached baseline", height=256, format="png", elem_id="baseline")
             self.fora_img = gr.Image(label="FORA", height=256, format="png", elem_id="fora")
             self.diff_img = gr.Image(label="|difference| x4", height=256, format="png", elem_id="diff")
+        # a video's frame in all three boxes at once, to compare them frame by frame (0: the three clips, playing)
+        self.frame = gr.Slider(0, 1, value=0, step=1, label="frame (0 = play)", visible=False, elem_id="frame")
         self.metrics = gr.Dataframe(headers=["metric", "value"], label="metrics", interactive=False)
         self.strip = gr.Plot(label="schedule")
         self.heat_source = gr.Radio(
@@ -168,11 +170,13 @@ class CompareTab:
                 self.err,
                 self.status,
                 self.last,
+                self.frame,
             ],
             api_name="generate",
             concurrency_limit=1,
             concurrency_id="gpu",
         )
+        self.frame.input(self.redraw_frame, [self.last, self.frame], [self.base_img, self.fora_img, self.diff_img])
         self.heat_source.change(
             self.redraw_heatmaps, [self.last, self.heat_source], [self.heat_attn, self.heat_mlp], api_name=False
         )
@@ -277,6 +281,9 @@ class CompareTab:
                                 self.status: f"images ready: {done}, {len(run.full_steps)} full steps of "
                                 f"{run.num_steps}; timing the speedup...",
                                 self.last: token,
+                                self.frame: gr.update(
+                                    visible=bool(kept.clips), maximum=len(kept.clips[0]) if kept.clips else 1, value=0
+                                ),
                             }
                         elif p.phase == "timed":
                             comp.speed = p.speed
@@ -295,6 +302,20 @@ class CompareTab:
             raise
         except Exception as e:  # e.g. out of memory: say what failed, never show a stack trace
             raise failure("generation", e) from None
+
+    def redraw_frame(self, token, frame):
+        """The session's last comparison at one frame of its video, in all three boxes (0: the clips, playing)."""
+        if not token:
+            return gr.skip()
+        kept = _last_result(token)
+        if not kept.clips:
+            return gr.skip()
+        try:
+            frame = form.integer("frame", frame, 0, len(kept.clips[0]))
+        except ValueError as e:
+            raise user_error(e) from None
+        shown = [clip / 255.0 if frame == 0 else clip[frame - 1] / 255.0 for clip in kept.clips]
+        return {box: show(x) for box, x in zip((self.base_img, self.fora_img, self.diff_img), shown)}
 
     def redraw_heatmaps(self, token, source):
         """The layer x step maps of the session's last comparison, from its FORA run or its uncached baseline."""
