@@ -80,6 +80,12 @@ def set_sampler(pipe, sampler: str) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
+def conditions(labels, prompts=None) -> list:
+    """What the pipeline is given for sample labels: the class ids, or for a text model (`prompts`) the prompts
+    they index."""
+    return [prompts[i] for i in labels] if prompts else list(labels)
+
+
 def generate_samples(
     pipe,
     indices: list[int],
@@ -115,8 +121,9 @@ def generate_samples(
             if before_batch is not None:
                 paused += before_batch() or 0.0
             batch_labels = labels[b : b + batch_size].tolist()
-            conditions = [prompts[i] for i in batch_labels] if prompts else batch_labels
-            out = generate_batch(pipe, conditions, seeds[b : b + batch_size], cell.steps, guidance, options)
+            out = generate_batch(
+                pipe, conditions(batch_labels, prompts), seeds[b : b + batch_size], cell.steps, guidance, options
+            )
             images.append(to_uint8(out))
     finally:
         if config is not None:

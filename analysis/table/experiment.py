@@ -28,6 +28,7 @@ from analysis.metrics.distribution import PR_NEIGHBOURS
 from analysis.report_files import json_safe, machine, write_text_atomic
 from analysis.samples import (
     Cell,
+    conditions,
     fill_shard,
     read_shard,
     remove_partial_writes,
@@ -246,10 +247,9 @@ def measure_speed(pipe, args, cells: list[Cell], num_classes: int) -> dict[Cell,
         if key not in cache:
             _wait_while_paused(args.pause_file, 0)
             labels = [x % num_classes for x in range(args.timing_batch)]
-            prompts = getattr(args, "prompt_list", None)
-            conditions = [prompts[i] for i in labels] if prompts else labels
+            given = conditions(labels, getattr(args, "prompt_list", None))
             call = lambda: generate_batch(  # noqa: E731 - what the samples run: one call per prompt for text models
-                pipe, conditions, list(range(len(labels))), cell.steps, args.guidance, getattr(args, "options", ())
+                pipe, given, list(range(len(labels))), cell.steps, args.guidance, getattr(args, "options", ())
             )
 
             ratio = paired_speedup(
