@@ -280,6 +280,20 @@ def test_unwritable_out_and_a_folder_of_other_settings_are_refused(tiny_model, o
     shutil.copytree(one_process, copy)
     done = _table(tiny_model, copy, "--guidance", "2.0")
     assert done.returncode == 2 and "holds samples made with" in done.stderr
+    # the settings record the card's arguments and the scheduler class; a folder from before they were recorded is
+    # taken as they are now and gets them, one that records another scheduler is refused
+    stored = json.loads((copy / "run.json").read_text())
+    assert stored["options"] == "{}" and stored["scheduler"] == "DDIMScheduler"
+    old = {k: v for k, v in stored.items() if k not in ("options", "scheduler")}
+    (copy / "run.json").write_text(json.dumps(old))
+    from analysis.table.experiment import Settings, check_folder
+
+    assert check_folder(str(copy), Settings(**{**old, "options": "{}", "scheduler": "DDIMScheduler"}))
+    (copy / "run.json").write_text(json.dumps({**stored, "scheduler": "EulerDiscreteScheduler"}))
+    done = _table(tiny_model, copy)
+    assert (
+        done.returncode == 2 and "holds samples made with" in done.stderr and "EulerDiscreteScheduler" in done.stderr
+    )
 
 
 def test_the_app_shows_a_table_folder(one_process, monkeypatch):

@@ -2,6 +2,7 @@
 (see `experiment.py`)."""
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -167,7 +168,16 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     set_sampler(pipe, args.sampler)
     cells = [Cell(t, n) for t in sorted(set(args.steps)) for n in sorted(set(args.intervals))]
-    settings = Settings(args.model, args.sampler, float(args.guidance), args.seed, args.extractor, args.prompt_tag)
+    settings = Settings(
+        args.model,
+        args.sampler,
+        float(args.guidance),
+        args.seed,
+        args.extractor,
+        args.prompt_tag,
+        json.dumps(dict(getattr(args, "options", ()) or ()), sort_keys=True),
+        type(pipe.scheduler).__name__,
+    )
     args.command = shlex.join(
         (["torchrun", "--nproc_per_node", str(world)] if world > 1 else ["python"])
         + ["-m", "analysis.table", *(sys.argv[1:] if argv is None else argv)]

@@ -49,6 +49,14 @@ class Settings:
     seed: int
     extractor: str
     prompts: str = ""  # a text model's prompt set: its file name and a hash of its prompts ("" for class models)
+    options: str = ""  # the pipeline arguments every call gets (a model card's), as sorted JSON
+    scheduler: str = ""  # the scheduler class the samples ran with (the sampler's, or the pipeline's own)
+
+
+# fields a folder's run.json may lack, having been written before they were recorded: it is taken to hold what
+# these settings say (every folder made before was of the embedded models, with no card arguments and the
+# sampler's scheduler), and run.json is rewritten with them
+_LATER_FIELDS = ("prompts", "options", "scheduler")
 
 
 def check_args(args) -> None:
@@ -109,7 +117,11 @@ def check_folder(out_dir: str, settings: Settings) -> bool:
     if not os.path.isfile(path):
         return False
     with open(path) as f:
-        have = {"prompts": "", **json.load(f)}  # folders made before prompt sets: class models
+        stored = json.load(f)
+    missing = {k: v for k, v in asdict(settings).items() if k in _LATER_FIELDS and k not in stored}
+    if "prompts" in missing:  # folders made before prompt sets: class models
+        missing["prompts"] = ""
+    have = {**stored, **missing}
     if have != asdict(settings):
         raise ValueError(
             f"--out {out_dir!r} holds samples made with {have}; these settings are "
@@ -206,7 +218,8 @@ def prepare_folder(args, settings: "Settings", cells: list[Cell]) -> list:
     it, delete the temporary files of killed writes, and list the shards still to make. Raises `ValueError`."""
     if not check_folder(args.out, settings):
         os.makedirs(args.out, exist_ok=True)
-        _write_json(os.path.join(args.out, "run.json"), {k: v for k, v in asdict(settings).items() if v != ""})
+    # written anew each time: a folder from before `_LATER_FIELDS` were recorded gets them (identical otherwise)
+    _write_json(os.path.join(args.out, "run.json"), {k: v for k, v in asdict(settings).items() if v != ""})
     args.lock = lock_folder(args.out)
     remove_partial_writes(args.out)
     with open(os.path.join(args.out, "runs.jsonl"), "a") as f:  # every invocation, for the report
