@@ -1,6 +1,7 @@
 """The app: its handlers on the embedded model and a tiny random model, the real server through gradio_client,
 and the page in a real headless browser. Handlers return `{component: value}`: the tests read them by component."""
 
+import contextlib
 import json
 import os
 import re
@@ -492,14 +493,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(app):
+@contextlib.contextmanager
+def served(demo):
+    """`demo` served as `app.py` serves it (queue, one GPU job at a time) on a free local port: its address."""
     port = _free_port()
-    app.demo.queue(max_size=16, default_concurrency_limit=1).launch(
+    demo.queue(max_size=16, default_concurrency_limit=1).launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
     )
-    yield f"http://127.0.0.1:{port}/"
-    app.demo.close()
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    with served(app.demo) as address:
+        yield address
 
 
 def test_server_with_gradio_client(server):
@@ -647,11 +657,9 @@ def test_in_headless_browser(server):
     assert os.path.getsize(os.path.join(ARTIFACTS, "policies.png")) > 10_000
 
 
-@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"), reason="Debian chromium not installed")
-def test_a_text_model_in_the_headless_browser(server):
-    """Issue 19/20: the embedded text-to-image model in the Compare tab of a real browser: choosing it shows the
-    prompt box with an example filled in and the example list; Generate gives both images and maps with the text
-    stream's panels; a word it does not know is refused in the page, naming it."""
+@contextlib.contextmanager
+def page_with_model(server: str, model: str):
+    """A page of the served app in headless Chromium with `model` (a label's start) chosen; closed afterwards."""
     import re
 
     from playwright.sync_api import sync_playwright
@@ -661,12 +669,24 @@ def test_a_text_model_in_the_headless_browser(server):
         browser = p.chromium.launch(
             executable_path=_chromium() or "/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"]
         )
-        page = browser.new_page(viewport={"width": 1500, "height": 1700})
-        page.goto(server, wait_until="domcontentloaded")
-        model = page.get_by_label("model", exact=True)
-        model.wait_for(timeout=60_000)
-        model.click()
-        page.get_by_role("option", name=re.compile("^emoji-mmdit")).click()
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1700})
+            page.goto(server, wait_until="domcontentloaded")
+            choice = page.get_by_label("model", exact=True)
+            choice.wait_for(timeout=60_000)
+            choice.click()
+            page.get_by_role("option", name=re.compile(f"^{re.escape(model)}")).click()
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"), reason="Debian chromium not installed")
+def test_a_text_model_in_the_headless_browser(server):
+    """Issue 19/20: the embedded text-to-image model in the Compare tab of a real browser: choosing it shows the
+    prompt box with an example filled in and the example list; Generate gives both images and maps with the text
+    stream's panels; a word it does not know is refused in the page, naming it."""
+    with page_with_model(server, "emoji-mmdit") as page:
         prompt = page.get_by_label("prompt", exact=True)
         prompt.wait_for(state="visible", timeout=60_000)
         page.wait_for_function(
@@ -688,7 +708,6 @@ def test_a_text_model_in_the_headless_browser(server):
         page.get_by_role("button", name="Generate").click()
         page.wait_for_function("document.body.innerText.includes(\"unknown word(s) 'astronaut'\")", timeout=60_000)
         assert "Traceback" not in page.inner_text("body")
-        browser.close()
     assert os.path.getsize(os.path.join(ARTIFACTS, "text.png")) > 10_000
 
 

@@ -178,38 +178,23 @@ def test_the_form_counts_every_familys_blocks(family, count):
 
 @pytest.fixture(scope="module")
 def server(layout):
-    from test_app import _free_port
+    from test_app import served
 
-    port = _free_port()
-    layout.demo.queue(max_size=16, default_concurrency_limit=1).launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
-    )
-    yield f"http://127.0.0.1:{port}/"
-    layout.demo.close()
+    with served(layout.demo) as address:
+        yield address
 
 
 def test_a_video_model_in_the_headless_browser(server, tmp_path):
     """The tiny Wan in the Compare tab of a real browser: choosing it shows the frames slider; Generate shows the
-    baseline and FORA as animated WebP files of the slider's frames, served by the page, and the metrics."""
+    baseline and FORA as animated WebP files of the slider's frames, served by the page, and the metrics; the frame
+    slider shows one frame of each as stills."""
     import os
-    import re
 
-    from playwright.sync_api import sync_playwright
-    from test_app import ARTIFACTS, _chromium
+    from test_app import ARTIFACTS, _chromium, page_with_model
 
     if _chromium() is None and not os.environ.get("CI"):
         pytest.skip("Debian chromium not installed")
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=_chromium() or "/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        page = browser.new_page(viewport={"width": 1500, "height": 1700})
-        page.goto(server, wait_until="domcontentloaded")
-        model = page.get_by_label("model", exact=True)
-        model.wait_for(timeout=60_000)
-        model.click()
-        page.get_by_role("option", name=re.compile(f"^{KEY}")).click()
+    with page_with_model(server, KEY) as page:
         frames = page.locator("input[type=number][aria-label='number input for frames (video models; 4k + 1)']")
         frames.wait_for(state="visible", timeout=60_000)
         assert frames.input_value() == "5"
@@ -241,4 +226,3 @@ def test_a_video_model_in_the_headless_browser(server, tmp_path):
             assert src and src.endswith(".png"), src
         page.screenshot(path=os.path.join(ARTIFACTS, "video.png"), full_page=True)
         assert "Traceback" not in page.inner_text("body")
-        browser.close()

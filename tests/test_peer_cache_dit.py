@@ -263,7 +263,14 @@ def test_text_families_reset_between_calls_cost_what_ran_and_remove_exactly(fami
     assert same(run(10), base) and snapshot(pipe.transformer) == before
     # a warm-up over the whole run computes every block at every step through cache-dit's block wrapper: the
     # uncached images bit for bit, so the streams go in and come out in the blocks' own order
-    apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=10, taylorseer_order=order))
+    _full_warmup_is_uncached(pipe, run, base, order)
+
+
+def _full_warmup_is_uncached(pipe, run, base, order=None, bn_blocks=0):
+    """DBCache with a warm-up over the whole 10-step run computes every block at every step: `base` bit for bit."""
+    apply_cache_dit(
+        pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=bn_blocks, warmup=10, taylorseer_order=order)
+    )
     try:
         assert same(run(10), base)
     finally:
@@ -341,11 +348,7 @@ def test_flux_in_cache_dits_default_layout_resets_costs_what_ran_and_removes_exa
         assert list(np.flatnonzero(~per_block[b])) == cached, b
     assert int(per_block.sum()) == recorded_calls  # cache-dit's record counts the block forwards that ran
     assert same(run(10), base) and snapshot(pipe.transformer) == before
-    apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=10, taylorseer_order=order))
-    try:
-        assert same(run(10), base)  # cache-dit's patched FLUX forward computes what diffusers' does
-    finally:
-        remove_peer(pipe)
+    _full_warmup_is_uncached(pipe, run, base, order)  # cache-dit's patched FLUX forward computes what diffusers' does
     assert snapshot(pipe.transformer) == before
 
 
@@ -415,11 +418,7 @@ def test_separate_guidance_halves_are_cached_apart_reset_cost_what_ran_and_remov
     assert [s for s in range(10) if not attn[1:, 2 * s].any()] == record.cached_steps
     assert [s for s in range(10) if not attn[1:, 2 * s + 1].any()] == record.cfg_cached_steps
     assert same(run(10), base) and snapshot(pipe.transformer) == before
-    apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, warmup=10, taylorseer_order=order))
-    try:
-        assert same(run(10), base)
-    finally:
-        remove_peer(pipe)
+    _full_warmup_is_uncached(pipe, run, base, order)
 
 
 @pytest.mark.parametrize("family", ["wan", "qwen-image"])
@@ -514,11 +513,7 @@ def test_hunyuan_dit_pairs_its_skip_connections_right_on_skipping_steps_and_remo
         remove_peer(pipe)
     assert not same(first, base) and same(run(10), base)
     assert (snapshot(pipe.transformer), [set(b.__dict__) for b in blocks]) == before
-    apply_cache_dit(pipe, CacheDiTConfig(threshold=0.9, fn_blocks=1, bn_blocks=1, warmup=10))
-    try:
-        assert same(run(10), base)  # the functor's forward computes what diffusers' does
-    finally:
-        remove_peer(pipe)
+    _full_warmup_is_uncached(pipe, run, base, bn_blocks=1)  # the functor's forward computes what diffusers' does
 
 
 def test_hunyuan_dit_knobs_that_pair_the_wrong_skip_connection_are_refused(monkeypatch):
