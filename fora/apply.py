@@ -60,6 +60,7 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
         raise ValueError("FORA is already applied to this model; call remove_fora() before applying it again")
     if getattr(transformer, "_peer_handle", None) is not None:
         raise ValueError("a peer cache is already applied to this model; call fora.peers.remove_peer() first")
+    check_no_diffusers_cache(transformer)
     if pipeline is None and num_steps is not None:
         config.check_num_steps(num_steps)
     second = getattr(pipeline, "transformer_2", None) if pipeline is not None else None
@@ -437,6 +438,16 @@ def remove_fora(model) -> None:
     transformer._fora_handle = None
     del transformer._fora_handle
     _invalidate_registry_caches(transformer)
+
+
+def check_no_diffusers_cache(transformer) -> None:
+    """`ValueError` where a cache of diffusers' own is enabled on `transformer` (`transformer.enable_cache(...)`:
+    First Block Cache, FasterCache, PAB, ...): a second cache over it would reuse what the first already reused."""
+    if getattr(transformer, "is_cache_enabled", False):
+        raise ValueError(
+            f"diffusers' {type(transformer._cache_config).__name__} is enabled on this {type(transformer).__name__} "
+            "(transformer.enable_cache); call transformer.disable_cache() before applying another cache"
+        )
 
 
 def _invalidate_registry_caches(transformer) -> None:

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .apply import timestep_index
+from .apply import check_no_diffusers_cache, timestep_index
 from .runs import RunTracker
 
 _MAX_TAYLOR_ORDER = 2
@@ -273,6 +273,7 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
         registry is not None and registry.hooks
     ):
         raise ValueError("a cache is already applied to this model; remove it first (remove_fora / remove_peer)")
+    check_no_diffusers_cache(transformer)
     if "forward" in transformer.__dict__:  # accelerate's offload hooks, torch.compile's wrapper, another cache
         raise ValueError(
             f"{type(transformer).__name__}.forward is wrapped on this instance already: DBCache wraps the class's own "

@@ -35,6 +35,7 @@ from diffusers.hooks import (
 )
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
+from .apply import check_no_diffusers_cache
 from .peer_cache_dit import CacheDiTConfig, CacheDiTHandle, apply_cache_dit, remove_cache_dit
 from .runs import RunTracker
 
@@ -174,6 +175,7 @@ def apply_peer(pipe, config: TaylorSeerCacheConfig | FirstBlockCacheConfig) -> P
         raise ValueError(f"{type(pipe).__name__} has a second transformer (transformer_2): the peers cache one only")
     if getattr(transformer, "_fora_handle", None) is not None or getattr(transformer, "_peer_handle", None):
         raise ValueError("a cache is already applied to this model; remove it first (remove_fora / remove_peer)")
+    check_no_diffusers_cache(transformer)
     handle = PeerHandle(pipe, config)
     if isinstance(config, TaylorSeerCacheConfig):
         apply_taylorseer_cache(transformer, config)

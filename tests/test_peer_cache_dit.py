@@ -688,3 +688,28 @@ def test_observations_are_kept_and_loaded_by_a_resumed_arena(tmp_path, monkeypat
     pipe.transformer.to(torch.float64)
     assert measure.observation_key(pipe, entry(), [0, 1], [0, 1], 6, 3.0, ()) not in keys
     pipe.transformer.to(torch.float32)
+
+
+def test_no_cache_goes_over_a_cache_diffusers_enabled_itself():
+    """A user's `transformer.enable_cache(...)` (diffusers' own First Block Cache, on Wan): FORA, diffusers' peers and
+    DBCache all refuse to cache over it, naming it, and apply once it is disabled."""
+    from diffusers import FirstBlockCacheConfig
+
+    from fora import remove_fora
+
+    pipe, _ = _separate("wan")
+    transformer = pipe.transformer
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    try:
+        for apply in (
+            lambda: apply_fora(pipe, ForaConfig(interval=2)),
+            lambda: apply_peer(pipe, fbcache(0.2)),
+            lambda: apply_cache_dit(pipe, CacheDiTConfig()),
+        ):
+            with pytest.raises(ValueError, match=r"diffusers' FirstBlockCacheConfig is enabled on this Wan"):
+                apply()
+            assert not hasattr(transformer, "_peer_handle") and getattr(transformer, "_fora_handle", None) is None
+    finally:
+        transformer.disable_cache()
+    apply_fora(pipe, ForaConfig(interval=2))
+    remove_fora(pipe)
