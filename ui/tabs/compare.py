@@ -271,7 +271,7 @@ class CompareTab:
                             yield {
                                 self.base_img: show(comp.baseline.images[0]),
                                 self.fora_img: show(comp.fora.images[0]),
-                                self.diff_img: show(comp.diff_image()),
+                                self.diff_img: show(kept.clips[2] / 255.0 if kept.clips else comp.diff_image()),
                                 self.metrics: _metrics_rows(comp, cached is not None, pairs=job.pairs),
                                 self.heat_attn: heat_attn,
                                 self.heat_mlp: heat_mlp,
