@@ -67,6 +67,7 @@ def apply_fora(model, config: ForaConfig | None = None, num_steps: int | None = 
     if isinstance(second, torch.nn.Module):  # Wan 2.2's low-noise expert takes over part-way: cached alike
         if getattr(second, "_fora_handle", None) is not None or getattr(second, "_peer_handle", None) is not None:
             raise ValueError("a cache is already applied to this pipeline's transformer_2; remove it first")
+        check_no_diffusers_cache(second)
         if not hasattr(pipeline.scheduler, "step_index"):
             raise ValueError(
                 f"{type(pipeline.scheduler).__name__} keeps no step_index: FORA cannot tell at which step "

@@ -268,12 +268,12 @@ def apply_cache_dit(pipe, config: CacheDiTConfig) -> CacheDiTHandle:
             f"{type(pipe).__name__} with a second expert (transformer_2, Wan 2.2): DBCache runs here on one "
             "transformer (Wan 2.1)"
         )
+    check_no_diffusers_cache(transformer)  # first: it names the cache, the checks below do not
     registry = getattr(transformer, "_diffusers_hook", None)  # FLUX's pipeline leaves an empty one (cache_context)
     if any(getattr(transformer, a, None) is not None for a in ("_fora_handle", "_peer_handle")) or (
         registry is not None and registry.hooks
     ):
         raise ValueError("a cache is already applied to this model; remove it first (remove_fora / remove_peer)")
-    check_no_diffusers_cache(transformer)
     if "forward" in transformer.__dict__:  # accelerate's offload hooks, torch.compile's wrapper, another cache
         raise ValueError(
             f"{type(transformer).__name__}.forward is wrapped on this instance already: DBCache wraps the class's own "

@@ -713,3 +713,11 @@ def test_no_cache_goes_over_a_cache_diffusers_enabled_itself():
         transformer.disable_cache()
     apply_fora(pipe, ForaConfig(interval=2))
     remove_fora(pipe)
+    # Wan 2.2's second expert is checked too
+    import families
+
+    pipe.register_modules(transformer_2=families.wan()[0])
+    pipe.transformer_2.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    with pytest.raises(ValueError, match=r"diffusers' FirstBlockCacheConfig is enabled on this Wan"):
+        apply_fora(pipe, ForaConfig(interval=2))
+    assert getattr(pipe.transformer, "_fora_handle", None) is None

@@ -21,9 +21,16 @@ from analysis.report_files import animated_webp
 _ABSOLUTE_PATH = re.compile(r"(?<![^\s'\"`(\[=,])/(?:[^\s'\"`:,;()\[\]{}<>/]+/)*([^\s'\"`:,;()\[\]{}<>/]+)/?")
 
 
+def _uint8(media: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] as uint8; uint8 as it is (a kept video's frames: no float copy of a whole clip)."""
+    media = np.asarray(media)
+    return media if media.dtype == np.uint8 else (np.clip(media, 0, 1) * 255).round().astype(np.uint8)
+
+
 def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:
-    """Nearest-neighbour upscale for display, so 32x32 pixels stay crisp; uint8 HxWx3."""
-    img = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    """Nearest-neighbour upscale for display, so 32x32 pixels stay crisp; uint8 HxWx3 (from floats in [0, 1] or
+    uint8)."""
+    img = _uint8(image)
     factor = max(1, size // max(img.shape[:2]))
     return img.repeat(factor, axis=0).repeat(factor, axis=1)
 
@@ -45,14 +52,14 @@ def _clip_folder() -> str:
 
 
 def show(media: np.ndarray, size: int = 256):
-    """What an image box or gallery shows of an image (H x W x 3 floats in [0, 1]: `upscale`) or of a video's frames
-    (F x H x W x 3: the path of an animated WebP, each frame enlarged as `upscale` does, looping at Wan's 16 fps)."""
+    """What an image box or gallery shows of an image (H x W x 3 floats in [0, 1] or uint8: `upscale`) or of a video's
+    frames (F x H x W x 3: the path of an animated WebP, each frame enlarged as `upscale` does, looping at 16 fps)."""
     media = np.asarray(media)
     if media.ndim == 3:
         return upscale(media, size)
     if media.ndim != 4:
         raise ValueError(f"an image is H x W x 3 and a video F x H x W x 3, got shape {media.shape}")
-    frames = (np.clip(media, 0, 1) * 255).round().astype(np.uint8)
+    frames = _uint8(media)
     data = animated_webp(frames, scale=max(1, size // max(frames.shape[1:3])))
     with _clips_lock:
         folder = _clip_folder()

@@ -19,7 +19,8 @@ from fora.generate import to_uint8
 class Redraws:
     """What the plots of a finished comparison redraw from, and all the server keeps of it: both runs' maps (a
     finished recorder keeps only its maps), the policy that ran and the model, and a video's frames. Kilobytes to a
-    few megabytes (tens for a video), where the comparison holds every step's prediction too."""
+    few megabytes for an image; a video's three clips are 3 x F x H x W x 3 bytes (40 MB at 13 frames of 480x832,
+    290 MB at 81), counted in the store's byte bound."""
 
     baseline: SimilarityRecorder
     fora: SimilarityRecorder

@@ -16,10 +16,10 @@ from analysis.metrics.lpips import lpips
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # a clip in float32 (81 frames at 480x832 are 0.8 GB a side in float64); numpy's pairwise sums keep its means
-    # exact to float32's precision
-    dtype = np.float32 if np.ndim(a) == 4 else np.float64
-    a, b = np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)
+    # a clip at least in float32 (81 frames at 480x832 are 0.8 GB a side in float64); numpy's pairwise sums keep its
+    # means exact to float32's precision
+    dtype = np.result_type(np.asarray(a).dtype, np.asarray(b).dtype, np.float32) if np.ndim(a) == 4 else np.float64
+    a, b = np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)  # never down: a float64 clip stays float64
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
     return a, b

@@ -216,11 +216,21 @@ def generate_all(pipe, args, todo: list, num_classes: int, rank: int, world: int
 def prepare_folder(args, settings: "Settings", cells: list[Cell]) -> list:
     """Rank 0, before any process writes: refuse a folder made with other settings or in use by another run, claim
     it, delete the temporary files of killed writes, and list the shards still to make. Raises `ValueError`."""
-    if not check_folder(args.out, settings):
+    known = check_folder(args.out, settings)
+    if not known:
         os.makedirs(args.out, exist_ok=True)
-    # written anew each time: a folder from before `_LATER_FIELDS` were recorded gets them (identical otherwise)
-    _write_json(os.path.join(args.out, "run.json"), {k: v for k, v in asdict(settings).items() if v != ""})
-    args.lock = lock_folder(args.out)
+    args.lock = lock_folder(args.out)  # before run.json is written: a folder in use is refused as it is
+    recorded = {k: v for k, v in asdict(settings).items() if v != ""}
+    path, missing = os.path.join(args.out, "run.json"), []
+    if known:
+        with open(path) as f:
+            missing = sorted(set(recorded) - set(json.load(f)))
+        if missing:  # a folder from before `_LATER_FIELDS` were recorded: they are assumed, and said so
+            print(
+                f"{path}: records no {', '.join(missing)}; taken as this run's ({recorded}), and written", flush=True
+            )
+    if not known or missing:
+        _write_json(path, recorded)
     remove_partial_writes(args.out)
     with open(os.path.join(args.out, "runs.jsonl"), "a") as f:  # every invocation, for the report
         f.write(

@@ -176,7 +176,13 @@ class CompareTab:
             concurrency_limit=1,
             concurrency_id="gpu",
         )
-        self.frame.input(self.redraw_frame, [self.last, self.frame], [self.base_img, self.fora_img, self.diff_img])
+        self.frame.input(  # every input event of a drag: the last one wins, so the boxes end at the slider's frame
+            self.redraw_frame,
+            [self.last, self.frame],
+            [self.base_img, self.fora_img, self.diff_img],
+            trigger_mode="always_last",
+            api_name=False,
+        )
         self.heat_source.change(
             self.redraw_heatmaps, [self.last, self.heat_source], [self.heat_attn, self.heat_mlp], api_name=False
         )
@@ -257,6 +263,7 @@ class CompareTab:
                                 self.heat_attn: heat_attn,
                                 self.heat_mlp: heat_mlp,
                                 self.status: f"running the {p.phase}: step {p.step} of {p.num_steps}",
+                                self.frame: gr.update(visible=False),  # the last result's frames: not this run's
                             }
                         elif p.phase == "baseline done":
                             store.BASELINES.put(key, p.baseline)
@@ -271,7 +278,7 @@ class CompareTab:
                             yield {
                                 self.base_img: show(comp.baseline.images[0]),
                                 self.fora_img: show(comp.fora.images[0]),
-                                self.diff_img: show(kept.clips[2] / 255.0 if kept.clips else comp.diff_image()),
+                                self.diff_img: show(kept.clips[2] if kept.clips else comp.diff_image()),
                                 self.metrics: _metrics_rows(comp, cached is not None, pairs=job.pairs),
                                 self.heat_attn: heat_attn,
                                 self.heat_mlp: heat_mlp,
@@ -314,7 +321,7 @@ class CompareTab:
             frame = form.integer("frame", frame, 0, len(kept.clips[0]))
         except ValueError as e:
             raise user_error(e) from None
-        shown = [clip / 255.0 if frame == 0 else clip[frame - 1] / 255.0 for clip in kept.clips]
+        shown = [clip if frame == 0 else clip[frame - 1] for clip in kept.clips]
         return {box: show(x) for box, x in zip((self.base_img, self.fora_img, self.diff_img), shown)}
 
     def redraw_heatmaps(self, token, source):
