@@ -263,7 +263,6 @@ class CompareTab:
                                 self.heat_attn: heat_attn,
                                 self.heat_mlp: heat_mlp,
                                 self.status: f"running the {p.phase}: step {p.step} of {p.num_steps}",
-                                self.frame: gr.update(visible=False),  # the last result's frames: not this run's
                             }
                         elif p.phase == "baseline done":
                             store.BASELINES.put(key, p.baseline)
