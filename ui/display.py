@@ -15,6 +15,7 @@ import gradio as gr
 import numpy as np
 
 from analysis.report_files import animated_webp
+from fora.generate import to_uint8
 
 # an absolute path: a "/" at the start, after a space, quote, bracket, "=" or "," (not in a URL, a hub id "org/name",
 # a unit "GB/s" or a tag "</b>"), and its parts; the last part is kept
@@ -24,7 +25,7 @@ _ABSOLUTE_PATH = re.compile(r"(?<![^\s'\"`(\[=,])/(?:[^\s'\"`:,;()\[\]{}<>/]+/)*
 def _uint8(media: np.ndarray) -> np.ndarray:
     """Floats in [0, 1] as uint8; uint8 as it is (a kept video's frames: no float copy of a whole clip)."""
     media = np.asarray(media)
-    return media if media.dtype == np.uint8 else (np.clip(media, 0, 1) * 255).round().astype(np.uint8)
+    return media if media.dtype == np.uint8 else to_uint8(media)
 
 
 def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:
