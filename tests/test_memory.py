@@ -45,25 +45,30 @@ def test_each_timed_reduction_reads_the_bytes_the_bandwidth_is_computed_from():
 
 def test_a_small_read_is_labelled_bound_by_the_calls_fixed_cost(monkeypatch):
     """A read under twice the one-element call is no bandwidth: it is shown as a time per read, with no GB/s, by the
-    measurement, its text and the Memory tab; the text says below about what size reads are bound so."""
+    measurement, its text and the Memory tab; the text says below about what size reads are bound so. Whether a
+    measured 1 KiB read lands under that line is the machine's timing (CI once read 4.8 us against a 2.2 us call), so
+    the label is tested on the measurement's own numbers and the bound case on fixed ones."""
     from ui import gpu
     from ui.tabs import memory as memory_tab
 
-    small = measure_bandwidth(1024, "cpu", repeats=20, copy_bytes=2**20)  # 256 floats: one element's cost, about
-    assert small.overhead_bound and small.read_GBps is None
-    assert str(small).startswith("reading 1.0 KiB took ") and "per read, bound by the call's fixed cost" in str(small)
-    assert "no GB/s; plain copy of 1 MiB" in str(small) and "reads below about " in str(small)
+    measured = measure_bandwidth(1024, "cpu", repeats=20, copy_bytes=2**20)  # 256 floats: about one element's cost
+    assert measured.overhead_bound == (measured.read_s < 2 * measured.call_s)
+    assert (measured.read_GBps is None) == measured.overhead_bound and "reads below about " in str(measured)
+    assert ("per read, bound by the call's fixed cost" in str(measured)) == measured.overhead_bound
     # the arithmetic of the label: 3 us against a 2.5 us call is bound, 6 ms is not; a copy of 1 MiB in 0.1 ms runs
     # at 2 x 2**20 / 1e-4 = 21.0 GB/s, which streams 2.5 us x 21.0 GB/s = 52.4 kB (51.2 KiB) in one call's cost
-    bound = Bandwidth("cpu", 64, 3e-6, 2**20, 1e-4, 2.5e-6)
-    assert bound.overhead_bound and bound.read_GBps is None and "reads below about 51.2 KiB" in str(bound)
+    small = Bandwidth("cpu", 1024, 3e-6, 2**20, 1e-4, 2.5e-6)
+    assert small.overhead_bound and small.read_GBps is None and "reads below about 51.2 KiB" in str(small)
+    assert str(small).startswith("reading 1.0 KiB took ") and "per read, bound by the call's fixed cost" in str(small)
+    assert "no GB/s; plain copy of 1 MiB" in str(small)
+    assert not Bandwidth("cpu", 1024, 5.1e-6, 2**20, 1e-4, 2.5e-6).overhead_bound  # just over twice the call
     big = Bandwidth("cpu", 63 * 2**20, 6e-3, 2**20, 1e-4, 2.5e-6)
     assert not big.overhead_bound and big.read_GBps == pytest.approx(63 * 2**20 / (6e-3 - 2.5e-6) / 1e9)
     monkeypatch.setattr(gpu, "measure_read_on_gpu", lambda nbytes: small)
     text = memory_tab.memory("emoji-dit", 1, "float16", 50, 3, 3.35, 989, 0.5)
     assert "Measured on this machine (cpu): reading 1.0 KiB took " in text
     assert "per read, bound by the call's fixed cost" in text and "no GB/s; a plain copy of 1 MiB" in text
-    assert "reads below about " in text
+    assert "reads below about 51.2 KiB" in text
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
