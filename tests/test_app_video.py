@@ -93,7 +93,11 @@ def test_compare_shows_the_frames_as_animated_images_with_metrics_and_maps(layou
     assert all(len(clip(p)) == 9 for p in c.redraw_frame(final[c.last], 0).values())
     with pytest.raises(gr.Error, match=r"frame=10 out of range: allowed integers 0\.\.9"):
         c.redraw_frame(final[c.last], 10)
-    again = shown(generate(layout, frames=9))  # the same request: the baseline comes from the server's store
+    # a new run first ends the last result's redraws: moving the slider during it would put the old frames over
+    # the new baseline
+    outs = generate(layout, frames=9)
+    assert outs[0][c.last] is None and not outs[0][c.frame]["visible"] and outs[0][c.frame]["value"] == 0
+    again = shown(outs)  # the same request: the baseline comes from the server's store
     assert dict(again[c.metrics])["baseline run"] == "cached from an earlier request"
     assert dict(again[c.metrics])["PSNR vs baseline"] == table["PSNR vs baseline"]
 

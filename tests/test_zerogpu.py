@@ -118,6 +118,8 @@ def test_closing_the_generator_stops_the_worker_and_frees_the_lock(zapp):
     from ui import registry
 
     stream = _generate(zapp, steps=100, interval=2, seed=9191)
+    cleared = next(stream)  # the lock is held: the last result's redraws end before the run starts
+    assert cleared[zapp.compare.last] is None
     first = next(stream)  # the worker runs (the first partial maps came back)
     assert first is not None
     _, lock = registry.get_model("emoji-dit")

@@ -251,6 +251,10 @@ class CompareTab:
         try:
             # the lock is taken here, never in the worker: a lock held by another thread at fork time stays held there
             with registry.hold(model_key, pipe):
+                # once, as the run starts: the last result's redraws stop here (the frame slider would put its frames
+                # over this run's baseline). Never with every progress event: the browser then dropped the 'compared'
+                # update
+                yield {self.last: None, self.frame: gr.update(visible=False, value=0)}
                 stream = gpu.compare_on_gpu(job, cached)
                 try:
                     for p in stream:
