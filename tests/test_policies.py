@@ -484,6 +484,12 @@ def test_arena_distribution_columns_on_the_embedded_model(tmp_path):
         "1",
         "--timing-pairs",
         "0",
+        "--dbcache-fn",  # one DBCache setting: the sweep over its knobs is tested on its own
+        "1",
+        "--dbcache-bn",
+        "0",
+        "--dbcache-warmups",
+        "1",
         "--fid",
         "64",
         "--fid-reference",
