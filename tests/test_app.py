@@ -428,13 +428,15 @@ def live_cache_bytes(blocks: int, modules: int) -> int:
     return blocks * modules * 2 * tokens * width * 4
 
 
-def test_the_server_keeps_the_maps_of_16_runs_and_no_more(layout):
+def test_the_server_keeps_the_maps_of_16_runs_and_no_more(layout, monkeypatch):
     """Issue 17, item 2: a finished comparison is kept as its maps alone (no features, images or predictions), so
     the 16 runs the message promises stay redrawable: the 17th pushes out the first, and the others redraw."""
     import gradio as gr
 
-    from ui import store
+    from ui import form, store
     from ui.tabs import compare as compare_tab
+
+    monkeypatch.setattr(form, "COMPARE_PAIRS", 0)  # as FORA_COMPARE_PAIRS=0: no timing, which this does not need
 
     c, steps, tokens = layout.compare, 6, []
     for seed in range(100, 100 + store.RESULTS.size + 1):

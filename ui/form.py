@@ -307,7 +307,7 @@ def parse_generate(
             raise ValueError(
                 f"{e} (the Advanced cache settings apply to FORA only: reset them for {policy})"
             ) from None
-    job = GenerateJob(model_key, request, config)
+    job = GenerateJob(model_key, request, config, pairs=COMPARE_PAIRS)
     check_budget(job.denoising_steps(), f"this comparison ({request.steps} steps)")
     return job
 
