@@ -30,10 +30,12 @@ def png_base64(image: np.ndarray, scale: int = 1) -> str:
 VIDEO_FPS = 16  # Wan 2.1's frame rate (its model card exports at 16 fps)
 
 
-def animated_webp(frames: np.ndarray, fps: float = VIDEO_FPS, scale: int = 1, quality: int = 90) -> bytes:
+def animated_webp(
+    frames: np.ndarray, fps: float = VIDEO_FPS, scale: int = 1, quality: int = 90, lossless: bool = False
+) -> bytes:
     """A uint8 F x H x W x 3 clip as an animated WebP that loops (what a page shows of a video without a player or
-    ffmpeg), each frame enlarged `scale` times without smoothing. Lossy at `quality`: the metrics are computed on
-    the frames themselves, never on this file."""
+    ffmpeg), each frame enlarged `scale` times without smoothing. Lossy at `quality` unless `lossless`: the metrics
+    are computed on the frames themselves, never on this file."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
         raise ValueError(f"a clip is uint8 F x H x W x 3 with F >= 1, got {frames.dtype} {frames.shape}")
@@ -42,7 +44,14 @@ def animated_webp(frames: np.ndarray, fps: float = VIDEO_FPS, scale: int = 1, qu
         ims = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in ims]
     buf = io.BytesIO()
     ims[0].save(
-        buf, format="WEBP", save_all=True, append_images=ims[1:], duration=round(1000 / fps), loop=0, quality=quality
+        buf,
+        format="WEBP",
+        save_all=True,
+        append_images=ims[1:],
+        duration=round(1000 / fps),
+        loop=0,
+        quality=quality,
+        lossless=lossless,
     )
     return buf.getvalue()
 

@@ -84,8 +84,11 @@ def test_generate_on_embedded_model(layout):
 
     c = layout.compare
     outs = run_generate(layout, steps=12, interval=3, seed=7)
+    # the last result's boxes, rows and plots are cleared as the run starts; no cached baseline: none shown
+    cleared = outs[0]
+    assert all(cleared[k] is None for k in (c.base_img, c.fora_img, c.diff_img, c.metrics, c.strip, c.err, c.last))
     # images and maps come first, the measured speedup fills in afterwards
-    first_images = next(i for i, o in enumerate(outs) if c.fora_img in o)
+    first_images = next(i for i, o in enumerate(outs) if o.get(c.fora_img) is not None)
     timed = next(i for i, o in enumerate(outs) if o.get(c.status, "").startswith("done"))
     assert first_images < timed and dict(outs[first_images][c.metrics])[
         "speedup, measured (baseline / FORA, median of pairs)"
@@ -449,6 +452,13 @@ def test_the_server_keeps_the_maps_of_16_runs_and_no_more(layout, monkeypatch):
     assert isinstance(kept, store.Redraws) and rec.kinds == ("attn", "mlp") and kept.policy == "FORA N=2"
     maps = len(rec.blocks) * 2 * steps * steps * 4 + 2 * rec.num_blocks * steps * 8  # float32 pairwise, float64
     assert store.result_bytes(kept) == 2 * maps  # for both runs
+    # one entry takes at most half the bytes: a bigger one is not kept, and pushes nothing out
+    nbytes = store.result_bytes(kept)
+    tight = store.BoundedCache(size=4, max_bytes=2 * nbytes - 2)
+    assert tight.put("a", kept) is False and len(tight) == 0
+    room = store.BoundedCache(size=4, max_bytes=2 * nbytes)
+    assert room.put("a", kept) and room.put("b", kept) and len(room) == 2
+    assert room.put("c", kept) and len(room) == 2 and room.get("a") is None  # the bytes bound: the oldest goes
     assert len(store.BASELINES) == store.BASELINES.size  # baselines: the newest 8
 
 

@@ -49,7 +49,9 @@ def layout(folders, keys):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FORA_EXTRA_MODELS", ",".join(folders[f] for f in folders if f not in CARDS))
         for family, (pipeline, card) in CARDS.items():
-            spec = ModelSpec(keys[family], folders[family], "text", 4, 3.5, f"tiny {family}", pipeline, call_kwargs=card)
+            spec = ModelSpec(
+                keys[family], folders[family], "text", 4, 3.5, f"tiny {family}", pipeline, call_kwargs=card
+            )
             mp.setitem(MODELS, keys[family], spec)  # its folder is its source, as the embedded models'
         mp.setenv("FORA_MAX_LOADED_MODELS", "4")
         import app  # noqa: F401  (the server's settings: one torch thread)

@@ -73,7 +73,9 @@ def test_compare_shows_the_frames_as_animated_images_with_metrics_and_maps(layou
     full = len(full_steps(4, 2))
     assert table["full / reuse steps"] == f"{full} / {4 - full}"
     psnr = float(table["PSNR vs baseline"].split()[0])
-    assert 0 < psnr < float("inf") and 0 < float(table["SSIM vs baseline"]) <= 1  # cached: not identical
+    assert 0 < psnr < float("inf") and 0 < float(table["SSIM vs baseline"].split()[0]) <= 1  # cached: not identical
+    worst = table["worst frame (lowest PSNR)"]  # the frame the clip's means hide
+    assert worst.startswith("frame ") and " of 9: " in worst and float(worst.split(": ")[1].split()[0]) <= psnr
     # the error per step: one point per denoising step, both guidance halves' outputs taken together
     assert len(final[c.err].data[0].x) == 4 and len(final[c.err].data[0].y) == 4
     for figure in (final[c.heat_attn], final[c.heat_mlp]):
@@ -97,9 +99,25 @@ def test_compare_shows_the_frames_as_animated_images_with_metrics_and_maps(layou
     # the new baseline
     outs = generate(layout, frames=9)
     assert outs[0][c.last] is None and not outs[0][c.frame]["visible"] and outs[0][c.frame]["value"] == 0
+    assert outs[0][c.fora_img] is None and len(clip(outs[0][c.base_img])) == 9  # the cached baseline, shown at once
     again = shown(outs)  # the same request: the baseline comes from the server's store
     assert dict(again[c.metrics])["baseline run"] == "cached from an earlier request"
     assert dict(again[c.metrics])["PSNR vs baseline"] == table["PSNR vs baseline"]
+
+
+def test_a_result_too_big_to_keep_is_shown_and_says_it_is_not_redrawn(layout, monkeypatch):
+    """A result over the store's share for one run (an 81-frame video's on a real server) is shown, not kept: no
+    token, no frame slider, and the status says why, instead of pushing out every other user's results."""
+    from ui import store
+
+    c = layout.compare
+    monkeypatch.setattr(store, "RESULTS", store.BoundedCache(size=16, max_bytes=2048))  # 1 KiB for one run
+    final = shown(generate(layout, frames=9, seed=5))
+    assert final[c.last] is None and not final[c.frame]["visible"] and len(store.RESULTS) == 0
+    assert (
+        "are more than the server keeps of one run, 1.0 KiB: the plots and frames are not redrawn" in final[c.status]
+    )
+    assert len(clip(final[c.base_img])) == 9 and final[c.status].startswith("done: N=2")
 
 
 def test_frames_are_checked_before_anything_runs(layout):
@@ -146,7 +164,8 @@ def test_sweep_and_policies_show_animated_images(layout):
 
 
 def test_a_clip_is_compared_over_all_its_frames():
-    """PSNR and the mean difference over every pixel of the clip; SSIM the mean of its frames' (no 3-D window)."""
+    """PSNR and the mean difference over every pixel of the clip; SSIM the mean of its frames' (no 3-D window); the
+    worst frame, which those means hide, by number (1-based, as the frame slider counts)."""
     from analysis.metrics.quality import compare_images, psnr, ssim
 
     rng = np.random.default_rng(0)
@@ -157,6 +176,12 @@ def test_a_clip_is_compared_over_all_its_frames():
     mse = np.mean((a - b) ** 2)
     assert compare_images(b, a)["psnr"] == pytest.approx(10 * np.log10(1 / mse))
     assert psnr(b, a) < psnr(b[0], a[0])
+    worst = compare_images(b, a)["worst_frame"]
+    assert worst["frame"] == worst["min_ssim_frame"] == 5 and worst["frames"] == 5  # the noisiest frame, the last
+    assert worst["psnr"] == pytest.approx(psnr(b[4], a[4])) and worst["ssim"] == pytest.approx(frames[4])
+    swapped = compare_images(b[::-1], a[::-1])["worst_frame"]
+    assert swapped["frame"] == 1 and swapped["psnr"] == pytest.approx(worst["psnr"])
+    assert "worst_frame" not in compare_images(b[0], a[0])  # an image has no frames
 
 
 @pytest.mark.parametrize(

@@ -39,8 +39,12 @@ def test_each_timed_reduction_reads_the_bytes_the_bandwidth_is_computed_from():
     assert len({ptr for _, ptr in big}) == 1 + repeats  # each read on another copy of it
     assert [n for n, _ in one] == [4] * (1 + repeats)  # the fixed cost: the same reduction over one float32
     assert len(sums) == len(big) + len(one) and copies == [2**20] * (1 + repeats) and b.copy_bytes == 2**20
-    assert b.device == "cpu" and b.call_s > 0 and not b.overhead_bound  # 3 MiB: far more than one element's cost
-    assert b.read_GBps == b.nbytes / (b.read_s - b.call_s) / 1e9 and "3.0 MiB" in str(b) and "GB/s" in str(b)
+    assert b.device == "cpu" and b.call_s > 0 and b.read_s > 0 and "3.0 MiB" in str(b)
+    # 3 MiB takes far more than one element's cost on any machine seen; the label follows the measured times either way
+    if not b.overhead_bound:
+        assert b.read_GBps == b.nbytes / (b.read_s - b.call_s) / 1e9 and "GB/s" in b.read_text()
+    else:
+        assert b.read_GBps is None and "no GB/s" in b.read_text()
 
 
 def test_a_small_read_is_labelled_bound_by_the_calls_fixed_cost(monkeypatch):

@@ -77,7 +77,7 @@ def test_generate_redraw_and_baseline_cache_survive_the_fork(zapp):
     assert call.name == "compare_on_gpu" and call.pid != os.getpid() and call.exitcode == 0 and call.items > 0
     request = form.parse_request(registry.loaded("emoji-dit"), "cat", "", 8, 4242, 3.0)
     job = form.GenerateJob("emoji-dit", request, form.parse_config(3, 8, 6))
-    assert call.duration == gpu._compare_seconds(job)  # the duration of the work asked for
+    assert call.duration == gpu.compare_seconds(job)  # the duration of the work asked for
     assert "emoji-dit" in registry._models  # loaded once, in the main process
     token = shown(outs)[c.last]
     assert store.RESULTS.get(token) is not None  # kept in the main process, not in the child
@@ -93,7 +93,7 @@ def test_generate_redraw_and_baseline_cache_survive_the_fork(zapp):
     outs2 = list(_generate(zapp, interval=2))
     assert store.BASELINES.hits == hits + 1
     assert dict(outs2[-1][c.metrics])["baseline run"] == "cached from an earlier request"
-    assert zerogpu.calls[-1].duration == gpu._compare_seconds(job, baseline=True) < call.duration
+    assert zerogpu.calls[-1].duration == gpu.compare_seconds(job, baseline=True) < call.duration
 
 
 def test_sweep_through_the_fork_uses_seed_and_advanced(zapp):
@@ -181,7 +181,7 @@ def test_the_reservation_counts_each_models_calls():
     from ui import form
 
     def compare(key, steps=20, **kw):
-        return gpu._compare_seconds(form.GenerateJob(key, Request(prompt="a cat", steps=steps), ForaConfig(), **kw))
+        return gpu.compare_seconds(form.GenerateJob(key, Request(prompt="a cat", steps=steps), ForaConfig(), **kw))
 
     assert compare("pixart-alpha-1024") >= 10 + 10 * 0.5 + 200 * 0.025
     assert compare("emoji-dit") < compare("dit-xl-2-256") < compare("pixart-alpha-512") < compare("pixart-alpha-1024")
@@ -206,7 +206,7 @@ def test_the_reservation_counts_each_models_calls():
 
     def sized(key, side):
         job = form.GenerateJob(key, Request(prompt="a cat", steps=20, height=side, width=side), ForaConfig())
-        return gpu._compare_seconds(job)
+        return gpu.compare_seconds(job)
 
     assert sized("flux.1-dev", 512) < compare("flux.1-dev") == sized("flux.1-dev", 1024) < sized("flux.1-dev", 1152)
     # attention is quadratic in the tokens: twice the pixels cost more than twice the steps' share
@@ -227,11 +227,14 @@ def test_the_reservation_counts_each_models_calls():
             ("height", 480),
             ("width", 832),
         )
-        return gpu._compare_seconds(job)
+        return gpu.compare_seconds(job)
 
     assert [video(f) for f in (1, 5, form.APP_FRAMES)] == [159, 191, 271]  # docs/app.md quotes these
     assert form.APP_FRAMES == 13 and gpu.latent_frames(13) == 4 and gpu.latent_frames(81) == 21
-    with pytest.raises(ValueError, match=r"about 319 s .* fewer steps, seeds, intervals, policies or frames$"):
+    with pytest.raises(
+        ValueError,
+        match=r"about 319 s .* fewer steps, seeds, intervals, policies or frames \(at most 13 frames fit as asked\)$",
+    ):
         video(17)
     sweep = form.parse_sweep(wan, "wan2.1-t2v-1.3b", None, "a fox", 50, 0, 5.0, [1, 2, 3, 5, 7, 10], 2, frames=1)
     with pytest.raises(ValueError, match=r"fewer steps, seeds, intervals or policies$"):

@@ -52,16 +52,17 @@ def _clip_folder() -> str:
     return _clips_dir
 
 
-def show(media: np.ndarray, size: int = 256):
+def show(media: np.ndarray, size: int = 256, lossless: bool = False):
     """What an image box or gallery shows of an image (H x W x 3 floats in [0, 1] or uint8: `upscale`) or of a video's
-    frames (F x H x W x 3: the path of an animated WebP, each frame enlarged as `upscale` does, looping at 16 fps)."""
+    frames (F x H x W x 3: the path of an animated WebP, each frame enlarged as `upscale` does, looping at 16 fps;
+    `lossless` for a difference clip, whose values are as small as a lossy encoder's artefacts)."""
     media = np.asarray(media)
     if media.ndim == 3:
         return upscale(media, size)
     if media.ndim != 4:
         raise ValueError(f"an image is H x W x 3 and a video F x H x W x 3, got shape {media.shape}")
     frames = _uint8(media)
-    data = animated_webp(frames, scale=max(1, size // max(frames.shape[1:3])))
+    data = animated_webp(frames, scale=max(1, size // max(frames.shape[1:3])), lossless=lossless)
     with _clips_lock:
         folder = _clip_folder()
         now = time.time()

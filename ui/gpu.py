@@ -102,11 +102,17 @@ def gpu_seconds(
     `least_pixels`: a video's pixels at one frame; the message suggests fewer frames only where that would fit."""
     seconds = _estimate(model_key, steps, observed_calls, plain_calls, pixels)
     if seconds > GPU_MAX_SECONDS:
-        frames = least_pixels is not None and _estimate(model_key, steps, observed_calls, plain_calls, least_pixels)
+        fits = [  # the video frame counts (4k + 1) that would fit with everything else as asked
+            f
+            for f in range(1, form.FRAMES_RANGE[1] + 1, 4)
+            if least_pixels is not None
+            and _estimate(model_key, steps, observed_calls, plain_calls, least_pixels * latent_frames(f))
+            <= GPU_MAX_SECONDS
+        ]
         fewer = (
-            "steps, seeds, intervals, policies or frames"
-            if frames and frames <= GPU_MAX_SECONDS
-            else ("steps, seeds, intervals or policies")
+            f"steps, seeds, intervals, policies or frames (at most {fits[-1]} frames fit as asked)"
+            if fits
+            else "steps, seeds, intervals or policies"
         )
         raise ValueError(
             f"this request would reserve the GPU for about {seconds} s ({observed_calls + plain_calls} pipeline "
@@ -147,7 +153,8 @@ def latent_frames(frames: int) -> int:
     return 1 + (int(frames) - 1) // 4
 
 
-def _compare_seconds(job: form.GenerateJob, baseline=None) -> int:
+def compare_seconds(job: form.GenerateJob, baseline=None) -> int:
+    """The reservation of one Compare click (`gpu_seconds`: raises past the cap)."""
     calls = job.pipeline_calls(baseline_cached=baseline is not None)
     return gpu_seconds(job.model_key, job.request.steps, *calls, **_sizes(job.request))
 
@@ -165,7 +172,7 @@ def _policies_seconds(job, plans: dict) -> int:
     return gpu_seconds(job.model_key, job.request.steps, observed, plain, **_sizes(job.request))
 
 
-@GPU(duration=_compare_seconds)
+@GPU(duration=compare_seconds)
 def compare_on_gpu(job: form.GenerateJob, baseline=None):
     """Baseline (unless given), FORA run and timed pairs of one Compare click, streamed (`stream.Progress`)."""
     yield from stream_comparison(

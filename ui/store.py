@@ -50,10 +50,13 @@ def result_bytes(result) -> int:
 
 
 class BoundedCache:
-    """Thread-safe LRU bounded by entry count and by bytes: what the server keeps between requests."""
+    """Thread-safe LRU bounded by entry count and by bytes: what the server keeps between requests. One entry may
+    take at most half the bytes (`largest`): a bigger one (an 81-frame video's run) is not kept, rather than push out
+    what every other user keeps."""
 
     def __init__(self, size: int = 8, max_bytes: int = 512 * 2**20):
         self.size, self.max_bytes = size, max_bytes
+        self.largest = max_bytes // 2
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -68,12 +71,18 @@ class BoundedCache:
                 self.misses += 1
             return item[0] if item is not None else None
 
-    def put(self, key, value) -> None:
+    def put(self, key, value) -> bool:
+        """Keep `value` under `key`, the oldest entries making room; False (nothing kept, nothing pushed out) when it
+        is over `largest`."""
+        nbytes = result_bytes(value)
+        if nbytes > self.largest:
+            return False
         with self._lock:
-            self._items[key] = (value, result_bytes(value))
+            self._items[key] = (value, nbytes)
             self._items.move_to_end(key)
-            while len(self._items) > 1 and (len(self._items) > self.size or self.nbytes > self.max_bytes):
+            while len(self._items) > self.size or self.nbytes > self.max_bytes:
                 self._items.popitem(last=False)
+        return True
 
     @property
     def nbytes(self) -> int:

@@ -2,7 +2,8 @@
 difference, a difference image, and the per-step error of the transformer's prediction (how error accumulates).
 
 A video (Wan's frames, F x H x W x 3) is compared as a clip: PSNR and the mean difference over all its pixels, SSIM
-and LPIPS as the mean of the frames' values, the difference image frame by frame."""
+and LPIPS as the mean of the frames' values, the difference image frame by frame; and its worst frame (the lowest
+PSNR), which a mean over the clip would hide (a cache's drift can grow along the frames)."""
 
 import pickle
 
@@ -37,10 +38,35 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     (F x H x W x 3), the mean over their frames (not a 3-D SSIM that would slide its window across frames)."""
     a, b = _check_pair(a, b)
     if a.ndim == 4:
-        return float(np.mean([ssim(x, y, data_range) for x, y in zip(a, b)]))
+        return float(np.mean(ssim_frames(a, b, data_range)))
     side = min(a.shape[0], a.shape[1])
     win = min(7, side if side % 2 else side - 1)
     return float(structural_similarity(a, b, data_range=data_range, channel_axis=-1, win_size=win))
+
+
+def ssim_frames(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> list[float]:
+    """SSIM of each frame of two clips (F x H x W x 3)."""
+    a, b = _check_pair(a, b)
+    if a.ndim != 4:
+        raise ValueError(f"a clip is F x H x W x 3, got shape {a.shape}")
+    return [ssim(x, y, data_range) for x, y in zip(a, b)]
+
+
+def worst_frame(a: np.ndarray, b: np.ndarray, ssims: list[float] | None = None) -> dict:
+    """The frame of two clips with the lowest PSNR: its number (1-based, as the page's frame slider counts), PSNR and
+    SSIM, and the lowest SSIM of any frame with its number."""
+    a, b = _check_pair(a, b)
+    ssims = ssim_frames(a, b) if ssims is None else ssims
+    psnrs = [psnr(x, y) for x, y in zip(a, b)]
+    k, j = int(np.argmin(psnrs)), int(np.argmin(ssims))
+    return {
+        "frame": k + 1,
+        "frames": len(psnrs),
+        "psnr": psnrs[k],
+        "ssim": ssims[k],
+        "min_ssim": ssims[j],
+        "min_ssim_frame": j + 1,
+    }
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -59,12 +85,16 @@ def compare_images(fora_image: np.ndarray, baseline_image: np.ndarray, with_lpip
     """PSNR, SSIM and mean |difference|; with `with_lpips`, LPIPS too where AlexNet's weights are given locally
     (`FORA_LPIPS_ALEXNET`, `analysis/metrics/lpips.py`): `lpips` is None otherwise, and `lpips_note` says why (not
     set, or what is wrong with the file), so a bad setting never loses the comparison."""
+    clip = np.ndim(fora_image) == 4
+    ssims = ssim_frames(fora_image, baseline_image) if clip else None
     out = {
         "psnr": psnr(fora_image, baseline_image),
-        "ssim": ssim(fora_image, baseline_image),
+        "ssim": float(np.mean(ssims)) if clip else ssim(fora_image, baseline_image),
         "mad": mean_abs_diff(fora_image, baseline_image),
         "lpips": None,
     }
+    if clip:
+        out["worst_frame"] = worst_frame(fora_image, baseline_image, ssims)
     if not with_lpips:
         return out
     if not lpips_path():

@@ -1,16 +1,40 @@
 """The Compare tab: one seed uncached and with FORA (or a calibrated plan at N's cost), their images, metrics and
 layer x step maps streamed while they run, then the measured speedup; the plots redraw from the kept result."""
 
+import math
 import uuid
 
 import gradio as gr
 
+from analysis.memory import size_text
 from analysis.plots import ATTENTION_KINDS, neighbour_heatmaps, pairwise_heatmap, schedule_strip, step_error_plot
 from fora.loading import ModelLoadError
 from fora.timing import clock_label
 from ui import form, gpu, registry, store
 from ui.display import failure, show, user_error
 from ui.settings import Settings
+
+
+def _duration(seconds: float) -> str:
+    """A median call time to 3 significant figures (a few pairs' timings support no more), never in exponent form:
+    "48.2 ms", "0.120 ms", "271 s", "2713 s"."""
+    value, unit = (seconds * 1e3, "ms") if seconds < 1 else (seconds, "s")
+    decimals = max(0, 2 - math.floor(math.log10(value))) if value > 0 else 0
+    return f"{value:.{decimals}f} {unit}"
+
+
+def _worst_frame_rows(worst: dict | None) -> list[list]:
+    """A video's worst frame, which the clip's PSNR and mean SSIM average away; no row for an image."""
+    if worst is None:
+        return []
+    value = "inf (identical)" if worst["psnr"] == float("inf") else f"{worst['psnr']:.2f} dB"
+    return [
+        [
+            "worst frame (lowest PSNR)",
+            f"frame {worst['frame']} of {worst['frames']}: {value}, SSIM {worst['ssim']:.4f}; lowest SSIM "
+            f"{worst['min_ssim']:.4f} at frame {worst['min_ssim_frame']}",
+        ]
+    ]
 
 
 def _metrics_rows(
@@ -21,7 +45,7 @@ def _metrics_rows(
     what_ran = m["policy"] + ("" if m["policy"].startswith("FORA") else ", shared schedule")
     if speed is not None:
         what = f" ({clock_label(clock)})" if clock else ""
-        timed, calls = f"{speed}{what}", f"{speed.baseline_s * 1e3:.0f} ms / {speed.fora_s * 1e3:.0f} ms"
+        timed, calls = f"{speed}{what}", f"{_duration(speed.baseline_s)} / {_duration(speed.fora_s)}"
     elif measuring and pairs:
         timed, calls = f"measuring: 1 warm-up + {pairs} pairs of calls without observers...", "..."
     else:
@@ -37,7 +61,8 @@ def _metrics_rows(
         ["call time, baseline / FORA (median)", calls],
         ["full / reuse steps", f"{m['full_steps']} / {m['reuse_steps']}"],
         ["PSNR vs baseline", "inf (identical)" if m["psnr"] == float("inf") else f"{m['psnr']:.2f} dB"],
-        ["SSIM vs baseline", f"{m['ssim']:.4f}"],
+        ["SSIM vs baseline", f"{m['ssim']:.4f}" + (" (mean of the frames)" if "worst_frame" in m else "")],
+        *_worst_frame_rows(m.get("worst_frame")),
         [
             "LPIPS vs baseline (AlexNet)",
             f"{m['lpips']:.4f}" if m.get("lpips") is not None else f"not computed: {m.get('lpips_note', '')}",
@@ -79,7 +104,8 @@ def _last_result(token) -> store.Redraws:
     if kept is None:
         raise gr.Error(
             "generate again: the plots are redrawn from your last run, and the server keeps the maps of the "
-            f"{store.RESULTS.size} most recent runs of all its users only",
+            f"{store.RESULTS.size} most recent runs of all its users only, in "
+            f"{store.RESULTS.max_bytes / 2**20:.0f} MiB",
             print_exception=False,
         )
     return kept
@@ -240,10 +266,12 @@ class CompareTab:
                 frames,
             )
             view = form.parse_view(*form.recorded_view(pipe), block_choice, pair_kind, heat_source, stale_ok=True)
+            key = (model_key, job.request)
+            cached = store.BASELINES.get(key)
+            if registry.on_zerogpu():  # a request over the reservation's cap is refused before it clears the page
+                gpu.compare_seconds(job, cached)
         except (ValueError, ModelLoadError) as e:
             raise user_error(e) from None
-        key = (model_key, job.request)
-        cached = store.BASELINES.get(key)
         comp = None
         plan = job.config.plan
         done = f"{plan.name} at N={job.config.interval}'s cost" if plan else f"N={job.config.interval}"
@@ -251,10 +279,19 @@ class CompareTab:
         try:
             # the lock is taken here, never in the worker: a lock held by another thread at fork time stays held there
             with registry.hold(model_key, pipe):
-                # once, as the run starts: the last result's redraws stop here (the frame slider would put its frames
-                # over this run's baseline). Never with every progress event: the browser then dropped the 'compared'
-                # update
-                yield {self.last: None, self.frame: gr.update(visible=False, value=0)}
+                # once, as the run starts: the last result goes, so no box, row or plot of it stands beside this
+                # run's, and its redraws stop (the frame slider would put its frames over this run's baseline). Never
+                # with every progress event: the browser then dropped the 'compared' update
+                yield {
+                    self.base_img: show(cached.images[0]) if cached is not None else None,
+                    self.fora_img: None,
+                    self.diff_img: None,
+                    self.metrics: None,
+                    self.strip: None,
+                    self.err: None,
+                    self.last: None,
+                    self.frame: gr.update(visible=False, value=0),
+                }
                 stream = gpu.compare_on_gpu(job, cached)
                 try:
                     for p in stream:
@@ -274,14 +311,25 @@ class CompareTab:
                         elif p.phase == "compared":
                             comp, token = p.comparison, uuid.uuid4().hex
                             kept = store.Redraws.of(comp, model_key)  # the redraws skip once the model changed
-                            store.RESULTS.put(token, kept)
+                            if not store.RESULTS.put(token, kept):
+                                token = None  # too big to keep: shown, not redrawn
+                                size, largest = size_text(store.result_bytes(kept)), size_text(store.RESULTS.largest)
+                                done += (
+                                    f" (its maps and frames, {size}, are more than the server keeps of one run, "
+                                    f"{largest}: the plots and frames are not redrawn; fewer frames or steps are)"
+                                )
                             run = comp.fora.run
                             heat_attn, heat_mlp = _heatmaps(kept, view.source)
                             strip = schedule_strip(run.num_steps, run.full_steps, comp.fora.similarity.timesteps)
+                            base, cached_run, diff = kept.clips or (
+                                comp.baseline.images[0],
+                                comp.fora.images[0],
+                                comp.diff_image(),
+                            )
                             yield {
-                                self.base_img: show(comp.baseline.images[0]),
-                                self.fora_img: show(comp.fora.images[0]),
-                                self.diff_img: show(kept.clips[2] if kept.clips else comp.diff_image()),
+                                self.base_img: show(base),
+                                self.fora_img: show(cached_run),
+                                self.diff_img: show(diff, lossless=True),
                                 self.metrics: _metrics_rows(comp, cached is not None, pairs=job.pairs),
                                 self.heat_attn: heat_attn,
                                 self.heat_mlp: heat_mlp,
@@ -292,7 +340,9 @@ class CompareTab:
                                 f"{run.num_steps}; timing the speedup...",
                                 self.last: token,
                                 self.frame: gr.update(
-                                    visible=bool(kept.clips), maximum=len(kept.clips[0]) if kept.clips else 1, value=0
+                                    visible=bool(kept.clips and token),
+                                    maximum=len(kept.clips[0]) if kept.clips else 1,
+                                    value=0,
                                 ),
                             }
                         elif p.phase == "timed":
@@ -325,7 +375,8 @@ class CompareTab:
         except ValueError as e:
             raise user_error(e) from None
         shown = [clip if frame == 0 else clip[frame - 1] for clip in kept.clips]
-        return {box: show(x) for box, x in zip((self.base_img, self.fora_img, self.diff_img), shown)}
+        boxes = (self.base_img, self.fora_img, self.diff_img)
+        return {box: show(x, lossless=box is self.diff_img) for box, x in zip(boxes, shown)}
 
     def redraw_heatmaps(self, token, source):
         """The layer x step maps of the session's last comparison, from its FORA run or its uncached baseline."""
