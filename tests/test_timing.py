@@ -165,7 +165,7 @@ def test_cpu_clock_with_one_thread_counts_the_calling_thread_and_says_so():
         torch.set_num_threads(1)
         seconds, process = timed_while_another_thread_spins()
         assert process >= 0.2  # the other thread did run during the call: a process clock would have counted it
-        assert seconds < 0.05  # the sleeping thread itself used next to no CPU
+        assert seconds < 0.25 * process  # the sleeping thread itself used next to none of the process's CPU
         assert clock_label("cpu") == "thread CPU time"
         torch.set_num_threads(2)
         seconds, process = timed_while_another_thread_spins()
