@@ -45,7 +45,8 @@ def layout(app):
     return build_layout()
 
 
-def run_generate(layout, model="emoji-dit", label="cat", steps=12, interval=3, seed=0, **kw):
+def generate_args(model="emoji-dit", label="cat", steps=12, interval=3, seed=0, **kw) -> dict:
+    """The Compare handler's arguments as the page sends them, with `kw` replaced."""
     args = dict(
         model_key=model,
         label=label,
@@ -63,7 +64,11 @@ def run_generate(layout, model="emoji-dit", label="cat", steps=12, interval=3, s
         block_choice="",
     )
     args.update(kw)
-    return list(layout.compare.generate(**args))
+    return args
+
+
+def run_generate(layout, model="emoji-dit", label="cat", steps=12, interval=3, seed=0, **kw):
+    return list(layout.compare.generate(**generate_args(model, label, steps, interval, seed, **kw)))
 
 
 def shown(outs: list[dict]) -> dict:

@@ -51,6 +51,15 @@ def generate(layout, **kw):
     return run_generate(layout, model=KEY, label=None, prompt="a red fox running", steps=4, interval=2, **kw)
 
 
+def generate_stream(layout, **kw):
+    """The Compare handler's updates as they come (`generate` collects them all)."""
+    from test_app import generate_args
+
+    return layout.compare.generate(
+        **generate_args(model=KEY, label=None, prompt="a red fox running", steps=4, interval=2, **kw)
+    )
+
+
 def test_choosing_a_video_model_shows_its_frames_slider_and_hides_the_class_examples(layout):
     s = layout.settings
     change = s.on_model_change(KEY, "attn")
@@ -103,6 +112,25 @@ def test_compare_shows_the_frames_as_animated_images_with_metrics_and_maps(layou
     again = shown(outs)  # the same request: the baseline comes from the server's store
     assert dict(again[c.metrics])["baseline run"] == "cached from an earlier request"
     assert dict(again[c.metrics])["PSNR vs baseline"] == table["PSNR vs baseline"]
+
+
+def test_a_redraw_sent_with_the_old_token_skips_while_a_new_run_goes(layout):
+    """A frame-slider move (or map redraw) sent just before Generate carries the last run's token: once the new run
+    has cleared the page, it redraws nothing, so no old frame lands on the new baseline; the new run's token does."""
+    import gradio as gr
+
+    from ui.tabs import compare as compare_tab
+
+    c, me = layout.compare, gr.Request(session_hash="page-1")
+    old = shown(generate(layout, frames=5, seed=21, request=me))[c.last]
+    assert c.redraw_frame(old, 2, me) != gr.skip()  # the page's own result: redrawn
+    run = iter(generate_stream(layout, frames=5, seed=22, request=me))
+    assert next(run)[c.last] is None  # the new run has cleared the page
+    assert c.redraw_frame(old, 2, me) == gr.skip() and c.redraw_heatmaps(old, "FORA run", me) == gr.skip()
+    assert compare_tab.redraw_pairwise(old, "0", "attn", KEY, me) == gr.skip()
+    new = shown(list(run))[c.last]
+    assert new != old and c.redraw_frame(new, 2, me) != gr.skip() and c.redraw_frame(old, 2, me) == gr.skip()
+    assert c.redraw_frame(old, 2, gr.Request(session_hash="page-2")) != gr.skip()  # a session not seen: no guard
 
 
 def test_a_result_too_big_to_keep_is_shown_and_says_it_is_not_redrawn(layout, monkeypatch):

@@ -95,6 +95,29 @@ class BoundedCache:
 BASELINES = BoundedCache(size=8)  # uncached runs by (model, request): changing only N reuses them
 RESULTS = BoundedCache(size=16)  # `Redraws` of finished comparisons by token; sessions hold only the token
 
+_SESSIONS_MAX = 4096
+_current: OrderedDict = OrderedDict()  # per page session, the token of the comparison its boxes show (None: running)
+_current_lock = threading.Lock()
+
+
+def set_current(session: str | None, token: str | None) -> None:
+    """What a session's Compare boxes show now: a run's token, or None while a run replaces it."""
+    if not session:
+        return
+    with _current_lock:
+        _current[session] = token
+        _current.move_to_end(session)
+        while len(_current) > _SESSIONS_MAX:
+            _current.popitem(last=False)
+
+
+def is_current(session: str | None, token: str | None) -> bool:
+    """Whether a redraw with `token` still belongs on the session's page: a redraw sent just before a new run
+    started carries the old token after the run has cleared it. True for a session this server has not seen."""
+    with _current_lock:
+        return not session or session not in _current or _current[session] == token
+
+
 _PLANS_MAX = 64
 _learned_plans: OrderedDict = OrderedDict()  # plans calibrated by the Policies tab, newest last
 _shipped_plans: dict | None = None

@@ -111,11 +111,15 @@ def _last_result(token) -> store.Redraws:
     return kept
 
 
-def redraw_pairwise(token, block, kind, model_key=None):
+def _session(request) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def redraw_pairwise(token, block, kind, model_key=None, request: gr.Request = None):
     """The step x step map for another block or module of the session's last comparison. Skipped (nothing
-    redrawn, no error) before the first run and when the model has changed since it (a model switch refills the
-    block list, whose change event lands here: the last result is another model's)."""
-    if not token:
+    redrawn, no error) before the first run, while a new run replaces it, and when the model has changed since it
+    (a model switch refills the block list, whose change event lands here: the last result is another model's)."""
+    if not token or not store.is_current(_session(request), token):
         return gr.skip()
     kept = _last_result(token)
     if model_key is not None and kept.model != model_key:
@@ -242,6 +246,7 @@ class CompareTab:
         policy="FORA",
         frames=None,
         progress=gr.Progress(),
+        request: gr.Request = None,
     ):
         """Baseline and FORA image with the same seed and their heatmaps first, the measured speedup when timed."""
         try:
@@ -282,6 +287,7 @@ class CompareTab:
                 # once, as the run starts: the last result goes, so no box, row or plot of it stands beside this
                 # run's, and its redraws stop (the frame slider would put its frames over this run's baseline). Never
                 # with every progress event: the browser then dropped the 'compared' update
+                store.set_current(_session(request), None)  # a redraw sent before this, with the old token, skips
                 yield {
                     self.base_img: show(cached.images[0]) if cached is not None else None,
                     self.fora_img: None,
@@ -311,7 +317,9 @@ class CompareTab:
                         elif p.phase == "compared":
                             comp, token = p.comparison, uuid.uuid4().hex
                             kept = store.Redraws.of(comp, model_key)  # the redraws skip once the model changed
-                            if not store.RESULTS.put(token, kept):
+                            kept_ok = store.RESULTS.put(token, kept)
+                            store.set_current(_session(request), token if kept_ok else None)
+                            if not kept_ok:
                                 token = None  # too big to keep: shown, not redrawn
                                 size, largest = size_text(store.result_bytes(kept)), size_text(store.RESULTS.largest)
                                 done += (
@@ -363,9 +371,10 @@ class CompareTab:
         except Exception as e:  # e.g. out of memory: say what failed, never show a stack trace
             raise failure("generation", e) from None
 
-    def redraw_frame(self, token, frame):
-        """The session's last comparison at one frame of its video, in all three boxes (0: the clips, playing)."""
-        if not token:
+    def redraw_frame(self, token, frame, request: gr.Request = None):
+        """The session's last comparison at one frame of its video, in all three boxes (0: the clips, playing).
+        Skipped while a new run replaces it: a move sent just before Generate carries the old token."""
+        if not token or not store.is_current(_session(request), token):
             return gr.skip()
         kept = _last_result(token)
         if not kept.clips:
@@ -378,9 +387,9 @@ class CompareTab:
         boxes = (self.base_img, self.fora_img, self.diff_img)
         return {box: show(x, lossless=box is self.diff_img) for box, x in zip(boxes, shown)}
 
-    def redraw_heatmaps(self, token, source):
+    def redraw_heatmaps(self, token, source, request: gr.Request = None):
         """The layer x step maps of the session's last comparison, from its FORA run or its uncached baseline."""
-        if not token:
+        if not token or not store.is_current(_session(request), token):
             return gr.skip()
         try:
             source = form.one_of("layer x step maps from", source, form.HEAT_SOURCES)
