@@ -104,8 +104,7 @@ def _last_result(token) -> store.Redraws:
     if kept is None:
         raise gr.Error(
             "generate again: the plots are redrawn from your last run, and the server keeps the maps of the "
-            f"{store.RESULTS.size} most recent runs of all its users only, in "
-            f"{store.RESULTS.max_bytes / 2**20:.0f} MiB",
+            f"{store.RESULTS.size} most recent runs of all its users only, in {size_text(store.RESULTS.max_bytes)}",
             print_exception=False,
         )
     return kept
@@ -115,11 +114,16 @@ def _session(request) -> str | None:
     return getattr(request, "session_hash", None)
 
 
+def _superseded(token, request) -> bool:
+    """A redraw with nothing to draw: no run yet, or a new run has cleared the session's page since `token`."""
+    return not token or not store.is_current(_session(request), token)
+
+
 def redraw_pairwise(token, block, kind, model_key=None, request: gr.Request = None):
     """The step x step map for another block or module of the session's last comparison. Skipped (nothing
     redrawn, no error) before the first run, while a new run replaces it, and when the model has changed since it
     (a model switch refills the block list, whose change event lands here: the last result is another model's)."""
-    if not token or not store.is_current(_session(request), token):
+    if _superseded(token, request):
         return gr.skip()
     kept = _last_result(token)
     if model_key is not None and kept.model != model_key:
@@ -374,7 +378,7 @@ class CompareTab:
     def redraw_frame(self, token, frame, request: gr.Request = None):
         """The session's last comparison at one frame of its video, in all three boxes (0: the clips, playing).
         Skipped while a new run replaces it: a move sent just before Generate carries the old token."""
-        if not token or not store.is_current(_session(request), token):
+        if _superseded(token, request):
             return gr.skip()
         kept = _last_result(token)
         if not kept.clips:
@@ -389,7 +393,7 @@ class CompareTab:
 
     def redraw_heatmaps(self, token, source, request: gr.Request = None):
         """The layer x step maps of the session's last comparison, from its FORA run or its uncached baseline."""
-        if not token or not store.is_current(_session(request), token):
+        if _superseded(token, request):
             return gr.skip()
         try:
             source = form.one_of("layer x step maps from", source, form.HEAT_SOURCES)
