@@ -125,10 +125,13 @@ def test_a_redraw_sent_with_the_old_token_skips_while_a_new_run_goes(layout):
     old = shown(generate(layout, frames=5, seed=21, request=me))[c.last]
     assert c.redraw_frame(old, 2, me) != gr.skip()  # the page's own result: redrawn
     run = iter(generate_stream(layout, frames=5, seed=22, request=me))
-    assert next(run)[c.last] is None  # the new run has cleared the page
-    assert c.redraw_frame(old, 2, me) == gr.skip() and c.redraw_heatmaps(old, "FORA run", me) == gr.skip()
-    assert compare_tab.redraw_pairwise(old, "0", "attn", KEY, me) == gr.skip()
-    new = shown(list(run))[c.last]
+    try:  # the paused run holds the model lock: closed whatever fails here
+        assert next(run)[c.last] is None  # the new run has cleared the page
+        assert c.redraw_frame(old, 2, me) == gr.skip() and c.redraw_heatmaps(old, "FORA run", me) == gr.skip()
+        assert compare_tab.redraw_pairwise(old, "0", "attn", KEY, me) == gr.skip()
+        new = shown(list(run))[c.last]
+    finally:
+        run.close()
     assert new != old and c.redraw_frame(new, 2, me) != gr.skip() and c.redraw_frame(old, 2, me) == gr.skip()
     assert c.redraw_frame(old, 2, gr.Request(session_hash="page-2")) != gr.skip()  # a session not seen: no guard
 

@@ -82,7 +82,7 @@ class BoundedCache:
             self._items.move_to_end(key)
             while len(self._items) > self.size or self.nbytes > self.max_bytes:
                 self._items.popitem(last=False)
-        return True
+            return key in self._items
 
     @property
     def nbytes(self) -> int:

@@ -18,7 +18,8 @@ from ui.settings import Settings
 def _duration(seconds: float) -> str:
     """A median call time to 3 significant figures (a few pairs' timings support no more), never in exponent form:
     "48.2 ms", "0.120 ms", "271 s", "2713 s"."""
-    value, unit = (seconds * 1e3, "ms") if seconds < 1 else (seconds, "s")
+    value, unit = (seconds * 1e3, "ms") if float(f"{seconds:.3g}") < 1 else (seconds, "s")
+    value = float(f"{value:.3g}")  # rounded first: 0.9997 s is "1.00 s", not "1000 ms"
     decimals = max(0, 2 - math.floor(math.log10(value))) if value > 0 else 0
     return f"{value:.{decimals}f} {unit}"
 
@@ -389,7 +390,8 @@ class CompareTab:
             raise user_error(e) from None
         shown = [clip if frame == 0 else clip[frame - 1] for clip in kept.clips]
         boxes = (self.base_img, self.fora_img, self.diff_img)
-        return {box: show(x, lossless=box is self.diff_img) for box, x in zip(boxes, shown)}
+        out = {box: show(x, lossless=box is self.diff_img) for box, x in zip(boxes, shown)}
+        return gr.skip() if _superseded(token, request) else out  # a run that started while the clips were encoded
 
     def redraw_heatmaps(self, token, source, request: gr.Request = None):
         """The layer x step maps of the session's last comparison, from its FORA run or its uncached baseline."""
